@@ -1,0 +1,1 @@
+"""ambassador-client: turns one multiplexed tunnel back into local listening ports."""

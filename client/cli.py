@@ -1,0 +1,154 @@
+"""ambassador-client's command line: parse, build a ClientConfig, run."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+import click
+
+from client.app import serve
+from client.config import ClientConfig
+from tunnel.cli import config_option, limit_options, limits_from, log_option, run_cli
+from tunnel.errors import ConfigError
+from tunnel.links import (
+    DEFAULT_TUNNEL_PORT,
+    Address,
+    LinkError,
+    parse_address,
+    seed_links_from,
+    seed_links_from_env,
+)
+from tunnel.runtime import run, setup_logging
+
+
+@click.group(invoke_without_command=True, context_settings={"max_content_width": 100})
+@config_option
+@click.option(
+    "--remote",
+    multiple=True,
+    envvar="AMBASSADOR_REMOTE",
+    metavar="HOST[:PORT]",
+    help=f"The ambassador-server to connect to (port {DEFAULT_TUNNEL_PORT} unless given).",
+)
+@click.option(
+    "--expose",
+    multiple=True,
+    envvar="AMBASSADOR_EXPOSE",
+    metavar="SPEC",
+    help="A service to listen for locally: 6379, redis, 16379=redis, 127.0.0.1:16379=6379, or "
+    "the seed's REDIS_PORT_6379_TCP=tcp://HOST:6379. Repeatable; none: the whole catalog.",
+)
+@click.option(
+    "--links-from-env/--no-links-from-env",
+    default=False,
+    envvar="AMBASSADOR_LINKS_FROM_ENV",
+    help="Read Docker link variables (REDIS_PORT_6379_TCP=tcp://HOST:6379): their host is the "
+    "remote, their ports are exposed.",
+)
+@click.option(
+    "--bind",
+    default="127.0.0.1",
+    show_default=True,
+    envvar="AMBASSADOR_BIND",
+    help="Address the local listeners bind to (0.0.0.0 in a container).",
+)
+@click.option(
+    "--name",
+    default="",
+    envvar="AMBASSADOR_NAME",
+    help="This client's name, sent in its hello [default: the host name].",
+)
+@click.option(
+    "--connect-timeout",
+    type=click.FloatRange(0.1),
+    default=5.0,
+    show_default=True,
+    envvar="AMBASSADOR_CONNECT_TIMEOUT",
+    help="Seconds to reach the server.",
+)
+@click.option(
+    "--link-wait-timeout",
+    type=click.FloatRange(0),
+    default=10.0,
+    show_default=True,
+    envvar="AMBASSADOR_LINK_WAIT_TIMEOUT",
+    help="Seconds a consumer may wait for a tunnel that is down.",
+)
+@limit_options
+@log_option
+@click.version_option(package_name="ambassador-tunnel")
+@click.pass_context
+def cli(ctx: click.Context, /, **params: Any) -> None:
+    """Expose services of a remote ambassador-server on local ports."""
+    if ctx.invoked_subcommand is not None:
+        return
+    config = build_config(params, os.environ)
+    setup_logging(params["log_level"])
+    run(serve(config))
+
+
+def build_config(params: dict[str, Any], environ: Mapping[str, str]) -> ClientConfig:
+    params = dict(params)
+    limits = limits_from(params)
+    seed_host, expose = seed_links_from(params["expose"])
+    if params["links_from_env"]:
+        env_host, env_expose = seed_links_from_env(environ)
+        if seed_host and env_host and seed_host.lower() != env_host.lower():
+            raise ConfigError(
+                f"--expose names host {seed_host} but the link variables name {env_host}; "
+                "a client tunnels to one server"
+            )
+        seed_host = seed_host or env_host
+        expose = list(dict.fromkeys([*expose, *env_expose]))
+    remotes: list[Address] = []
+    for text in params["remote"]:
+        try:
+            remotes.append(parse_address(text, default_port=DEFAULT_TUNNEL_PORT))
+        except LinkError as exc:
+            raise ConfigError(f"bad --remote: {exc}") from None
+    if not remotes and seed_host:
+        remotes.append(Address(seed_host, DEFAULT_TUNNEL_PORT))
+    if not remotes:
+        raise ConfigError(
+            "no server to connect to: give --remote HOST[:PORT] "
+            "(or a link variable such as REDIS_PORT_6379_TCP=tcp://HOST:6379)"
+        )
+    return ClientConfig(
+        remotes=tuple(remotes),
+        expose=tuple(expose),
+        bind=params["bind"],
+        name=params["name"] or os.uname().nodename,
+        limits=limits,
+        connect_timeout=params["connect_timeout"],
+        link_wait_timeout=params["link_wait_timeout"],
+    )
+
+
+@cli.command()
+@click.option(
+    "--streams",
+    type=click.IntRange(1, 256),
+    default=8,
+    show_default=True,
+    help="Concurrent connections through the tunnel.",
+)
+@click.option(
+    "--megabytes",
+    type=click.IntRange(1, 4096),
+    default=32,
+    show_default=True,
+    help="MiB each connection sends (and receives back).",
+)
+def demo(streams: int, megabytes: int) -> None:
+    """Run the pair on this machine against a built-in echo service and show what crossed."""
+    from client.demo import run_demo
+
+    setup_logging("warning")
+    sys.exit(run(run_demo(streams, megabytes)))
+
+
+def main(argv: list[str] | None = None) -> None:
+    sys.exit(run_cli(cli, "ambassador-client", argv))

@@ -1,0 +1,25 @@
+"""What an ambassador-client runs with, built by the CLI from flags, environment and file."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from tunnel.limits import Limits
+from tunnel.links import Address, ExposeSpec
+
+
+@dataclass(frozen=True, slots=True)
+class ClientConfig:
+    remotes: tuple[Address, ...]
+    expose: tuple[ExposeSpec, ...] = ()  # empty: expose the whole catalog
+    bind: str = "127.0.0.1"
+    name: str = "ambassador-client"
+    limits: Limits = field(default_factory=Limits)
+    connect_timeout: float = 5.0
+    handshake_timeout: float = 10.0
+    # Reconnect: exponential backoff from ``backoff_min`` doubling to ``backoff_max``, with full
+    # jitter (a random delay between 0 and the current bound) so clients do not stampede.
+    backoff_min: float = 0.1
+    backoff_max: float = 10.0
+    # A consumer that connects while the tunnel is down waits this long for it.
+    link_wait_timeout: float = 10.0

@@ -1,0 +1,240 @@
+"""Keeps the client's tunnel up: connect, hello, catalog; on loss, reconnect with backoff.
+
+Reconnecting uses exponential backoff with full jitter (a random delay between zero and a bound
+that doubles per failure up to a cap), so that many clients cut off by the same fault do not all
+come back at the same instant. Names are resolved on every attempt, so a server that moved is
+found. A failure is logged once when it starts (and again only when the reason changes), and
+counted every time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable
+
+from client.config import ClientConfig
+from tunnel import __version__, metrics
+from tunnel.errors import RemoteProtocolError
+from tunnel.links import Address
+from tunnel.messages import (
+    SUPPORTED_VERSIONS,
+    CatalogChanged,
+    GoingAway,
+    Hello,
+    Message,
+    MessageReader,
+    Refusal,
+    ServiceInfo,
+    Welcome,
+    encode_message,
+)
+from tunnel.oserrors import connect_error
+from tunnel.session import Role, Session
+from tunnel.transport import StreamHandler, TunnelConnection
+
+log = logging.getLogger("ambassador.client")
+
+
+class ConnectFailed(Exception):
+    """One attempt to bring the tunnel up failed; the message says why in one line."""
+
+    def __init__(self, text: str, reason: str) -> None:
+        super().__init__(text)
+        self.reason = reason  # short label for metrics
+
+
+class ControlClient:
+    """The client's end of the control stream."""
+
+    def __init__(self, on_message: Callable[[Message], None]) -> None:
+        self.tunnel: TunnelConnection | None = None
+        self.stream_id = 0
+        self.reader = MessageReader()
+        self.first: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        self._on_message = on_message
+
+    def on_data(self, data: bytes) -> None:
+        assert self.tunnel is not None
+        self.tunnel.consumed(self.stream_id, len(data))
+        try:
+            messages = self.reader.feed(data)
+        except RemoteProtocolError as exc:
+            self.tunnel.close(f"bad control message: {exc}")
+            return
+        for message in messages:
+            if not self.first.done():
+                self.first.set_result(message)
+            else:
+                self._on_message(message)
+
+    def on_end(self) -> None:
+        pass
+
+    def on_reset(self, reason: str) -> None:
+        if not self.first.done():
+            self.first.set_exception(ConnectFailed(f"control stream {reason}", "reset"))
+        elif self.tunnel is not None and self.tunnel.is_open:
+            self.tunnel.close(f"control stream {reason}")
+
+    def on_drained(self) -> None:
+        pass
+
+
+def _refuse_server_stream(tunnel: TunnelConnection, stream_id: int) -> StreamHandler | None:
+    return None  # the server never opens streams towards the client in this protocol version
+
+
+class Connector:
+    """Owns the current tunnel session, if any, and the catalog it announced."""
+
+    def __init__(
+        self,
+        config: ClientConfig,
+        on_catalog: Callable[[tuple[ServiceInfo, ...]], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.tunnel: TunnelConnection | None = None
+        self.catalog: tuple[ServiceInfo, ...] | None = None
+        self.remote: Address | None = None
+        self.last_error = ""
+        self._on_catalog = on_catalog
+        self._up = asyncio.Event()
+        self.sessions = 0
+
+    async def wait_tunnel(self, timeout: float) -> TunnelConnection | None:
+        """The tunnel once it is up, or None if it is not up within ``timeout`` seconds."""
+        tunnel = self.tunnel
+        if tunnel is not None and tunnel.accepts_streams:
+            return tunnel
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    await self._up.wait()
+                    tunnel = self.tunnel
+                    if tunnel is not None and tunnel.accepts_streams:
+                        return tunnel
+                    await asyncio.sleep(0.01)
+        except TimeoutError:
+            return None
+
+    async def wait_catalog(self) -> tuple[ServiceInfo, ...]:
+        await self._up.wait()
+        assert self.catalog is not None
+        return self.catalog
+
+    async def run(self) -> None:
+        """Keep a session up until cancelled."""
+        failures = 0
+        index = 0
+        remotes = self.config.remotes
+        while True:
+            remote = remotes[index % len(remotes)]
+            if failures or self.sessions:
+                metrics.RECONNECTS.labels(str(remote)).inc()
+            try:
+                tunnel, welcome = await self._connect(remote)
+            except ConnectFailed as exc:
+                metrics.CONNECT_FAILURES.labels(str(remote), exc.reason).inc()
+                if str(exc) != self.last_error:
+                    log.warning("%s; retrying", exc)
+                self.last_error = str(exc)
+                failures += 1
+                index += 1
+                bound = min(self.config.backoff_max, self.config.backoff_min * 2**failures)
+                await asyncio.sleep(random.uniform(0, bound))
+                continue
+            failures = 0
+            self.sessions += 1
+            self._session_up(remote, tunnel, welcome)
+            reason = await tunnel.closed
+            self._session_down(remote, reason)
+
+    def _session_up(self, remote: Address, tunnel: TunnelConnection, welcome: Welcome) -> None:
+        self.remote = remote
+        self.tunnel = tunnel
+        self.catalog = welcome.catalog
+        self.last_error = ""
+        names = ", ".join(service.name for service in welcome.catalog) or "nothing"
+        log.info(
+            "tunnel up to %s (%s), protocol %d, offering %s",
+            remote,
+            welcome.server,
+            welcome.version,
+            names,
+        )
+        metrics.SESSIONS.labels("client").inc()
+        metrics.SESSIONS_OPEN.labels("client").inc()
+        if self._on_catalog is not None:
+            self._on_catalog(welcome.catalog)
+        self._up.set()
+
+    def _session_down(self, remote: Address, reason: str) -> None:
+        self._up.clear()
+        self.tunnel = None
+        metrics.SESSIONS_OPEN.labels("client").dec()
+        metrics.SESSION_ENDS.labels("client", "lost").inc()
+        self.last_error = f"tunnel to {remote} lost: {reason}"
+        log.warning("%s; reconnecting", self.last_error)
+
+    def _on_message(self, message: Message) -> None:
+        if isinstance(message, CatalogChanged):
+            self.catalog = message.catalog
+            if self._on_catalog is not None:
+                self._on_catalog(message.catalog)
+        elif isinstance(message, GoingAway):
+            log.info("server is going away: %s", message.text or message.reason.label)
+
+    async def _connect(self, remote: Address) -> tuple[TunnelConnection, Welcome]:
+        loop = asyncio.get_running_loop()
+        limits = self.config.limits
+        try:
+            async with asyncio.timeout(self.config.connect_timeout):
+                _, tunnel = await loop.create_connection(
+                    lambda: TunnelConnection(Session(Role.CLIENT, limits), _refuse_server_stream),
+                    remote.host,
+                    remote.port,
+                )
+        except (OSError, TimeoutError) as exc:
+            text, reason = connect_error(str(remote), exc, self.config.connect_timeout)
+            raise ConnectFailed(text, reason) from None
+        control = ControlClient(self._on_message)
+        control.tunnel = tunnel
+        control.stream_id = tunnel.open_stream(control)
+        hello = Hello(SUPPORTED_VERSIONS, self.config.name, f"ambassador/{__version__}")
+        tunnel.send(control.stream_id, encode_message(hello))
+        try:
+            async with asyncio.timeout(self.config.handshake_timeout):
+                done, _ = await asyncio.wait(
+                    (control.first, tunnel.closed), return_when=asyncio.FIRST_COMPLETED
+                )
+        except TimeoutError:
+            tunnel.close("no answer to hello")
+            raise ConnectFailed(
+                f"{remote} accepted the connection but did not answer the hello within "
+                f"{self.config.handshake_timeout:g}s; is it an ambassador-server?",
+                "handshake_timeout",
+            ) from None
+        if control.first not in done:
+            reason = tunnel.closed.result()
+            raise ConnectFailed(
+                f"{remote} closed the connection during the hello ({reason}); "
+                "is it an ambassador-server of a compatible version?",
+                "handshake_closed",
+            )
+        try:
+            message = control.first.result()
+        except ConnectFailed:
+            tunnel.close("control stream reset")
+            raise
+        if isinstance(message, Welcome):
+            return tunnel, message
+        tunnel.close("hello refused")
+        if isinstance(message, Refusal):
+            raise ConnectFailed(
+                f"{remote} refused this client: {message.text}", message.reason.label
+            )
+        raise ConnectFailed(
+            f"{remote} answered the hello with {type(message).__name__}", "protocol_error"
+        )

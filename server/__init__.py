@@ -1,0 +1,1 @@
+"""ambassador-server: exposes the backends of its catalog over one multiplexed tunnel."""

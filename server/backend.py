@@ -1,0 +1,129 @@
+"""One stream on the server: read its header, dial the named backend, relay.
+
+The stream names a service of the catalog and nothing else, so the tunnel is never an open
+proxy: a name the catalog does not hold (or a ``host:port``) is refused with a reason. Bytes the
+client sent behind the header wait, uncredited, until the backend is connected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+from tunnel import metrics
+from tunnel.errors import ConfigError, Reason, RemoteProtocolError
+from tunnel.links import Service
+from tunnel.messages import CONNECTED, StreamAnswer, StreamHeaderParser
+from tunnel.relay import Relay
+from tunnel.transport import TunnelConnection
+
+if TYPE_CHECKING:
+    from server.connection import ServerConnection
+
+log = logging.getLogger("ambassador.server")
+
+
+class BackendStream(Relay):
+    def __init__(self, tunnel: TunnelConnection, stream_id: int, owner: ServerConnection) -> None:
+        super().__init__(tunnel, stream_id)
+        self.link = tunnel  # never None on the server, unlike Relay.tunnel
+        self.owner = owner
+        self.service: Service | None = None
+        self._header: StreamHeaderParser | None = StreamHeaderParser()
+        self._label = "-"
+        self._finished = False
+        self._to_backend = metrics.BYTES.labels("server", "-", "to_backend")
+        self._to_consumer = metrics.BYTES.labels("server", "-", "to_consumer")
+
+    def on_stream_data(self, data: bytes) -> None:
+        if self._header is not None:
+            try:
+                header, rest = self._header.feed(data)
+            except RemoteProtocolError as exc:
+                self._header = None
+                self.refuse(Reason.BAD_HEADER, str(exc), "?")
+                return
+            self.credit_now(len(data) - len(rest))
+            if header is None:
+                return
+            self._header = None
+            try:
+                service = self.owner.catalog.resolve(header.service)
+            except ConfigError as exc:
+                self.refuse(Reason.UNKNOWN_SERVICE, str(exc), header.service)
+                return
+            self.service = service
+            self._label = service.name
+            self._to_backend = metrics.BYTES.labels("server", self._label, "to_backend")
+            self._to_consumer = metrics.BYTES.labels("server", self._label, "to_consumer")
+            metrics.STREAMS.labels("server", self._label).inc()
+            metrics.STREAMS_OPEN.labels("server", self._label).inc()
+            self.owner.start_dial(self, service)
+            data = rest
+            if not data:
+                return
+        if self.service is not None:
+            self.deliver(data)
+
+    async def dial(self, service: Service, timeout: float) -> None:
+        loop = asyncio.get_running_loop()
+        target = service.target
+        try:
+            async with asyncio.timeout(timeout):
+                await loop.create_connection(lambda: self, target.host, target.port)
+        except ConnectionRefusedError:
+            self.refuse(Reason.BACKEND_REFUSED, f"{target} refused the connection")
+        except TimeoutError:
+            self.refuse(Reason.BACKEND_TIMEOUT, f"{target} did not answer within {timeout:g}s")
+        except OSError as exc:
+            detail = exc.strerror or str(exc)
+            self.refuse(Reason.BACKEND_UNREACHABLE, f"cannot reach {target}: {detail}")
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self.closed:  # the client gave up while we were dialing
+            transport.close()
+            return
+        assert self.stream_id is not None
+        self.link.send(self.stream_id, CONNECTED)
+        super().connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        self._to_consumer.inc(len(data))
+        super().data_received(data)
+
+    def deliver(self, data: bytes) -> None:
+        if self.transport is not None:
+            self._to_backend.inc(len(data))
+        super().deliver(data)
+
+    def refuse(self, reason: Reason, text: str, service: str | None = None) -> None:
+        """Answer the stream with a reason, then reset it."""
+        if self.closed:
+            return
+        self.closed = True
+        name = service if service is not None else self._label
+        log.warning(
+            "stream %s from %s to %r refused (%s): %s",
+            self.stream_id,
+            self.owner.peer_name,
+            name,
+            reason.label,
+            text,
+        )
+        metrics.STREAM_REFUSALS.labels("server", name if self.service else "-", reason.label).inc()
+        assert self.stream_id is not None
+        self.link.send(self.stream_id, StreamAnswer(reason, text).encode())
+        self.link.reset(self.stream_id, after_data=True)
+        self._done()
+
+    def on_closed(self, exc: BaseException | None) -> None:
+        self._done()
+
+    def _done(self) -> None:
+        if self._finished:
+            return
+        self._finished = True
+        if self.service is not None:
+            metrics.STREAMS_OPEN.labels("server", self._label).dec()
+        self.owner.stream_done(self)

@@ -1,0 +1,111 @@
+"""ambassador-server's command line: parse, build a ServerConfig, run."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+import click
+
+from server.app import serve
+from server.config import ServerConfig
+from tunnel.cli import config_option, limit_options, limits_from, log_option, run_cli
+from tunnel.errors import ConfigError
+from tunnel.links import (
+    DEFAULT_TUNNEL_PORT,
+    Catalog,
+    LinkError,
+    links_from_env,
+    parse_address,
+    parse_link,
+)
+from tunnel.runtime import run, setup_logging
+
+
+@click.group(invoke_without_command=True, context_settings={"max_content_width": 100})
+@config_option
+@click.option(
+    "--listen",
+    default=f"0.0.0.0:{DEFAULT_TUNNEL_PORT}",
+    show_default=True,
+    envvar="AMBASSADOR_LISTEN",
+    metavar="HOST:PORT",
+    help="Where to accept tunnel connections.",
+)
+@click.option(
+    "--link",
+    multiple=True,
+    envvar="AMBASSADOR_LINK",
+    metavar="ALIAS=HOST:PORT",
+    help="A backend to offer: ALIAS=HOST:PORT, PORT=HOST:PORT or ALIAS:PORT=HOST:PORT. Repeatable.",
+)
+@click.option(
+    "--links-from-env/--no-links-from-env",
+    default=False,
+    envvar="AMBASSADOR_LINKS_FROM_ENV",
+    help="Also offer the backends named by Docker link variables (REDIS_PORT_6379_TCP=...).",
+)
+@click.option(
+    "--name",
+    default="",
+    envvar="AMBASSADOR_NAME",
+    help="This server's name, shown to clients [default: the host name].",
+)
+@click.option(
+    "--dial-timeout",
+    type=click.FloatRange(0.1),
+    default=5.0,
+    show_default=True,
+    envvar="AMBASSADOR_DIAL_TIMEOUT",
+    help="Seconds to reach a backend.",
+)
+@click.option(
+    "--handshake-timeout",
+    type=click.FloatRange(0.1),
+    default=10.0,
+    show_default=True,
+    envvar="AMBASSADOR_HANDSHAKE_TIMEOUT",
+    help="Seconds a new connection has to say hello.",
+)
+@limit_options
+@log_option
+@click.version_option(package_name="ambassador-tunnel")
+@click.pass_context
+def cli(ctx: click.Context, /, **params: Any) -> None:
+    """Offer backends on this host to ambassador-clients, over one multiplexed connection."""
+    if ctx.invoked_subcommand is not None:
+        return
+    config = build_config(params, os.environ)
+    setup_logging(params["log_level"])
+    run(serve(config))
+
+
+def build_config(params: dict[str, Any], environ: Mapping[str, str]) -> ServerConfig:
+    params = dict(params)
+    limits = limits_from(params)
+    try:
+        listen = parse_address(params["listen"], default_port=DEFAULT_TUNNEL_PORT)
+    except LinkError as exc:
+        raise ConfigError(f"bad --listen: {exc}") from None
+    catalog = Catalog(tuple(parse_link(text) for text in params["link"]))
+    if params["links_from_env"]:
+        catalog = catalog.merge(links_from_env(environ))
+    if not catalog:
+        raise ConfigError(
+            "nothing to offer: give --link ALIAS=HOST:PORT (or --links-from-env with Docker "
+            "link variables set)"
+        )
+    return ServerConfig(
+        listen=listen,
+        catalog=catalog,
+        limits=limits,
+        name=params["name"] or os.uname().nodename,
+        dial_timeout=params["dial_timeout"],
+        handshake_timeout=params["handshake_timeout"],
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    sys.exit(run_cli(cli, "ambassador-server", argv))

@@ -1,0 +1,18 @@
+"""What an ambassador-server runs with, built by the CLI from flags, environment and file."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from tunnel.limits import Limits
+from tunnel.links import DEFAULT_TUNNEL_PORT, Address, Catalog
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    listen: Address = field(default_factory=lambda: Address("0.0.0.0", DEFAULT_TUNNEL_PORT))
+    catalog: Catalog = field(default_factory=Catalog)
+    limits: Limits = field(default_factory=Limits)
+    name: str = "ambassador-server"
+    dial_timeout: float = 5.0  # seconds to reach a backend before the stream is refused
+    handshake_timeout: float = 10.0  # a connection that sends no hello by then is closed

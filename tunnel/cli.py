@@ -1,0 +1,132 @@
+"""What both command lines share: common options, limits, and one-line errors.
+
+The CLIs only parse: they build a config object and hand it to the role's runner. Every
+mistake a user can make ends as one line on stderr naming what to fix, never a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from tunnel.config import apply_config_file
+from tunnel.errors import ConfigError
+from tunnel.limits import KIB, Limits
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def config_option(f: F) -> F:
+    return click.option(
+        "--config",
+        type=click.Path(dir_okay=False),
+        envvar="AMBASSADOR_CONFIG",
+        is_eager=True,
+        expose_value=False,
+        callback=apply_config_file,
+        help="TOML file holding any of these options (flags and AMBASSADOR_* variables win).",
+    )(f)
+
+
+def log_option(f: F) -> F:
+    return click.option(
+        "--log-level",
+        type=click.Choice(["debug", "info", "warning", "error"]),
+        default="info",
+        show_default=True,
+        envvar="AMBASSADOR_LOG_LEVEL",
+        help="How much to log.",
+    )(f)
+
+
+_DEFAULTS = Limits()
+
+
+def limit_options(f: F) -> F:
+    options = [
+        click.option(
+            "--max-streams",
+            type=click.IntRange(1),
+            default=_DEFAULTS.max_streams,
+            show_default=True,
+            envvar="AMBASSADOR_MAX_STREAMS",
+            help="Streams one session may hold open at once.",
+        ),
+        click.option(
+            "--stream-window",
+            type=click.IntRange(256),
+            default=_DEFAULTS.stream_window // KIB,
+            show_default=True,
+            envvar="AMBASSADOR_STREAM_WINDOW",
+            help="Initial receive window per stream, KiB.",
+        ),
+        click.option(
+            "--max-stream-window",
+            type=click.IntRange(256),
+            default=_DEFAULTS.max_stream_window // KIB,
+            show_default=True,
+            envvar="AMBASSADOR_MAX_STREAM_WINDOW",
+            help="Largest a stream's window may auto-tune to, KiB.",
+        ),
+        click.option(
+            "--session-memory",
+            type=click.IntRange(1),
+            default=_DEFAULTS.session_memory // KIB // KIB,
+            show_default=True,
+            envvar="AMBASSADOR_SESSION_MEMORY",
+            help="MiB all grown windows of a session may promise together.",
+        ),
+        click.option(
+            "--keepalive-interval",
+            type=click.FloatRange(0.1),
+            default=_DEFAULTS.keepalive_interval,
+            show_default=True,
+            envvar="AMBASSADOR_KEEPALIVE_INTERVAL",
+            help="Seconds of silence before the tunnel is pinged.",
+        ),
+        click.option(
+            "--keepalive-timeout",
+            type=click.FloatRange(0.1),
+            default=_DEFAULTS.keepalive_timeout,
+            show_default=True,
+            envvar="AMBASSADOR_KEEPALIVE_TIMEOUT",
+            help="Seconds an unanswered ping may wait before the peer is declared dead.",
+        ),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def limits_from(params: dict[str, Any]) -> Limits:
+    try:
+        return Limits(
+            max_streams=params.pop("max_streams"),
+            stream_window=params.pop("stream_window") * KIB,
+            max_stream_window=params.pop("max_stream_window") * KIB,
+            session_memory=params.pop("session_memory") * KIB * KIB,
+            keepalive_interval=params.pop("keepalive_interval"),
+            keepalive_timeout=params.pop("keepalive_timeout"),
+        )
+    except ValueError as exc:
+        raise ConfigError(f"bad limits: {exc}") from None
+
+
+def run_cli(group: click.Command, prog: str, argv: list[str] | None = None) -> int:
+    """Run a click command; turn every user error into one line and an exit code."""
+    try:
+        result = group.main(args=argv, prog_name=prog, standalone_mode=False)
+    except click.exceptions.Abort:
+        return 130
+    except click.ClickException as exc:
+        print(f"{prog}: error: {exc.format_message()}", file=sys.stderr)
+        return exc.exit_code
+    except ConfigError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return result if isinstance(result, int) else 0

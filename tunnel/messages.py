@@ -1,0 +1,298 @@
+"""The application layer spoken inside yamux streams (see ``docs/protocol.md``).
+
+Two kinds of stream exist:
+
+* the **control stream**, the first stream the client opens, carries length-prefixed JSON
+  messages: the client's :class:`Hello`, the server's :class:`Welcome` (its catalog) or
+  :class:`Refusal`, and later notices such as :class:`CatalogChanged` and :class:`GoingAway`;
+* every other stream is one consumer connection. It starts with a :class:`StreamHeader` naming
+  the service; the client may send the consumer's first bytes right behind it, so opening a
+  stream costs no round trip. The server's first bytes are a :class:`StreamAnswer`: ``OK`` and
+  then the backend's data, or a reason code and text followed by an RST.
+
+Parsers here are incremental and raise :class:`~tunnel.errors.RemoteProtocolError` on anything
+malformed; JSON fields that a receiver does not know are ignored, which is what lets later
+versions add fields without breaking older peers.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass, field
+from typing import Any
+
+from tunnel.errors import Reason, RemoteProtocolError
+
+PROTOCOL_VERSION = 1
+SUPPORTED_VERSIONS = (1,)
+HEADER_VERSION = 1
+MAX_MESSAGE = 1024 * 1024
+MAX_ANSWER_TEXT = 1024
+
+_U32 = struct.Struct(">I")
+_ANSWER = struct.Struct(">BH")
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceInfo:
+    """One catalog entry as the client sees it: never the backend's address."""
+
+    alias: str | None
+    port: int
+
+    @property
+    def name(self) -> str:
+        return self.alias if self.alias is not None else str(self.port)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"alias": self.alias, "port": self.port}
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """client -> server, first message on the control stream."""
+
+    versions: tuple[int, ...]
+    name: str  # the client's self-declared name (identity comes from TLS or a token)
+    software: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Welcome:
+    """server -> client: the session is up; here is what you may reach."""
+
+    version: int
+    server: str
+    catalog: tuple[ServiceInfo, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """server -> client: the hello is refused; a Go Away follows."""
+
+    reason: Reason
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogChanged:
+    """server -> client: the catalog was reloaded."""
+
+    catalog: tuple[ServiceInfo, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class GoingAway:
+    """either way: this end is closing the session, and why."""
+
+    reason: Reason
+    text: str
+
+
+Message = Hello | Welcome | Refusal | CatalogChanged | GoingAway
+
+
+def encode_message(message: Message) -> bytes:
+    """One control message: a 4-byte big-endian length, then a JSON object."""
+    body = json.dumps(_to_json(message), separators=(",", ":")).encode()
+    return _U32.pack(len(body)) + body
+
+
+def _to_json(message: Message) -> dict[str, Any]:
+    if isinstance(message, Hello):
+        return {
+            "type": "hello",
+            "versions": list(message.versions),
+            "name": message.name,
+            "software": message.software,
+        }
+    if isinstance(message, Welcome):
+        catalog = [s.to_json() for s in message.catalog]
+        return {
+            "type": "welcome",
+            "version": message.version,
+            "server": message.server,
+            "catalog": catalog,
+        }
+    if isinstance(message, CatalogChanged):
+        return {"type": "catalog", "catalog": [s.to_json() for s in message.catalog]}
+    kind = "refusal" if isinstance(message, Refusal) else "going_away"
+    return {"type": kind, "reason": int(message.reason), "text": message.text}
+
+
+@dataclass
+class MessageReader:
+    """Splits the control stream into messages."""
+
+    _buffer: bytearray = field(default_factory=bytearray)
+
+    def feed(self, data: bytes) -> list[Message]:
+        self._buffer += data
+        messages: list[Message] = []
+        while len(self._buffer) >= 4:
+            (length,) = _U32.unpack_from(self._buffer)
+            if length > MAX_MESSAGE:
+                raise RemoteProtocolError(f"control message of {length} bytes is too large")
+            if len(self._buffer) < 4 + length:
+                break
+            body = bytes(self._buffer[4 : 4 + length])
+            del self._buffer[: 4 + length]
+            messages.append(decode_message(body))
+        return messages
+
+
+def decode_message(body: bytes) -> Message:
+    try:
+        obj = json.loads(body)
+        if not isinstance(obj, dict):
+            raise ValueError("not an object")
+        return _from_json(obj)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise RemoteProtocolError(f"malformed control message: {exc}") from None
+
+
+def _from_json(obj: dict[str, Any]) -> Message:
+    kind = obj["type"]
+    if kind == "hello":
+        versions = tuple(_int(v) for v in obj["versions"])
+        return Hello(versions, _str(obj["name"]), _str(obj.get("software", "")))
+    if kind == "welcome":
+        return Welcome(_int(obj["version"]), _str(obj["server"]), _catalog(obj["catalog"]))
+    if kind == "catalog":
+        return CatalogChanged(_catalog(obj["catalog"]))
+    if kind in ("refusal", "going_away"):
+        cls = Refusal if kind == "refusal" else GoingAway
+        return cls(_reason(obj["reason"]), _str(obj.get("text", "")))
+    raise ValueError(f"unknown message type {kind!r}")
+
+
+def _catalog(items: Any) -> tuple[ServiceInfo, ...]:
+    if not isinstance(items, list):
+        raise TypeError("catalog is not a list")
+    out = []
+    for item in items:
+        alias = item.get("alias")
+        if alias is not None:
+            alias = _str(alias)
+        port = _int(item["port"])
+        if not 0 < port < 65536:
+            raise ValueError(f"port {port} out of range")
+        out.append(ServiceInfo(alias, port))
+    return tuple(out)
+
+
+def _int(value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"expected an integer, got {value!r}")
+    return value
+
+
+def _str(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, got {value!r}")
+    return value
+
+
+def _reason(value: Any) -> Reason:
+    try:
+        return Reason(_int(value))
+    except ValueError:
+        return Reason.INTERNAL_ERROR
+
+
+def negotiate_version(offered: tuple[int, ...]) -> int | None:
+    """The highest version both ends speak, or None."""
+    common = set(offered) & set(SUPPORTED_VERSIONS)
+    return max(common) if common else None
+
+
+# ------------------------------------------------------------------ data streams
+
+
+@dataclass(frozen=True, slots=True)
+class StreamHeader:
+    """client -> server, the first bytes of a data stream: which service to reach."""
+
+    service: str  # an alias ("redis"), a port ("6379") or both ("redis:6379")
+
+    def encode(self) -> bytes:
+        name = self.service.encode()
+        if not 0 < len(name) < 256:
+            raise ValueError("service reference must be 1..255 bytes")
+        return bytes((HEADER_VERSION, len(name))) + name
+
+
+@dataclass(frozen=True, slots=True)
+class StreamAnswer:
+    """server -> client, the first bytes on a data stream: connected, or why not."""
+
+    reason: Reason
+    text: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.reason is Reason.OK
+
+    def encode(self) -> bytes:
+        text = self.text.encode()[:MAX_ANSWER_TEXT]
+        return _ANSWER.pack(self.reason, len(text)) + text
+
+
+CONNECTED = StreamAnswer(Reason.OK).encode()
+
+
+class StreamHeaderParser:
+    """Reads a :class:`StreamHeader` off the front of a stream."""
+
+    __slots__ = ("_buffer",)
+
+    def __init__(self) -> None:
+        self._buffer = b""
+
+    def feed(self, data: bytes) -> tuple[StreamHeader | None, bytes]:
+        """The header once complete, and the bytes after it (consumer data)."""
+        buffer = self._buffer + data
+        if len(buffer) < 2:
+            self._buffer = buffer
+            return None, b""
+        version, length = buffer[0], buffer[1]
+        if version != HEADER_VERSION:
+            raise RemoteProtocolError(f"unsupported stream header version {version}")
+        if length == 0:
+            raise RemoteProtocolError("empty service name in stream header")
+        if len(buffer) < 2 + length:
+            self._buffer = buffer
+            return None, b""
+        try:
+            service = buffer[2 : 2 + length].decode()
+        except UnicodeDecodeError:
+            raise RemoteProtocolError("service name in stream header is not UTF-8") from None
+        self._buffer = b""
+        return StreamHeader(service), buffer[2 + length :]
+
+
+class StreamAnswerParser:
+    """Reads a :class:`StreamAnswer` off the front of a stream."""
+
+    __slots__ = ("_buffer",)
+
+    def __init__(self) -> None:
+        self._buffer = b""
+
+    def feed(self, data: bytes) -> tuple[StreamAnswer | None, bytes]:
+        """The answer once complete, and the bytes after it (backend data)."""
+        buffer = self._buffer + data
+        if len(buffer) < _ANSWER.size:
+            self._buffer = buffer
+            return None, b""
+        code, length = _ANSWER.unpack_from(buffer)
+        if length > MAX_ANSWER_TEXT:
+            raise RemoteProtocolError(f"stream answer text of {length} bytes is too long")
+        end = _ANSWER.size + length
+        if len(buffer) < end:
+            self._buffer = buffer
+            return None, b""
+        text = buffer[_ANSWER.size : end].decode(errors="replace")
+        self._buffer = b""
+        return StreamAnswer(_reason(code), text), buffer[end:]

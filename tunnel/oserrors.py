@@ -1,0 +1,45 @@
+"""Turning socket errors into one line a person can act on."""
+
+from __future__ import annotations
+
+import errno
+import socket
+
+
+def listen_error(where: str, exc: OSError) -> str:
+    """Why a listening socket could not be opened, and what to do about it."""
+    if exc.errno == errno.EADDRINUSE:
+        return (
+            f"cannot listen on {where}: the port is already in use; "
+            "stop the other program or pick another port"
+        )
+    if exc.errno == errno.EACCES:
+        return (
+            f"cannot listen on {where}: permission denied; "
+            "use a port above 1023 or grant CAP_NET_BIND_SERVICE"
+        )
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return (
+            f"cannot listen on {where}: this host has no such address; "
+            "use one of its addresses, or 0.0.0.0"
+        )
+    if isinstance(exc, socket.gaierror):
+        return f"cannot listen on {where}: the name does not resolve ({exc.strerror})"
+    return f"cannot listen on {where}: {exc.strerror or exc}"
+
+
+def connect_error(where: str, exc: BaseException, timeout: float) -> tuple[str, str]:
+    """Why a connection to ``where`` failed, in one line, and a short label for metrics."""
+    if isinstance(exc, TimeoutError):
+        return f"cannot reach {where}: no answer within {timeout:g}s", "timeout"
+    if isinstance(exc, ConnectionRefusedError):
+        return (
+            f"cannot reach {where}: connection refused (is ambassador-server running there, "
+            "on that port?)",
+            "refused",
+        )
+    if isinstance(exc, socket.gaierror):
+        return f"cannot reach {where}: the name does not resolve ({exc.strerror})", "dns"
+    if isinstance(exc, OSError):
+        return f"cannot reach {where}: {exc.strerror or exc}", "unreachable"
+    return f"cannot reach {where}: {exc}", "error"

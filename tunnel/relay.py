@@ -1,0 +1,179 @@
+"""Joins one local TCP connection to one tunnel stream, with backpressure both ways.
+
+Tunnel -> socket: bytes from the stream are written to the local socket, and the stream's window
+is credited only for the bytes the socket has actually taken (written minus still buffered). A
+consumer that stops reading therefore stops the credit of its own stream, and the peer stops
+sending on it, while every other stream and the tunnel connection itself carry on.
+
+Socket -> tunnel: bytes read from the socket are queued on the stream; when the session says the
+stream's queue is full (its send window is used up), reading from the socket pauses until the
+session reports the queue drained.
+
+Close semantics follow TCP's: EOF on the socket becomes a FIN on the stream and a FIN becomes a
+write-side shutdown of the socket, so half-closed connections work; a reset on either side
+becomes a reset (RST, SO_LINGER 0) on the other, never a clean EOF after an error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import struct
+from typing import cast
+
+from tunnel.transport import TunnelConnection
+
+LOCAL_HIGH_WATER = 256 * 1024
+LOCAL_LOW_WATER = 64 * 1024
+_LINGER_ZERO = struct.pack("ii", 1, 0)
+
+
+def abort_with_reset(transport: asyncio.Transport) -> None:
+    """Close a TCP connection with an RST, so the other end sees an error, not an EOF."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ZERO)
+    transport.abort()
+
+
+class Relay(asyncio.Protocol):
+    """The protocol of a local socket and the handler of its stream, at once.
+
+    Subclasses decide what comes first on the stream (a header to send, an answer to read)
+    through :meth:`on_stream_data`; the base class moves bytes and keeps the close semantics.
+    """
+
+    def __init__(self, tunnel: TunnelConnection | None, stream_id: int | None = None) -> None:
+        self.tunnel = tunnel
+        self.stream_id = stream_id
+        self.transport: asyncio.Transport | None = None
+        self._uncredited = 0  # written to the socket's transport, not yet credited
+        self._pending: list[bytes] = []  # stream bytes that arrived before the socket
+        self.local_eof = False  # the local side sent EOF
+        self.remote_eof = False  # the stream's peer sent FIN
+        self.closed = False
+        self.bytes_in = 0  # local socket -> tunnel
+        self.bytes_out = 0  # tunnel -> local socket
+
+    # ----------------------------------------------------------- local socket side
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it
+        self.transport = transport = cast(asyncio.Transport, transport)
+        transport.set_write_buffer_limits(LOCAL_HIGH_WATER, LOCAL_LOW_WATER)
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        pending, self._pending = self._pending, []
+        for data in pending:
+            self.deliver(data)
+        if self.remote_eof:
+            self._shutdown_write()
+
+    def data_received(self, data: bytes) -> None:
+        self.bytes_in += len(data)
+        if self.stream_id is None or self.tunnel is None or self.closed:
+            return
+        if self.tunnel.send(self.stream_id, data) and self.transport is not None:
+            self.transport.pause_reading()
+
+    def eof_received(self) -> bool:
+        self.local_eof = True
+        if self.stream_id is not None and self.tunnel is not None and not self.closed:
+            self.tunnel.end(self.stream_id)
+        if self.remote_eof:
+            self._close_local()
+        return True  # keep the socket open for the other direction
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if (
+            self.stream_id is not None
+            and self.tunnel is not None
+            and not (self.local_eof and self.remote_eof)
+        ):
+            # The consumer went away before both directions finished: tell the peer at once.
+            self.tunnel.reset(self.stream_id)
+        self.on_closed(exc)
+
+    def resume_writing(self) -> None:
+        self._credit()
+
+    # -------------------------------------------------------------- stream side
+
+    def on_data(self, data: bytes) -> None:
+        self.on_stream_data(data)
+
+    def on_stream_data(self, data: bytes) -> None:
+        """Bytes from the stream; subclasses strip their preamble, then call ``deliver``."""
+        self.deliver(data)
+
+    def deliver(self, data: bytes) -> None:
+        """Write stream bytes to the local socket (or keep them until it is connected)."""
+        transport = self.transport
+        if transport is None:
+            self._pending.append(data)
+            return
+        if self.closed or transport.is_closing():
+            return
+        self.bytes_out += len(data)
+        transport.write(data)
+        self._uncredited += len(data)
+        self._credit()
+
+    def credit_now(self, length: int) -> None:
+        """Credit bytes that were consumed without reaching the socket (a preamble)."""
+        if self.stream_id is not None and self.tunnel is not None and length:
+            self.tunnel.consumed(self.stream_id, length)
+
+    def on_end(self) -> None:
+        self.remote_eof = True
+        if self.transport is None:
+            return
+        self._shutdown_write()
+
+    def on_reset(self, reason: str) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self.transport is not None:
+            abort_with_reset(self.transport)
+        self.on_closed(ConnectionResetError(reason))
+
+    def on_drained(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.resume_reading()
+
+    # ---------------------------------------------------------------- hooks
+
+    def on_closed(self, exc: BaseException | None) -> None:
+        """Called once when the local connection is gone (subclasses log and count)."""
+
+    # ---------------------------------------------------------------- internals
+
+    def _credit(self) -> None:
+        if self.transport is None or self.stream_id is None or self.tunnel is None:
+            return
+        delivered = self._uncredited - self.transport.get_write_buffer_size()
+        if delivered > 0:
+            self._uncredited -= delivered
+            self.tunnel.consumed(self.stream_id, delivered)
+
+    def _shutdown_write(self) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if self.local_eof:
+            self._close_local()
+        elif transport.can_write_eof():
+            transport.write_eof()
+        else:
+            self._close_local()
+
+    def _close_local(self) -> None:
+        if self.transport is not None:
+            self.transport.close()

@@ -1,0 +1,490 @@
+"""A yamux session, sans-IO: bytes and the current time in, events and bytes out.
+
+Theory of operation
+-------------------
+The driver feeds whatever the socket delivered to :meth:`Session.receive_data` and gets back
+events (:mod:`tunnel.events`). It asks :meth:`Session.data_to_send` for bytes whenever the socket
+can take more, and re-arms a timer at :meth:`Session.get_timer`, calling
+:meth:`Session.handle_timer` when it fires. Nothing here reads a clock or touches a socket.
+
+Sending is *pulled*: :meth:`send_data` only queues bytes on the stream, and ``data_to_send``
+builds frames when the driver asks, control frames first, then Data frames taken round-robin
+from the streams that have both bytes and window, at most ``max_frame_size`` each. A bulk stream
+therefore never holds the connection for long, and the socket's own buffer (which the driver
+keeps small) is the only queue in which frames wait behind each other.
+
+Receiving is *credited*: a Data frame may not exceed the window granted on its stream, and the
+window is only given back when the driver reports the bytes consumed (:meth:`consumed`).
+
+Anything the peer does against the spec or the limits ends the session: a Go Away with a
+protocol-error code is queued, and a :class:`~tunnel.events.ConnectionTerminated` event tells the
+driver to flush and close.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from enum import Enum
+
+from tunnel.errors import LocalProtocolError, RemoteProtocolError
+from tunnel.events import (
+    ConnectionTerminated,
+    DataReceived,
+    Event,
+    GoAwayReceived,
+    PingAcknowledged,
+    StreamAccepted,
+    StreamDrained,
+    StreamEnded,
+    StreamOpened,
+    StreamReset,
+)
+from tunnel.frames import (
+    MAX_LENGTH,
+    MAX_STREAM_ID,
+    Flags,
+    Frame,
+    FrameDecoder,
+    FrameType,
+    GoAwayCode,
+    encode_header,
+)
+from tunnel.limits import INITIAL_WINDOW, Limits
+from tunnel.streams import StreamInput, StreamState, next_state
+from tunnel.windows import ReceiveWindow
+
+
+class Role(Enum):
+    """Which end of the connection: the client opens odd streams, the server even ones."""
+
+    CLIENT = 1
+    SERVER = 2
+
+
+@dataclass(frozen=True, slots=True)
+class SessionStats:
+    """Counters since the session began, for logs and metrics."""
+
+    streams_opened_local: int
+    streams_opened_remote: int
+    streams_refused: int
+    bytes_sent: int
+    bytes_received: int
+    open_streams: int
+    rtt: float | None
+
+
+class _Stream:
+    """Book-keeping for one stream; only the session touches it."""
+
+    __slots__ = (
+        "acked",
+        "fin_queued",
+        "id",
+        "outbox",
+        "paused",
+        "ready",
+        "recv",
+        "rst_queued",
+        "send_window",
+        "state",
+    )
+
+    def __init__(self, stream_id: int, recv: ReceiveWindow) -> None:
+        self.id = stream_id
+        self.state = StreamState.OPEN
+        self.recv = recv
+        self.send_window = INITIAL_WINDOW
+        self.outbox = bytearray()
+        self.acked = False
+        self.fin_queued = False  # FIN to go out after the outbox drains
+        self.rst_queued = False  # RST to go out after the outbox drains
+        self.ready = False  # in the session's round-robin queue
+        self.paused = False  # the producer was told to stop; tell it when to resume
+
+    def has_work(self) -> bool:
+        if self.outbox:
+            return self.send_window > 0
+        return self.fin_queued or self.rst_queued
+
+
+class Session:
+    """One end of a yamux connection."""
+
+    def __init__(self, role: Role, limits: Limits | None = None, now: float = 0.0) -> None:
+        self.role = role
+        self.limits = limits or Limits()
+        self._decoder = FrameDecoder(max_data_length=self.limits.max_stream_window)
+        self._streams: dict[int, _Stream] = {}
+        self._ready: deque[_Stream] = deque()
+        self._control: list[bytes] = []
+        self._events: list[Event] = []
+        self._next_id = 1 if role is Role.CLIENT else 2
+        self._peer_parity = 0 if role is Role.CLIENT else 1
+        self._last_peer_id = 0
+        self._granted_growth = 0  # window bytes granted beyond INITIAL_WINDOW, all streams
+        self._pings: dict[int, float] = {}
+        self._next_ping = 1
+        self._last_received = now
+        self.rtt: float | None = None
+        self.goaway_sent = False
+        self.goaway_received = False
+        self.terminated = False
+        self._stats = [0, 0, 0, 0, 0]  # opened local, opened remote, refused, sent, received
+
+    # ----------------------------------------------------------------- receiving
+
+    def receive_data(self, data: bytes | bytearray | memoryview, now: float) -> list[Event]:
+        """Take bytes from the peer; return what happened because of them."""
+        if self.terminated:
+            return self.take_events()
+        self._last_received = now
+        self._stats[4] += len(data)
+        self._decoder.feed(data)
+        try:
+            while (frame := self._decoder.next_frame()) is not None:
+                self._handle_frame(frame, now)
+                if self.terminated:
+                    break
+        except RemoteProtocolError as exc:
+            self._fail(GoAwayCode.PROTOCOL_ERROR, str(exc))
+        return self.take_events()
+
+    def take_events(self) -> list[Event]:
+        """Events produced outside ``receive_data`` (by sending or by the timer)."""
+        events, self._events = self._events, []
+        return events
+
+    def _handle_frame(self, frame: Frame, now: float) -> None:
+        if frame.type is FrameType.PING:
+            self._on_ping(frame, now)
+        elif frame.type is FrameType.GO_AWAY:
+            self._on_go_away(frame)
+        elif frame.stream_id == 0:
+            raise RemoteProtocolError(f"{frame.type.name} frame on stream 0")
+        else:
+            self._on_stream_frame(frame)
+
+    def _on_stream_frame(self, frame: Frame) -> None:
+        flags = frame.flags
+        if flags & Flags.SYN:
+            stream = self._accept_stream(frame.stream_id)
+            if stream is None:
+                return
+        else:
+            found = self._streams.get(frame.stream_id)
+            if found is None:
+                self._check_was_used(frame.stream_id)
+                return  # a frame still in flight for a stream we already closed
+            stream = found
+        if flags & Flags.ACK and not stream.acked and stream.id % 2 != self._peer_parity:
+            stream.acked = True
+            self._events.append(StreamAccepted(stream.id))
+        if frame.type is FrameType.WINDOW_UPDATE:
+            self._on_window_update(stream, frame.length)
+        elif frame.length:
+            self._on_data(stream, frame.payload)
+        if flags & Flags.RST:
+            self._close(stream)
+            self._events.append(StreamReset(stream.id, remote=True))
+        elif flags & Flags.FIN:
+            self._transition(stream, StreamInput.RECV_FIN)
+            self._events.append(StreamEnded(stream.id))
+            self._maybe_forget(stream)
+
+    def _accept_stream(self, stream_id: int) -> _Stream | None:
+        if stream_id % 2 != self._peer_parity:
+            raise RemoteProtocolError(f"peer opened stream {stream_id} with our parity")
+        if stream_id <= self._last_peer_id:
+            raise RemoteProtocolError(f"peer reused stream id {stream_id}")
+        self._last_peer_id = stream_id
+        if self.goaway_sent or len(self._streams) >= self.limits.max_streams:
+            # Refuse without ending the session: the peer learns from the RST alone.
+            self._stats[2] += 1
+            self._control.append(encode_header(FrameType.WINDOW_UPDATE, Flags.RST, stream_id, 0))
+            return None
+        stream = self._new_stream(stream_id)
+        self._stats[1] += 1
+        grow = stream.recv.target - INITIAL_WINDOW
+        self._control.append(encode_header(FrameType.WINDOW_UPDATE, Flags.ACK, stream_id, grow))
+        self._events.append(StreamOpened(stream_id))
+        return stream
+
+    def _check_was_used(self, stream_id: int) -> None:
+        if stream_id % 2 == self._peer_parity:
+            used = stream_id <= self._last_peer_id
+        else:
+            used = stream_id < self._next_id
+        if not used:
+            raise RemoteProtocolError(f"frame for stream {stream_id}, which was never opened")
+
+    def _on_window_update(self, stream: _Stream, delta: int) -> None:
+        stream.send_window += delta
+        if stream.send_window > MAX_LENGTH:
+            raise RemoteProtocolError(f"window of stream {stream.id} grew past 2**32-1")
+        if delta and stream.has_work():
+            self._mark_ready(stream)
+
+    def _on_data(self, stream: _Stream, payload: bytes) -> None:
+        if next_state(stream.state, StreamInput.RECV_DATA) is None:
+            raise RemoteProtocolError(f"data on stream {stream.id} after the peer's FIN")
+        if not stream.recv.receive(len(payload)):
+            raise RemoteProtocolError(
+                f"stream {stream.id} received {len(payload)} bytes with only "
+                f"{stream.recv.available} bytes of window left"
+            )
+        self._events.append(DataReceived(stream.id, payload))
+
+    def _on_ping(self, frame: Frame, now: float) -> None:
+        if frame.flags & Flags.SYN:
+            self._control.append(encode_header(FrameType.PING, Flags.ACK, 0, frame.length))
+        elif frame.flags & Flags.ACK:
+            sent = self._pings.pop(frame.length, None)
+            if sent is not None:
+                rtt = max(now - sent, 0.0)
+                self.rtt = rtt if self.rtt is None else 0.875 * self.rtt + 0.125 * rtt
+                self._events.append(PingAcknowledged(rtt))
+
+    def _on_go_away(self, frame: Frame) -> None:
+        self.goaway_received = True
+        try:
+            code = GoAwayCode(frame.length)
+        except ValueError:
+            code = GoAwayCode.INTERNAL_ERROR
+        if code is GoAwayCode.NORMAL:
+            self._events.append(GoAwayReceived(code))
+        else:
+            self._terminate(code, f"peer went away: {code.name.lower()}", remote=True)
+
+    # ------------------------------------------------------------------- sending
+
+    def open_stream(self) -> int:
+        """Open a stream and return its id; data may be sent on it at once."""
+        if self.terminated or self.goaway_sent or self.goaway_received:
+            raise LocalProtocolError("the session takes no new streams")
+        if self._next_id > MAX_STREAM_ID:
+            raise LocalProtocolError("stream ids are exhausted; open a new session")
+        stream_id = self._next_id
+        self._next_id += 2
+        stream = self._new_stream(stream_id)
+        self._stats[0] += 1
+        grow = stream.recv.target - INITIAL_WINDOW
+        self._control.append(encode_header(FrameType.WINDOW_UPDATE, Flags.SYN, stream_id, grow))
+        return stream_id
+
+    @property
+    def streams_left(self) -> int:
+        """How many more streams this end may open before the ids run out."""
+        return max(0, (MAX_STREAM_ID - self._next_id) // 2 + 1)
+
+    def send_data(self, stream_id: int, data: bytes | bytearray | memoryview) -> bool:
+        """Queue ``data`` on a stream. True means: the stream is full, stop producing.
+
+        Data for a stream that has already been reset is dropped silently: the reset event
+        may still be on its way to the producer.
+        """
+        stream = self._streams.get(stream_id)
+        if stream is None or stream.rst_queued:
+            return False
+        if next_state(stream.state, StreamInput.SEND_DATA) is None:
+            raise LocalProtocolError(f"send on stream {stream_id} in state {stream.state.name}")
+        stream.outbox += data
+        if stream.send_window > 0:
+            self._mark_ready(stream)
+        if len(stream.outbox) > self.limits.stream_send_buffer:
+            stream.paused = True
+        return stream.paused
+
+    def end_stream(self, stream_id: int) -> None:
+        """Half-close: a FIN follows the data already queued."""
+        stream = self._streams.get(stream_id)
+        if stream is None or stream.rst_queued or stream.fin_queued:
+            return
+        self._transition(stream, StreamInput.SEND_FIN)
+        stream.fin_queued = True
+        if stream.has_work():
+            self._mark_ready(stream)
+
+    def reset_stream(self, stream_id: int, after_data: bool = False) -> None:
+        """Reset a stream. With ``after_data`` the RST follows the data already queued (used to
+        deliver a refusal's reason before the reset); otherwise queued data is dropped."""
+        stream = self._streams.get(stream_id)
+        if stream is None or stream.rst_queued:
+            return
+        if after_data and stream.outbox:
+            stream.rst_queued = True
+            stream.fin_queued = False
+            self._mark_ready(stream)
+            return
+        self._control.append(encode_header(FrameType.WINDOW_UPDATE, Flags.RST, stream_id, 0))
+        self._close(stream)
+
+    def consumed(self, stream_id: int, length: int, now: float) -> None:
+        """The driver handed ``length`` bytes of a stream on; the peer may send that much more."""
+        stream = self._streams.get(stream_id)
+        if stream is None or stream.state in (StreamState.HALF_CLOSED_REMOTE, StreamState.CLOSED):
+            return
+        room = max(0, self.limits.session_memory - self._granted_growth)
+        before = stream.recv.target
+        delta = stream.recv.consume(length, now, self.rtt, room)
+        self._granted_growth += stream.recv.target - before
+        if delta:
+            self._control.append(
+                encode_header(FrameType.WINDOW_UPDATE, Flags.NONE, stream_id, delta)
+            )
+
+    def send_buffer_size(self, stream_id: int) -> int:
+        stream = self._streams.get(stream_id)
+        return len(stream.outbox) if stream is not None else 0
+
+    def ping(self, now: float) -> None:
+        """Send a ping; its answer comes back as :class:`PingAcknowledged`."""
+        if self.terminated:
+            return
+        value = self._next_ping
+        self._next_ping = (self._next_ping + 1) & MAX_LENGTH or 1
+        self._pings[value] = now
+        self._control.append(encode_header(FrameType.PING, Flags.SYN, 0, value))
+
+    def go_away(self, code: GoAwayCode = GoAwayCode.NORMAL, reason: str = "") -> None:
+        """Tell the peer we take no new streams. A non-normal code ends the session."""
+        if self.terminated:
+            return
+        if not self.goaway_sent:
+            self.goaway_sent = True
+            self._control.append(encode_header(FrameType.GO_AWAY, Flags.NONE, 0, code))
+        if code is not GoAwayCode.NORMAL:
+            self._terminate(code, reason or code.name.lower(), remote=False)
+
+    def data_to_send(self, limit: int = 256 * 1024) -> bytes:
+        """Frames ready to go, about ``limit`` bytes at most (control frames always go)."""
+        out = bytearray().join(self._control)
+        self._control.clear()
+        max_frame = self.limits.max_frame_size
+        ready = self._ready
+        while ready and len(out) < limit:
+            stream = ready.popleft()
+            stream.ready = False
+            if stream.state is StreamState.CLOSED and not stream.has_work():
+                self._maybe_forget(stream)
+                continue
+            self._emit_frame(stream, out, min(max_frame, limit - len(out)))
+            if stream.has_work():
+                self._mark_ready(stream)
+        self._stats[3] += len(out)
+        return bytes(out)
+
+    def _emit_frame(self, stream: _Stream, out: bytearray, max_frame: int) -> None:
+        outbox = stream.outbox
+        size = min(len(outbox), stream.send_window, max(max_frame, 1))
+        flags = Flags.NONE
+        if size and size == len(outbox) and stream.fin_queued:
+            flags = Flags.FIN
+        if size:
+            out += encode_header(FrameType.DATA, flags, stream.id, size)
+            with memoryview(outbox) as view:
+                out += view[:size]
+            del outbox[:size]
+            stream.send_window -= size
+        elif stream.fin_queued:
+            flags = Flags.FIN
+            out += encode_header(FrameType.WINDOW_UPDATE, flags, stream.id, 0)
+        if flags & Flags.FIN:
+            stream.fin_queued = False
+        if stream.rst_queued and not outbox:
+            out += encode_header(FrameType.WINDOW_UPDATE, Flags.RST, stream.id, 0)
+            self._close(stream)
+            return
+        if stream.paused and len(outbox) <= self.limits.stream_send_buffer // 2:
+            stream.paused = False
+            self._events.append(StreamDrained(stream.id))
+        self._maybe_forget(stream)
+
+    # --------------------------------------------------------------------- timers
+
+    def get_timer(self) -> float | None:
+        """When :meth:`handle_timer` must next be called (None: no timer needed)."""
+        if self.terminated:
+            return None
+        if self._pings:
+            return min(self._pings.values()) + self.limits.keepalive_timeout
+        return self._last_received + self.limits.keepalive_interval
+
+    def handle_timer(self, now: float) -> None:
+        """Keepalive: ping an idle peer, and give up on one that stopped answering."""
+        if self.terminated:
+            return
+        if self._pings and now - min(self._pings.values()) >= self.limits.keepalive_timeout:
+            timeout = self.limits.keepalive_timeout
+            self._terminate(
+                GoAwayCode.INTERNAL_ERROR, f"peer did not answer a ping for {timeout:g}s", False
+            )
+        elif not self._pings and now - self._last_received >= self.limits.keepalive_interval:
+            self.ping(now)
+
+    # --------------------------------------------------------------------- state
+
+    def stats(self) -> SessionStats:
+        opened_local, opened_remote, refused, sent, received = self._stats
+        return SessionStats(
+            opened_local, opened_remote, refused, sent, received, len(self._streams), self.rtt
+        )
+
+    @property
+    def open_streams(self) -> int:
+        return len(self._streams)
+
+    def stream_state(self, stream_id: int) -> StreamState:
+        stream = self._streams.get(stream_id)
+        return stream.state if stream is not None else StreamState.CLOSED
+
+    def _new_stream(self, stream_id: int) -> _Stream:
+        room = max(0, self.limits.session_memory - self._granted_growth)
+        target = min(self.limits.stream_window, INITIAL_WINDOW + room)
+        self._granted_growth += target - INITIAL_WINDOW
+        recv = ReceiveWindow(target, self.limits.max_stream_window, available=target)
+        stream = _Stream(stream_id, recv)
+        self._streams[stream_id] = stream
+        return stream
+
+    def _mark_ready(self, stream: _Stream) -> None:
+        if not stream.ready:
+            stream.ready = True
+            self._ready.append(stream)
+
+    def _transition(self, stream: _Stream, event: StreamInput) -> None:
+        state = next_state(stream.state, event)
+        if state is None:
+            message = f"{event.name} on stream {stream.id} in state {stream.state.name}"
+            if event.name.startswith("RECV"):
+                raise RemoteProtocolError(message)
+            raise LocalProtocolError(message)
+        stream.state = state
+
+    def _close(self, stream: _Stream) -> None:
+        stream.state = StreamState.CLOSED
+        stream.outbox.clear()
+        stream.fin_queued = stream.rst_queued = False
+        self._forget(stream)
+
+    def _maybe_forget(self, stream: _Stream) -> None:
+        if stream.state is StreamState.CLOSED and not stream.has_work():
+            self._forget(stream)
+
+    def _forget(self, stream: _Stream) -> None:
+        if self._streams.pop(stream.id, None) is not None:
+            self._granted_growth -= stream.recv.target - INITIAL_WINDOW
+
+    def _fail(self, code: GoAwayCode, reason: str) -> None:
+        if not self.goaway_sent:
+            self.goaway_sent = True
+            self._control.append(encode_header(FrameType.GO_AWAY, Flags.NONE, 0, code))
+        self._terminate(code, reason, remote=True)
+
+    def _terminate(self, code: GoAwayCode, reason: str, remote: bool) -> None:
+        self.terminated = True
+        self._streams.clear()
+        self._ready.clear()
+        self._pings.clear()
+        self._events.append(ConnectionTerminated(code, reason, remote))

@@ -1,0 +1,276 @@
+"""The asyncio driver of a :class:`~tunnel.session.Session`: the tunnel connection itself.
+
+:class:`TunnelConnection` is an ``asyncio.Protocol`` for the one TCP (or TLS) connection between
+the two ambassadors. It moves bytes and nothing else: incoming bytes go to the session, the
+session's events go to the handler of each stream (:class:`StreamHandler`), and whatever the
+session has to send is written once per loop iteration, so the frames produced while handling
+one read leave in one write. While the socket's buffer is over its high-water mark nothing more
+is pulled from the session: frames wait inside the session, where the round-robin over streams
+keeps a bulk transfer from delaying everyone else. The connection is never paused for one slow
+stream; that stream's window simply stops being credited.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import Callable
+from typing import Protocol, cast
+
+from tunnel.events import (
+    ConnectionTerminated,
+    DataReceived,
+    Event,
+    GoAwayReceived,
+    PingAcknowledged,
+    StreamAccepted,
+    StreamDrained,
+    StreamEnded,
+    StreamOpened,
+    StreamReset,
+)
+from tunnel.frames import GoAwayCode
+from tunnel.session import Session
+
+log = logging.getLogger("ambassador.tunnel")
+
+WRITE_HIGH_WATER = 512 * 1024
+WRITE_LOW_WATER = 128 * 1024
+
+
+def format_peer(peername: object) -> str:
+    """``host:port`` of a socket address, IPv6 in brackets."""
+    if isinstance(peername, tuple) and len(peername) >= 2:
+        host, port = peername[0], peername[1]
+        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    return str(peername or "?")
+
+
+class StreamHandler(Protocol):
+    """What the tunnel calls when something happens on one of its streams."""
+
+    def on_data(self, data: bytes) -> None: ...
+    def on_end(self) -> None: ...
+    def on_reset(self, reason: str) -> None: ...
+    def on_drained(self) -> None: ...
+
+
+AcceptStream = Callable[["TunnelConnection", int], StreamHandler | None]
+
+
+class TunnelConnection(asyncio.Protocol):
+    """One yamux session over one stream socket."""
+
+    def __init__(
+        self,
+        session: Session,
+        accept_stream: AcceptStream,
+        peer: str = "",
+    ) -> None:
+        self.session = session
+        self.peer = peer
+        self._accept_stream = accept_stream
+        self._handlers: dict[int, StreamHandler] = {}
+        self._loop = asyncio.get_running_loop()
+        self._transport: asyncio.Transport | None = None
+        self._flush_scheduled = False
+        self._write_paused = False
+        self._timer: asyncio.TimerHandle | None = None
+        self.closed: asyncio.Future[str] = self._loop.create_future()
+        self.on_go_away: Callable[[], None] | None = None
+        self._ping_waiters: list[asyncio.Future[float]] = []
+        self.close_reason = ""
+
+    # ------------------------------------------------------------ asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport = cast(asyncio.Transport, transport)
+        if not self.peer:
+            self.peer = format_peer(transport.get_extra_info("peername"))
+        transport.set_write_buffer_limits(WRITE_HIGH_WATER, WRITE_LOW_WATER)
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        self._arm_timer()
+        self._schedule_flush()
+
+    def data_received(self, data: bytes) -> None:
+        self._dispatch(self.session.receive_data(data, self._loop.time()))
+        self._schedule_flush()
+
+    def eof_received(self) -> bool | None:
+        self._finish("the peer closed the connection")
+        return None
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._schedule_flush()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        reason = f"connection lost: {exc}" if exc else "the peer closed the connection"
+        self._finish(self.close_reason or reason)
+
+    # ---------------------------------------------------------- used by handlers
+
+    def open_stream(self, handler: StreamHandler) -> int:
+        stream_id = self.session.open_stream()
+        self._handlers[stream_id] = handler
+        self._schedule_flush()
+        return stream_id
+
+    def send(self, stream_id: int, data: bytes) -> bool:
+        """Queue data on a stream; True means pause the producer until ``on_drained``."""
+        full = self.session.send_data(stream_id, data)
+        self._schedule_flush()
+        return full
+
+    def end(self, stream_id: int) -> None:
+        self.session.end_stream(stream_id)
+        self._schedule_flush()
+        self._forget_if_closed(stream_id)
+
+    def reset(self, stream_id: int, after_data: bool = False) -> None:
+        self._handlers.pop(stream_id, None)
+        self.session.reset_stream(stream_id, after_data=after_data)
+        self._schedule_flush()
+
+    def consumed(self, stream_id: int, length: int) -> None:
+        self.session.consumed(stream_id, length, self._loop.time())
+        self._schedule_flush()
+
+    @property
+    def is_open(self) -> bool:
+        return not self.closed.done() and not self.session.terminated
+
+    @property
+    def accepts_streams(self) -> bool:
+        s = self.session
+        return self.is_open and not (s.goaway_sent or s.goaway_received) and s.streams_left > 0
+
+    async def ping(self) -> float:
+        """Round-trip time to the peer, in seconds."""
+        waiter: asyncio.Future[float] = self._loop.create_future()
+        self._ping_waiters.append(waiter)
+        self.session.ping(self._loop.time())
+        self._schedule_flush()
+        return await waiter
+
+    def go_away(self, code: GoAwayCode = GoAwayCode.NORMAL, reason: str = "") -> None:
+        self.session.go_away(code, reason)
+        self._dispatch(self.session.take_events())
+        self._schedule_flush()
+
+    def close(self, reason: str = "closed") -> None:
+        """Close at once: every open stream is reset."""
+        self.close_reason = self.close_reason or reason
+        if self._transport is not None:
+            self._flush()
+            self._transport.close()
+        self._finish(reason)
+
+    # ----------------------------------------------------------------- internals
+
+    def _dispatch(self, events: list[Event]) -> None:
+        handlers = self._handlers
+        for event in events:
+            if type(event) is DataReceived:
+                handler = handlers.get(event.stream_id)
+                if handler is not None:
+                    handler.on_data(event.data)
+            elif type(event) is StreamOpened:
+                accepted = self._accept_stream(self, event.stream_id)
+                if accepted is None:
+                    self.session.reset_stream(event.stream_id)
+                else:
+                    handlers[event.stream_id] = accepted
+            elif type(event) is StreamEnded:
+                handler = handlers.get(event.stream_id)
+                if handler is not None:
+                    handler.on_end()
+                self._forget_if_closed(event.stream_id)
+            elif type(event) is StreamReset:
+                handler = handlers.pop(event.stream_id, None)
+                if handler is not None:
+                    handler.on_reset("reset by the peer" if event.remote else "reset")
+            elif type(event) is StreamDrained:
+                handler = handlers.get(event.stream_id)
+                if handler is not None:
+                    handler.on_drained()
+            elif type(event) is PingAcknowledged:
+                waiters, self._ping_waiters = self._ping_waiters, []
+                for waiter in waiters:
+                    if not waiter.done():
+                        waiter.set_result(event.rtt)
+            elif type(event) is GoAwayReceived:
+                if self.on_go_away is not None:
+                    self.on_go_away()
+            elif type(event) is ConnectionTerminated:
+                self._terminated(event)
+            elif type(event) is StreamAccepted:
+                pass  # data was allowed to flow before the ACK; nothing waits for it
+
+    def _terminated(self, event: ConnectionTerminated) -> None:
+        who = "peer" if event.remote else "local"
+        self.close_reason = self.close_reason or event.reason
+        log.debug("session with %s ended (%s): %s", self.peer, who, event.reason)
+        self._flush()
+        if self._transport is not None:
+            self._transport.close()
+        self._finish(event.reason)
+
+    def _forget_if_closed(self, stream_id: int) -> None:
+        if self.session.stream_state(stream_id).name == "CLOSED":
+            self._handlers.pop(stream_id, None)
+
+    def _schedule_flush(self) -> None:
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        session = self.session
+        while not self._write_paused:
+            data = session.data_to_send()
+            if not data:
+                break
+            transport.write(data)
+        events = session.take_events()
+        if events:
+            self._dispatch(events)
+
+    def _arm_timer(self) -> None:
+        when = self.session.get_timer()
+        if when is not None and not self.closed.done():
+            self._timer = self._loop.call_at(when, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self.session.handle_timer(self._loop.time())
+        self._dispatch(self.session.take_events())
+        self._schedule_flush()
+        self._arm_timer()
+
+    def _finish(self, reason: str) -> None:
+        if self.closed.done():
+            return
+        self.close_reason = self.close_reason or reason
+        self.closed.set_result(self.close_reason)
+        if self._timer is not None:
+            self._timer.cancel()
+        handlers, self._handlers = self._handlers, {}
+        for handler in handlers.values():
+            handler.on_reset(f"tunnel closed: {self.close_reason}")
+        for waiter in self._ping_waiters:
+            if not waiter.done():
+                waiter.set_exception(ConnectionError(self.close_reason))
+        self._ping_waiters.clear()
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.close()

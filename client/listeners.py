@@ -45,7 +45,6 @@ class ConsumerStream(Relay):
         self.connector = connector
         self.service = service
         self._answer: StreamAnswerParser | None = StreamAnswerParser()
-        self._early: list[bytes] = []  # consumer bytes that arrived before the tunnel was up
         self._wait: asyncio.Task[None] | None = None
         self.refused = False
 
@@ -96,6 +95,7 @@ class ConsumerStream(Relay):
         metrics.STREAMS.labels("client", self.service).inc()
         metrics.STREAMS_OPEN.labels("client", self.service).inc()
         tunnel.send(self.stream_id, StreamHeader(self.service).encode())
+        self.send_held()
 
     def on_stream_data(self, data: bytes) -> None:
         if self._answer is not None:

@@ -71,7 +71,7 @@ def load_config_file(path: str | os.PathLike[str]) -> dict[str, object]:
     except IsADirectoryError:
         raise ConfigError(f"config file {name} is a directory; give a TOML file") from None
     except OSError as error:
-        raise ConfigError(f"cannot read config file {name}: {error.strerror}") from None
+        raise ConfigError(f"cannot read config file {name}: {error.strerror or error}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"config file {name} is not UTF-8 text; save it as UTF-8") from None
     except tomllib.TOMLDecodeError as error:
@@ -127,10 +127,10 @@ def _one_value(where: str, value: object, spec: ParamSpec) -> object:
     return result
 
 
-def _many_values(where: str, value: object, spec: ParamSpec) -> tuple[object, ...]:
+def _many_values(where: str, value: object, spec: ParamSpec) -> list[object]:
     # A single value is accepted for a list: `link = "redis=10.0.0.5:6379"`.
     values = value if isinstance(value, list) else [value]
-    results = []
+    results: list[object] = []
     for item in values:
         result = _convert(item, spec.kind)
         if result is None:
@@ -138,7 +138,7 @@ def _many_values(where: str, value: object, spec: ParamSpec) -> tuple[object, ..
                 f"{where} must be {spec.kind.value} or an array of them, not {_describe(item)}"
             )
         results.append(result)
-    return tuple(results)
+    return results
 
 
 def _param_for(key: str, params: Mapping[str, ParamSpec]) -> str | None:
@@ -162,6 +162,7 @@ def to_default_map(
     table add up, in the order the file gives them.
     """
     result: dict[str, object] = {}
+    many: dict[str, list[object]] = {}
     spelled: dict[str, str] = {}
     for key, value in data.items():
         where = f"{source}: {key}"
@@ -171,20 +172,18 @@ def to_default_map(
             raise ConfigError(f"{source}: unknown key {key!r}; valid keys: {valid}")
         spec = params[name]
         if isinstance(value, dict) and spec.multiple and spec.kind is Kind.STR:
-            result[name] = (*_as_tuple(result.get(name, ())), *_table_items(where, value))
+            many.setdefault(name, []).extend(_table_items(where, value))
             continue
         if name in spelled:
             raise ConfigError(f"{source}: {spelled[name]!r} and {key!r} are the same key; keep one")
         spelled[name] = key
         if spec.multiple:
-            result[name] = (*_as_tuple(result.get(name, ())), *_many_values(where, value, spec))
+            many.setdefault(name, []).extend(_many_values(where, value, spec))
         else:
             result[name] = _one_value(where, value, spec)
+    # click takes a tuple as the default of a multiple option.
+    result.update((name, tuple(values)) for name, values in many.items())
     return result
-
-
-def _as_tuple(value: object) -> tuple[object, ...]:
-    return value if isinstance(value, tuple) else (value,)
 
 
 def _kind_of(param: click.Parameter) -> Kind:

@@ -19,7 +19,7 @@ entries is an error that asks for ``ALIAS:PORT``.
 
 Everything here is parsing of text the user gave us: no name is resolved and no
 socket is touched (host names are kept as written and resolved at dial time).
-Every mistake becomes one ``LinkError`` line that says what was wrong and which
+Every mistake in such text becomes one ``LinkError`` line that says what was wrong and which
 forms are accepted.
 
 Docker writes several variables per linked port. Only ``<ALIAS>_PORT_<N>_TCP`` is
@@ -91,6 +91,7 @@ class _Invalid(Exception):
 _ALIAS = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,62}")
 _HOST_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,252}")
 _DIGITS = re.compile(r"[0-9]+")
+_ZONE = re.compile(r"[A-Za-z0-9_.-]+")
 _DOTTED_NUMBERS = re.compile(r"[0-9.]+")
 # Docker's form only: upper case, alias first. Matching lower case too would
 # pick up unrelated variables that merely look similar.
@@ -126,7 +127,8 @@ def _parse_port(text: str) -> int:
         raise _Invalid(f"{_show(text)} is not a port number")
     # Checking the length first keeps int() away from absurdly long digit strings.
     if len(text) > 5 or not 1 <= int(text) <= 65535:
-        raise _Invalid(f"port {text} is outside 1..65535")
+        shown = text if len(text) <= 12 else f"{text[:12]}..."
+        raise _Invalid(f"port {shown} is outside 1..65535")
     return int(text)
 
 
@@ -139,8 +141,13 @@ def _host_problem(host: str) -> str | None:
     if host == "":
         return "the host is missing"
     if ":" in host:
+        # ipaddress takes any text as a zone (fe80::1%eth0); keeping zones to
+        # interface-name characters keeps '=' and ']' unambiguous in our forms.
+        _, percent, zone = host.partition("%")
         try:
             ipaddress.IPv6Address(host)
+            if percent and not _ZONE.fullmatch(zone):
+                raise ValueError(zone)
         except ValueError:
             return f"{_show(host)} is not a valid IPv6 address"
         return None

@@ -51,6 +51,7 @@ class Relay(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self._uncredited = 0  # written to the socket's transport, not yet credited
         self._pending: list[bytes] = []  # stream bytes that arrived before the socket
+        self._unsent: list[bytes] = []  # socket bytes that arrived before the stream
         self.local_eof = False  # the local side sent EOF
         self.remote_eof = False  # the stream's peer sent FIN
         self.closed = False
@@ -74,8 +75,27 @@ class Relay(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.bytes_in += len(data)
-        if self.stream_id is None or self.tunnel is None or self.closed:
+        if self.closed:
             return
+        if self.stream_id is None or self.tunnel is None:
+            # No stream yet (the tunnel is down): hold the bytes and stop reading. Some loops
+            # deliver a first read even when reading was paused in connection_made.
+            self._unsent.append(data)
+            if self.transport is not None:
+                self.transport.pause_reading()
+            return
+        self._forward(data)
+
+    def send_held(self) -> None:
+        """Send what the socket gave before the stream existed; call right after opening it."""
+        held, self._unsent = self._unsent, []
+        for data in held:
+            self._forward(data)
+        if self.local_eof and self.tunnel is not None and self.stream_id is not None:
+            self.tunnel.end(self.stream_id)
+
+    def _forward(self, data: bytes) -> None:
+        assert self.tunnel is not None and self.stream_id is not None
         if self.tunnel.send(self.stream_id, data) and self.transport is not None:
             self.transport.pause_reading()
 

@@ -199,6 +199,7 @@ def test_address_str_brackets_ipv6_only() -> None:
         ("[fd00::5]6379", "expected ':PORT'"),
         ("[redis]:6379", "only for IPv6"),
         ("[fd00::zz]:6379", "not a valid IPv6 address"),
+        ("[fe80::1%a=b]:6379", "not a valid IPv6 address"),
         ("300.1.2.3:80", "not a valid IPv4 address"),
         ("red!s:6379", "not a valid host name"),
         ("-redis:6379", "not a valid host name"),

@@ -7,6 +7,7 @@ output. Each program is stopped by its own pid at teardown.
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
 
@@ -94,11 +95,12 @@ def start_server(
 
 
 @pytest.fixture
-def start_client(processes: Processes, wait_for_port: WaitForPort) -> Callable[..., Started]:
+def start_client(processes: Processes) -> Callable[..., Started]:
     """``start_client(*args, env=None, listens=(), wait_tunnel=True)``: ambassador-client.
 
-    Returns once each (host, port) of ``listens`` accepts and, unless told not to wait, the
-    client has logged that its tunnel is up.
+    Returns once the client has logged that it listens on each (host, port) of ``listens``
+    and, unless told not to wait, that its tunnel is up. Its log is watched rather than its
+    ports probed, because every probe would be a consumer connection: a stream, a dial.
     """
 
     def start(
@@ -109,7 +111,7 @@ def start_client(processes: Processes, wait_for_port: WaitForPort) -> Callable[.
     ) -> Started:
         process = processes.start("ambassador-client", [*ambassador("client"), *args], env=env)
         for host, port in listens:
-            wait_for_port(host, port, alive=process.alive)
+            process.wait_for_stderr(rf"exposing '[^']*' on {re.escape(host)}:{port}\b")
         if wait_tunnel:
             process.wait_for_stderr(r"tunnel up to ")
         return process

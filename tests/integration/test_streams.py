@@ -132,10 +132,11 @@ def test_refused_backend_resets_the_consumer_promptly(
     assert outcome == "reset", f"the consumer saw {outcome!r} instead of a reset"
     assert elapsed < 2.0
 
-    # Both logs say why, with the reason code.
+    # Both logs say why, with the reason code, once.
     line = pair.client.wait_for_stderr(r".*backend_refused.*", timeout=2).group(0)
     assert "'dead'" in line and f"127.0.0.1:{closed}" in line
     pair.server.process.wait_for_stderr(r"backend_refused", timeout=2)
+    assert pair.client.stderr().count("backend_refused") == 1
 
     # The refusal touched that stream only: the tunnel still carries the next one.
     with socket.create_connection(("127.0.0.1", pair.ports["echo"]), timeout=5) as sock:

@@ -95,9 +95,9 @@ class Pair:
         if self.auto_consume:
             for event in events:
                 if isinstance(event, DataReceived):
-                    target.consumed[event.stream_id] = (
-                        target.consumed.get(event.stream_id, 0) + len(event.data)
-                    )
+                    target.consumed[event.stream_id] = target.consumed.get(
+                        event.stream_id, 0
+                    ) + len(event.data)
                     target.session.consumed(event.stream_id, len(event.data), self.now)
         return events
 

@@ -132,8 +132,10 @@ def _parse_port(text: str) -> int:
     return int(text)
 
 
-def _port_problem(port: int) -> str | None:
-    return None if 1 <= port <= 65535 else f"port {port} is outside 1..65535"
+def _port_problem(port: int, listening: bool = False) -> str | None:
+    # Port 0 is only meaningful where we listen: the system picks a free port.
+    low = 0 if listening else 1
+    return None if low <= port <= 65535 else f"port {port} is outside {low}..65535"
 
 
 def _host_problem(host: str) -> str | None:
@@ -170,7 +172,7 @@ class Address:
     port: int
 
     def __post_init__(self) -> None:
-        problem = _host_problem(self.host) or _port_problem(self.port)
+        problem = _host_problem(self.host) or _port_problem(self.port, listening=True)
         if problem is not None:
             raise ValueError(problem)
 
@@ -491,7 +493,7 @@ class ExposeSpec:
             if self.bind is not None:
                 raise ValueError("a bind address needs a local port")
             return
-        problem = _port_problem(self.port)
+        problem = _port_problem(self.port, listening=True)
         if problem is None and self.bind is not None:
             problem = _host_problem(self.bind)
         if problem is not None:

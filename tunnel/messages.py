@@ -148,8 +148,9 @@ def decode_message(body: bytes) -> Message:
         if not isinstance(obj, dict):
             raise ValueError("not an object")
         return _from_json(obj)
-    except (ValueError, KeyError, TypeError) as exc:
-        raise RemoteProtocolError(f"malformed control message: {exc}") from None
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+        # RecursionError: deeply nested JSON is garbage too, not a crash.
+        raise RemoteProtocolError(f"malformed control message: {exc!r}") from None
 
 
 def _from_json(obj: dict[str, Any]) -> Message:

@@ -217,7 +217,9 @@ def test_parse_address_errors(text: str, reason: str) -> None:
 
 def test_address_refuses_impossible_values() -> None:
     with pytest.raises(ValueError, match="outside"):
-        Address("redis", 0)
+        Address("redis", 65536)
+    # Port 0 is kept for listening sockets: the system picks a free port.
+    assert Address("127.0.0.1", 0).port == 0
     with pytest.raises(ValueError, match="missing"):
         Address("", 6379)
 

@@ -48,11 +48,13 @@ def _free_port() -> int:
         return port
 
 
-async def _wait_port(port: int, process: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
+async def _wait_port(
+    port: int, process: subprocess.Popen[bytes], name: str, timeout: float = 15.0
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"{process.args[2]} exited with status {process.returncode}")
+            raise RuntimeError(f"{name} exited with status {process.returncode}")
         with contextlib.suppress(OSError):
             _, writer = await asyncio.open_connection("127.0.0.1", port)
             writer.close()
@@ -118,13 +120,15 @@ async def run_demo(streams: int, megabytes: int) -> int:
         env=env,
     )  # fmt: skip
     try:
-        await _wait_port(tunnel_port, server)
-        await _wait_port(local_port, client)
+        await _wait_port(tunnel_port, server, "ambassador-server")
+        await _wait_port(local_port, client, "ambassador-client")
         print(f"echo backend      127.0.0.1:{echo_port}")
         print(f"ambassador-server 127.0.0.1:{tunnel_port}  (pid {server.pid})  --link echo=...")
         print(f"ambassador-client 127.0.0.1:{local_port}  (pid {client.pid})  --expose ...=echo")
         rtt = await _round_trips(local_port, 2000)
-        print(f"\nround trip through the tunnel: {rtt * 1e6:.0f} us (2000 requests, one connection)")
+        print(
+            f"\nround trip through the tunnel: {rtt * 1e6:.0f} us (2000 requests, one connection)"
+        )
         size = megabytes * 1024 * 1024
         print(f"\n{streams} connections at once, each sending {megabytes} MiB and reading it back:")
         start = time.perf_counter()

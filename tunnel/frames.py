@@ -53,13 +53,13 @@ class Frame:
     """One decoded frame. ``payload`` is empty except for Data frames."""
 
     type: FrameType
-    flags: Flags
+    flags: int  # a bitwise OR of Flags, kept as a plain int: cheaper on the hot path
     stream_id: int
     length: int
     payload: bytes = b""
 
 
-def encode_header(type_: FrameType, flags: Flags, stream_id: int, length: int) -> bytes:
+def encode_header(type_: FrameType, flags: int, stream_id: int, length: int) -> bytes:
     """The 12 header bytes of a frame; a Data frame's payload is written right after them."""
     return HEADER.pack(VERSION, type_, flags, stream_id, length)
 
@@ -81,7 +81,7 @@ class FrameDecoder:
         self._buffer = bytearray()
         self._offset = 0
         self._max_data_length = max_data_length
-        self._header: tuple[FrameType, Flags, int, int] | None = None
+        self._header: tuple[FrameType, int, int, int] | None = None
 
     @property
     def buffered(self) -> int:
@@ -134,13 +134,12 @@ class FrameDecoder:
 
 def _check_header(
     version: int, raw_type: int, raw_flags: int, stream_id: int, length: int, max_data: int
-) -> tuple[FrameType, Flags, int, int]:
+) -> tuple[FrameType, int, int, int]:
     if version != VERSION:
         raise RemoteProtocolError(f"unsupported yamux version {version} (expected {VERSION})")
-    try:
-        type_ = FrameType(raw_type)
-    except ValueError:
-        raise RemoteProtocolError(f"unknown frame type {raw_type:#x}") from None
+    if raw_type >= len(_TYPES):
+        raise RemoteProtocolError(f"unknown frame type {raw_type:#x}")
+    type_ = _TYPES[raw_type]
     if type_ is FrameType.DATA and length > max_data:
         raise RemoteProtocolError(
             f"data frame of {length} bytes on stream {stream_id} exceeds the {max_data} byte limit"
@@ -148,4 +147,7 @@ def _check_header(
     if type_ in (FrameType.PING, FrameType.GO_AWAY) and stream_id != 0:
         raise RemoteProtocolError(f"{type_.name} frame on stream {stream_id}, expected stream 0")
     # Unknown flag bits are kept and ignored, as the reference implementation does.
-    return type_, Flags(raw_flags & 0xF), stream_id, length
+    return type_, raw_flags & 0xF, stream_id, length
+
+
+_TYPES = tuple(FrameType)  # indexed by the wire value: a tuple lookup instead of an enum call

@@ -54,6 +54,9 @@ from tunnel.limits import INITIAL_WINDOW, Limits
 from tunnel.streams import StreamInput, StreamState, next_state
 from tunnel.windows import ReceiveWindow
 
+# Flag bits as plain ints: IntFlag arithmetic is slow enough to show in profiles.
+_SYN, _ACK, _FIN, _RST = int(Flags.SYN), int(Flags.ACK), int(Flags.FIN), int(Flags.RST)
+
 
 class Role(Enum):
     """Which end of the connection: the client opens odd streams, the server even ones."""
@@ -168,7 +171,7 @@ class Session:
 
     def _on_stream_frame(self, frame: Frame) -> None:
         flags = frame.flags
-        if flags & Flags.SYN:
+        if flags & _SYN:
             stream = self._accept_stream(frame.stream_id)
             if stream is None:
                 return
@@ -178,17 +181,17 @@ class Session:
                 self._check_was_used(frame.stream_id)
                 return  # a frame still in flight for a stream we already closed
             stream = found
-        if flags & Flags.ACK and not stream.acked and stream.id % 2 != self._peer_parity:
+        if flags & _ACK and not stream.acked and stream.id % 2 != self._peer_parity:
             stream.acked = True
             self._events.append(StreamAccepted(stream.id))
         if frame.type is FrameType.WINDOW_UPDATE:
             self._on_window_update(stream, frame.length)
         elif frame.length:
             self._on_data(stream, frame.payload)
-        if flags & Flags.RST:
+        if flags & _RST:
             self._close(stream)
             self._events.append(StreamReset(stream.id, remote=True))
-        elif flags & Flags.FIN:
+        elif flags & _FIN:
             self._transition(stream, StreamInput.RECV_FIN)
             self._events.append(StreamEnded(stream.id))
             self._maybe_forget(stream)
@@ -237,9 +240,9 @@ class Session:
         self._events.append(DataReceived(stream.id, payload))
 
     def _on_ping(self, frame: Frame, now: float) -> None:
-        if frame.flags & Flags.SYN:
+        if frame.flags & _SYN:
             self._control.append(encode_header(FrameType.PING, Flags.ACK, 0, frame.length))
-        elif frame.flags & Flags.ACK:
+        elif frame.flags & _ACK:
             sent = self._pings.pop(frame.length, None)
             if sent is not None:
                 rtt = max(now - sent, 0.0)
@@ -378,9 +381,9 @@ class Session:
     def _emit_frame(self, stream: _Stream, out: bytearray, max_frame: int) -> None:
         outbox = stream.outbox
         size = min(len(outbox), stream.send_window, max(max_frame, 1))
-        flags = Flags.NONE
+        flags = 0
         if size and size == len(outbox) and stream.fin_queued:
-            flags = Flags.FIN
+            flags = _FIN
         if size:
             out += encode_header(FrameType.DATA, flags, stream.id, size)
             with memoryview(outbox) as view:
@@ -388,9 +391,9 @@ class Session:
             del outbox[:size]
             stream.send_window -= size
         elif stream.fin_queued:
-            flags = Flags.FIN
+            flags = _FIN
             out += encode_header(FrameType.WINDOW_UPDATE, flags, stream.id, 0)
-        if flags & Flags.FIN:
+        if flags & _FIN:
             stream.fin_queued = False
         if stream.rst_queued and not outbox:
             out += encode_header(FrameType.WINDOW_UPDATE, Flags.RST, stream.id, 0)

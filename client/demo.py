@@ -109,14 +109,15 @@ async def run_demo(streams: int, megabytes: int) -> int:
     tunnel_port, local_port = _free_port(), _free_port()
     python = sys.executable
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    level = os.environ.get("DEMO_LOG", "warning")
     server = subprocess.Popen(
         [python, "-m", "server", "--listen", f"127.0.0.1:{tunnel_port}",
-         "--link", f"echo=127.0.0.1:{echo_port}", "--log-level", os.environ.get("DEMO_LOG", "warning")],
+         "--link", f"echo=127.0.0.1:{echo_port}", "--log-level", level],
         env=env,
     )  # fmt: skip
     client = subprocess.Popen(
         [python, "-m", "client", "--remote", f"127.0.0.1:{tunnel_port}",
-         "--expose", f"127.0.0.1:{local_port}=echo", "--log-level", os.environ.get("DEMO_LOG", "warning")],
+         "--expose", f"127.0.0.1:{local_port}=echo", "--log-level", level],
         env=env,
     )  # fmt: skip
     try:
@@ -138,11 +139,13 @@ async def run_demo(streams: int, megabytes: int) -> int:
         elapsed = time.perf_counter() - start
         for number, result in enumerate(results, 1):
             mark = "ok" if result.exact else "MISMATCH"
+            mib = result.size / 2**20
             print(f"  #{number:<3} sent {result.sent_sha256[:16]}  "
-                  f"back {result.received_sha256[:16]}  {result.size / 2**20:.0f} MiB  {mark}")  # fmt: skip
+                  f"back {result.received_sha256[:16]}  {mib:.0f} MiB  {mark}")  # fmt: skip
         moved = 2 * size * streams
+        rate = moved * 8 / elapsed / 1e9
         print(f"\n{moved / 2**20:.0f} MiB crossed the tunnel in {elapsed:.2f}s: "
-              f"{moved * 8 / elapsed / 1e9:.2f} Gbit/s over one multiplexed connection")  # fmt: skip
+              f"{rate:.2f} Gbit/s over one multiplexed connection")  # fmt: skip
         ok = all(result.exact for result in results)
         print("all bytes came back exactly" if ok else "SOME BYTES DID NOT COME BACK")
         return 0 if ok else 1

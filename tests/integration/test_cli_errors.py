@@ -160,9 +160,9 @@ def test_unknown_service_with_local_port_is_rejected_at_client_start(
     argv = [*ambassador("client"), "--remote", f"127.0.0.1:{server.port}", "--expose", expose]
     client = processes.start("ambassador-client", argv)
     try:
-        client.popen.wait(timeout=5)
+        client.popen.wait(timeout=3)
     except subprocess.TimeoutExpired:
-        pytest.fail(f"--expose {expose} was accepted: the client still runs 5 s later")
+        pytest.fail(f"--expose {expose} was accepted: the client still runs 3 s later")
     result = subprocess.CompletedProcess(argv, client.popen.returncode, "", client.stderr())
     assert_one_line_error(result, "ambassador-client", "'nosuch'", "fix --expose", first=False)
 

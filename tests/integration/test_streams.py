@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import socket
 import time
@@ -11,7 +12,7 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.integration.support import Pair
+from tests.integration.support import Pair, Processes, require_programs, run_program
 
 pytestmark = pytest.mark.integration
 
@@ -143,3 +144,28 @@ def test_refused_backend_resets_the_consumer_promptly(
         sock.sendall(b"still here")
         sock.shutdown(socket.SHUT_WR)
         assert read_to_eof(sock) == b"still here"
+
+
+def test_iperf3_through_the_pair(
+    processes: Processes,
+    free_port: Callable[..., int],
+    wait_for_port: Callable[..., None],
+    start_pair: Callable[..., Pair],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # iperf3's control connection and its four data connections are five streams of one tunnel.
+    require_programs("iperf3")
+    port = free_port()
+    # Not one-off (-1): the readiness probe below counts as a client of its own.
+    iperf = processes.start("iperf3-server", ["iperf3", "-s", "-B", "127.0.0.1", "-p", str(port)])
+    wait_for_port("127.0.0.1", port, alive=iperf.alive)
+    pair = start_pair(f"iperf=127.0.0.1:{port}")
+    argv = ["iperf3", "-c", "127.0.0.1", "-p", str(pair.port), "-t", "2", "-P", "4", "--json"]
+    result = run_program(argv, timeout=30)
+    assert result.returncode == 0, result.stdout + result.stderr
+    received = json.loads(result.stdout)["end"]["sum_received"]
+    assert received["bytes"] > 10 * MIB
+    with capsys.disabled():
+        print(
+            f"\niperf3, 4 streams through the pair: {received['bits_per_second'] / 1e9:.2f} Gbit/s"
+        )

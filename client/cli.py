@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import sys
 from collections.abc import Mapping
@@ -22,6 +23,7 @@ from tunnel.links import (
     seed_links_from_env,
 )
 from tunnel.runtime import run, setup_logging
+from tunnel.tls import ClientTls, client_context
 
 
 @click.group(invoke_without_command=True, context_settings={"max_content_width": 100})
@@ -77,6 +79,45 @@ from tunnel.runtime import run, setup_logging
     envvar="AMBASSADOR_LINK_WAIT_TIMEOUT",
     help="Seconds a consumer may wait for a tunnel that is down.",
 )
+@click.option(
+    "--tls/--no-tls",
+    "use_tls",
+    default=False,
+    envvar="AMBASSADOR_TLS",
+    help="Speak TLS, verifying the server against the system's CAs "
+    "(implied by --tls-ca and --pin).",
+)
+@click.option(
+    "--tls-ca",
+    type=click.Path(dir_okay=False),
+    envvar="AMBASSADOR_TLS_CA",
+    help="PEM CA that signed the server's certificate.",
+)
+@click.option(
+    "--tls-cert",
+    type=click.Path(dir_okay=False),
+    envvar="AMBASSADOR_TLS_CERT",
+    help="This client's PEM certificate, for servers that require one.",
+)
+@click.option(
+    "--tls-key",
+    type=click.Path(dir_okay=False),
+    envvar="AMBASSADOR_TLS_KEY",
+    help="PEM private key of --tls-cert.",
+)
+@click.option(
+    "--server-name",
+    envvar="AMBASSADOR_SERVER_NAME",
+    help="Name the server's certificate must carry [default: the --remote host].",
+)
+@click.option(
+    "--pin",
+    multiple=True,
+    envvar="AMBASSADOR_PIN",
+    metavar="sha256:BASE64",
+    help="Accept only a server whose public key has this SPKI hash "
+    "(see 'ambassador-server certs show'). Repeatable.",
+)
 @limit_options
 @log_option
 @click.version_option(package_name="ambassador-tunnel")
@@ -117,6 +158,7 @@ def build_config(params: dict[str, Any], environ: Mapping[str, str]) -> ClientCo
             "(or a link variable such as REDIS_PORT_6379_TCP=tcp://HOST:6379)"
         )
     return ClientConfig(
+        tls=client_tls(params),
         remotes=tuple(remotes),
         expose=tuple(expose),
         bind=params["bind"],
@@ -125,6 +167,33 @@ def build_config(params: dict[str, Any], environ: Mapping[str, str]) -> ClientCo
         connect_timeout=params["connect_timeout"],
         link_wait_timeout=params["link_wait_timeout"],
     )
+
+
+def client_tls(params: dict[str, Any]) -> ClientTls | None:
+    ca, cert, key, name = (params[k] for k in ("tls_ca", "tls_cert", "tls_key", "server_name"))
+    pins = tuple(params["pin"])
+    if not (params["use_tls"] or ca or cert or key or pins):
+        if name:
+            raise ConfigError("--server-name only applies with TLS (--tls-ca, --pin or --tls)")
+        return None
+    for pin in pins:
+        check_pin(pin)
+    tls = ClientTls(ca=ca, cert=cert, key=key, server_name=name or None, pins=pins)
+    client_context(tls)  # load now: a broken file is a one-line error at start
+    return tls
+
+
+def check_pin(text: str) -> None:
+    prefix, _, digest = text.partition(":")
+    try:
+        raw = base64.b64decode(digest, validate=True)
+    except ValueError:
+        raw = b""
+    if prefix != "sha256" or len(raw) != 32:
+        raise ConfigError(
+            f"bad --pin {text!r}: expected sha256:<base64 of 32 bytes>, as printed by "
+            "'ambassador-server certs show server.pem'"
+        )
 
 
 @cli.command()

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from tunnel.limits import Limits
 from tunnel.links import Address, ExposeSpec
+from tunnel.tls import ClientTls
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,3 +24,4 @@ class ClientConfig:
     backoff_max: float = 10.0
     # A consumer that connects while the tunnel is down waits this long for it.
     link_wait_timeout: float = 10.0
+    tls: ClientTls | None = None  # None: plaintext

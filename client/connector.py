@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import ssl
 from collections.abc import Callable
 
 from client.config import ClientConfig
@@ -32,6 +33,8 @@ from tunnel.messages import (
 )
 from tunnel.oserrors import connect_error
 from tunnel.session import Role, Session
+from tunnel.tls import client_context, describe_tls_error, peer_certificate, spki_pin_of_der
+from tunnel.tlslayer import TlsLayer
 from tunnel.transport import StreamHandler, TunnelConnection
 
 log = logging.getLogger("ambassador.client")
@@ -74,7 +77,8 @@ class ControlClient:
 
     def on_reset(self, reason: str) -> None:
         if not self.first.done():
-            self.first.set_exception(ConnectFailed(f"control stream {reason}", "reset"))
+            reason = reason.removeprefix("tunnel closed: ")
+            self.first.set_exception(ConnectFailed(reason, "handshake_closed"))
         elif self.tunnel is not None and self.tunnel.is_open:
             self.tunnel.close(f"control stream {reason}")
 
@@ -102,6 +106,9 @@ class Connector:
         self._on_catalog = on_catalog
         self._up = asyncio.Event()
         self.sessions = 0
+        self.tls_context: ssl.SSLContext | None = (
+            client_context(config.tls) if config.tls is not None else None
+        )
 
     async def wait_tunnel(self, timeout: float) -> TunnelConnection | None:
         """The tunnel once it is up, or None if it is not up within ``timeout`` seconds."""
@@ -186,19 +193,62 @@ class Connector:
         elif isinstance(message, GoingAway):
             log.info("server is going away: %s", message.text or message.reason.label)
 
+    async def _tls_handshake(
+        self, remote: Address, layer: TlsLayer, tunnel: TunnelConnection
+    ) -> None:
+        tls = self.config.tls
+        assert tls is not None
+        try:
+            async with asyncio.timeout(self.config.handshake_timeout):
+                await layer.handshake_done
+        except TimeoutError:
+            layer.abort()
+            raise ConnectFailed(
+                f"TLS with {remote} failed: no handshake within {self.config.handshake_timeout:g}s",
+                "tls",
+            ) from None
+        except (ssl.SSLError, ssl.CertificateError) as exc:
+            raise ConnectFailed(
+                f"TLS with {remote} failed: {describe_tls_error(exc)}", "tls"
+            ) from None
+        except ConnectionError:
+            raise ConnectFailed(
+                f"TLS with {remote} failed: the server closed the connection during the "
+                "handshake (is it running without TLS?)",
+                "tls",
+            ) from None
+        if tls.pins:
+            der = peer_certificate(layer.ssl_object)
+            pin = spki_pin_of_der(der) if der else "none"
+            if pin not in tls.pins:
+                tunnel.close("pin mismatch")
+                layer.close()
+                raise ConnectFailed(
+                    f"{remote} presented public key {pin}, which matches no --pin; if the "
+                    "server's key changed on purpose, update --pin",
+                    "pin_mismatch",
+                )
+
     async def _connect(self, remote: Address) -> tuple[TunnelConnection, Welcome]:
         loop = asyncio.get_running_loop()
         limits = self.config.limits
+        tls = self.config.tls
+        tunnel = TunnelConnection(Session(Role.CLIENT, limits), _refuse_server_stream)
+        protocol: asyncio.Protocol = tunnel
+        layer: TlsLayer | None = None
+        if tls is not None and self.tls_context is not None:
+            server_name = tls.server_name or remote.host
+            layer = TlsLayer(self.tls_context, tunnel, server_side=False,
+                             server_hostname=server_name)  # fmt: skip
+            protocol = layer
         try:
             async with asyncio.timeout(self.config.connect_timeout):
-                _, tunnel = await loop.create_connection(
-                    lambda: TunnelConnection(Session(Role.CLIENT, limits), _refuse_server_stream),
-                    remote.host,
-                    remote.port,
-                )
+                await loop.create_connection(lambda: protocol, remote.host, remote.port)
         except (OSError, TimeoutError) as exc:
             text, reason = connect_error(str(remote), exc, self.config.connect_timeout)
             raise ConnectFailed(text, reason) from None
+        if layer is not None:
+            await self._tls_handshake(remote, layer, tunnel)
         control = ControlClient(self._on_message)
         control.tunnel = tunnel
         control.stream_id = tunnel.open_stream(control)
@@ -218,16 +268,21 @@ class Connector:
             ) from None
         if control.first not in done:
             reason = tunnel.closed.result()
+            hint = "is it an ambassador-server of a compatible version?"
+            if tls is None:
+                hint = "is it an ambassador-server, and does it expect TLS (then give --tls-ca)?"
             raise ConnectFailed(
-                f"{remote} closed the connection during the hello ({reason}); "
-                "is it an ambassador-server of a compatible version?",
+                f"{remote} closed the connection during the hello ({reason}); {hint}",
                 "handshake_closed",
             )
         try:
             message = control.first.result()
-        except ConnectFailed:
+        except ConnectFailed as exc:
             tunnel.close("control stream reset")
-            raise
+            hint = "" if tls is not None else " (if it expects TLS, give --tls-ca)"
+            raise ConnectFailed(
+                f"{remote} ended the session during the hello: {exc}{hint}", exc.reason
+            ) from None
         if isinstance(message, Welcome):
             return tunnel, message
         tunnel.close("hello refused")

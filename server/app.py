@@ -5,13 +5,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import ssl
 
 from server.config import ServerConfig
 from server.connection import ServerConnection
+from server.tls_accept import accept_tls
 from tunnel.errors import ConfigError
 from tunnel.frames import GoAwayCode
 from tunnel.oserrors import listen_error
-from tunnel.transport import TunnelConnection
+from tunnel.tls import server_context
 
 log = logging.getLogger("ambassador.server")
 
@@ -21,6 +23,10 @@ class Server:
         self.config = config
         self.connections: set[ServerConnection] = set()
         self._listener: asyncio.Server | None = None
+        self.tls_context: ssl.SSLContext | None = (
+            server_context(config.tls) if config.tls is not None else None
+        )
+        self._tasks: set[asyncio.Task[None]] = set()
 
     @property
     def address(self) -> tuple[str, int]:
@@ -39,12 +45,24 @@ class Server:
         except OSError as exc:
             raise ConfigError(listen_error(str(listen), exc)) from None
         names = ", ".join(service.full_name for service in self.config.catalog) or "nothing"
-        log.info("listening on %s, offering %s", listen, names)
+        mode = "plaintext"
+        if self.config.tls is not None:
+            mode = "TLS, client certificates required" if self.config.tls.ca else "TLS"
+        log.info("listening on %s (%s), offering %s", listen, mode, names)
 
-    def _new_connection(self) -> TunnelConnection:
-        connection = ServerConnection(self)
+    def _new_connection(self) -> asyncio.Protocol:
+        if self.tls_context is not None:
+            return accept_tls(self, self.tls_context)
+        return self.make_connection().tunnel
+
+    def make_connection(self, peer: str = "") -> ServerConnection:
+        connection = ServerConnection(self, peer)
         self.connections.add(connection)
-        return connection.tunnel
+        return connection
+
+    def track(self, task: asyncio.Task[None]) -> None:
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def connection_closed(self, connection: ServerConnection) -> None:
         self.connections.discard(connection)
@@ -52,6 +70,8 @@ class Server:
     async def stop(self) -> None:
         if self._listener is not None:
             self._listener.close()
+        for task in list(self._tasks):
+            task.cancel()
         for connection in list(self.connections):
             connection.tunnel.go_away(GoAwayCode.NORMAL)
             connection.tunnel.close("server shutting down")

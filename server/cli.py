@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from server.app import serve
+from server.certs_cli import certs
 from server.config import ServerConfig
 from tunnel.cli import config_option, limit_options, limits_from, log_option, run_cli
 from tunnel.errors import ConfigError
@@ -22,6 +23,7 @@ from tunnel.links import (
     parse_link,
 )
 from tunnel.runtime import run, setup_logging
+from tunnel.tls import ServerTls, server_context
 
 
 @click.group(invoke_without_command=True, context_settings={"max_content_width": 100})
@@ -69,6 +71,30 @@ from tunnel.runtime import run, setup_logging
     envvar="AMBASSADOR_HANDSHAKE_TIMEOUT",
     help="Seconds a new connection has to say hello.",
 )
+@click.option(
+    "--tls-cert",
+    type=click.Path(dir_okay=False),
+    envvar="AMBASSADOR_TLS_CERT",
+    help="PEM certificate: serve TLS (with --tls-key).",
+)
+@click.option(
+    "--tls-key",
+    type=click.Path(dir_okay=False),
+    envvar="AMBASSADOR_TLS_KEY",
+    help="PEM private key of --tls-cert.",
+)
+@click.option(
+    "--tls-ca",
+    type=click.Path(dir_okay=False),
+    envvar="AMBASSADOR_TLS_CA",
+    help="PEM CA: require client certificates signed by it (mutual TLS).",
+)
+@click.option(
+    "--tls-crl",
+    type=click.Path(dir_okay=False),
+    envvar="AMBASSADOR_TLS_CRL",
+    help="PEM CRL of --tls-ca: refuse revoked client certificates.",
+)
 @limit_options
 @log_option
 @click.version_option(package_name="ambassador-tunnel")
@@ -98,6 +124,7 @@ def build_config(params: dict[str, Any], environ: Mapping[str, str]) -> ServerCo
             "link variables set)"
         )
     return ServerConfig(
+        tls=server_tls(params),
         listen=listen,
         catalog=catalog,
         limits=limits,
@@ -107,5 +134,23 @@ def build_config(params: dict[str, Any], environ: Mapping[str, str]) -> ServerCo
     )
 
 
+def server_tls(params: dict[str, Any]) -> ServerTls | None:
+    cert, key, ca, crl = (params[k] for k in ("tls_cert", "tls_key", "tls_ca", "tls_crl"))
+    if cert is None and key is None:
+        if ca is not None or crl is not None:
+            raise ConfigError("--tls-ca and --tls-crl need --tls-cert and --tls-key")
+        return None
+    if cert is None or key is None:
+        raise ConfigError("--tls-cert and --tls-key go together; give both")
+    if crl is not None and ca is None:
+        raise ConfigError("--tls-crl needs --tls-ca (the CA whose revocations it lists)")
+    tls = ServerTls(cert=cert, key=key, ca=ca, crl=crl)
+    server_context(tls)  # load now: a broken file is a one-line error at start
+    return tls
+
+
 def main(argv: list[str] | None = None) -> None:
     sys.exit(run_cli(cli, "ambassador-server", argv))
+
+
+cli.add_command(certs)

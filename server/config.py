@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from tunnel.limits import Limits
 from tunnel.links import DEFAULT_TUNNEL_PORT, Address, Catalog
+from tunnel.tls import ServerTls
 
 
 @dataclass(frozen=True, slots=True)
@@ -16,3 +17,4 @@ class ServerConfig:
     name: str = "ambassador-server"
     dial_timeout: float = 5.0  # seconds to reach a backend before the stream is refused
     handshake_timeout: float = 10.0  # a connection that sends no hello by then is closed
+    tls: ServerTls | None = None  # None: plaintext

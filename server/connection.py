@@ -43,9 +43,12 @@ def catalog_info(catalog: Catalog) -> tuple[ServiceInfo, ...]:
 class ServerConnection:
     """Everything the server knows about one tunnel connection."""
 
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: Server, peer: str = "") -> None:
         self.server = server
-        self.tunnel = TunnelConnection(Session(Role.SERVER, server.config.limits), self._accept)
+        self.tunnel = TunnelConnection(
+            Session(Role.SERVER, server.config.limits), self._accept, peer
+        )
+        self.identity: str | None = None  # the client certificate's name, under mutual TLS
         self.control_id: int | None = None
         self.client_name = ""
         self.welcomed = False

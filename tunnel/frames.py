@@ -136,7 +136,10 @@ def _check_header(
     version: int, raw_type: int, raw_flags: int, stream_id: int, length: int, max_data: int
 ) -> tuple[FrameType, int, int, int]:
     if version != VERSION:
-        raise RemoteProtocolError(f"unsupported yamux version {version} (expected {VERSION})")
+        hint = ""
+        if version == 0x16 and raw_type == 0x03:  # a TLS handshake record: 16 03 01 ...
+            hint = "; this is a TLS handshake: the peer speaks TLS to a plaintext port"
+        raise RemoteProtocolError(f"unsupported yamux version {version} (expected {VERSION}){hint}")
     if raw_type >= len(_TYPES):
         raise RemoteProtocolError(f"unknown frame type {raw_type:#x}")
     type_ = _TYPES[raw_type]

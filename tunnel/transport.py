@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import ssl
 from collections.abc import Callable
 from typing import Protocol, cast
 
@@ -32,6 +33,7 @@ from tunnel.events import (
 )
 from tunnel.frames import GoAwayCode
 from tunnel.session import Session
+from tunnel.tls import describe_tls_error
 
 log = logging.getLogger("ambassador.tunnel")
 
@@ -112,7 +114,12 @@ class TunnelConnection(asyncio.Protocol):
         self._schedule_flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        reason = f"connection lost: {exc}" if exc else "the peer closed the connection"
+        if isinstance(exc, ssl.SSLError):
+            reason = describe_tls_error(exc)
+        elif exc is not None:
+            reason = f"connection lost: {exc}"
+        else:
+            reason = "the peer closed the connection"
         self._finish(self.close_reason or reason)
 
     # ---------------------------------------------------------- used by handlers

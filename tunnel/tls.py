@@ -1,0 +1,186 @@
+"""TLS for the tunnel connection: contexts built from files by pure functions.
+
+The standard library's ``ssl`` does the protocol. These functions only decide the policy, the
+same everywhere: TLS 1.2 at least (1.3 preferred, as OpenSSL negotiates the highest), forward-
+secret AEAD ciphers only for 1.2, no compression, no renegotiation, and verification always on.
+There is no switch that skips verification: a client checks the server against a CA (the
+certificate's IP or DNS SAN must match the name it dialed) or against a pinned public key, or
+both; a server given a CA requires and checks client certificates (mutual TLS).
+
+A broken file (missing, not PEM, key not matching its certificate) is a
+:class:`~tunnel.errors.ConfigError` with one line naming the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ssl
+from base64 import b64encode
+from dataclasses import dataclass
+from typing import Any
+
+from tunnel.errors import ConfigError
+
+# TLS 1.2 suites: ECDHE key exchange with AEAD ciphers only. TLS 1.3 suites are all AEAD.
+CIPHERS_TLS12 = "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!eNULL:!SHA1:!SHA256:!SHA384"
+
+
+@dataclass(frozen=True, slots=True)
+class ServerTls:
+    cert: str  # PEM certificate chain of the server
+    key: str  # PEM private key
+    ca: str | None = None  # PEM CA bundle: set, client certificates are required (mutual TLS)
+    crl: str | None = None  # PEM CRL of that CA: revoked client certificates are refused
+
+
+@dataclass(frozen=True, slots=True)
+class ClientTls:
+    ca: str | None = None  # PEM CA bundle to verify the server; None: system CAs, unless pinned
+    cert: str | None = None  # the client's own certificate (for mutual TLS)
+    key: str | None = None
+    server_name: str | None = None  # name to check the server's SAN against (default: --remote)
+    pins: tuple[str, ...] = ()  # "sha256:<base64>" SPKI pins; any one must match
+
+
+def _base_context(purpose: ssl._SSLMethod) -> ssl.SSLContext:
+    context = ssl.SSLContext(purpose)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_ciphers(CIPHERS_TLS12)
+    context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
+    return context
+
+
+def _load_chain(context: ssl.SSLContext, cert: str, key: str) -> None:
+    try:
+        context.load_cert_chain(cert, key)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"cannot read {exc.filename}: no such file") from None
+    except PermissionError as exc:
+        raise ConfigError(f"cannot read {exc.filename}: permission denied") from None
+    except ssl.SSLError as exc:
+        raise ConfigError(
+            f"cannot load certificate {cert} with key {key}: {exc.reason or exc}; "
+            "check both are PEM and the key belongs to the certificate"
+        ) from None
+
+
+def _load_ca(context: ssl.SSLContext, ca: str) -> None:
+    try:
+        context.load_verify_locations(cafile=ca)
+    except FileNotFoundError:
+        raise ConfigError(f"cannot read CA file {ca}: no such file") from None
+    except (ssl.SSLError, ValueError) as exc:
+        raise ConfigError(
+            f"cannot load CA file {ca}: {exc}; it must hold PEM certificates"
+        ) from None
+
+
+def server_context(tls: ServerTls) -> ssl.SSLContext:
+    context = _base_context(ssl.PROTOCOL_TLS_SERVER)
+    context.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
+    _load_chain(context, tls.cert, tls.key)
+    if tls.ca is not None:
+        _load_ca(context, tls.ca)
+        context.verify_mode = ssl.CERT_REQUIRED
+        if tls.crl is not None:
+            _load_ca(context, tls.crl)  # load_verify_locations also takes CRLs
+            context.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
+    return context
+
+
+def client_context(tls: ClientTls) -> ssl.SSLContext:
+    context = _base_context(ssl.PROTOCOL_TLS_CLIENT)
+    if tls.ca is not None:
+        _load_ca(context, tls.ca)
+    elif tls.pins:
+        # Pinned and no CA: the pin is the verification (checked right after the handshake),
+        # as for a self-signed server whose key the operator copied out of band.
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    else:
+        context.load_default_certs()
+    if tls.cert is not None or tls.key is not None:
+        if tls.cert is None or tls.key is None:
+            raise ConfigError("--tls-cert and --tls-key go together; give both or neither")
+        _load_chain(context, tls.cert, tls.key)
+    return context
+
+
+def spki_pin_of_der(certificate_der: bytes) -> str:
+    """``sha256:<base64>`` of the certificate's SubjectPublicKeyInfo."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    cert = x509.load_der_x509_certificate(certificate_der)
+    spki = cert.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    return "sha256:" + b64encode(hashlib.sha256(spki).digest()).decode()
+
+
+def peer_certificate(ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> bytes | None:
+    if ssl_object is None:
+        return None
+    return ssl_object.getpeercert(binary_form=True)
+
+
+def peer_common_name(ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> str | None:
+    """The verified peer certificate's common name: the client's identity under mutual TLS."""
+    if ssl_object is None:
+        return None
+    cert = ssl_object.getpeercert()
+    if not cert:
+        return None
+    subject: Any = cert.get("subject", ())
+    for rdn in subject:
+        for key, value in rdn:
+            if key == "commonName":
+                return str(value)
+    return None
+
+
+def describe_tls_error(exc: BaseException) -> str:
+    """A handshake failure in words a person can act on."""
+    text = str(exc)
+    reason = getattr(exc, "reason", None) or ""
+    verify = getattr(exc, "verify_message", None)
+    if verify:
+        if "expired" in verify:
+            return f"the peer's certificate has expired ({verify})"
+        if "not yet valid" in verify:
+            return f"the peer's certificate is not yet valid ({verify})"
+        if "Hostname mismatch" in verify or "IP address mismatch" in verify:
+            return (
+                f"the server's certificate does not name this host ({verify}); "
+                "use --server-name or reissue it with the right --san"
+            )
+        if (
+            "unable to get local issuer" in verify
+            or "self-signed" in verify
+            or "self signed" in verify
+        ):
+            return f"the peer's certificate is not signed by the trusted CA ({verify})"
+        if "revoked" in verify:
+            return f"the peer's certificate has been revoked ({verify})"
+        return f"certificate verification failed: {verify}"
+    if "WRONG_VERSION_NUMBER" in reason or "wrong version number" in text:
+        return "the peer does not speak TLS (a plaintext ambassador, or another service?)"
+    if "UNSUPPORTED_PROTOCOL" in reason or "unsupported protocol" in text:
+        return "the peer offered only TLS 1.0/1.1; TLS 1.2 or newer is required"
+    if "TLSV1_ALERT_PROTOCOL_VERSION" in reason:
+        return "the peer refused our TLS version; TLS 1.2 or newer is required on both sides"
+    if "PEER_DID_NOT_RETURN_A_CERTIFICATE" in reason or "CERTIFICATE_REQUIRED" in reason:
+        return (
+            "no client certificate was presented; this server requires one (--tls-cert/--tls-key)"
+        )
+    if "TLSV1_ALERT_UNKNOWN_CA" in reason or "UNKNOWN_CA" in reason:
+        return "the peer does not trust our certificate's CA"
+    if "CERTIFICATE_VERIFY_FAILED" in reason:
+        return "the peer's certificate could not be verified"
+    if "SSLV3_ALERT_CERTIFICATE_EXPIRED" in reason:
+        return "the peer says our certificate has expired"
+    if "SSLV3_ALERT_CERTIFICATE_REVOKED" in reason:
+        return "the peer says our certificate has been revoked"
+    if "SSLV3_ALERT_BAD_CERTIFICATE" in reason:
+        return "the peer rejected our certificate"
+    if "HTTP_REQUEST" in reason:
+        return "the peer spoke HTTP, not TLS"
+    return f"TLS handshake failed: {reason or text}"

@@ -1,0 +1,231 @@
+"""TLS between a socket and the tunnel protocol, with ``ssl.MemoryBIO``.
+
+:class:`TlsLayer` is the socket's protocol and, towards the protocol it wraps, a transport: it
+decrypts what the socket delivers and hands the plaintext on, and encrypts what the inner
+protocol writes. Doing this here rather than through the event loop's own TLS support gives the
+same behaviour on every loop, and puts every handshake failure in our hands: it is described in
+one line (:func:`tunnel.tls.describe_tls_error`), logged by the role and counted, and no tunnel
+frame is read before the handshake has completed.
+
+Flow control passes straight through: the socket's pause/resume_writing reach the inner
+protocol, and pausing the inner protocol's reading pauses the socket's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+from collections.abc import Callable
+from typing import Any, cast
+
+READ_SIZE = 256 * 1024
+
+
+class TlsLayer(asyncio.Protocol):
+    """One TLS connection; ``inner`` starts once the handshake is complete."""
+
+    def __init__(
+        self,
+        context: ssl.SSLContext,
+        inner: asyncio.Protocol,
+        server_side: bool,
+        server_hostname: str | None = None,
+        on_handshake: Callable[[TlsLayer, BaseException | None], None] | None = None,
+    ) -> None:
+        self._incoming = ssl.MemoryBIO()
+        self._outgoing = ssl.MemoryBIO()
+        self.ssl_object = context.wrap_bio(
+            self._incoming, self._outgoing, server_side=server_side,
+            server_hostname=server_hostname,
+        )  # fmt: skip
+        self.inner = inner
+        self._on_handshake = on_handshake
+        self.handshake_done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.transport: asyncio.Transport | None = None
+        self._established = False
+        self._closing = False
+        self._inner_lost = False
+        self.error: BaseException | None = None
+
+    # ----------------------------------------------------------- socket side
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        self._handshake()
+
+    def data_received(self, data: bytes) -> None:
+        self._incoming.write(data)
+        if not self._established:
+            self._handshake()
+            if not self._established:
+                return
+        self._read_plaintext()
+
+    def eof_received(self) -> bool | None:
+        self._incoming.write_eof()
+        if not self._established:
+            self.fail(
+                ConnectionResetError("the peer closed the connection during the TLS handshake")
+            )
+            return None
+        self._read_plaintext()
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self._established:
+            self._finish_handshake(exc or ConnectionResetError("connection closed"))
+        self._lose_inner(exc or self._error_as_exception())
+
+    def pause_writing(self) -> None:
+        if self._established:
+            self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self._established:
+            self.inner.resume_writing()
+
+    # -------------------------------------------- transport, for the inner protocol
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self._closing or self.transport is None:
+            return
+        try:
+            self.ssl_object.write(data)
+        except ssl.SSLError as exc:
+            self.fail(exc)
+            return
+        self._flush()
+
+    def writelines(self, chunks: list[bytes]) -> None:
+        for chunk in chunks:
+            self.write(chunk)
+
+    def can_write_eof(self) -> bool:
+        return False  # TLS cannot half-close; the tunnel's own FIN does that job
+
+    def write_eof(self) -> None:
+        raise NotImplementedError("TLS connections cannot be half-closed")
+
+    def is_closing(self) -> bool:
+        return self._closing or self.transport is None or self.transport.is_closing()
+
+    def close(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        if self._established:
+            with contextlib.suppress(ssl.SSLError, ValueError):
+                self.ssl_object.unwrap()  # queue close_notify
+            self._flush()
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        self._closing = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        if name == "ssl_object":
+            return self.ssl_object
+        if name == "peercert":
+            return self.ssl_object.getpeercert()
+        if name == "cipher":
+            return self.ssl_object.cipher()
+        if self.transport is None:
+            return default
+        return self.transport.get_extra_info(name, default)
+
+    def pause_reading(self) -> None:
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.transport is not None:
+            self.transport.resume_reading()
+
+    def is_reading(self) -> bool:
+        return self.transport is not None and self.transport.is_reading()
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        if self.transport is not None:
+            self.transport.set_write_buffer_limits(high, low)
+
+    def get_write_buffer_size(self) -> int:
+        return self.transport.get_write_buffer_size() if self.transport is not None else 0
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self.inner = cast(asyncio.Protocol, protocol)
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        return self.inner
+
+    # ------------------------------------------------------------- internals
+
+    def _handshake(self) -> None:
+        try:
+            self.ssl_object.do_handshake()
+        except ssl.SSLWantReadError:
+            self._flush()
+            return
+        except (ssl.SSLError, ssl.CertificateError) as exc:
+            self._flush()  # send the alert, so the peer learns why
+            self.fail(exc)
+            return
+        self._flush()
+        self._established = True
+        self._finish_handshake(None)
+        if not self._closing:
+            self.inner.connection_made(cast(asyncio.Transport, self))
+
+    def _finish_handshake(self, exc: BaseException | None) -> None:
+        if self.handshake_done.done():
+            return
+        if exc is None:
+            self.handshake_done.set_result(None)
+        else:
+            self.handshake_done.set_exception(exc)
+            self.handshake_done.exception()  # retrieved: callers may not be waiting
+        if self._on_handshake is not None:
+            self._on_handshake(self, exc)
+
+    def _read_plaintext(self) -> None:
+        while not self._closing:
+            try:
+                chunk = self.ssl_object.read(READ_SIZE)
+            except ssl.SSLWantReadError:
+                break
+            except ssl.SSLZeroReturnError:
+                self.inner.eof_received()
+                break
+            except ssl.SSLError as exc:
+                self.fail(exc)
+                return
+            if not chunk:
+                # The socket reached EOF without a TLS close_notify.
+                self.inner.eof_received()
+                break
+            self.inner.data_received(chunk)
+        self._flush()  # a read may produce bytes to send (key updates, tickets)
+
+    def _flush(self) -> None:
+        if self._outgoing.pending and self.transport is not None:
+            self.transport.write(self._outgoing.read())
+
+    def fail(self, exc: BaseException) -> None:
+        """End the connection because of ``exc`` (also used for handshake timeouts)."""
+        self.error = exc
+        self._finish_handshake(exc)
+        self._closing = True
+        if self.transport is not None:
+            self.transport.close()
+        self._lose_inner(exc)
+
+    def _lose_inner(self, exc: BaseException | None) -> None:
+        if self._established and not self._inner_lost:
+            self._inner_lost = True
+            self.inner.connection_lost(cast(Exception | None, exc))
+
+    def _error_as_exception(self) -> BaseException | None:
+        return self.error

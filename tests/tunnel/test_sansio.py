@@ -20,6 +20,7 @@ SANS_IO = [
     "streams",
     "windows",
     "config",
+    "certs",
 ]
 FORBIDDEN = {"asyncio", "socket", "ssl", "time", "selectors", "threading", "uvloop"}
 

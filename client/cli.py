@@ -12,6 +12,7 @@ import click
 
 from client.app import serve
 from client.config import ClientConfig
+from tunnel.auth import load_tokens
 from tunnel.cli import config_option, limit_options, limits_from, log_option, run_cli
 from tunnel.errors import ConfigError
 from tunnel.links import (
@@ -118,6 +119,13 @@ from tunnel.tls import ClientTls, client_context
     help="Accept only a server whose public key has this SPKI hash "
     "(see 'ambassador-server certs show'). Repeatable.",
 )
+@click.option(
+    "--token-file",
+    type=click.Path(dir_okay=False),
+    envvar="AMBASSADOR_TOKEN_FILE",
+    help="A NAME:SECRET line: authenticate with this token (it never crosses the "
+    "wire; the server proves it holds it too).",
+)
 @limit_options
 @log_option
 @click.version_option(package_name="ambassador-tunnel")
@@ -157,7 +165,14 @@ def build_config(params: dict[str, Any], environ: Mapping[str, str]) -> ClientCo
             "no server to connect to: give --remote HOST[:PORT] "
             "(or a link variable such as REDIS_PORT_6379_TCP=tcp://HOST:6379)"
         )
+    token = None
+    if params["token_file"] is not None:
+        tokens, warning = load_tokens(params["token_file"])
+        if warning:
+            print(f"ambassador-client: warning: {warning}", file=sys.stderr)
+        token = next(iter(tokens.items()))
     return ClientConfig(
+        token=token,
         tls=client_tls(params),
         remotes=tuple(remotes),
         expose=tuple(expose),

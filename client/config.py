@@ -25,3 +25,4 @@ class ClientConfig:
     # A consumer that connects while the tunnel is down waits this long for it.
     link_wait_timeout: float = 10.0
     tls: ClientTls | None = None  # None: plaintext
+    token: tuple[str, bytes] | None = None  # (name, secret) from --token-file

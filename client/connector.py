@@ -11,17 +11,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 import ssl
 from collections.abc import Callable
 
 from client.config import ClientConfig
-from tunnel import __version__, metrics
+from tunnel import __version__, auth, metrics
 from tunnel.errors import RemoteProtocolError
 from tunnel.links import Address
 from tunnel.messages import (
     SUPPORTED_VERSIONS,
+    Auth,
     CatalogChanged,
+    Challenge,
     GoingAway,
     Hello,
     Message,
@@ -49,13 +52,18 @@ class ConnectFailed(Exception):
 
 
 class ControlClient:
-    """The client's end of the control stream."""
+    """The client's end of the control stream.
+
+    Until the welcome, messages queue up for the connector's handshake; after it, they go to
+    ``on_message`` (catalog changes, notices of going away).
+    """
 
     def __init__(self, on_message: Callable[[Message], None]) -> None:
         self.tunnel: TunnelConnection | None = None
         self.stream_id = 0
         self.reader = MessageReader()
-        self.first: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        self.handshake: asyncio.Queue[Message | ConnectFailed] = asyncio.Queue()
+        self.welcomed = False
         self._on_message = on_message
 
     def on_data(self, data: bytes) -> None:
@@ -67,18 +75,19 @@ class ControlClient:
             self.tunnel.close(f"bad control message: {exc}")
             return
         for message in messages:
-            if not self.first.done():
-                self.first.set_result(message)
-            else:
+            if self.welcomed:
                 self._on_message(message)
+            else:
+                self.handshake.put_nowait(message)
+                self.welcomed = isinstance(message, Welcome)
 
     def on_end(self) -> None:
         pass
 
     def on_reset(self, reason: str) -> None:
-        if not self.first.done():
+        if not self.welcomed:
             reason = reason.removeprefix("tunnel closed: ")
-            self.first.set_exception(ConnectFailed(reason, "handshake_closed"))
+            self.handshake.put_nowait(ConnectFailed(reason, "handshake_closed"))
         elif self.tunnel is not None and self.tunnel.is_open:
             self.tunnel.close(f"control stream {reason}")
 
@@ -252,37 +261,33 @@ class Connector:
         control = ControlClient(self._on_message)
         control.tunnel = tunnel
         control.stream_id = tunnel.open_stream(control)
-        hello = Hello(SUPPORTED_VERSIONS, self.config.name, f"ambassador/{__version__}")
+        token = self.config.token
+        nonce = os.urandom(auth.NONCE_SIZE) if token else b""
+        hello = Hello(
+            SUPPORTED_VERSIONS, self.config.name, f"ambassador/{__version__}",
+            token[0] if token else None, nonce,
+        )  # fmt: skip
         tunnel.send(control.stream_id, encode_message(hello))
-        try:
-            async with asyncio.timeout(self.config.handshake_timeout):
-                done, _ = await asyncio.wait(
-                    (control.first, tunnel.closed), return_when=asyncio.FIRST_COMPLETED
-                )
-        except TimeoutError:
-            tunnel.close("no answer to hello")
+        message = await self._next(remote, control, tunnel)
+        if isinstance(message, Challenge) and token is not None:
+            proof = auth.client_proof(token[1], token[0], nonce, message.nonce)
+            tunnel.send(control.stream_id, encode_message(Auth(proof)))
+            server_nonce = message.nonce
+            message = await self._next(remote, control, tunnel)
+            if isinstance(message, Welcome):
+                expected = auth.server_proof(token[1], token[0], nonce, server_nonce)
+                if not auth.proofs_match(expected, message.proof):
+                    tunnel.close("server proof mismatch")
+                    raise ConnectFailed(
+                        f"{remote} did not prove it knows the token {token[0]!r}; "
+                        "is it the right server?", "auth_failed",
+                    )  # fmt: skip
+        elif isinstance(message, Welcome) and token is not None:
+            tunnel.close("server skipped the token exchange")
             raise ConnectFailed(
-                f"{remote} accepted the connection but did not answer the hello within "
-                f"{self.config.handshake_timeout:g}s; is it an ambassador-server?",
-                "handshake_timeout",
-            ) from None
-        if control.first not in done:
-            reason = tunnel.closed.result()
-            hint = "is it an ambassador-server of a compatible version?"
-            if tls is None:
-                hint = "is it an ambassador-server, and does it expect TLS (then give --tls-ca)?"
-            raise ConnectFailed(
-                f"{remote} closed the connection during the hello ({reason}); {hint}",
-                "handshake_closed",
-            )
-        try:
-            message = control.first.result()
-        except ConnectFailed as exc:
-            tunnel.close("control stream reset")
-            hint = "" if tls is not None else " (if it expects TLS, give --tls-ca)"
-            raise ConnectFailed(
-                f"{remote} ended the session during the hello: {exc}{hint}", exc.reason
-            ) from None
+                f"{remote} did not ask for the token {token[0]!r}: it runs without "
+                "--token-file, so it cannot prove it is the right server", "auth_failed",
+            )  # fmt: skip
         if isinstance(message, Welcome):
             return tunnel, message
         tunnel.close("hello refused")
@@ -293,3 +298,41 @@ class Connector:
         raise ConnectFailed(
             f"{remote} answered the hello with {type(message).__name__}", "protocol_error"
         )
+
+    async def _next(
+        self, remote: Address, control: ControlClient, tunnel: TunnelConnection
+    ) -> Message:
+        """The next handshake message, or ConnectFailed saying why there is none."""
+        tls = self.config.tls
+        getting = asyncio.ensure_future(control.handshake.get())
+        try:
+            async with asyncio.timeout(self.config.handshake_timeout):
+                done, _ = await asyncio.wait(
+                    (getting, tunnel.closed), return_when=asyncio.FIRST_COMPLETED
+                )
+        except TimeoutError:
+            getting.cancel()
+            tunnel.close("no answer to hello")
+            raise ConnectFailed(
+                f"{remote} accepted the connection but did not answer the hello within "
+                f"{self.config.handshake_timeout:g}s; is it an ambassador-server?",
+                "handshake_timeout",
+            ) from None
+        if getting not in done:
+            getting.cancel()
+            reason = tunnel.closed.result()
+            hint = "is it an ambassador-server of a compatible version?"
+            if tls is None:
+                hint = "is it an ambassador-server, and does it expect TLS (then give --tls-ca)?"
+            raise ConnectFailed(
+                f"{remote} closed the connection during the hello ({reason}); {hint}",
+                "handshake_closed",
+            )
+        item = getting.result()
+        if isinstance(item, ConnectFailed):
+            tunnel.close("control stream reset")
+            hint = "" if tls is not None else " (if it expects TLS, give --tls-ca)"
+            raise ConnectFailed(
+                f"{remote} ended the session during the hello: {item}{hint}", item.reason
+            )
+        return item

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import signal
 import ssl
@@ -10,6 +11,7 @@ import ssl
 from server.config import ServerConfig
 from server.connection import ServerConnection
 from server.tls_accept import accept_tls
+from tunnel.auth import load_tokens
 from tunnel.errors import ConfigError
 from tunnel.frames import GoAwayCode
 from tunnel.oserrors import listen_error
@@ -27,6 +29,11 @@ class Server:
             server_context(config.tls) if config.tls is not None else None
         )
         self._tasks: set[asyncio.Task[None]] = set()
+        self.tokens: dict[str, bytes] | None = None
+        if config.token_file is not None:
+            self.tokens, warning = load_tokens(config.token_file)
+            if warning:
+                log.warning("%s", warning)
 
     @property
     def address(self) -> tuple[str, int]:
@@ -49,6 +56,13 @@ class Server:
         if self.config.tls is not None:
             mode = "TLS, client certificates required" if self.config.tls.ca else "TLS"
         log.info("listening on %s (%s), offering %s", listen, mode, names)
+        if self.config.tls is None and self.tokens is None and not is_loopback(listen.host):
+            log.warning(
+                "listening on %s in plaintext without a token: anyone who can reach this port "
+                "can use %s, and the traffic crosses the network unencrypted; add "
+                "--tls-cert/--tls-key (and --tls-ca) or --token-file",
+                listen, names,
+            )  # fmt: skip
 
     def _new_connection(self) -> asyncio.Protocol:
         if self.tls_context is not None:
@@ -77,6 +91,15 @@ class Server:
             connection.tunnel.close("server shutting down")
         if self._listener is not None:
             await self._listener.wait_closed()
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 async def serve(config: ServerConfig) -> None:

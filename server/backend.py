@@ -53,6 +53,13 @@ class BackendStream(Relay):
             except ConfigError as exc:
                 self.refuse(Reason.UNKNOWN_SERVICE, str(exc), header.service)
                 return
+            if not self.owner.allows(service):
+                self.refuse(
+                    Reason.NOT_ALLOWED,
+                    f"{self.owner.identity!r} may not reach {service.name!r}",
+                    header.service,
+                )
+                return
             self.service = service
             self._label = service.name
             self._to_backend = metrics.BYTES.labels("server", self._label, "to_backend")
@@ -104,9 +111,10 @@ class BackendStream(Relay):
         self.closed = True
         name = service if service is not None else self._label
         log.warning(
-            "stream %s from %s to %r refused (%s): %s",
+            "stream %s from %s as %s to %r refused (%s): %s",
             self.stream_id,
             self.owner.peer_name,
+            self.owner.identity,
             name,
             reason.label,
             text,

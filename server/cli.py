@@ -12,6 +12,8 @@ import click
 from server.app import serve
 from server.certs_cli import certs
 from server.config import ServerConfig
+from tunnel.access import parse_access
+from tunnel.auth import load_tokens
 from tunnel.cli import config_option, limit_options, limits_from, log_option, run_cli
 from tunnel.errors import ConfigError
 from tunnel.links import (
@@ -95,6 +97,20 @@ from tunnel.tls import ServerTls, server_context
     envvar="AMBASSADOR_TLS_CRL",
     help="PEM CRL of --tls-ca: refuse revoked client certificates.",
 )
+@click.option(
+    "--access",
+    multiple=True,
+    envvar="AMBASSADOR_ACCESS",
+    metavar="IDENTITY=SERVICE[,SERVICE]",
+    help="Let a client identity (certificate or token name; * for everyone) reach "
+    "these services; once any rule is given, nothing else is reachable. Repeatable.",
+)
+@click.option(
+    "--token-file",
+    type=click.Path(dir_okay=False),
+    envvar="AMBASSADOR_TOKEN_FILE",
+    help="NAME:SECRET lines: clients must prove they hold one (the token never crosses the wire).",
+)
 @limit_options
 @log_option
 @click.version_option(package_name="ambassador-tunnel")
@@ -123,7 +139,13 @@ def build_config(params: dict[str, Any], environ: Mapping[str, str]) -> ServerCo
             "nothing to offer: give --link ALIAS=HOST:PORT (or --links-from-env with Docker "
             "link variables set)"
         )
+    access = parse_access(params["access"])
+    token_file = params["token_file"]
+    if token_file is not None:
+        load_tokens(token_file)  # a broken file is a one-line error at start
     return ServerConfig(
+        access=access,
+        token_file=token_file,
         tls=server_tls(params),
         listen=listen,
         catalog=catalog,

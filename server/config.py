@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from tunnel.access import AccessRules
 from tunnel.limits import Limits
 from tunnel.links import DEFAULT_TUNNEL_PORT, Address, Catalog
 from tunnel.tls import ServerTls
@@ -18,3 +19,5 @@ class ServerConfig:
     dial_timeout: float = 5.0  # seconds to reach a backend before the stream is refused
     handshake_timeout: float = 10.0  # a connection that sends no hello by then is closed
     tls: ServerTls | None = None  # None: plaintext
+    access: AccessRules = field(default_factory=AccessRules)  # empty: everyone reaches all
+    token_file: str | None = None  # NAME:SECRET lines; set: clients must prove a token

@@ -3,21 +3,31 @@
 The first stream a client opens is the control stream. Until its :class:`Hello` has been
 answered with a :class:`Welcome`, no other stream is accepted; a connection that says nothing
 within the handshake timeout is closed, so idle or garbage connections cannot pile up.
+
+The client's identity is its certificate's name (mutual TLS), else its token's name once the
+token exchange succeeded (:mod:`tunnel.auth`), else ``anonymous``. The catalog in the welcome
+lists only what the access rules let that identity reach.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from typing import TYPE_CHECKING
 
 from server.backend import BackendStream
-from tunnel import metrics
+from tunnel import auth, metrics
+from tunnel.access import ANONYMOUS
 from tunnel.errors import Reason, RemoteProtocolError
 from tunnel.frames import GoAwayCode
 from tunnel.links import Catalog, Service
 from tunnel.messages import (
     SUPPORTED_VERSIONS,
+    Auth,
+    CatalogChanged,
+    Challenge,
+    GoingAway,
     Hello,
     Message,
     MessageReader,
@@ -48,15 +58,26 @@ class ServerConnection:
         self.tunnel = TunnelConnection(
             Session(Role.SERVER, server.config.limits), self._accept, peer
         )
-        self.identity: str | None = None  # the client certificate's name, under mutual TLS
+        self.cert_name: str | None = None  # the client certificate's name, under mutual TLS
+        self.peer_cert: bytes | None = None  # its DER, to check against a reloaded CRL
+        self.token_name: str | None = None  # set once the token exchange succeeded
         self.control_id: int | None = None
         self.client_name = ""
         self.welcomed = False
+        self.refused = False  # the hello was refused (and logged as such)
         self.streams: set[BackendStream] = set()
         self.tasks: set[asyncio.Task[None]] = set()
+        self._hello: Hello | None = None
+        self._version = 0
+        self._server_nonce = b""
+        self.shown: tuple[ServiceInfo, ...] = ()
         loop = asyncio.get_running_loop()
         self._hello_timer = loop.call_later(server.config.handshake_timeout, self._hello_timeout)
         self.tunnel.closed.add_done_callback(self._closed)
+
+    @property
+    def identity(self) -> str:
+        return self.cert_name or self.token_name or ANONYMOUS
 
     @property
     def catalog(self) -> Catalog:
@@ -64,8 +85,11 @@ class ServerConnection:
 
     @property
     def peer_name(self) -> str:
-        name = f" ({self.client_name})" if self.client_name else ""
-        return f"{self.tunnel.peer}{name}"
+        who = self.cert_name or self.token_name or self.client_name
+        return f"{self.tunnel.peer} ({who})" if who else self.tunnel.peer
+
+    def allows(self, service: Service) -> bool:
+        return self.server.config.access.allows(self.identity, service)
 
     def _accept(self, tunnel: TunnelConnection, stream_id: int) -> StreamHandler | None:
         if self.control_id is None:
@@ -90,38 +114,99 @@ class ServerConnection:
     def stream_done(self, stream: BackendStream) -> None:
         self.streams.discard(stream)
 
+    # ------------------------------------------------------------ the hello
+
     def on_hello(self, hello: Hello) -> None:
-        version = negotiate_version(hello.versions)
         self.client_name = hello.name
-        assert self.control_id is not None
+        version = negotiate_version(hello.versions)
         if version is None:
-            text = (
+            self.refuse(
+                Reason.VERSION_MISMATCH,
                 f"no common protocol version: client speaks {list(hello.versions)}, "
-                f"server speaks {list(SUPPORTED_VERSIONS)}; upgrade the older side"
+                f"server speaks {list(SUPPORTED_VERSIONS)}; upgrade the older side",
             )
-            log.warning("refusing %s: %s", self.peer_name, text)
-            self.tunnel.send(
-                self.control_id, encode_message(Refusal(Reason.VERSION_MISMATCH, text))
-            )
-            self.tunnel.go_away(GoAwayCode.NORMAL)
-            asyncio.get_running_loop().call_later(1.0, self.tunnel.close, "version mismatch")
             return
+        self._hello, self._version = hello, version
+        tokens = self.server.tokens
+        if hello.token_name is not None and tokens is not None:
+            self._server_nonce = os.urandom(auth.NONCE_SIZE)
+            self._send(Challenge(self._server_nonce))
+            return
+        if tokens is not None and self.cert_name is None:
+            self.refuse(
+                Reason.AUTH_FAILED,
+                "this server requires a token or a client certificate; give the client "
+                "--token-file (or --tls-cert/--tls-key)",
+            )
+            return
+        self._welcome(proof=b"")
+
+    def on_auth(self, message: Auth) -> None:
+        hello, tokens = self._hello, self.server.tokens
+        if hello is None or hello.token_name is None or tokens is None or not self._server_nonce:
+            self.protocol_error("auth message without a challenge")
+            return
+        name = hello.token_name
+        secret = tokens.get(name)
+        server_nonce, self._server_nonce = self._server_nonce, b""  # one answer per challenge
+        expected = auth.client_proof(secret or b"?", name, hello.nonce, server_nonce)
+        if secret is None or not auth.proofs_match(expected, message.proof):
+            self.refuse(Reason.AUTH_FAILED, f"wrong or unknown token for {name!r}")
+            return
+        self.token_name = name
+        self._welcome(auth.server_proof(secret, name, hello.nonce, server_nonce))
+
+    def _welcome(self, proof: bytes) -> None:
         self._hello_timer.cancel()
         self.welcomed = True
-        welcome = Welcome(version, self.server.config.name, catalog_info(self.catalog))
-        self.tunnel.send(self.control_id, encode_message(welcome))
+        self.shown = catalog_info(self.server.config.access.visible(self.identity, self.catalog))
+        self._send(Welcome(self._version, self.server.config.name, self.shown, proof))
         metrics.SESSIONS.labels("server").inc()
         metrics.SESSIONS_OPEN.labels("server").inc()
         log.info(
-            "session up with %s, protocol %d, %d services offered",
-            self.peer_name,
-            version,
-            len(self.catalog),
-        )
+            "session up with %s as %s, protocol %d, %d of %d services offered",
+            self.peer_name, self.identity, self._version, len(self.shown), len(self.catalog),
+        )  # fmt: skip
+
+    def refuse(self, reason: Reason, text: str) -> None:
+        """Refuse the hello: say why on the control stream, then go away."""
+        log.warning("refused %s: %s", self.peer_name, text)
+        self.refused = True
+        metrics.SESSION_ENDS.labels("server", reason.label).inc()
+        self._send(Refusal(reason, text))
+        self.tunnel.go_away(GoAwayCode.NORMAL)
+        asyncio.get_running_loop().call_later(1.0, self.tunnel.close, reason.label)
+
+    # ------------------------------------------------------- while running
+
+    def update_catalog(self) -> None:
+        """After a reload: send the new catalog, or end a session that lost all access."""
+        if not self.welcomed or not self.tunnel.is_open:
+            return
+        visible = self.server.config.access.visible(self.identity, self.catalog)
+        if self.server.config.access.enabled and not visible:
+            self.close_with(Reason.NOT_ALLOWED, f"access for {self.identity!r} was withdrawn")
+            return
+        shown = catalog_info(visible)
+        if shown != self.shown:
+            self.shown = shown
+            self._send(CatalogChanged(shown))
+
+    def close_with(self, reason: Reason, text: str) -> None:
+        log.warning("closing session with %s: %s", self.peer_name, text)
+        metrics.SESSION_ENDS.labels("server", reason.label).inc()
+        self._send(GoingAway(reason, text))
+        self.tunnel.go_away(GoAwayCode.NORMAL)
+        asyncio.get_running_loop().call_later(0.5, self.tunnel.close, text)
 
     def protocol_error(self, text: str) -> None:
         log.warning("closing session with %s: %s", self.peer_name, text)
+        metrics.SESSION_ENDS.labels("server", "protocol_error").inc()
         self.tunnel.go_away(GoAwayCode.PROTOCOL_ERROR, text)
+
+    def _send(self, message: Message) -> None:
+        assert self.control_id is not None
+        self.tunnel.send(self.control_id, encode_message(message))
 
     def _hello_timeout(self) -> None:
         if not self.welcomed and self.tunnel.is_open:
@@ -139,6 +224,9 @@ class ServerConnection:
             metrics.SESSIONS_OPEN.labels("server").dec()
             metrics.SESSION_ENDS.labels("server", "closed").inc()
             log.info("session with %s ended: %s", self.peer_name, future.result())
+        elif not self.refused and self.control_id is not None:
+            log.warning("connection from %s ended before its hello: %s", self.tunnel.peer,
+                        future.result())  # fmt: skip
 
 
 class ControlChannel:
@@ -160,10 +248,14 @@ class ControlChannel:
             self._handle(message)
 
     def _handle(self, message: Message) -> None:
-        if isinstance(message, Hello) and not self.owner.welcomed:
-            self.owner.on_hello(message)
-        elif isinstance(message, Hello):
-            self.owner.protocol_error("second hello on the control stream")
+        owner = self.owner
+        if isinstance(message, Hello):
+            if owner._hello is not None or owner.welcomed:
+                owner.protocol_error("second hello on the control stream")
+            else:
+                owner.on_hello(message)
+        elif isinstance(message, Auth) and not owner.welcomed:
+            owner.on_auth(message)
         # Messages this version does not act on are ignored (forward compatibility).
 
     def on_end(self) -> None:

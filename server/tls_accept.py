@@ -13,7 +13,7 @@ import ssl
 from typing import TYPE_CHECKING
 
 from tunnel import metrics
-from tunnel.tls import describe_tls_error, peer_common_name
+from tunnel.tls import describe_tls_error, peer_certificate, peer_common_name
 from tunnel.tlslayer import TlsLayer
 from tunnel.transport import format_peer
 
@@ -32,7 +32,8 @@ def accept_tls(server: Server, context: ssl.SSLContext) -> TlsLayer:
     def on_handshake(layer: TlsLayer, exc: BaseException | None) -> None:
         timer.cancel()
         if exc is None:
-            connection.identity = peer_common_name(layer.ssl_object)
+            connection.cert_name = peer_common_name(layer.ssl_object)
+            connection.peer_cert = peer_certificate(layer.ssl_object)
             return
         _refused(connection, layer, exc)
 

@@ -596,8 +596,18 @@ def _read_pem(path: PathLike, wanted: str, what: str) -> bytes:
         raise ConfigError(f"{path}: not PEM; expected {what} (-----BEGIN {wanted}-----)")
     # "EC PRIVATE KEY", "RSA PRIVATE KEY" and "PRIVATE KEY" are all private keys.
     if not label.endswith(wanted):
-        raise ConfigError(f"{path}: holds a {label.lower()}, expected {what}")
+        found = next((w for end, w in _PEM_WHATS if label.endswith(end)), f"a {label!r} block")
+        raise ConfigError(f"{path}: holds {found}, expected {what}")
     return data
+
+
+_PEM_WHATS = [
+    ("CERTIFICATE", "a certificate"),
+    ("PRIVATE KEY", "a private key"),
+    ("PUBLIC KEY", "a public key"),
+    ("X509 CRL", "a certificate revocation list"),
+    ("CERTIFICATE REQUEST", "a certificate request"),
+]
 
 
 def _first_line(exc: Exception) -> str:

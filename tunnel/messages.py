@@ -17,6 +17,7 @@ versions add fields without breaking older peers.
 
 from __future__ import annotations
 
+import base64
 import json
 import struct
 from dataclasses import dataclass, field
@@ -56,6 +57,8 @@ class Hello:
     versions: tuple[int, ...]
     name: str  # the client's self-declared name (identity comes from TLS or a token)
     software: str = ""
+    token_name: str | None = None  # set: the client authenticates with this token
+    nonce: bytes = b""  # the client's nonce for the token exchange
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +68,21 @@ class Welcome:
     version: int
     server: str
     catalog: tuple[ServiceInfo, ...]
+    proof: bytes = b""  # the server's token proof, when the client authenticated with one
+
+
+@dataclass(frozen=True, slots=True)
+class Challenge:
+    """server -> client: prove you hold the token (see tunnel.auth)."""
+
+    nonce: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Auth:
+    """client -> server: the answer to a challenge."""
+
+    proof: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +108,7 @@ class GoingAway:
     text: str
 
 
-Message = Hello | Welcome | Refusal | CatalogChanged | GoingAway
+Message = Hello | Welcome | Challenge | Auth | Refusal | CatalogChanged | GoingAway
 
 
 def encode_message(message: Message) -> bytes:
@@ -101,20 +119,31 @@ def encode_message(message: Message) -> bytes:
 
 def _to_json(message: Message) -> dict[str, Any]:
     if isinstance(message, Hello):
-        return {
+        hello: dict[str, Any] = {
             "type": "hello",
             "versions": list(message.versions),
             "name": message.name,
             "software": message.software,
         }
+        if message.token_name is not None:
+            hello["token_name"] = message.token_name
+            hello["nonce"] = _b64(message.nonce)
+        return hello
     if isinstance(message, Welcome):
         catalog = [s.to_json() for s in message.catalog]
-        return {
+        welcome: dict[str, Any] = {
             "type": "welcome",
             "version": message.version,
             "server": message.server,
             "catalog": catalog,
         }
+        if message.proof:
+            welcome["proof"] = _b64(message.proof)
+        return welcome
+    if isinstance(message, Challenge):
+        return {"type": "challenge", "nonce": _b64(message.nonce)}
+    if isinstance(message, Auth):
+        return {"type": "auth", "proof": _b64(message.proof)}
     if isinstance(message, CatalogChanged):
         return {"type": "catalog", "catalog": [s.to_json() for s in message.catalog]}
     kind = "refusal" if isinstance(message, Refusal) else "going_away"
@@ -157,9 +186,25 @@ def _from_json(obj: dict[str, Any]) -> Message:
     kind = obj["type"]
     if kind == "hello":
         versions = tuple(_int(v) for v in obj["versions"])
-        return Hello(versions, _str(obj["name"]), _str(obj.get("software", "")))
+        token_name = obj.get("token_name")
+        return Hello(
+            versions,
+            _str(obj["name"]),
+            _str(obj.get("software", "")),
+            None if token_name is None else _str(token_name),
+            _unb64(obj.get("nonce", "")),
+        )
     if kind == "welcome":
-        return Welcome(_int(obj["version"]), _str(obj["server"]), _catalog(obj["catalog"]))
+        return Welcome(
+            _int(obj["version"]),
+            _str(obj["server"]),
+            _catalog(obj["catalog"]),
+            _unb64(obj.get("proof", "")),
+        )
+    if kind == "challenge":
+        return Challenge(_unb64(obj["nonce"]))
+    if kind == "auth":
+        return Auth(_unb64(obj["proof"]))
     if kind == "catalog":
         return CatalogChanged(_catalog(obj["catalog"]))
     if kind in ("refusal", "going_away"):
@@ -193,6 +238,14 @@ def _str(value: Any) -> str:
     if not isinstance(value, str):
         raise TypeError(f"expected a string, got {value!r}")
     return value
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def _unb64(value: Any) -> bytes:
+    return base64.b64decode(_str(value), validate=True)  # binascii.Error is a ValueError
 
 
 def _reason(value: Any) -> Reason:

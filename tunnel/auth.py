@@ -1,0 +1,88 @@
+"""Token authentication: a challenge-response that never sends the token.
+
+For links where certificates are too much, client and server share a secret per client name
+(the token file holds ``NAME:SECRET`` lines). The exchange rides the control stream::
+
+    client -> server   hello      name, client nonce
+    server -> client   challenge  server nonce (fresh for every connection)
+    client -> server   auth       HMAC(secret, "client", name, client nonce, server nonce)
+    server -> client   welcome    HMAC(secret, "server", name, client nonce, server nonce)
+
+The secret never crosses the wire. A recorded proof is useless on another connection because
+the server's nonce differs, so it cannot be replayed; the server's own proof shows the client
+that the server knows the secret too. Nonces are made by the caller (this module does no I/O
+beyond reading the token file).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import stat
+from pathlib import Path
+
+from tunnel.errors import ConfigError
+
+NONCE_SIZE = 32
+_CONTEXT = b"ambassador token v1"
+
+
+def _proof(
+    secret: bytes, role: bytes, name: str, client_nonce: bytes, server_nonce: bytes
+) -> bytes:
+    message = b"\0".join(
+        (_CONTEXT, role, name.encode(), client_nonce.hex().encode(), server_nonce.hex().encode())
+    )
+    return hmac.new(secret, message, hashlib.sha256).digest()
+
+
+def client_proof(secret: bytes, name: str, client_nonce: bytes, server_nonce: bytes) -> bytes:
+    return _proof(secret, b"client", name, client_nonce, server_nonce)
+
+
+def server_proof(secret: bytes, name: str, client_nonce: bytes, server_nonce: bytes) -> bytes:
+    return _proof(secret, b"server", name, client_nonce, server_nonce)
+
+
+def proofs_match(expected: bytes, given: bytes) -> bool:
+    return hmac.compare_digest(expected, given)
+
+
+def parse_tokens(text: str, source: str) -> dict[str, bytes]:
+    """``NAME:SECRET`` lines (``#`` comments, blank lines ignored) as name -> secret."""
+    tokens: dict[str, bytes] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, colon, secret = line.partition(":")
+        name, secret = name.strip(), secret.strip()
+        if not colon or not name or not secret:
+            raise ConfigError(f"{source}:{number}: expected NAME:SECRET")
+        if len(secret) < 16:
+            raise ConfigError(
+                f"{source}:{number}: the secret of {name!r} is shorter than 16 "
+                "characters; use a long random one (openssl rand -hex 32)"
+            )
+        if name in tokens:
+            raise ConfigError(f"{source}:{number}: {name!r} appears twice")
+        tokens[name] = secret.encode()
+    if not tokens:
+        raise ConfigError(f"{source}: no NAME:SECRET line")
+    return tokens
+
+
+def load_tokens(path: str) -> tuple[dict[str, bytes], str | None]:
+    """The tokens of a file, and a warning when others than its owner may read it."""
+    try:
+        text = Path(path).read_text()
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise ConfigError(f"cannot read token file {path}: no such file") from None
+    except (PermissionError, IsADirectoryError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read token file {path}: {exc}") from None
+    warning = None
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        warning = f"token file {path} can be read by other users; chmod 600 {path}"
+    return parse_tokens(text, path), warning

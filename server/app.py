@@ -7,15 +7,18 @@ import ipaddress
 import logging
 import signal
 import ssl
+from collections.abc import Callable
+from dataclasses import replace
 
 from server.config import ServerConfig
 from server.connection import ServerConnection
 from server.tls_accept import accept_tls
 from tunnel.auth import load_tokens
-from tunnel.errors import ConfigError
+from tunnel.errors import ConfigError, Reason
 from tunnel.frames import GoAwayCode
 from tunnel.oserrors import listen_error
-from tunnel.tls import server_context
+from tunnel.reload import Reloader
+from tunnel.tls import certificate_serial, revoked_serials, server_context, warn_if_expiring
 
 log = logging.getLogger("ambassador.server")
 
@@ -56,6 +59,7 @@ class Server:
         if self.config.tls is not None:
             mode = "TLS, client certificates required" if self.config.tls.ca else "TLS"
         log.info("listening on %s (%s), offering %s", listen, mode, names)
+        warn_if_expiring(self.config.tls)
         if self.config.tls is None and self.tokens is None and not is_loopback(listen.host):
             log.warning(
                 "listening on %s in plaintext without a token: anyone who can reach this port "
@@ -81,6 +85,42 @@ class Server:
     def connection_closed(self, connection: ServerConnection) -> None:
         self.connections.discard(connection)
 
+    def reload(self, new: ServerConfig) -> None:
+        """Take a new configuration; raises ConfigError (keeping the old one) if it is broken.
+
+        New handshakes use the new certificates; established sessions carry on, are sent their
+        new catalog, and are closed if their access was withdrawn or their certificate revoked.
+        """
+        old = self.config
+        if new.listen != old.listen:
+            log.warning("--listen changed to %s; restart to move the listener", new.listen)
+        if (new.tls is None) != (old.tls is None):
+            raise ConfigError("turning TLS on or off needs a restart")
+        context = server_context(new.tls) if new.tls is not None else None
+        tokens: dict[str, bytes] | None = None
+        if new.token_file is not None:
+            tokens, _ = load_tokens(new.token_file)
+        revoked = revoked_serials(new.tls.crl) if new.tls and new.tls.crl else frozenset()
+        self.config = replace(new, listen=old.listen)
+        self.tls_context = context
+        self.tokens = tokens
+        for connection in list(self.connections):
+            serial = certificate_serial(connection.peer_cert)
+            if serial is not None and serial in revoked:
+                connection.close_with(Reason.NOT_ALLOWED, "its certificate was revoked")
+            elif (
+                tokens is not None
+                and connection.token_name is not None
+                and (connection.token_name not in tokens)
+            ):
+                connection.close_with(Reason.NOT_ALLOWED, "its token was withdrawn")
+            else:
+                connection.update_catalog()
+        names = ", ".join(service.full_name for service in new.catalog) or "nothing"
+        log.info("configuration reloaded: offering %s to %d sessions", names,
+                 len(self.connections))  # fmt: skip
+        warn_if_expiring(new.tls)
+
     async def stop(self) -> None:
         if self._listener is not None:
             self._listener.close()
@@ -102,16 +142,21 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-async def serve(config: ServerConfig) -> None:
-    """Run the server until SIGINT or SIGTERM."""
+async def serve(
+    config: ServerConfig, reloader: Callable[[Server], Reloader[ServerConfig]] | None = None
+) -> None:
+    """Run the server until SIGINT or SIGTERM; reload on SIGHUP and on changed files."""
     server = Server(config)
     await server.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    watcher = reloader(server).install() if reloader is not None else None
     try:
         await stop.wait()
     finally:
         log.info("stopping")
+        if watcher is not None:
+            watcher.cancel()
         await server.stop()

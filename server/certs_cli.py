@@ -14,10 +14,11 @@ Layout of a certificate directory, as ``certs init`` makes it:
 
 from __future__ import annotations
 
+import math
 import re
 import shlex
 import socket
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import click
@@ -286,7 +287,8 @@ def revoke(target: str, directory: Path, days: int | None) -> None:
         previous.get_revoked_certificate_by_serial_number(serial) is not None
     )
     if days is None:
-        days = max(1, (ca_cert.not_valid_after_utc - now).days)
+        # Rounded up: a CRL that expires before its CA would lock out every client.
+        days = max(1, math.ceil((ca_cert.not_valid_after_utc - now) / timedelta(days=1)))
     crl = c.make_crl(ca_key, ca_cert, [serial], now, days, previous=previous)
     c.write_public(crl_path, c.crl_pem(crl), force=True)
     state = "was already revoked" if already else "revoked"

@@ -14,7 +14,14 @@ from server.certs_cli import certs
 from server.config import ServerConfig
 from tunnel.access import parse_access
 from tunnel.auth import load_tokens
-from tunnel.cli import config_option, limit_options, limits_from, log_option, run_cli
+from tunnel.cli import (
+    config_file_of,
+    config_option,
+    limit_options,
+    limits_from,
+    log_option,
+    run_cli,
+)
 from tunnel.errors import ConfigError
 from tunnel.links import (
     DEFAULT_TUNNEL_PORT,
@@ -24,6 +31,7 @@ from tunnel.links import (
     parse_address,
     parse_link,
 )
+from tunnel.reload import Reloader
 from tunnel.runtime import run, setup_logging
 from tunnel.tls import ServerTls, server_context
 
@@ -121,7 +129,24 @@ def cli(ctx: click.Context, /, **params: Any) -> None:
         return
     config = build_config(params, os.environ)
     setup_logging(params["log_level"])
-    run(serve(config))
+    argv: list[str] = (ctx.obj or {}).get("argv", [])
+    config_file = config_file_of(argv)
+
+    def load() -> ServerConfig:
+        try:
+            again = cli.make_context("ambassador-server", list(argv), obj=ctx.obj)
+        except click.ClickException as exc:
+            raise ConfigError(exc.format_message()) from None
+        return build_config(again.params, os.environ)
+
+    def files(config: ServerConfig) -> list[str | None]:
+        tls = config.tls
+        paths = [config_file, config.token_file]
+        if tls is not None:
+            paths += [tls.cert, tls.key, tls.ca, tls.crl]
+        return paths
+
+    run(serve(config, lambda server: Reloader(load, server.reload, files, config)))
 
 
 def build_config(params: dict[str, Any], environ: Mapping[str, str]) -> ServerConfig:

@@ -157,6 +157,10 @@ class ServerConnection:
         self._welcome(auth.server_proof(secret, name, hello.nonce, server_nonce))
 
     def _welcome(self, proof: bytes) -> None:
+        access = self.server.config.access
+        if access.enabled and not access.visible(self.identity, self.catalog):
+            self.refuse(Reason.NOT_ALLOWED, f"{self.identity!r} may reach no service here")
+            return
         self._hello_timer.cancel()
         self.welcomed = True
         self.shown = catalog_info(self.server.config.access.visible(self.identity, self.catalog))

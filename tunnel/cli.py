@@ -6,6 +6,7 @@ mistake a user can make ends as one line on stderr naming what to fix, never a t
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -115,10 +116,22 @@ def limits_from(params: dict[str, Any]) -> Limits:
         raise ConfigError(f"bad limits: {exc}") from None
 
 
+def config_file_of(argv: list[str]) -> str | None:
+    """The --config file named in ``argv`` or AMBASSADOR_CONFIG, to watch for changes."""
+    for i, arg in enumerate(argv):
+        if arg == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--config="):
+            return arg.partition("=")[2]
+    return os.environ.get("AMBASSADOR_CONFIG")
+
+
 def run_cli(group: click.Command, prog: str, argv: list[str] | None = None) -> int:
     """Run a click command; turn every user error into one line and an exit code."""
     try:
-        result = group.main(args=argv, prog_name=prog, standalone_mode=False)
+        args = list(sys.argv[1:] if argv is None else argv)
+        # The arguments travel in ctx.obj so that a reload can parse them again.
+        result = group.main(args=args, prog_name=prog, standalone_mode=False, obj={"argv": args})
     except click.exceptions.Abort:
         return 130
     except click.ClickException as exc:

@@ -14,12 +14,16 @@ A broken file (missing, not PEM, key not matching its certificate) is a
 from __future__ import annotations
 
 import hashlib
+import logging
 import ssl
 from base64 import b64encode
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from tunnel.errors import ConfigError
+
+log = logging.getLogger("ambassador.tls")
 
 # TLS 1.2 suites: ECDHE key exchange with AEAD ciphers only. TLS 1.3 suites are all AEAD.
 CIPHERS_TLS12 = "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!eNULL:!SHA1:!SHA256:!SHA384"
@@ -184,3 +188,55 @@ def describe_tls_error(exc: BaseException) -> str:
     if "HTTP_REQUEST" in reason:
         return "the peer spoke HTTP, not TLS"
     return f"TLS handshake failed: {reason or text}"
+
+
+def certificate_serial(certificate_der: bytes | None) -> int | None:
+    if not certificate_der:
+        return None
+    from cryptography import x509
+
+    return x509.load_der_x509_certificate(certificate_der).serial_number
+
+
+def revoked_serials(crl_path: str) -> frozenset[int]:
+    """Serial numbers a PEM CRL revokes; ConfigError when it cannot be read."""
+    from cryptography import x509
+
+    try:
+        with open(crl_path, "rb") as file:
+            crl = x509.load_pem_x509_crl(file.read())
+    except OSError as exc:
+        raise ConfigError(f"cannot read CRL {crl_path}: {exc.strerror}") from None
+    except ValueError:
+        raise ConfigError(
+            f"cannot load CRL {crl_path}: not a PEM certificate revocation list"
+        ) from None
+    return frozenset(entry.serial_number for entry in crl)
+
+
+def days_left(cert_path: str) -> float | None:
+    from cryptography import x509
+
+    try:
+        with open(cert_path, "rb") as file:
+            cert = x509.load_pem_x509_certificate(file.read())
+    except (OSError, ValueError):
+        return None
+    remaining = cert.not_valid_after_utc - datetime.now(UTC)
+    return remaining.total_seconds() / 86400
+
+
+EXPIRY_WARNING_DAYS = 30
+
+
+def warn_if_expiring(tls: ServerTls | ClientTls | None) -> None:
+    """Log a warning for a certificate of ours that expires within 30 days."""
+    cert = getattr(tls, "cert", None) if tls is not None else None
+    if not cert:
+        return
+    left = days_left(cert)
+    if left is not None and left < EXPIRY_WARNING_DAYS:
+        if left < 0:
+            log.error("certificate %s expired %d days ago; renew it (certs renew)", cert, -left)
+        else:
+            log.warning("certificate %s expires in %.0f days; renew it (certs renew)", cert, left)

@@ -1,0 +1,76 @@
+"""Reloading a running role: on SIGHUP, and when a file it was started from changes.
+
+The new configuration is built exactly as at start (flags, environment, config file), then
+applied. Anything wrong with it (a broken certificate, a bad link, an unreadable file) keeps the
+running configuration and logs one line saying why, so a typo never takes a tunnel down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from collections.abc import Callable, Iterable
+from typing import Generic, TypeVar
+
+from tunnel.errors import ConfigError
+
+T = TypeVar("T")
+log = logging.getLogger("ambassador.reload")
+
+
+class Reloader(Generic[T]):
+    def __init__(
+        self,
+        load: Callable[[], T],
+        apply: Callable[[T], None],
+        files: Callable[[T], Iterable[str | None]],
+        current: T,
+        interval: float = 1.0,
+    ) -> None:
+        self._load = load
+        self._apply = apply
+        self._files = files
+        self._interval = interval
+        self._stamps = self._stamp(current)
+        self.reloads = 0
+        self.failures = 0
+
+    def install(self) -> asyncio.Task[None]:
+        """SIGHUP handler plus the file watcher; cancel the returned task to stop watching."""
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGHUP, self.reload, "SIGHUP")
+        return loop.create_task(self._watch())
+
+    def reload(self, why: str) -> bool:
+        try:
+            config = self._load()
+            self._apply(config)
+        except ConfigError as exc:
+            self.failures += 1
+            log.error("reload (%s) failed, keeping the running configuration: %s", why, exc)
+            return False
+        self.reloads += 1
+        self._stamps = self._stamp(config)
+        log.info("reloaded (%s)", why)
+        return True
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            changed = [path for path, stamp in self._stamps.items() if _mtime(path) != stamp]
+            if changed:
+                # Remember the new stamps even if the reload fails: one log line per change.
+                self._stamps.update({path: _mtime(path) for path in changed})
+                self.reload(f"{', '.join(changed)} changed")
+
+    def _stamp(self, config: T) -> dict[str, float | None]:
+        return {path: _mtime(path) for path in self._files(config) if path}
+
+
+def _mtime(path: str) -> float | None:
+    try:
+        return os.stat(path).st_mtime
+    except OSError:
+        return None

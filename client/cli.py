@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import os
 import sys
 from collections.abc import Mapping
@@ -13,6 +12,7 @@ import click
 from client.app import serve
 from client.config import ClientConfig
 from tunnel.auth import load_tokens
+from tunnel.certs import parse_pin
 from tunnel.cli import config_option, limit_options, limits_from, log_option, run_cli
 from tunnel.errors import ConfigError
 from tunnel.links import (
@@ -192,23 +192,13 @@ def client_tls(params: dict[str, Any]) -> ClientTls | None:
             raise ConfigError("--server-name only applies with TLS (--tls-ca, --pin or --tls)")
         return None
     for pin in pins:
-        check_pin(pin)
+        try:
+            parse_pin(pin)
+        except ConfigError as exc:
+            raise ConfigError(f"--pin: {exc}") from None
     tls = ClientTls(ca=ca, cert=cert, key=key, server_name=name or None, pins=pins)
     client_context(tls)  # load now: a broken file is a one-line error at start
     return tls
-
-
-def check_pin(text: str) -> None:
-    prefix, _, digest = text.partition(":")
-    try:
-        raw = base64.b64decode(digest, validate=True)
-    except ValueError:
-        raw = b""
-    if prefix != "sha256" or len(raw) != 32:
-        raise ConfigError(
-            f"bad --pin {text!r}: expected sha256:<base64 of 32 bytes>, as printed by "
-            "'ambassador-server certs show server.pem'"
-        )
 
 
 @cli.command()

@@ -13,14 +13,13 @@ A broken file (missing, not PEM, key not matching its certificate) is a
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import ssl
-from base64 import b64encode
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from tunnel.certs import spki_pin
 from tunnel.errors import ConfigError
 
 log = logging.getLogger("ambassador.tls")
@@ -111,13 +110,10 @@ def client_context(tls: ClientTls) -> ssl.SSLContext:
 
 
 def spki_pin_of_der(certificate_der: bytes) -> str:
-    """``sha256:<base64>`` of the certificate's SubjectPublicKeyInfo."""
+    """``sha256:<base64>`` of the certificate's SubjectPublicKeyInfo (see tunnel.certs)."""
     from cryptography import x509
-    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-    cert = x509.load_der_x509_certificate(certificate_der)
-    spki = cert.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
-    return "sha256:" + b64encode(hashlib.sha256(spki).digest()).decode()
+    return spki_pin(x509.load_der_x509_certificate(certificate_der))
 
 
 def peer_certificate(ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> bytes | None:

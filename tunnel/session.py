@@ -107,9 +107,14 @@ class _Stream:
         self.paused = False  # the producer was told to stop; tell it when to resume
 
     def has_work(self) -> bool:
+        """Something can be sent now."""
         if self.outbox:
             return self.send_window > 0
         return self.fin_queued or self.rst_queued
+
+    def has_pending(self) -> bool:
+        """Something is still to be sent, now or once the window opens."""
+        return bool(self.outbox) or self.fin_queued or self.rst_queued
 
 
 class Session:
@@ -369,7 +374,7 @@ class Session:
         while ready and len(out) < limit:
             stream = ready.popleft()
             stream.ready = False
-            if stream.state is StreamState.CLOSED and not stream.has_work():
+            if stream.state is StreamState.CLOSED and not stream.has_pending():
                 self._maybe_forget(stream)
                 continue
             self._emit_frame(stream, out, min(max_frame, limit - len(out)))
@@ -472,7 +477,7 @@ class Session:
         self._forget(stream)
 
     def _maybe_forget(self, stream: _Stream) -> None:
-        if stream.state is StreamState.CLOSED and not stream.has_work():
+        if stream.state is StreamState.CLOSED and not stream.has_pending():
             self._forget(stream)
 
     def _forget(self, stream: _Stream) -> None:
@@ -480,9 +485,9 @@ class Session:
             self._granted_growth -= stream.recv.target - INITIAL_WINDOW
 
     def _fail(self, code: GoAwayCode, reason: str) -> None:
-        if not self.goaway_sent:
-            self.goaway_sent = True
-            self._control.append(encode_header(FrameType.GO_AWAY, Flags.NONE, 0, code))
+        # Always say why, even after a normal Go Away: the peer should learn of its error.
+        self.goaway_sent = True
+        self._control.append(encode_header(FrameType.GO_AWAY, Flags.NONE, 0, code))
         self._terminate(code, reason, remote=True)
 
     def _terminate(self, code: GoAwayCode, reason: str, remote: bool) -> None:

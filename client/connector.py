@@ -15,6 +15,7 @@ import os
 import random
 import ssl
 from collections.abc import Callable
+from functools import partial
 
 from client.config import ClientConfig
 from tunnel import __version__, auth, metrics
@@ -115,6 +116,7 @@ class Connector:
         self._on_catalog = on_catalog
         self._up = asyncio.Event()
         self.sessions = 0
+        self.draining: set[TunnelConnection] = set()  # old sessions finishing their streams
         self.tls_context: ssl.SSLContext | None = (
             client_context(config.tls) if config.tls is not None else None
         )
@@ -164,8 +166,24 @@ class Connector:
             failures = 0
             self.sessions += 1
             self._session_up(remote, tunnel, welcome)
-            reason = await tunnel.closed
-            self._session_down(remote, reason)
+            going_away = asyncio.Event()
+            tunnel.on_go_away = going_away.set
+            waiter = asyncio.ensure_future(going_away.wait())
+            await asyncio.wait((tunnel.closed, waiter), return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+            if tunnel.closed.done():
+                self._session_down(remote, tunnel.closed.result())
+                index = 0  # after a loss, try the remotes in order again: the first is preferred
+            else:
+                # The server drains: its open streams finish on this session, new ones go to
+                # a new session, with the next remote first.
+                self.draining.add(tunnel)
+                tunnel.closed.add_done_callback(partial(self._drained, tunnel))
+                self._session_down(remote, "the server is draining", level=logging.INFO)
+                index += 1
+
+    def _drained(self, tunnel: TunnelConnection, _: asyncio.Future[str]) -> None:
+        self.draining.discard(tunnel)
 
     def _session_up(self, remote: Address, tunnel: TunnelConnection, welcome: Welcome) -> None:
         self.remote = remote
@@ -186,13 +204,13 @@ class Connector:
             self._on_catalog(welcome.catalog)
         self._up.set()
 
-    def _session_down(self, remote: Address, reason: str) -> None:
+    def _session_down(self, remote: Address, reason: str, level: int = logging.WARNING) -> None:
         self._up.clear()
         self.tunnel = None
         metrics.SESSIONS_OPEN.labels("client").dec()
-        metrics.SESSION_ENDS.labels("client", "lost").inc()
+        metrics.SESSION_ENDS.labels("client", "draining" if level == logging.INFO else "lost").inc()
         self.last_error = f"tunnel to {remote} lost: {reason}"
-        log.warning("%s; reconnecting", self.last_error)
+        log.log(level, "%s; reconnecting", self.last_error)
 
     def _on_message(self, message: Message) -> None:
         if isinstance(message, CatalogChanged):

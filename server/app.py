@@ -121,6 +121,29 @@ class Server:
                  len(self.connections))  # fmt: skip
         warn_if_expiring(new.tls)
 
+    async def drain(self, timeout: float, now: asyncio.Event | None = None) -> bool:
+        """Stop taking new streams, let open ones finish for up to ``timeout`` seconds.
+
+        Returns True when every stream finished in time. Setting ``now`` cuts the wait short.
+        """
+        if self._listener is not None:
+            self._listener.close()
+        open_streams = sum(len(c.streams) for c in self.connections)
+        log.info("draining: %d sessions, %d open streams, up to %gs",
+                 len(self.connections), open_streams, timeout)  # fmt: skip
+        for connection in list(self.connections):
+            connection.go_away(Reason.SHUTTING_DOWN, "the server is shutting down")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while any(c.streams for c in self.connections) and loop.time() < deadline:
+            if now is not None and now.is_set():
+                break
+            await asyncio.sleep(0.05)
+        left = sum(len(c.streams) for c in self.connections)
+        if left:
+            log.warning("drain ended with %d streams still open; closing them", left)
+        return left == 0
+
     async def stop(self) -> None:
         if self._listener is not None:
             self._listener.close()
@@ -143,18 +166,32 @@ def is_loopback(host: str) -> bool:
 
 
 async def serve(
-    config: ServerConfig, reloader: Callable[[Server], Reloader[ServerConfig]] | None = None
+    config: ServerConfig,
+    reloader: Callable[[Server], Reloader[ServerConfig]] | None = None,
+    drain_timeout: float = 30.0,
 ) -> None:
-    """Run the server until SIGINT or SIGTERM; reload on SIGHUP and on changed files."""
+    """Run the server until SIGINT or SIGTERM, then drain; reload on SIGHUP and changed files.
+
+    The first SIGTERM (or SIGINT) sends every client a Go Away and lets open streams finish
+    for up to ``drain_timeout`` seconds; a second one closes at once.
+    """
     server = Server(config)
     await server.start()
-    stop = asyncio.Event()
+    stop, now = asyncio.Event(), asyncio.Event()
+
+    def on_signal() -> None:
+        if stop.is_set():
+            log.info("second signal: closing at once")
+            now.set()
+        stop.set()
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal)
     watcher = reloader(server).install() if reloader is not None else None
     try:
         await stop.wait()
+        await server.drain(drain_timeout, now)
     finally:
         log.info("stopping")
         if watcher is not None:

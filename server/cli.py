@@ -119,6 +119,14 @@ from tunnel.tls import ServerTls, server_context
     envvar="AMBASSADOR_TOKEN_FILE",
     help="NAME:SECRET lines: clients must prove they hold one (the token never crosses the wire).",
 )
+@click.option(
+    "--drain-timeout",
+    type=click.FloatRange(0),
+    default=30.0,
+    show_default=True,
+    envvar="AMBASSADOR_DRAIN_TIMEOUT",
+    help="On SIGTERM, seconds open streams may finish before the server exits.",
+)
 @limit_options
 @log_option
 @click.version_option(package_name="ambassador-tunnel")
@@ -146,7 +154,13 @@ def cli(ctx: click.Context, /, **params: Any) -> None:
             paths += [tls.cert, tls.key, tls.ca, tls.crl]
         return paths
 
-    run(serve(config, lambda server: Reloader(load, server.reload, files, config)))
+    run(
+        serve(
+            config,
+            lambda server: Reloader(load, server.reload, files, config),
+            params["drain_timeout"],
+        )
+    )
 
 
 def build_config(params: dict[str, Any], environ: Mapping[str, str]) -> ServerConfig:

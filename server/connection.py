@@ -203,6 +203,12 @@ class ServerConnection:
         self.tunnel.go_away(GoAwayCode.NORMAL)
         asyncio.get_running_loop().call_later(0.5, self.tunnel.close, text)
 
+    def go_away(self, reason: Reason, text: str) -> None:
+        """Take no new streams (they get an RST); open ones carry on."""
+        if self.welcomed and self.tunnel.is_open:
+            self._send(GoingAway(reason, text))
+        self.tunnel.go_away(GoAwayCode.NORMAL)
+
     def protocol_error(self, text: str) -> None:
         log.warning("closing session with %s: %s", self.peer_name, text)
         metrics.SESSION_ENDS.labels("server", "protocol_error").inc()

@@ -6,12 +6,23 @@ import asyncio
 import contextlib
 import logging
 import signal
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from client.config import ClientConfig
 from client.connector import Connector
 from client.listeners import Listeners
+from tunnel.errors import ConfigError, Reason
+from tunnel.httpd import StatusServer
+from tunnel.messages import ServiceInfo
+from tunnel.observe import sample, service_stats
+from tunnel.oserrors import listen_error
+from tunnel.reload import Reloader
 
 log = logging.getLogger("ambassador.client")
+
+REFUSAL_LABELS = [reason.label for reason in Reason] + ["link_down", "tunnel_lost"]
 
 
 class Client:
@@ -20,16 +31,114 @@ class Client:
         self.connector = Connector(config)
         self.listeners = Listeners(self.connector, config.expose, config.bind)
         self._task: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._started = False
+        self._born = time.monotonic()
 
     async def start(self) -> None:
         """Bind the fixed ports, start connecting, and bind the rest once the catalog is in."""
-        await self.listeners.bind_fixed()
+        await self.listeners.sync(None)
         self._task = asyncio.get_running_loop().create_task(self.connector.run())
         if any(spec.port is None for spec in self.config.expose) or not self.config.expose:
             catalog = await self._first_catalog()
-            await self.listeners.bind_from_catalog(catalog)
+            await self.listeners.sync(catalog)
+        self.connector.on_catalog = self._catalog_changed
+        self._started = True
 
-    async def _first_catalog(self) -> tuple:  # type: ignore[type-arg]
+    def _catalog_changed(self, catalog: tuple[ServiceInfo, ...]) -> None:
+        # Later catalogs (a reconnect, or the server's reload) rewire the listeners; a
+        # service that disappeared only warns, it never stops the client.
+        task = asyncio.get_running_loop().create_task(self._resync(catalog))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _resync(self, catalog: tuple[ServiceInfo, ...]) -> None:
+        try:
+            await self.listeners.sync(catalog, strict=False)
+        except ConfigError as exc:
+            log.error("%s", exc)
+
+    def apply(self, new: ClientConfig) -> None:
+        """Reloader hook: check the new configuration now, rewire in the background."""
+        task = asyncio.get_running_loop().create_task(self.reload(new))
+        self._tasks.add(task)
+        task.add_done_callback(self._reloaded)
+
+    def _reloaded(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("reload failed, keeping what could not be changed: %s", task.exception())
+
+    @property
+    def ready(self) -> bool:
+        tunnel = self.connector.tunnel
+        return self._started and tunnel is not None and tunnel.accepts_streams
+
+    def status(self) -> dict[str, Any]:
+        """The live state, for /status and ``ambassador-client status``."""
+        connector = self.connector
+        remotes = []
+        for remote in connector.config.remotes:
+            row: dict[str, Any] = {
+                "peer": str(remote),
+                "state": "down",
+                "rtt_ms": None,
+                "streams": 0,
+                "bytes_in": 0,
+                "bytes_out": 0,
+                "last_error": "",
+            }
+            tunnels = [t for t in connector.draining if t.peer == str(remote)]
+            if connector.remote == remote and connector.tunnel is not None:
+                tunnels.insert(0, connector.tunnel)
+                row["state"] = "up"
+            elif tunnels:
+                row["state"] = "draining"
+            else:
+                row["last_error"] = connector.last_error
+            for tunnel in tunnels:
+                stats = tunnel.session.stats()
+                row["streams"] += stats.open_streams
+                row["bytes_in"] += stats.bytes_received
+                row["bytes_out"] += stats.bytes_sent
+                if stats.rtt is not None:
+                    row["rtt_ms"] = stats.rtt * 1000
+            remotes.append(row)
+        services = []
+        for listening in self.listeners.bound:
+            row = service_stats("client", listening.service)
+            row["service"] = f"{listening.service} on {listening.host}:{listening.port}"
+            row["refused"] = int(
+                sum(
+                    sample(
+                        "ambassador_stream_refusals_total",
+                        role="client",
+                        service=listening.service,
+                        reason=reason,
+                    )
+                    for reason in REFUSAL_LABELS
+                )
+            )
+            services.append(row)
+        return {
+            "role": "ambassador-client",
+            "name": self.config.name,
+            "uptime": round(time.monotonic() - self._born, 1),
+            "ready": self.ready,
+            "remotes": remotes,
+            "services": services,
+        }  # fmt: skip
+
+    async def reload(self, new: ClientConfig) -> None:
+        """Take a new configuration: rewire listeners now, use new remotes and TLS from the
+        next connection on. Open connections are untouched."""
+        self.connector.reconfigure(new)
+        self.listeners.specs = new.expose
+        self.listeners.bind = new.bind
+        await self.listeners.sync(self.connector.catalog, strict=False)
+        self.config = new
+
+    async def _first_catalog(self) -> tuple[ServiceInfo, ...]:
         assert self._task is not None
         catalog = asyncio.ensure_future(self.connector.wait_catalog())
         done, _ = await asyncio.wait((catalog, self._task), return_when=asyncio.FIRST_COMPLETED)
@@ -49,23 +158,40 @@ class Client:
             tunnel.close("client shutting down")
 
 
-async def serve(config: ClientConfig) -> None:
-    """Run the client until SIGINT or SIGTERM."""
+async def serve(
+    config: ClientConfig,
+    load: Callable[[], ClientConfig] | None = None,
+    files: Callable[[ClientConfig], Iterable[str | None]] | None = None,
+    metrics: tuple[str, int] | None = None,
+) -> None:
+    """Run the client until SIGINT or SIGTERM; reload on SIGHUP and changed files."""
     client = Client(config)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    endpoint = StatusServer(client.status, lambda: client.ready)
+    watcher: asyncio.Task[None] | None = None
+    stopping = asyncio.ensure_future(stop.wait())
     try:
+        if metrics is not None:
+            try:
+                await endpoint.start(*metrics)
+            except OSError as exc:
+                raise ConfigError(listen_error(f"{metrics[0]}:{metrics[1]}", exc)) from None
         starting = asyncio.ensure_future(client.start())
-        stopping = asyncio.ensure_future(stop.wait())
         done, _ = await asyncio.wait((starting, stopping), return_when=asyncio.FIRST_COMPLETED)
-        if starting in done:
-            starting.result()
-            await stop.wait()
-        else:
+        if starting not in done:
             starting.cancel()
+            return
+        starting.result()
+        if load is not None and files is not None:
+            watcher = Reloader(load, client.apply, files, config).install()
+        await stop.wait()
     finally:
         stopping.cancel()
         log.info("stopping")
+        if watcher is not None:
+            watcher.cancel()
+        await endpoint.stop()
         await client.stop()

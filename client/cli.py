@@ -13,7 +13,17 @@ from client.app import serve
 from client.config import ClientConfig
 from tunnel.auth import load_tokens
 from tunnel.certs import parse_pin
-from tunnel.cli import config_option, limit_options, limits_from, log_option, run_cli
+from tunnel.cli import (
+    config_file_of,
+    config_option,
+    endpoint_option,
+    limit_options,
+    limits_from,
+    log_option,
+    metrics_address,
+    print_effective,
+    run_cli,
+)
 from tunnel.errors import ConfigError
 from tunnel.links import (
     DEFAULT_TUNNEL_PORT,
@@ -23,6 +33,7 @@ from tunnel.links import (
     seed_links_from,
     seed_links_from_env,
 )
+from tunnel.observe import print_status
 from tunnel.runtime import run, setup_logging
 from tunnel.tls import ClientTls, client_context
 
@@ -135,8 +146,28 @@ def cli(ctx: click.Context, /, **params: Any) -> None:
     if ctx.invoked_subcommand is not None:
         return
     config = build_config(params, os.environ)
-    setup_logging(params["log_level"])
-    run(serve(config))
+    if params["check_config"]:
+        print_effective(params, params["token_file"])
+        return
+    setup_logging(params["log_level"], params["log_format"])
+    argv: list[str] = (ctx.obj or {}).get("argv", [])
+    config_file = config_file_of(argv)
+
+    def load() -> ClientConfig:
+        try:
+            again = cli.make_context("ambassador-client", list(argv), obj=ctx.obj)
+        except click.ClickException as exc:
+            raise ConfigError(exc.format_message()) from None
+        return build_config(again.params, os.environ)
+
+    def files(config: ClientConfig) -> list[str | None]:
+        tls = config.tls
+        paths = [config_file, params["token_file"]]
+        if tls is not None:
+            paths += [tls.ca, tls.cert, tls.key]
+        return paths
+
+    run(serve(config, load, files, metrics_address(params["metrics_listen"])))
 
 
 def build_config(params: dict[str, Any], environ: Mapping[str, str]) -> ClientConfig:
@@ -222,6 +253,13 @@ def demo(streams: int, megabytes: int) -> None:
 
     setup_logging("warning")
     sys.exit(run(run_demo(streams, megabytes)))
+
+
+@cli.command()
+@endpoint_option
+def status(endpoint: str) -> None:
+    """Print the state of a running ambassador-client (remotes, services, bytes)."""
+    print_status(endpoint)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -113,13 +113,24 @@ class Connector:
         self.catalog: tuple[ServiceInfo, ...] | None = None
         self.remote: Address | None = None
         self.last_error = ""
-        self._on_catalog = on_catalog
+        self.on_catalog = on_catalog
         self._up = asyncio.Event()
         self.sessions = 0
         self.draining: set[TunnelConnection] = set()  # old sessions finishing their streams
         self.tls_context: ssl.SSLContext | None = (
             client_context(config.tls) if config.tls is not None else None
         )
+
+    def reconfigure(self, config: ClientConfig) -> None:
+        """New remotes, TLS material and timeouts, for the next connection on."""
+        context = client_context(config.tls) if config.tls is not None else None
+        self.config = config
+        self.tls_context = context
+        tunnel = self.tunnel
+        if self.remote is not None and self.remote not in config.remotes and tunnel:
+            log.info("%s is no longer a remote; new streams move to the new ones", self.remote)
+            if tunnel.on_go_away is not None:
+                tunnel.on_go_away()  # drain it like a server's Go Away: open streams finish
 
     async def wait_tunnel(self, timeout: float) -> TunnelConnection | None:
         """The tunnel once it is up, or None if it is not up within ``timeout`` seconds."""
@@ -146,8 +157,8 @@ class Connector:
         """Keep a session up until cancelled."""
         failures = 0
         index = 0
-        remotes = self.config.remotes
         while True:
+            remotes = self.config.remotes  # read each time: a reload may change them
             remote = remotes[index % len(remotes)]
             if failures or self.sessions:
                 metrics.RECONNECTS.labels(str(remote)).inc()
@@ -200,8 +211,8 @@ class Connector:
         )
         metrics.SESSIONS.labels("client").inc()
         metrics.SESSIONS_OPEN.labels("client").inc()
-        if self._on_catalog is not None:
-            self._on_catalog(welcome.catalog)
+        if self.on_catalog is not None:
+            self.on_catalog(welcome.catalog)
         self._up.set()
 
     def _session_down(self, remote: Address, reason: str, level: int = logging.WARNING) -> None:
@@ -215,8 +226,8 @@ class Connector:
     def _on_message(self, message: Message) -> None:
         if isinstance(message, CatalogChanged):
             self.catalog = message.catalog
-            if self._on_catalog is not None:
-                self._on_catalog(message.catalog)
+            if self.on_catalog is not None:
+                self.on_catalog(message.catalog)
         elif isinstance(message, GoingAway):
             log.info("server is going away: %s", message.text or message.reason.label)
 

@@ -47,6 +47,16 @@ class ConsumerStream(Relay):
         self._answer: StreamAnswerParser | None = StreamAnswerParser()
         self._wait: asyncio.Task[None] | None = None
         self.refused = False
+        self._to_backend = metrics.BYTES.labels("client", service, "to_backend")
+        self._to_consumer = metrics.BYTES.labels("client", service, "to_consumer")
+
+    def data_received(self, data: bytes) -> None:
+        self._to_backend.inc(len(data))
+        super().data_received(data)
+
+    def deliver(self, data: bytes) -> None:
+        self._to_consumer.inc(len(data))
+        super().deliver(data)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -151,42 +161,71 @@ class Listening:
 
 
 class Listeners:
-    """The local listening sockets, one per exposed service."""
+    """The local listening sockets, one per exposed service.
+
+    :meth:`sync` makes the bound set match the expose list (or, without one, the catalog):
+    it binds what is missing and closes what is no longer wanted. Closing a listener stops new
+    connections only; connections already accepted carry on.
+    """
 
     def __init__(self, connector: Connector, specs: tuple[ExposeSpec, ...], bind: str) -> None:
         self.connector = connector
         self.specs = specs
         self.bind = bind
-        self.bound: list[Listening] = []
-        self._servers: list[asyncio.Server] = []
+        self._servers: dict[tuple[str, int, str], tuple[Listening, asyncio.Server]] = {}
 
-    async def bind_fixed(self) -> None:
-        """Bind every entry whose local port is known before the catalog arrives."""
-        for spec in self.specs:
-            if spec.port is not None:
-                await self._listen(spec, spec.service, spec.port)
+    @property
+    def bound(self) -> list[Listening]:
+        return [listening for listening, _ in self._servers.values()]
 
-    async def bind_from_catalog(self, catalog: tuple[ServiceInfo, ...]) -> None:
-        """Bind the entries that need the catalog: named services, or the whole catalog."""
+    def wanted(
+        self, catalog: tuple[ServiceInfo, ...] | None, strict: bool = True
+    ) -> dict[tuple[str, int, str], ExposeSpec]:
+        """(host, requested port, service) -> spec for everything that should be listening."""
+        wanted: dict[tuple[str, int, str], ExposeSpec] = {}
         if not self.specs:
-            for info in catalog:
-                ref = info.name if find_service(catalog, info.name) else f"{info.alias}:{info.port}"
-                await self._listen(ExposeSpec(None, info.port, ref), ref, info.port)
-            return
-        for spec in self.specs:
-            if spec.port is not None:
-                continue
-            found = find_service(catalog, spec.service)
-            if found is None:
-                offered = ", ".join(s.name for s in catalog) or "nothing"
-                raise ConfigError(
-                    f"cannot expose {spec.service!r}: the server does not offer it "
-                    f"(offered: {offered}); fix --expose or the server's --link"
+            for info in catalog or ():
+                ref = (
+                    info.name
+                    if find_service(catalog or (), info.name)
+                    else f"{info.alias}:{info.port}"
                 )
-            await self._listen(spec, spec.service, found.port)
+                wanted[(self.bind, info.port, ref)] = ExposeSpec(None, info.port, ref)
+            return wanted
+        for spec in self.specs:
+            port = spec.port
+            if port is None:
+                if catalog is None:
+                    continue
+                found = find_service(catalog, spec.service)
+                if found is None:
+                    if strict:
+                        offered = ", ".join(s.name for s in catalog) or "nothing"
+                        raise ConfigError(
+                            f"cannot expose {spec.service!r}: the server does not offer it "
+                            f"(offered: {offered}); fix --expose or the server's --link"
+                        )
+                    log.warning("the server no longer offers %r", spec.service)
+                    continue
+                port = found.port
+            wanted[(spec.bind or self.bind, port, spec.service)] = spec
+        return wanted
 
-    async def _listen(self, spec: ExposeSpec, service: str, port: int) -> None:
-        host = spec.bind or self.bind
+    async def sync(self, catalog: tuple[ServiceInfo, ...] | None, strict: bool = True) -> None:
+        wanted = self.wanted(catalog, strict)
+        for key in [key for key in self._servers if key not in wanted]:
+            listening, server = self._servers.pop(key)
+            server.close()
+            log.info("no longer exposing %r on %s:%d", listening.service, listening.host,
+                     listening.port)  # fmt: skip
+        for key, spec in wanted.items():
+            if key not in self._servers:
+                host, port, service = key
+                self._servers[key] = await self._listen(spec, host, port, service)
+
+    async def _listen(
+        self, spec: ExposeSpec, host: str, port: int, service: str
+    ) -> tuple[Listening, asyncio.Server]:
         loop = asyncio.get_running_loop()
         connector = self.connector
         try:
@@ -200,14 +239,14 @@ class Listeners:
         except OSError as exc:
             where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
             raise ConfigError(listen_error(where, exc)) from None
-        actual = server.sockets[0].getsockname()[1]
-        self._servers.append(server)
-        self.bound.append(Listening(spec, service, host, actual))
-        log.info("exposing %r on %s:%d", service, host, actual)
+        listening = Listening(spec, service, host, server.sockets[0].getsockname()[1])
+        log.info("exposing %r on %s:%d", service, host, listening.port)
+        return listening, server
 
     async def close(self) -> None:
-        for server in self._servers:
-            server.close()
-        for server in self._servers:
-            await server.wait_closed()
+        servers = [server for _, server in self._servers.values()]
         self._servers.clear()
+        for server in servers:
+            server.close()
+        for server in servers:
+            await server.wait_closed()

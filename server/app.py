@@ -7,8 +7,10 @@ import ipaddress
 import logging
 import signal
 import ssl
+import time
 from collections.abc import Callable
 from dataclasses import replace
+from typing import Any
 
 from server.config import ServerConfig
 from server.connection import ServerConnection
@@ -16,6 +18,8 @@ from server.tls_accept import accept_tls
 from tunnel.auth import load_tokens
 from tunnel.errors import ConfigError, Reason
 from tunnel.frames import GoAwayCode
+from tunnel.httpd import StatusServer
+from tunnel.observe import sample, service_stats
 from tunnel.oserrors import listen_error
 from tunnel.reload import Reloader
 from tunnel.tls import certificate_serial, revoked_serials, server_context, warn_if_expiring
@@ -33,6 +37,7 @@ class Server:
         )
         self._tasks: set[asyncio.Task[None]] = set()
         self.tokens: dict[str, bytes] | None = None
+        self._started = time.monotonic()
         if config.token_file is not None:
             self.tokens, warning = load_tokens(config.token_file)
             if warning:
@@ -144,6 +149,45 @@ class Server:
             log.warning("drain ended with %d streams still open; closing them", left)
         return left == 0
 
+    @property
+    def ready(self) -> bool:
+        return self._listener is not None and self._listener.is_serving()
+
+    def status(self) -> dict[str, Any]:
+        """The live state, for /status and ``ambassador-server status``."""
+        sessions = []
+        for connection in sorted(self.connections, key=lambda c: c.tunnel.peer):
+            stats = connection.tunnel.session.stats()
+            sessions.append({
+                "peer": f"{connection.tunnel.peer} ({connection.identity})",
+                "state": "up" if connection.welcomed else "hello",
+                "rtt_ms": None if stats.rtt is None else stats.rtt * 1000,
+                "streams": stats.open_streams,
+                "bytes_in": stats.bytes_received,
+                "bytes_out": stats.bytes_sent,
+                "last_error": "",
+            })  # fmt: skip
+        services = []
+        for service in self.config.catalog:
+            row = service_stats("server", service.name)
+            row["service"] = f"{service.full_name} -> {service.target}"
+            row["refused"] = sum(
+                int(sample("ambassador_stream_refusals_total", role="server",
+                           service=service.name, reason=reason.label))
+                for reason in Reason
+            )  # fmt: skip
+            services.append(row)
+        return {
+            "role": "ambassador-server",
+            "name": self.config.name,
+            "listen": str(self.config.listen),
+            "tls": self.config.tls is not None,
+            "uptime": round(time.monotonic() - self._started, 1),
+            "ready": self.ready,
+            "sessions": sessions,
+            "services": services,
+        }
+
     async def stop(self) -> None:
         if self._listener is not None:
             self._listener.close()
@@ -169,6 +213,7 @@ async def serve(
     config: ServerConfig,
     reloader: Callable[[Server], Reloader[ServerConfig]] | None = None,
     drain_timeout: float = 30.0,
+    metrics: tuple[str, int] | None = None,
 ) -> None:
     """Run the server until SIGINT or SIGTERM, then drain; reload on SIGHUP and changed files.
 
@@ -177,6 +222,13 @@ async def serve(
     """
     server = Server(config)
     await server.start()
+    endpoint = StatusServer(server.status, lambda: server.ready)
+    if metrics is not None:
+        try:
+            await endpoint.start(*metrics)
+        except OSError as exc:
+            await server.stop()
+            raise ConfigError(listen_error(f"{metrics[0]}:{metrics[1]}", exc)) from None
     stop, now = asyncio.Event(), asyncio.Event()
 
     def on_signal() -> None:
@@ -196,4 +248,5 @@ async def serve(
         log.info("stopping")
         if watcher is not None:
             watcher.cancel()
+        await endpoint.stop()
         await server.stop()

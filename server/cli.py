@@ -17,9 +17,12 @@ from tunnel.auth import load_tokens
 from tunnel.cli import (
     config_file_of,
     config_option,
+    endpoint_option,
     limit_options,
     limits_from,
     log_option,
+    metrics_address,
+    print_effective,
     run_cli,
 )
 from tunnel.errors import ConfigError
@@ -31,6 +34,7 @@ from tunnel.links import (
     parse_address,
     parse_link,
 )
+from tunnel.observe import print_status
 from tunnel.reload import Reloader
 from tunnel.runtime import run, setup_logging
 from tunnel.tls import ServerTls, server_context
@@ -136,7 +140,10 @@ def cli(ctx: click.Context, /, **params: Any) -> None:
     if ctx.invoked_subcommand is not None:
         return
     config = build_config(params, os.environ)
-    setup_logging(params["log_level"])
+    if params["check_config"]:
+        print_effective(params, config.token_file)
+        return
+    setup_logging(params["log_level"], params["log_format"])
     argv: list[str] = (ctx.obj or {}).get("argv", [])
     config_file = config_file_of(argv)
 
@@ -159,6 +166,7 @@ def cli(ctx: click.Context, /, **params: Any) -> None:
             config,
             lambda server: Reloader(load, server.reload, files, config),
             params["drain_timeout"],
+            metrics_address(params["metrics_listen"]),
         )
     )
 
@@ -215,3 +223,10 @@ def main(argv: list[str] | None = None) -> None:
 
 
 cli.add_command(certs)
+
+
+@cli.command()
+@endpoint_option
+def status(endpoint: str) -> None:
+    """Print the state of a running ambassador-server (sessions, services, bytes)."""
+    print_status(endpoint)

@@ -33,6 +33,27 @@ def config_option(f: F) -> F:
 
 
 def log_option(f: F) -> F:
+    f = click.option(
+        "--check-config",
+        is_flag=True,
+        default=False,
+        help="Validate the configuration, print it (token secrets masked) and exit.",
+    )(f)
+    f = click.option(
+        "--metrics-listen",
+        default=None,
+        envvar="AMBASSADOR_METRICS_LISTEN",
+        metavar="HOST:PORT",
+        help="Serve /metrics (Prometheus), /healthz, /readyz, /status and a status page.",
+    )(f)
+    f = click.option(
+        "--log-format",
+        type=click.Choice(["text", "json"]),
+        default="text",
+        show_default=True,
+        envvar="AMBASSADOR_LOG_FORMAT",
+        help="Log lines as text or as one JSON object per line.",
+    )(f)
     return click.option(
         "--log-level",
         type=click.Choice(["debug", "info", "warning", "error"]),
@@ -41,6 +62,44 @@ def log_option(f: F) -> F:
         envvar="AMBASSADOR_LOG_LEVEL",
         help="How much to log.",
     )(f)
+
+
+def endpoint_option(f: F) -> F:
+    return click.option(
+        "--endpoint",
+        default=lambda: os.environ.get("AMBASSADOR_METRICS_LISTEN", "127.0.0.1:9700"),
+        show_default="the --metrics-listen address, 127.0.0.1:9700",
+        metavar="HOST:PORT",
+        help="The status endpoint of the running process.",
+    )(f)
+
+
+def print_effective(params: dict[str, Any], token_file: str | None) -> None:
+    """The effective configuration as ``key = value`` lines; token secrets masked."""
+    from tunnel.auth import load_tokens
+
+    for key in sorted(params):
+        if key == "check_config":
+            continue
+        value = params[key]
+        shown = list(value) if isinstance(value, tuple) else value
+        print(f"{key.replace('_', '-')} = {shown!r}")
+    if token_file is not None:
+        tokens, _ = load_tokens(token_file)
+        print(f"tokens = {[f'{name}:***' for name in tokens]!r}")
+
+
+def metrics_address(text: str | None) -> tuple[str, int] | None:
+    """``--metrics-listen`` as (host, port); ConfigError when malformed."""
+    if not text:
+        return None
+    from tunnel.links import LinkError, parse_address
+
+    try:
+        address = parse_address(text, default_host="127.0.0.1")
+    except LinkError as exc:
+        raise ConfigError(f"bad --metrics-listen: {exc}") from None
+    return address.host, address.port
 
 
 _DEFAULTS = Limits()

@@ -124,6 +124,14 @@ from tunnel.tls import ServerTls, server_context
     help="NAME:SECRET lines: clients must prove they hold one (the token never crosses the wire).",
 )
 @click.option(
+    "--max-pending-dials",
+    type=click.IntRange(1),
+    default=256,
+    show_default=True,
+    envvar="AMBASSADOR_MAX_PENDING_DIALS",
+    help="Backend dials one session may have in progress; more are refused.",
+)
+@click.option(
     "--drain-timeout",
     type=click.FloatRange(0),
     default=30.0,
@@ -199,6 +207,7 @@ def build_config(params: dict[str, Any], environ: Mapping[str, str]) -> ServerCo
         limits=limits,
         name=params["name"] or os.uname().nodename,
         dial_timeout=params["dial_timeout"],
+        max_pending_dials=params["max_pending_dials"],
         handshake_timeout=params["handshake_timeout"],
     )
 

@@ -105,6 +105,11 @@ class ServerConnection:
         return stream
 
     def start_dial(self, stream: BackendStream, service: Service) -> None:
+        limit = self.server.config.max_pending_dials
+        if len(self.tasks) >= limit:
+            metrics.LIMIT_HITS.labels("max_pending_dials").inc()
+            stream.refuse(Reason.LIMIT_EXCEEDED, f"more than {limit} backend dials pending")
+            return
         task = asyncio.get_running_loop().create_task(
             stream.dial(service, self.server.config.dial_timeout)
         )

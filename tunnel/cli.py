@@ -155,6 +155,22 @@ def limit_options(f: F) -> F:
             envvar="AMBASSADOR_KEEPALIVE_TIMEOUT",
             help="Seconds an unanswered ping may wait before the peer is declared dead.",
         ),
+        click.option(
+            "--resets-per-second",
+            type=click.IntRange(1),
+            default=_DEFAULTS.resets_per_second,
+            show_default=True,
+            envvar="AMBASSADOR_RESETS_PER_SECOND",
+            help="Stream resets a peer may send a second before it is cut off.",
+        ),
+        click.option(
+            "--pings-per-second",
+            type=click.IntRange(1),
+            default=_DEFAULTS.pings_per_second,
+            show_default=True,
+            envvar="AMBASSADOR_PINGS_PER_SECOND",
+            help="Pings a peer may send a second before it is cut off.",
+        ),
     ]
     for option in reversed(options):
         f = option(f)
@@ -170,6 +186,8 @@ def limits_from(params: dict[str, Any]) -> Limits:
             session_memory=params.pop("session_memory") * KIB * KIB,
             keepalive_interval=params.pop("keepalive_interval"),
             keepalive_timeout=params.pop("keepalive_timeout"),
+            resets_per_second=params.pop("resets_per_second"),
+            pings_per_second=params.pop("pings_per_second"),
         )
     except ValueError as exc:
         raise ConfigError(f"bad limits: {exc}") from None

@@ -63,6 +63,10 @@ class LimitExceeded(RemoteProtocolError):
 
     reason = Reason.LIMIT_EXCEEDED
 
+    def __init__(self, text: str, limit: str = "") -> None:
+        super().__init__(text)
+        self.limit = limit  # which limit, as named in Limits (for logs and metrics)
+
 
 class StreamRefused(TunnelError):
     """The server answered a stream with a reason instead of "connected"."""

@@ -34,6 +34,11 @@ class Limits:
     # ``keepalive_timeout`` seconds declares the peer dead.
     keepalive_interval: float = 15.0
     keepalive_timeout: float = 30.0
+    # Budgets against floods: frames that cost us work and move no data. A peer over one of
+    # them is cut off with a Go Away (the HTTP/2 "rapid reset" and "ping flood" attacks).
+    resets_per_second: int = 1000
+    pings_per_second: int = 100
+    empty_frames_per_second: int = 1000  # zero-length Data and zero-delta Window Updates
 
     def __post_init__(self) -> None:
         if self.stream_window < INITIAL_WINDOW:
@@ -44,3 +49,27 @@ class Limits:
             raise ValueError("max_frame_size must be at least 1024 bytes")
         if self.max_streams < 1:
             raise ValueError("max_streams must be at least 1")
+
+
+class Budget:
+    """A token bucket: ``rate`` events a second on average, bursts of up to one second's worth.
+
+    Time is passed in, so the session stays free of clocks.
+    """
+
+    __slots__ = ("_stamp", "_tokens", "rate")
+
+    def __init__(self, rate: int) -> None:
+        self.rate = rate
+        self._tokens = float(rate)
+        self._stamp: float | None = None
+
+    def spend(self, now: float) -> bool:
+        """Take one event; False when the budget is exhausted."""
+        if self._stamp is not None:
+            self._tokens = min(float(self.rate), self._tokens + (now - self._stamp) * self.rate)
+        self._stamp = now
+        if self._tokens < 1.0:
+            return False
+        self._tokens -= 1.0
+        return True

@@ -50,3 +50,6 @@ CONNECT_FAILURES = Counter(
 RTT = Gauge(
     "ambassador_rtt_seconds", "Last measured tunnel round trip", ["peer"], registry=REGISTRY
 )
+LIMIT_HITS = Counter(
+    "ambassador_limit_hits", "Times a peer hit a limit, by limit", ["limit"], registry=REGISTRY
+)

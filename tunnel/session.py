@@ -27,7 +27,7 @@ from collections import deque
 from dataclasses import dataclass
 from enum import Enum
 
-from tunnel.errors import LocalProtocolError, RemoteProtocolError
+from tunnel.errors import LimitExceeded, LocalProtocolError, RemoteProtocolError
 from tunnel.events import (
     ConnectionTerminated,
     DataReceived,
@@ -50,7 +50,7 @@ from tunnel.frames import (
     GoAwayCode,
     encode_header,
 )
-from tunnel.limits import INITIAL_WINDOW, Limits
+from tunnel.limits import INITIAL_WINDOW, Budget, Limits
 from tunnel.streams import StreamInput, StreamState, next_state
 from tunnel.windows import ReceiveWindow
 
@@ -140,6 +140,11 @@ class Session:
         self.goaway_received = False
         self.terminated = False
         self._stats = [0, 0, 0, 0, 0]  # opened local, opened remote, refused, sent, received
+        self._now = now
+        self._resets = Budget(self.limits.resets_per_second)
+        self._ping_budget = Budget(self.limits.pings_per_second)
+        self._empty_frames = Budget(self.limits.empty_frames_per_second)
+        self.limit_hit: str | None = None  # the limit that ended the session, if one did
 
     # ----------------------------------------------------------------- receiving
 
@@ -147,7 +152,7 @@ class Session:
         """Take bytes from the peer; return what happened because of them."""
         if self.terminated:
             return self.take_events()
-        self._last_received = now
+        self._last_received = self._now = now
         self._stats[4] += len(data)
         self._decoder.feed(data)
         try:
@@ -155,6 +160,9 @@ class Session:
                 self._handle_frame(frame, now)
                 if self.terminated:
                     break
+        except LimitExceeded as exc:
+            self.limit_hit = exc.limit
+            self._fail(GoAwayCode.PROTOCOL_ERROR, str(exc))
         except RemoteProtocolError as exc:
             self._fail(GoAwayCode.PROTOCOL_ERROR, str(exc))
         return self.take_events()
@@ -176,6 +184,16 @@ class Session:
 
     def _on_stream_frame(self, frame: Frame) -> None:
         flags = frame.flags
+        if flags & _RST and not self._resets.spend(self._now):
+            raise LimitExceeded(
+                f"more than {self.limits.resets_per_second} stream resets a second "
+                "(a rapid-reset flood)", "resets_per_second",
+            )  # fmt: skip
+        if not flags and not frame.length and not self._empty_frames.spend(self._now):
+            raise LimitExceeded(
+                f"more than {self.limits.empty_frames_per_second} empty frames a second",
+                "empty_frames_per_second",
+            )
         if flags & _SYN:
             stream = self._accept_stream(frame.stream_id)
             if stream is None:
@@ -246,6 +264,11 @@ class Session:
 
     def _on_ping(self, frame: Frame, now: float) -> None:
         if frame.flags & _SYN:
+            if not self._ping_budget.spend(now):
+                raise LimitExceeded(
+                    f"more than {self.limits.pings_per_second} pings a second (a ping flood)",
+                    "pings_per_second",
+                )
             self._control.append(encode_header(FrameType.PING, Flags.ACK, 0, frame.length))
         elif frame.flags & _ACK:
             sent = self._pings.pop(frame.length, None)

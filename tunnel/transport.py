@@ -19,6 +19,7 @@ import ssl
 from collections.abc import Callable
 from typing import Protocol, cast
 
+from tunnel import metrics
 from tunnel.events import (
     ConnectionTerminated,
     DataReceived,
@@ -224,6 +225,9 @@ class TunnelConnection(asyncio.Protocol):
     def _terminated(self, event: ConnectionTerminated) -> None:
         who = "peer" if event.remote else "local"
         self.close_reason = self.close_reason or event.reason
+        if self.session.limit_hit:
+            metrics.LIMIT_HITS.labels(self.session.limit_hit).inc()
+            log.warning("closing the session with %s: %s", self.peer, event.reason)
         log.debug("session with %s ended (%s): %s", self.peer, who, event.reason)
         self._flush()
         if self._transport is not None:

@@ -43,6 +43,8 @@ from tunnel.transport import StreamHandler, TunnelConnection
 
 log = logging.getLogger("ambassador.client")
 
+ROTATE_BEFORE_EXHAUSTION = 10_000  # stream ids left when a session is replaced
+
 
 class ConnectFailed(Exception):
     """One attempt to bring the tunnel up failed; the message says why in one line."""
@@ -120,6 +122,15 @@ class Connector:
         self.tls_context: ssl.SSLContext | None = (
             client_context(config.tls) if config.tls is not None else None
         )
+
+    def rotate_if_exhausted(self, tunnel: TunnelConnection) -> None:
+        """Move to a fresh session well before this one runs out of stream ids (2**31 of
+        them): it drains like after a Go Away, and new streams go to the new session."""
+        if tunnel.session.streams_left < ROTATE_BEFORE_EXHAUSTION and tunnel is self.tunnel:
+            log.info("session to %s is running out of stream ids; opening a new one", self.remote)
+            metrics.LIMIT_HITS.labels("stream_ids").inc()
+            if tunnel.on_go_away is not None:
+                tunnel.on_go_away()
 
     def reconfigure(self, config: ClientConfig) -> None:
         """New remotes, TLS material and timeouts, for the next connection on."""

@@ -104,6 +104,7 @@ class ConsumerStream(Relay):
             return
         metrics.STREAMS.labels("client", self.service).inc()
         metrics.STREAMS_OPEN.labels("client", self.service).inc()
+        self.connector.rotate_if_exhausted(tunnel)
         tunnel.send(self.stream_id, StreamHeader(self.service).encode())
         self.send_held()
 

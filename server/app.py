@@ -14,6 +14,7 @@ from typing import Any
 
 from server.config import ServerConfig
 from server.connection import ServerConnection
+from server.forward import start_forwarding
 from server.tls_accept import accept_tls
 from tunnel.auth import load_tokens
 from tunnel.errors import ConfigError, Reason
@@ -250,3 +251,17 @@ async def serve(
             watcher.cancel()
         await endpoint.stop()
         await server.stop()
+
+
+async def serve_forwarding(config: ServerConfig, bind: str) -> None:
+    """Drop-in mode: per-port forwarding of every linked service until SIGINT or SIGTERM."""
+    servers = await start_forwarding(config.catalog, bind)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for server in servers:
+            server.close()

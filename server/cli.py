@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from server.app import serve
+from server.app import serve, serve_forwarding
 from server.certs_cli import certs
 from server.config import ServerConfig
 from tunnel.access import parse_access
@@ -124,6 +124,21 @@ from tunnel.tls import ServerTls, server_context
     help="NAME:SECRET lines: clients must prove they hold one (the token never crosses the wire).",
 )
 @click.option(
+    "--forward",
+    is_flag=True,
+    default=False,
+    envvar="AMBASSADOR_FORWARD",
+    help="Drop-in mode: no tunnel; listen on each linked service's own port (on "
+    "--forward-bind) and forward to it, as the old socat ambassador did.",
+)
+@click.option(
+    "--forward-bind",
+    default="0.0.0.0",
+    show_default=True,
+    envvar="AMBASSADOR_FORWARD_BIND",
+    help="Address the --forward listeners bind to.",
+)
+@click.option(
     "--max-pending-dials",
     type=click.IntRange(1),
     default=256,
@@ -152,6 +167,9 @@ def cli(ctx: click.Context, /, **params: Any) -> None:
         print_effective(params, config.token_file)
         return
     setup_logging(params["log_level"], params["log_format"])
+    if params["forward"]:
+        run(serve_forwarding(config, params["forward_bind"]))
+        return
     argv: list[str] = (ctx.obj or {}).get("argv", [])
     config_file = config_file_of(argv)
 

@@ -41,6 +41,7 @@ from tunnel.events import (
     StreamReset,
 )
 from tunnel.frames import (
+    HEADER,
     MAX_LENGTH,
     MAX_STREAM_ID,
     Flags,
@@ -53,6 +54,8 @@ from tunnel.frames import (
 from tunnel.limits import INITIAL_WINDOW, Budget, Limits
 from tunnel.streams import StreamInput, StreamState, next_state
 from tunnel.windows import ReceiveWindow
+
+_pack_header = HEADER.pack  # version, type, flags, stream id, length
 
 # Flag bits as plain ints: IntFlag arithmetic is slow enough to show in profiles.
 _SYN, _ACK, _FIN, _RST = int(Flags.SYN), int(Flags.ACK), int(Flags.FIN), int(Flags.RST)
@@ -83,6 +86,8 @@ class _Stream:
 
     __slots__ = (
         "acked",
+        "can_receive",
+        "can_send",
         "fin_queued",
         "id",
         "outbox",
@@ -97,6 +102,7 @@ class _Stream:
     def __init__(self, stream_id: int, recv: ReceiveWindow) -> None:
         self.id = stream_id
         self.state = StreamState.OPEN
+        self.can_receive = self.can_send = True  # kept in step with ``state`` by set_state
         self.recv = recv
         self.send_window = INITIAL_WINDOW
         self.outbox = bytearray()
@@ -105,6 +111,13 @@ class _Stream:
         self.rst_queued = False  # RST to go out after the outbox drains
         self.ready = False  # in the session's round-robin queue
         self.paused = False  # the producer was told to stop; tell it when to resume
+
+    def set_state(self, state: StreamState) -> None:
+        self.state = state
+        # Cached answers to the transition table's two hot questions, so the data path does
+        # not look up (state, input) pairs for every frame.
+        self.can_receive = next_state(state, StreamInput.RECV_DATA) is not None
+        self.can_send = next_state(state, StreamInput.SEND_DATA) is not None
 
     def has_work(self) -> bool:
         """Something can be sent now."""
@@ -154,9 +167,8 @@ class Session:
             return self.take_events()
         self._last_received = self._now = now
         self._stats[4] += len(data)
-        self._decoder.feed(data)
         try:
-            while (frame := self._decoder.next_frame()) is not None:
+            for frame in self._decoder.decode(data):
                 self._handle_frame(frame, now)
                 if self.terminated:
                     break
@@ -253,7 +265,7 @@ class Session:
             self._mark_ready(stream)
 
     def _on_data(self, stream: _Stream, payload: bytes) -> None:
-        if next_state(stream.state, StreamInput.RECV_DATA) is None:
+        if not stream.can_receive:
             raise RemoteProtocolError(f"data on stream {stream.id} after the peer's FIN")
         if not stream.recv.receive(len(payload)):
             raise RemoteProtocolError(
@@ -318,7 +330,7 @@ class Session:
         stream = self._streams.get(stream_id)
         if stream is None or stream.rst_queued:
             return False
-        if next_state(stream.state, StreamInput.SEND_DATA) is None:
+        if not stream.can_send:
             raise LocalProtocolError(f"send on stream {stream_id} in state {stream.state.name}")
         stream.outbox += data
         if stream.send_window > 0:
@@ -390,8 +402,9 @@ class Session:
 
     def data_to_send(self, limit: int = 256 * 1024) -> bytes:
         """Frames ready to go, about ``limit`` bytes at most (control frames always go)."""
-        out = bytearray().join(self._control)
-        self._control.clear()
+        control = self._control
+        out = bytearray().join(control) if control else bytearray()
+        control.clear()
         max_frame = self.limits.max_frame_size
         ready = self._ready
         while ready and len(out) < limit:
@@ -408,29 +421,35 @@ class Session:
 
     def _emit_frame(self, stream: _Stream, out: bytearray, max_frame: int) -> None:
         outbox = stream.outbox
-        size = min(len(outbox), stream.send_window, max(max_frame, 1))
-        flags = 0
-        if size and size == len(outbox) and stream.fin_queued:
-            flags = _FIN
-        if size:
-            out += encode_header(FrameType.DATA, flags, stream.id, size)
+        queued = len(outbox)
+        size = min(queued, stream.send_window, max(max_frame, 1))
+        flags = _FIN if size and size == queued and stream.fin_queued else 0
+        if size == queued and size:
+            # The usual case for request/response traffic: the whole queue fits in one frame.
+            out += _pack_header(0, FrameType.DATA, flags, stream.id, size)
+            out += outbox
+            outbox.clear()
+            stream.send_window -= size
+        elif size:
+            out += _pack_header(0, FrameType.DATA, flags, stream.id, size)
             with memoryview(outbox) as view:
                 out += view[:size]
             del outbox[:size]
             stream.send_window -= size
         elif stream.fin_queued:
             flags = _FIN
-            out += encode_header(FrameType.WINDOW_UPDATE, flags, stream.id, 0)
-        if flags & _FIN:
+            out += _pack_header(0, FrameType.WINDOW_UPDATE, flags, stream.id, 0)
+        if flags:
             stream.fin_queued = False
         if stream.rst_queued and not outbox:
-            out += encode_header(FrameType.WINDOW_UPDATE, Flags.RST, stream.id, 0)
+            out += _pack_header(0, FrameType.WINDOW_UPDATE, _RST, stream.id, 0)
             self._close(stream)
             return
         if stream.paused and len(outbox) <= self.limits.stream_send_buffer // 2:
             stream.paused = False
             self._events.append(StreamDrained(stream.id))
-        self._maybe_forget(stream)
+        if stream.state is StreamState.CLOSED:
+            self._maybe_forget(stream)
 
     # --------------------------------------------------------------------- timers
 
@@ -491,10 +510,10 @@ class Session:
             if event.name.startswith("RECV"):
                 raise RemoteProtocolError(message)
             raise LocalProtocolError(message)
-        stream.state = state
+        stream.set_state(state)
 
     def _close(self, stream: _Stream) -> None:
-        stream.state = StreamState.CLOSED
+        stream.set_state(StreamState.CLOSED)
         stream.outbox.clear()
         stream.fin_queued = stream.rst_queued = False
         self._forget(stream)

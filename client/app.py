@@ -39,9 +39,10 @@ class Client:
         """Bind the fixed ports, start connecting, and bind the rest once the catalog is in."""
         await self.listeners.sync(None)
         self._task = asyncio.get_running_loop().create_task(self.connector.run())
-        if any(spec.port is None for spec in self.config.expose) or not self.config.expose:
-            catalog = await self._first_catalog()
-            await self.listeners.sync(catalog)
+        # Fixed ports are bound already (consumers wait there while the tunnel comes up); the
+        # first catalog binds the rest and checks that every exposed service is offered.
+        catalog = await self._first_catalog()
+        await self.listeners.sync(catalog)
         self.connector.on_catalog = self._catalog_changed
         self._started = True
 
@@ -173,6 +174,7 @@ async def serve(
     endpoint = StatusServer(client.status, lambda: client.ready)
     watcher: asyncio.Task[None] | None = None
     stopping = asyncio.ensure_future(stop.wait())
+    started = False
     try:
         if metrics is not None:
             try:
@@ -185,12 +187,14 @@ async def serve(
             starting.cancel()
             return
         starting.result()
+        started = True
         if load is not None and files is not None:
             watcher = Reloader(load, client.apply, files, config).install()
         await stop.wait()
     finally:
         stopping.cancel()
-        log.info("stopping")
+        if started:
+            log.info("stopping")
         if watcher is not None:
             watcher.cancel()
         await endpoint.stop()

@@ -195,19 +195,18 @@ class Listeners:
             return wanted
         for spec in self.specs:
             port = spec.port
+            found = None if catalog is None else find_service(catalog, spec.service)
+            if catalog is not None and found is None:
+                if strict:
+                    offered = ", ".join(s.name for s in catalog) or "nothing"
+                    raise ConfigError(
+                        f"cannot expose {spec.service!r}: the server does not offer it "
+                        f"(offered: {offered}); fix --expose or the server's --link"
+                    )
+                log.warning("the server does not offer %r (any more)", spec.service)
             if port is None:
-                if catalog is None:
-                    continue
-                found = find_service(catalog, spec.service)
                 if found is None:
-                    if strict:
-                        offered = ", ".join(s.name for s in catalog) or "nothing"
-                        raise ConfigError(
-                            f"cannot expose {spec.service!r}: the server does not offer it "
-                            f"(offered: {offered}); fix --expose or the server's --link"
-                        )
-                    log.warning("the server no longer offers %r", spec.service)
-                    continue
+                    continue  # its port comes from the catalog: nothing to bind yet
                 port = found.port
             wanted[(spec.bind or self.bind, port, spec.service)] = spec
         return wanted

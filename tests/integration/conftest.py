@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 
 import pytest
 
@@ -30,7 +30,10 @@ WaitForPort = Callable[..., None]
 
 
 @pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """Show the output of every program the test started when the test fails."""
     report = yield
     processes = item.stash.get(PROCESSES, None)
     if report.failed and processes is not None:
@@ -40,7 +43,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 
 @pytest.fixture
-def processes(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+def processes(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Processes]:
     """Start programs with ``processes.start(name, argv)``; all are stopped at teardown."""
     directory = tmp_path_factory.mktemp("programs")
     group = Processes(directory)

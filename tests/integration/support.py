@@ -50,10 +50,15 @@ def clean_environ(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     return environ
 
 
+_DEBIAN_PACKAGE = {"redis-server": "redis-server", "redis-cli": "redis-tools", "ip": "iproute2"}
+
+
 def require_programs(*names: str) -> None:
+    """Skip the test unless every named program is on PATH."""
     missing = [name for name in names if shutil.which(name) is None]
     if missing:
-        pytest.skip(f"{', '.join(missing)} not installed (apt-get install redis-server/iperf3)")
+        packages = " ".join(dict.fromkeys(_DEBIAN_PACKAGE.get(name, name) for name in missing))
+        pytest.skip(f"{', '.join(missing)} not installed (Debian: apt-get install {packages})")
 
 
 @dataclass
@@ -158,8 +163,15 @@ class Processes:
         return started
 
     def stop_all(self) -> None:
+        """Stop every program, newest first; one that will not die does not spare the others."""
+        stuck = []
         for started in reversed(self.started):
-            started.stop()
+            try:
+                started.stop()
+            except subprocess.TimeoutExpired:
+                stuck.append(f"{started.name} (pid {started.pid})")
+        if stuck:
+            raise RuntimeError(f"still running after SIGKILL: {', '.join(stuck)}")
 
     def logs(self) -> Iterable[tuple[str, str]]:
         for started in self.started:

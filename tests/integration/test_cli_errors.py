@@ -121,11 +121,6 @@ def test_client_expose_port_in_use(busy_port: int, free_port: Callable[..., int]
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="client/app.py serve() logs 'stopping' in its finally block even when start() "
-    "failed, so an INFO line comes before the one-line error",
-)
 def test_client_expose_port_in_use_error_comes_first(
     busy_port: int, free_port: Callable[..., int]
 ) -> None:
@@ -145,11 +140,6 @@ def test_unknown_service_is_rejected_at_client_start(
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="client/app.py Client.start() checks only port-less --expose entries against the "
-    "catalog; 127.0.0.1:PORT=nosuch is bound and served as if the server offered it",
-)
 def test_unknown_service_with_local_port_is_rejected_at_client_start(
     start_server: Callable[..., AmbassadorServer],
     processes: Processes,

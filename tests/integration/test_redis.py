@@ -4,12 +4,23 @@ no --expose at all (the whole catalog)."""
 
 from __future__ import annotations
 
+import re
 import socket
+import time
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
-from tests.integration.support import AmbassadorServer, Pair, Redis, Started, redis_cli
+from tests.integration.support import (
+    AmbassadorServer,
+    Pair,
+    Processes,
+    Redis,
+    Started,
+    ambassador,
+    redis_cli,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -39,25 +50,40 @@ def test_ping_set_get_through_the_pair(redis_pair: Pair, redis_server: Redis) ->
     assert redis_cli(redis_server.port, "GET", "ambassador:key") == "crossed the tunnel"
 
 
+def start_on_fixed_ports(processes: Processes, name: str, argv: list[str], **kw: Any) -> Started:
+    """Start a program that binds a fixed seed port; wait until it logs that it runs.
+
+    Skips if another program took the port between the check and the bind.
+    """
+    process = processes.start(name, argv, **kw)
+    deadline = time.monotonic() + 10
+    while not re.search(r"listening on|tunnel up to", process.stderr()):
+        if not process.alive() and "already in use" in process.stderr():
+            pytest.skip(f"a seed port was taken meanwhile: {process.stderr().strip()}")
+        if not process.alive() or time.monotonic() > deadline:
+            pytest.fail(f"{name} did not start: {process.stderr()}")
+        time.sleep(0.02)
+    return process
+
+
 @pytest.mark.parametrize("where", ["environment", "command-line"])
-def test_seed_link_variable(
-    where: str,
-    redis_server: Redis,
-    start_server: Callable[..., AmbassadorServer],
-    start_client: Callable[..., Started],
-) -> None:
+def test_seed_link_variable(where: str, redis_server: Redis, processes: Processes) -> None:
     # REDIS_PORT_6379_TCP=tcp://127.0.0.1:6379 on the client: the host is the remote, 6379 is
     # the service to expose (on the same local port), and the tunnel port is the default.
     require_free("127.0.0.1", DEFAULT_TUNNEL_PORT)
     require_free(SEED_BIND, 6379)
-    start_server(f"6379=127.0.0.1:{redis_server.port}", port=DEFAULT_TUNNEL_PORT)
+    listen = f"--listen=127.0.0.1:{DEFAULT_TUNNEL_PORT}"
+    link = f"--link=6379=127.0.0.1:{redis_server.port}"
+    start_on_fixed_ports(processes, "ambassador-server", [*ambassador("server"), listen, link])
     variable, url = "REDIS_PORT_6379_TCP", "tcp://127.0.0.1:6379"
     if where == "environment":
         args, env = ["--links-from-env"], {variable: url}
     else:
-        args, env = ["--expose", f"{variable}={url}"], {}
-    client = start_client(*args, "--bind", SEED_BIND, env=env, listens=[(SEED_BIND, 6379)])
+        args, env = [f"--expose={variable}={url}"], {}
+    argv = [*ambassador("client"), *args, f"--bind={SEED_BIND}"]
+    client = start_on_fixed_ports(processes, "ambassador-client", argv, env=env)
     assert f"tunnel up to 127.0.0.1:{DEFAULT_TUNNEL_PORT}" in client.stderr()
+    assert f"exposing '6379' on {SEED_BIND}:6379" in client.stderr()
     assert_round_trip(6379, host=SEED_BIND)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import struct
 
 import pytest
@@ -57,7 +58,7 @@ def decode_stream(chunks: list[bytes], max_data: int = MAX_DATA) -> list[Frame]:
 def split(data: bytes, points: list[int]) -> list[bytes]:
     cuts = sorted({p % (len(data) + 1) for p in points})
     bounds = [0, *cuts, len(data)]
-    return [data[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+    return [data[a:b] for a, b in itertools.pairwise(bounds)]
 
 
 # ------------------------------------------------------------------ byte layout
@@ -217,6 +218,13 @@ def test_bad_version_is_rejected_from_the_header_alone(
 ) -> None:
     with pytest.raises(RemoteProtocolError, match="version"):
         feed_header(struct.pack(">BBHII", version, type_, 0, 0, length))
+
+
+def test_tls_handshake_on_a_plaintext_port_is_named_as_such() -> None:
+    # The start of a TLS ClientHello record, as sent by a client configured for TLS.
+    hello = bytes.fromhex("160301020001000001fc0303")
+    with pytest.raises(RemoteProtocolError, match="TLS"):
+        feed_header(hello)
 
 
 @FAST

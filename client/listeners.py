@@ -16,11 +16,13 @@ from client.connector import Connector
 from tunnel import metrics
 from tunnel.errors import ConfigError, RemoteProtocolError
 from tunnel.links import ExposeSpec
+from tunnel.logonce import Throttled
 from tunnel.messages import ServiceInfo, StreamAnswerParser, StreamHeader
 from tunnel.oserrors import listen_error
 from tunnel.relay import Relay, abort_with_reset
 
 log = logging.getLogger("ambassador.client")
+throttled = Throttled(log)
 
 
 def find_service(catalog: tuple[ServiceInfo, ...], ref: str) -> ServiceInfo | None:
@@ -75,7 +77,8 @@ class ConsumerStream(Relay):
         if self.closed:
             return
         if tunnel is None:
-            log.warning(
+            throttled.warning(
+                f"link_down:{self.service}",
                 "connection to %r dropped: the tunnel has been down for %gs (%s)",
                 self.service,
                 timeout,
@@ -121,7 +124,8 @@ class ConsumerStream(Relay):
                 return
             self._answer = None
             if not answer.ok:
-                log.warning(
+                throttled.warning(
+                    f"refused:{self.service}:{answer.reason.label}",
                     "connection to %r refused by the server (%s): %s",
                     self.service,
                     answer.reason.label,
@@ -149,7 +153,8 @@ class ConsumerStream(Relay):
             metrics.STREAMS_OPEN.labels("client", self.service).dec()
             if self._answer is not None and isinstance(exc, ConnectionResetError):
                 # Reset before the server answered: the tunnel went away under the stream.
-                log.warning("connection to %r reset: %s", self.service, exc)
+                throttled.warning(f"reset:{self.service}", "connection to %r reset: %s",
+                                  self.service, exc)  # fmt: skip
                 metrics.STREAM_REFUSALS.labels("client", self.service, "tunnel_lost").inc()
 
 

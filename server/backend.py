@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from tunnel import metrics
 from tunnel.errors import ConfigError, Reason, RemoteProtocolError
 from tunnel.links import Service
+from tunnel.logonce import Throttled
 from tunnel.messages import CONNECTED, StreamAnswer, StreamHeaderParser
 from tunnel.relay import Relay
 from tunnel.transport import TunnelConnection
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
     from server.connection import ServerConnection
 
 log = logging.getLogger("ambassador.server")
+throttled = Throttled(log)
 
 
 class BackendStream(Relay):
@@ -110,7 +112,8 @@ class BackendStream(Relay):
             return
         self.closed = True
         name = service if service is not None else self._label
-        log.warning(
+        throttled.warning(
+            f"{self.owner.identity}:{name}:{reason.label}",
             "stream %s from %s as %s to %r refused (%s): %s",
             self.stream_id,
             self.owner.peer_name,

@@ -115,8 +115,11 @@ class FrameDecoder:
                     break
                 version, raw_type, raw_flags, stream_id, length = unpack(buffer, offset)
                 offset += HEADER_SIZE
-                if version or raw_type > 3 or (length > max_data and not raw_type) or (
-                    raw_type > 1 and stream_id
+                if (
+                    version
+                    or raw_type > 3
+                    or (length > max_data and not raw_type)
+                    or (raw_type > 1 and stream_id)
                 ):
                     self._offset, self._header = offset, None
                     _check_header(version, raw_type, raw_flags, stream_id, length, max_data)

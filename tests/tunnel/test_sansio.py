@@ -61,6 +61,7 @@ def test_every_core_module_is_checked() -> None:
         "reload",
         "httpd",
         "observe",
+        "logonce",
     }
     present = {p.stem for p in Path(tunnel.__file__).parent.glob("*.py")}
     assert present - adapters - set(SANS_IO) == set()

@@ -96,6 +96,8 @@ class TunnelConnection(asyncio.Protocol):
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        # A first ping measures the round trip at once: window auto-tuning needs it.
+        self.session.ping(self._loop.time())
         self._arm_timer()
         self._schedule_flush()
 

@@ -49,15 +49,14 @@ class ConsumerStream(Relay):
         self._answer: StreamAnswerParser | None = StreamAnswerParser()
         self._wait: asyncio.Task[None] | None = None
         self.refused = False
-        self._to_backend = metrics.BYTES.labels("client", service, "to_backend")
-        self._to_consumer = metrics.BYTES.labels("client", service, "to_consumer")
+        self._meters = metrics.meters("client", service)
 
     def data_received(self, data: bytes) -> None:
-        self._to_backend.inc(len(data))
+        self._meters.to_backend.inc(len(data))
         super().data_received(data)
 
     def deliver(self, data: bytes) -> None:
-        self._to_consumer.inc(len(data))
+        self._meters.to_consumer.inc(len(data))
         super().deliver(data)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -105,8 +104,8 @@ class ConsumerStream(Relay):
             if self.transport is not None:
                 abort_with_reset(self.transport)
             return
-        metrics.STREAMS.labels("client", self.service).inc()
-        metrics.STREAMS_OPEN.labels("client", self.service).inc()
+        self._meters.opened.inc()
+        self._meters.open_now.inc()
         self.connector.rotate_if_exhausted(tunnel)
         tunnel.send(self.stream_id, StreamHeader(self.service).encode())
         self.send_held()
@@ -150,7 +149,7 @@ class ConsumerStream(Relay):
         if self._wait is not None:
             self._wait.cancel()
         if self.stream_id is not None:
-            metrics.STREAMS_OPEN.labels("client", self.service).dec()
+            self._meters.open_now.dec()
             if self._answer is not None and isinstance(exc, ConnectionResetError):
                 # Reset before the server answered: the tunnel went away under the stream.
                 throttled.warning(f"reset:{self.service}", "connection to %r reset: %s",

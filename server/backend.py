@@ -35,8 +35,7 @@ class BackendStream(Relay):
         self._header: StreamHeaderParser | None = StreamHeaderParser()
         self._label = "-"
         self._finished = False
-        self._to_backend = metrics.BYTES.labels("server", "-", "to_backend")
-        self._to_consumer = metrics.BYTES.labels("server", "-", "to_consumer")
+        self._meters = metrics.meters("server", "-")
 
     def on_stream_data(self, data: bytes) -> None:
         if self._header is not None:
@@ -64,10 +63,9 @@ class BackendStream(Relay):
                 return
             self.service = service
             self._label = service.name
-            self._to_backend = metrics.BYTES.labels("server", self._label, "to_backend")
-            self._to_consumer = metrics.BYTES.labels("server", self._label, "to_consumer")
-            metrics.STREAMS.labels("server", self._label).inc()
-            metrics.STREAMS_OPEN.labels("server", self._label).inc()
+            self._meters = metrics.meters("server", self._label)
+            self._meters.opened.inc()
+            self._meters.open_now.inc()
             self.owner.start_dial(self, service)
             data = rest
             if not data:
@@ -98,12 +96,12 @@ class BackendStream(Relay):
         super().connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
-        self._to_consumer.inc(len(data))
+        self._meters.to_consumer.inc(len(data))
         super().data_received(data)
 
     def deliver(self, data: bytes) -> None:
         if self.transport is not None:
-            self._to_backend.inc(len(data))
+            self._meters.to_backend.inc(len(data))
         super().deliver(data)
 
     def refuse(self, reason: Reason, text: str, service: str | None = None) -> None:
@@ -136,5 +134,5 @@ class BackendStream(Relay):
             return
         self._finished = True
         if self.service is not None:
-            metrics.STREAMS_OPEN.labels("server", self._label).dec()
+            self._meters.open_now.dec()
         self.owner.stream_done(self)

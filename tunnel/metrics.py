@@ -53,3 +53,26 @@ RTT = Gauge(
 LIMIT_HITS = Counter(
     "ambassador_limit_hits", "Times a peer hit a limit, by limit", ["limit"], registry=REGISTRY
 )
+
+
+class ServiceMeters:
+    """The series of one (role, service), looked up once: label lookups cost on every stream."""
+
+    __slots__ = ("opened", "open_now", "to_backend", "to_consumer")
+
+    def __init__(self, role: str, service: str) -> None:
+        self.opened = STREAMS.labels(role, service)
+        self.open_now = STREAMS_OPEN.labels(role, service)
+        self.to_backend = BYTES.labels(role, service, "to_backend")
+        self.to_consumer = BYTES.labels(role, service, "to_consumer")
+
+
+_METERS: dict[tuple[str, str], ServiceMeters] = {}
+
+
+def meters(role: str, service: str) -> ServiceMeters:
+    key = (role, service)
+    found = _METERS.get(key)
+    if found is None:
+        found = _METERS[key] = ServiceMeters(role, service)
+    return found

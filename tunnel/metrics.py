@@ -58,7 +58,7 @@ LIMIT_HITS = Counter(
 class ServiceMeters:
     """The series of one (role, service), looked up once: label lookups cost on every stream."""
 
-    __slots__ = ("opened", "open_now", "to_backend", "to_consumer")
+    __slots__ = ("open_now", "opened", "to_backend", "to_consumer")
 
     def __init__(self, role: str, service: str) -> None:
         self.opened = STREAMS.labels(role, service)

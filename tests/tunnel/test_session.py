@@ -1180,7 +1180,7 @@ class TwoPeers(RuleBasedStateMachine):
     @rule(
         data=st.data(),
         side=st.sampled_from(["client", "server"]),
-        how=st.sampled_from(["fin", "fin", "fin", "rst", "rst after data"]),
+        how=st.sampled_from(["fin"] * 5 + ["rst", "rst after data"]),
     )
     def close_stream(self, data: st.DataObject, side: str, how: str) -> None:
         model = self.pick(data, side)

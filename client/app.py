@@ -181,6 +181,9 @@ async def serve(
                 await endpoint.start(*metrics)
             except OSError as exc:
                 raise ConfigError(listen_error(f"{metrics[0]}:{metrics[1]}", exc)) from None
+        if load is not None and files is not None:
+            # Installed before the tunnel is up: SIGHUP must never end the process.
+            watcher = Reloader(load, client.apply, files, config).install()
         starting = asyncio.ensure_future(client.start())
         done, _ = await asyncio.wait((starting, stopping), return_when=asyncio.FIRST_COMPLETED)
         if starting not in done:
@@ -188,8 +191,6 @@ async def serve(
             return
         starting.result()
         started = True
-        if load is not None and files is not None:
-            watcher = Reloader(load, client.apply, files, config).install()
         await stop.wait()
     finally:
         stopping.cancel()

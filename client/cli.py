@@ -93,7 +93,7 @@ from tunnel.tls import ClientTls, client_context
 )
 @click.option(
     "--tls/--no-tls",
-    "use_tls",
+    "tls",
     default=False,
     envvar="AMBASSADOR_TLS",
     help="Speak TLS, verifying the server against the system's CAs "
@@ -218,7 +218,7 @@ def build_config(params: dict[str, Any], environ: Mapping[str, str]) -> ClientCo
 def client_tls(params: dict[str, Any]) -> ClientTls | None:
     ca, cert, key, name = (params[k] for k in ("tls_ca", "tls_cert", "tls_key", "server_name"))
     pins = tuple(params["pin"])
-    if not (params["use_tls"] or ca or cert or key or pins):
+    if not (params["tls"] or ca or cert or key or pins):
         if name:
             raise ConfigError("--server-name only applies with TLS (--tls-ca, --pin or --tls)")
         return None

@@ -298,6 +298,7 @@ class Connector:
             raise ConnectFailed(text, reason) from None
         if layer is not None:
             await self._tls_handshake(remote, layer, tunnel)
+        tunnel.on_rtt = metrics.RTT.labels(str(remote)).set
         control = ControlClient(self._on_message)
         control.tunnel = tunnel
         control.stream_id = tunnel.open_stream(control)

@@ -253,15 +253,32 @@ async def serve(
         await server.stop()
 
 
-async def serve_forwarding(config: ServerConfig, bind: str) -> None:
+async def serve_forwarding(
+    config: ServerConfig, bind: str, metrics: tuple[str, int] | None = None
+) -> None:
     """Drop-in mode: per-port forwarding of every linked service until SIGINT or SIGTERM."""
     servers = await start_forwarding(config.catalog, bind)
+    started = time.monotonic()
+
+    def status() -> dict[str, Any]:
+        services = [service_stats("forward", s.name) for s in config.catalog]
+        return {"role": "ambassador-server", "name": config.name, "mode": "forward",
+                "uptime": round(time.monotonic() - started, 1), "ready": True,
+                "sessions": [], "services": services}  # fmt: skip
+
+    endpoint = StatusServer(status, lambda: True)
+    if metrics is not None:
+        await endpoint.start(*metrics)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(
+        signal.SIGHUP, log.warning, "forward mode does not reload; restart to change the links"
+    )
     try:
         await stop.wait()
     finally:
+        await endpoint.stop()
         for server in servers:
             server.close()

@@ -168,7 +168,11 @@ def cli(ctx: click.Context, /, **params: Any) -> None:
         return
     setup_logging(params["log_level"], params["log_format"])
     if params["forward"]:
-        run(serve_forwarding(config, params["forward_bind"]))
+        run(
+            serve_forwarding(
+                config, params["forward_bind"], metrics_address(params["metrics_listen"])
+            )
+        )
         return
     argv: list[str] = (ctx.obj or {}).get("argv", [])
     config_file = config_file_of(argv)

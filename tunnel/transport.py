@@ -82,6 +82,7 @@ class TunnelConnection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self.closed: asyncio.Future[str] = self._loop.create_future()
         self.on_go_away: Callable[[], None] | None = None
+        self.on_rtt: Callable[[float], None] | None = None
         self._ping_waiters: list[asyncio.Future[float]] = []
         self.close_reason = ""
 
@@ -212,6 +213,8 @@ class TunnelConnection(asyncio.Protocol):
                 if handler is not None:
                     handler.on_drained()
             elif type(event) is PingAcknowledged:
+                if self.on_rtt is not None:
+                    self.on_rtt(event.rtt)
                 waiters, self._ping_waiters = self._ping_waiters, []
                 for waiter in waiters:
                     if not waiter.done():

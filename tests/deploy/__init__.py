@@ -1,0 +1,1 @@
+"""Static checks of deploy/ (image, compose, systemd, Kubernetes) and docs/operations.md."""

@@ -1054,7 +1054,7 @@ class HostilePeer(RuleBasedStateMachine):
 
 TestHostilePeer = HostilePeer.TestCase
 TestHostilePeer.settings = settings(
-    max_examples=150,
+    max_examples=120,
     stateful_step_count=40,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
@@ -1257,7 +1257,7 @@ def test_two_well_behaved_peers_never_break_the_protocol(make_pair: Callable[...
     run_state_machine_as_test(
         lambda: TwoPeers(make_pair),
         settings=settings(
-            max_examples=150,
+            max_examples=100,
             stateful_step_count=50,
             deadline=None,
             suppress_health_check=[HealthCheck.too_slow],

@@ -27,7 +27,7 @@ class Limits:
     # Largest Data frame we send; larger frames cost less per byte, smaller ones interleave
     # streams more finely. Incoming frames may be as large as the window we granted.
     max_frame_size: int = 64 * KIB
-    # Bytes queued on one stream (sent or not yet) before its producer is paused.
+    # Bytes queued on one stream, not yet sent, before its producer is paused.
     stream_send_buffer: int = 256 * KIB
     max_streams: int = 8192
     # Keepalive: a ping every ``keepalive_interval`` seconds when idle; a ping unanswered for

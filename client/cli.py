@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from collections.abc import Mapping
@@ -145,11 +146,12 @@ def cli(ctx: click.Context, /, **params: Any) -> None:
     """Expose services of a remote ambassador-server on local ports."""
     if ctx.invoked_subcommand is not None:
         return
+    setup_logging(params["log_level"], params["log_format"])
     config = build_config(params, os.environ)
+    metrics = metrics_address(params["metrics_listen"])
     if params["check_config"]:
         print_effective(params, params["token_file"])
         return
-    setup_logging(params["log_level"], params["log_format"])
     argv: list[str] = (ctx.obj or {}).get("argv", [])
     config_file = config_file_of(argv)
 
@@ -167,7 +169,7 @@ def cli(ctx: click.Context, /, **params: Any) -> None:
             paths += [tls.ca, tls.cert, tls.key]
         return paths
 
-    run(serve(config, load, files, metrics_address(params["metrics_listen"])))
+    run(serve(config, load, files, metrics))
 
 
 def build_config(params: dict[str, Any], environ: Mapping[str, str]) -> ClientConfig:
@@ -200,7 +202,7 @@ def build_config(params: dict[str, Any], environ: Mapping[str, str]) -> ClientCo
     if params["token_file"] is not None:
         tokens, warning = load_tokens(params["token_file"])
         if warning:
-            print(f"ambassador-client: warning: {warning}", file=sys.stderr)
+            logging.getLogger("ambassador.client").warning("%s", warning)
         token = next(iter(tokens.items()))
     return ClientConfig(
         token=token,

@@ -162,17 +162,14 @@ def cli(ctx: click.Context, /, **params: Any) -> None:
     """Offer backends on this host to ambassador-clients, over one multiplexed connection."""
     if ctx.invoked_subcommand is not None:
         return
+    setup_logging(params["log_level"], params["log_format"])
     config = build_config(params, os.environ)
+    metrics = metrics_address(params["metrics_listen"])
     if params["check_config"]:
         print_effective(params, config.token_file)
         return
-    setup_logging(params["log_level"], params["log_format"])
     if params["forward"]:
-        run(
-            serve_forwarding(
-                config, params["forward_bind"], metrics_address(params["metrics_listen"])
-            )
-        )
+        run(serve_forwarding(config, params["forward_bind"], metrics))
         return
     argv: list[str] = (ctx.obj or {}).get("argv", [])
     config_file = config_file_of(argv)
@@ -196,7 +193,7 @@ def cli(ctx: click.Context, /, **params: Any) -> None:
             config,
             lambda server: Reloader(load, server.reload, files, config),
             params["drain_timeout"],
-            metrics_address(params["metrics_listen"]),
+            metrics,
         )
     )
 

@@ -1,0 +1,67 @@
+"""Drop-in mode, as the seed's image was used: only Docker's link variables in the environment,
+``--links-from-env --forward``, and redis-cli on the linked port reaches redis. A Kubernetes
+Service variable in the same environment is not a link."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from tests.integration.support import Processes, Redis, ambassador, redis_cli
+from tests.observability.support import listening_ports
+
+pytestmark = pytest.mark.integration
+
+
+def docker_link(alias: str, port: int, host: str, target_port: int) -> dict[str, str]:
+    """The variables Docker sets for ``--link NAME:ALIAS`` to a container exposing ``port``."""
+    prefix = f"{alias.upper()}_PORT_{port}_TCP"
+    url = f"tcp://{host}:{target_port}"
+    return {
+        f"{alias.upper()}_NAME": f"/consumer/{alias}",
+        f"{alias.upper()}_PORT": url,
+        prefix: url,
+        f"{prefix}_ADDR": host,
+        f"{prefix}_PORT": str(target_port),
+        f"{prefix}_PROTO": "tcp",
+        f"{alias.upper()}_ENV_REDIS_VERSION": "7.0.15",
+    }
+
+
+KUBERNETES = {
+    "KUBERNETES_SERVICE_HOST": "10.96.0.1",
+    "KUBERNETES_SERVICE_PORT": "443",
+    "KUBERNETES_PORT": "tcp://10.96.0.1:443",
+    "KUBERNETES_PORT_443_TCP": "tcp://10.96.0.1:443",
+    "KUBERNETES_PORT_443_TCP_ADDR": "10.96.0.1",
+    "KUBERNETES_PORT_443_TCP_PORT": "443",
+    "KUBERNETES_PORT_443_TCP_PROTO": "tcp",
+}
+
+
+def test_forward_mode_serves_redis_from_link_variables_only(
+    redis_server: Redis,
+    processes: Processes,
+    free_port: Callable[..., int],
+    wait_for_port: Callable[..., None],
+) -> None:
+    linked = free_port()
+    env = {**docker_link("redis", linked, "127.0.0.1", redis_server.port), **KUBERNETES}
+    server = processes.start(
+        "ambassador-server",
+        [*ambassador("server"), "--links-from-env", "--forward", "--forward-bind", "127.0.0.1"],
+        env=env,
+    )
+    server.wait_for_stderr(rf"forwarding 127\.0\.0\.1:{linked} to ", timeout=10)
+
+    assert redis_cli(linked, "PING") == "PONG"
+    assert redis_cli(linked, "SET", "dropin", "forwarded") == "OK"
+    assert redis_cli(linked, "GET", "dropin") == "forwarded"
+    assert redis_cli(redis_server.port, "GET", "dropin") == "forwarded"  # really in redis
+
+    # One listener, on the linked port: none on 443 for the Kubernetes variable, no tunnel port.
+    assert listening_ports(server.pid) == {linked}
+    assert "443" not in server.stderr()
+    assert server.alive()
+    assert server.stop() == 0

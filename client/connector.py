@@ -282,7 +282,8 @@ class Connector:
         loop = asyncio.get_running_loop()
         limits = self.config.limits
         tls = self.config.tls
-        tunnel = TunnelConnection(Session(Role.CLIENT, limits), _refuse_server_stream)
+        session = Session(Role.CLIENT, limits, loop.time())
+        tunnel = TunnelConnection(session, _refuse_server_stream)
         protocol: asyncio.Protocol = tunnel
         layer: TlsLayer | None = None
         if tls is not None and self.tls_context is not None:

@@ -56,7 +56,9 @@ class ServerConnection:
     def __init__(self, server: Server, peer: str = "") -> None:
         self.server = server
         self.tunnel = TunnelConnection(
-            Session(Role.SERVER, server.config.limits), self._accept, peer
+            Session(Role.SERVER, server.config.limits, asyncio.get_running_loop().time()),
+            self._accept,
+            peer,
         )
         self.cert_name: str | None = None  # the client certificate's name, under mutual TLS
         self.peer_cert: bytes | None = None  # its DER, to check against a reloaded CRL

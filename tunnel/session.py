@@ -423,23 +423,23 @@ class Session:
         outbox = stream.outbox
         queued = len(outbox)
         size = min(queued, stream.send_window, max(max_frame, 1))
-        flags = _FIN if size and size == queued and stream.fin_queued else 0
         if size == queued and size:
             # The usual case for request/response traffic: the whole queue fits in one frame.
-            out += _pack_header(0, FrameType.DATA, flags, stream.id, size)
+            out += _pack_header(0, FrameType.DATA, 0, stream.id, size)
             out += outbox
             outbox.clear()
             stream.send_window -= size
         elif size:
-            out += _pack_header(0, FrameType.DATA, flags, stream.id, size)
+            out += _pack_header(0, FrameType.DATA, 0, stream.id, size)
             with memoryview(outbox) as view:
                 out += view[:size]
             del outbox[:size]
             stream.send_window -= size
-        elif stream.fin_queued:
-            flags = _FIN
-            out += _pack_header(0, FrameType.WINDOW_UPDATE, flags, stream.id, 0)
-        if flags:
+        if stream.fin_queued and not outbox:
+            # FIN travels in a Window Update of its own, never on a Data frame: hashicorp/yamux
+            # applies a Data frame's FIN before taking its payload, and a reader woken in
+            # between can lose that payload.
+            out += _pack_header(0, FrameType.WINDOW_UPDATE, _FIN, stream.id, 0)
             stream.fin_queued = False
         if stream.rst_queued and not outbox:
             out += _pack_header(0, FrameType.WINDOW_UPDATE, _RST, stream.id, 0)

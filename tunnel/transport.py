@@ -225,6 +225,9 @@ class TunnelConnection(asyncio.Protocol):
             elif type(event) is PingAcknowledged:
                 if self.on_rtt is not None:
                     self.on_rtt(event.rtt)
+                # The answered ping's deadline no longer applies: the next keepalive is due
+                # an interval after the last traffic, which is sooner.
+                self._rearm_timer()
                 waiters, self._ping_waiters = self._ping_waiters, []
                 for waiter in waiters:
                     if not waiter.done():
@@ -272,6 +275,11 @@ class TunnelConnection(asyncio.Protocol):
         events = session.take_events()
         if events:
             self._dispatch(events)
+
+    def _rearm_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._arm_timer()
 
     def _arm_timer(self) -> None:
         when = self.session.get_timer()

@@ -313,10 +313,12 @@ def test_half_close_from_the_opener(pair: Pair) -> None:
     client.send_data(stream_id, b"request")
     client.end_stream(stream_id)
     pair.flush()
-    # The FIN rides on the last data frame.
-    assert on_stream(pair.client.frames_sent(), stream_id)[-1] == Frame(
-        DATA, Flags.FIN, stream_id, 7, b"request"
-    )
+    # The FIN follows the last data frame in a Window Update of its own, as hashicorp/yamux
+    # sends it (its reader can lose a Data frame's payload when FIN rides on it).
+    assert on_stream(pair.client.frames_sent(), stream_id)[-2:] == [
+        Frame(DATA, Flags.NONE, stream_id, 7, b"request"),
+        Frame(UPDATE, Flags.FIN, stream_id, 0),
+    ]
     assert pair.server.events == [
         StreamOpened(stream_id),
         DataReceived(stream_id, b"request"),

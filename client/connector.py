@@ -19,7 +19,7 @@ from functools import partial
 
 from client.config import ClientConfig
 from tunnel import __version__, auth, metrics
-from tunnel.errors import RemoteProtocolError
+from tunnel.errors import Reason, RemoteProtocolError
 from tunnel.links import Address
 from tunnel.messages import (
     SUPPORTED_VERSIONS,
@@ -119,6 +119,8 @@ class Connector:
         self._up = asyncio.Event()
         self.sessions = 0
         self.draining: set[TunnelConnection] = set()  # old sessions finishing their streams
+        self._last_failure: tuple[Address, str] | None = None
+        self._going_away: GoingAway | None = None  # the server's last word on this session
         self.tls_context: ssl.SSLContext | None = (
             client_context(config.tls) if config.tls is not None else None
         )
@@ -177,8 +179,11 @@ class Connector:
                 tunnel, welcome = await self._connect(remote)
             except ConnectFailed as exc:
                 metrics.CONNECT_FAILURES.labels(str(remote), exc.reason).inc()
-                if str(exc) != self.last_error:
+                # One line per kind of failure, not per attempt: the wording of the same fault
+                # can vary from one attempt to the next (reset, closed, ...).
+                if (remote, exc.reason) != self._last_failure:
                     log.warning("%s; retrying", exc)
+                self._last_failure = (remote, exc.reason)
                 self.last_error = str(exc)
                 failures += 1
                 index += 1
@@ -186,6 +191,7 @@ class Connector:
                 await asyncio.sleep(random.uniform(0, bound))
                 continue
             failures = 0
+            self._last_failure = None
             self.sessions += 1
             self._session_up(remote, tunnel, welcome)
             going_away = asyncio.Event()
@@ -194,14 +200,23 @@ class Connector:
             await asyncio.wait((tunnel.closed, waiter), return_when=asyncio.FIRST_COMPLETED)
             waiter.cancel()
             if tunnel.closed.done():
-                self._session_down(remote, tunnel.closed.result())
+                notice, self._going_away = self._going_away, None
+                reason = tunnel.closed.result()
+                if notice is not None and notice.reason is not Reason.SHUTTING_DOWN:
+                    reason = f"the server ended it: {notice.text or notice.reason.label}"
+                self._session_down(remote, reason)
                 index = 0  # after a loss, try the remotes in order again: the first is preferred
             else:
                 # The server drains: its open streams finish on this session, new ones go to
                 # a new session, with the next remote first.
                 self.draining.add(tunnel)
                 tunnel.closed.add_done_callback(partial(self._drained, tunnel))
-                self._session_down(remote, "the server is draining", level=logging.INFO)
+                notice, self._going_away = self._going_away, None
+                if notice is None or notice.reason is Reason.SHUTTING_DOWN:
+                    self._session_down(remote, "the server is draining", level=logging.INFO)
+                else:
+                    why = f"the server ended it: {notice.text or notice.reason.label}"
+                    self._session_down(remote, why)
                 index += 1
 
     def _drained(self, tunnel: TunnelConnection, _: asyncio.Future[str]) -> None:
@@ -240,7 +255,7 @@ class Connector:
             if self.on_catalog is not None:
                 self.on_catalog(message.catalog)
         elif isinstance(message, GoingAway):
-            log.info("server is going away: %s", message.text or message.reason.label)
+            self._going_away = message
 
     async def _tls_handshake(
         self, remote: Address, layer: TlsLayer, tunnel: TunnelConnection

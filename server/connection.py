@@ -229,6 +229,7 @@ class ServerConnection:
         if not self.welcomed and self.tunnel.is_open:
             reason = f"no hello within {self.server.config.handshake_timeout:g}s"
             log.warning("closing connection from %s: %s", self.tunnel.peer, reason)
+            self.refused = True  # logged: the close needs no second line
             metrics.SESSION_ENDS.labels("server", "handshake_timeout").inc()
             self.tunnel.close(reason)
 
@@ -241,7 +242,7 @@ class ServerConnection:
             metrics.SESSIONS_OPEN.labels("server").dec()
             metrics.SESSION_ENDS.labels("server", "closed").inc()
             log.info("session with %s ended: %s", self.peer_name, future.result())
-        elif not self.refused and self.control_id is not None:
+        elif not self.refused:
             log.warning("connection from %s ended before its hello: %s", self.tunnel.peer,
                         future.result())  # fmt: skip
 

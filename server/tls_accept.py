@@ -58,5 +58,6 @@ def _refused(connection: ServerConnection, layer: TlsLayer, exc: BaseException) 
     else:
         why = describe_tls_error(exc)
     log.warning("refused connection from %s: %s", peer, why)
+    connection.refused = True
     metrics.SESSION_ENDS.labels("server", "tls_handshake").inc()
     connection.tunnel.close(why)

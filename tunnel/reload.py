@@ -50,6 +50,9 @@ class Reloader(Generic[T]):
         except ConfigError as exc:
             self.failures += 1
             log.error("reload (%s) failed, keeping the running configuration: %s", why, exc)
+            # Remember the files as they are now, so the watcher does not report the same
+            # broken file again; the next change (or SIGHUP) tries once more.
+            self._stamps = {path: _mtime(path) for path in self._stamps}
             return False
         self.reloads += 1
         self._stamps = self._stamp(config)

@@ -161,7 +161,9 @@ def describe_tls_error(exc: BaseException) -> str:
         if "revoked" in verify:
             return f"the peer's certificate has been revoked ({verify})"
         return f"certificate verification failed: {verify}"
-    if "WRONG_VERSION_NUMBER" in reason or "wrong version number" in text:
+    not_tls = ("WRONG_VERSION_NUMBER", "UNEXPECTED_MESSAGE", "RECORD_LAYER_FAILURE",
+               "PACKET_LENGTH_TOO_LONG", "UNEXPECTED_RECORD")  # fmt: skip
+    if any(code in reason for code in not_tls) or "wrong version number" in text:
         return "the peer does not speak TLS (a plaintext ambassador, or another service?)"
     if "UNSUPPORTED_PROTOCOL" in reason or "unsupported protocol" in text:
         return "the peer offered only TLS 1.0/1.1; TLS 1.2 or newer is required"

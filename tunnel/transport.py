@@ -13,9 +13,11 @@ stream; that stream's window simply stops being credited.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import ssl
+import sys
 from collections.abc import Callable
 from typing import Protocol, cast
 
@@ -38,8 +40,8 @@ from tunnel.tls import describe_tls_error
 
 log = logging.getLogger("ambassador.tunnel")
 
-WRITE_HIGH_WATER = 512 * 1024
-WRITE_LOW_WATER = 128 * 1024
+WRITE_HIGH_WATER = 256 * 1024
+WRITE_LOW_WATER = 64 * 1024
 
 
 def enable_tcp_keepalive(sock: socket.socket) -> None:
@@ -50,6 +52,22 @@ def enable_tcp_keepalive(sock: socket.socket) -> None:
         option = getattr(socket, name, None)
         if option is not None:
             sock.setsockopt(socket.IPPROTO_TCP, option, value)
+
+
+UNSENT_LOW_WATER = 256 * 1024
+
+
+def limit_unsent(sock: socket.socket) -> None:
+    """Keep at most 256 KiB of not-yet-sent bytes in the kernel (TCP_NOTSENT_LOWAT).
+
+    Bytes in flight are not limited, so a long fat link still fills; but frames wait in the
+    session, where streams take turns, rather than in a deep kernel queue where a small
+    request would sit behind megabytes of a bulk transfer.
+    """
+    option = getattr(socket, "TCP_NOTSENT_LOWAT", 25 if sys.platform == "linux" else None)
+    if option is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, option, UNSENT_LOW_WATER)
 
 
 def format_peer(peername: object) -> str:
@@ -107,6 +125,7 @@ class TunnelConnection(asyncio.Protocol):
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             enable_tcp_keepalive(sock)
+            limit_unsent(sock)
         # A first ping measures the round trip at once: window auto-tuning needs it.
         self.session.ping(self._loop.time())
         self._arm_timer()

@@ -67,6 +67,7 @@ class ServerConnection:
         self.client_name = ""
         self.welcomed = False
         self.refused = False  # the hello was refused (and logged as such)
+        self.tls_done = False  # a TLS handshake completed on this connection
         self.streams: set[BackendStream] = set()
         self.tasks: set[asyncio.Task[None]] = set()
         self._hello: Hello | None = None
@@ -243,8 +244,14 @@ class ServerConnection:
             metrics.SESSION_ENDS.labels("server", "closed").inc()
             log.info("session with %s ended: %s", self.peer_name, future.result())
         elif not self.refused:
-            log.warning("connection from %s ended before its hello: %s", self.tunnel.peer,
-                        future.result())  # fmt: skip
+            # A connection that closes without a byte is a port probe (a load balancer's
+            # health check, a port scanner): not worth a warning. Anything else is.
+            said_something = self.tls_done or self.tunnel.session.stats().bytes_received > 0
+            log.log(
+                logging.WARNING if said_something else logging.DEBUG,
+                "connection from %s ended before its hello: %s",
+                self.tunnel.peer, future.result(),
+            )  # fmt: skip
 
 
 class ControlChannel:

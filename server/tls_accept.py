@@ -32,6 +32,7 @@ def accept_tls(server: Server, context: ssl.SSLContext) -> TlsLayer:
     def on_handshake(layer: TlsLayer, exc: BaseException | None) -> None:
         timer.cancel()
         if exc is None:
+            connection.tls_done = True
             connection.cert_name = peer_common_name(layer.ssl_object)
             connection.peer_cert = peer_certificate(layer.ssl_object)
             return

@@ -132,6 +132,22 @@ from tunnel.tls import ClientTls, client_context
     "(see 'ambassador-server certs show'). Repeatable.",
 )
 @click.option(
+    "--backoff-min",
+    type=click.FloatRange(0.001),
+    default=0.1,
+    show_default=True,
+    envvar="AMBASSADOR_BACKOFF_MIN",
+    help="Seconds: the first reconnect delay bound; it doubles per failure (full jitter).",
+)
+@click.option(
+    "--backoff-max",
+    type=click.FloatRange(0.001),
+    default=10.0,
+    show_default=True,
+    envvar="AMBASSADOR_BACKOFF_MAX",
+    help="Seconds: the most the reconnect delay bound grows to.",
+)
+@click.option(
     "--token-file",
     type=click.Path(dir_okay=False),
     envvar="AMBASSADOR_TOKEN_FILE",
@@ -214,6 +230,8 @@ def build_config(params: dict[str, Any], environ: Mapping[str, str]) -> ClientCo
         limits=limits,
         connect_timeout=params["connect_timeout"],
         link_wait_timeout=params["link_wait_timeout"],
+        backoff_min=params["backoff_min"],
+        backoff_max=max(params["backoff_max"], params["backoff_min"]),
     )
 
 

@@ -44,6 +44,7 @@ from tunnel.transport import StreamHandler, TunnelConnection
 log = logging.getLogger("ambassador.client")
 
 ROTATE_BEFORE_EXHAUSTION = 10_000  # stream ids left when a session is replaced
+STABLE_SESSION = 10.0  # seconds a session must last for the backoff to start over
 
 
 class ConnectFailed(Exception):
@@ -190,9 +191,9 @@ class Connector:
                 bound = min(self.config.backoff_max, self.config.backoff_min * 2**failures)
                 await asyncio.sleep(random.uniform(0, bound))
                 continue
-            failures = 0
             self._last_failure = None
             self.sessions += 1
+            up_since = asyncio.get_running_loop().time()
             self._session_up(remote, tunnel, welcome)
             going_away = asyncio.Event()
             tunnel.on_go_away = going_away.set
@@ -206,6 +207,15 @@ class Connector:
                     reason = f"the server ended it: {notice.text or notice.reason.label}"
                 self._session_down(remote, reason)
                 index = 0  # after a loss, try the remotes in order again: the first is preferred
+                # A session that lasted counts as health: reconnect at once. One that was lost
+                # soon after it came up (a server or balancer that drops every session) counts
+                # as a failure, so the backoff grows instead of reconnecting in a tight loop.
+                if asyncio.get_running_loop().time() - up_since >= STABLE_SESSION:
+                    failures = 0
+                else:
+                    failures += 1
+                    bound = min(self.config.backoff_max, self.config.backoff_min * 2**failures)
+                    await asyncio.sleep(random.uniform(0, bound))
             else:
                 # The server drains: its open streams finish on this session, new ones go to
                 # a new session, with the next remote first.

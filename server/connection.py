@@ -186,7 +186,7 @@ class ServerConnection:
         self.refused = True
         metrics.SESSION_ENDS.labels("server", reason.label).inc()
         self._send(Refusal(reason, text))
-        self.tunnel.go_away(GoAwayCode.NORMAL)
+        self._go_away_after_flush()
         asyncio.get_running_loop().call_later(1.0, self.tunnel.close, reason.label)
 
     # ------------------------------------------------------- while running
@@ -208,19 +208,24 @@ class ServerConnection:
         log.warning("closing session with %s: %s", self.peer_name, text)
         metrics.SESSION_ENDS.labels("server", reason.label).inc()
         self._send(GoingAway(reason, text))
-        self.tunnel.go_away(GoAwayCode.NORMAL)
+        self._go_away_after_flush()
         asyncio.get_running_loop().call_later(0.5, self.tunnel.close, text)
 
     def go_away(self, reason: Reason, text: str) -> None:
         """Take no new streams (they get an RST); open ones carry on."""
         if self.welcomed and self.tunnel.is_open:
             self._send(GoingAway(reason, text))
-        self.tunnel.go_away(GoAwayCode.NORMAL)
+        self._go_away_after_flush()
 
     def protocol_error(self, text: str) -> None:
         log.warning("closing session with %s: %s", self.peer_name, text)
         metrics.SESSION_ENDS.labels("server", "protocol_error").inc()
         self.tunnel.go_away(GoAwayCode.PROTOCOL_ERROR, text)
+
+    def _go_away_after_flush(self) -> None:
+        # Control frames leave before stream data; queue the Go Away one loop turn later, so
+        # the notice just sent on the control stream reaches the peer first.
+        asyncio.get_running_loop().call_soon(self.tunnel.go_away, GoAwayCode.NORMAL)
 
     def _send(self, message: Message) -> None:
         assert self.control_id is not None

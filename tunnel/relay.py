@@ -26,6 +26,7 @@ from tunnel.transport import TunnelConnection
 
 LOCAL_HIGH_WATER = 256 * 1024
 LOCAL_LOW_WATER = 64 * 1024
+CREDIT_BATCH = 16 * 1024
 _LINGER_ZERO = struct.pack("ii", 1, 0)
 
 
@@ -121,7 +122,7 @@ class Relay(asyncio.Protocol):
         self.on_closed(exc)
 
     def resume_writing(self) -> None:
-        self._credit()
+        self._credit(batch=1)
 
     # -------------------------------------------------------------- stream side
 
@@ -175,11 +176,13 @@ class Relay(asyncio.Protocol):
 
     # ---------------------------------------------------------------- internals
 
-    def _credit(self) -> None:
+    def _credit(self, batch: int = CREDIT_BATCH) -> None:
         if self.transport is None or self.stream_id is None or self.tunnel is None:
             return
         delivered = self._uncredited - self.transport.get_write_buffer_size()
-        if delivered > 0:
+        # Small deliveries are credited in batches: a few KiB held back cannot stall a window
+        # of 256 KiB or more, and request/response traffic skips a call chain per message.
+        if delivered >= batch:
             self._uncredited -= delivered
             self.tunnel.consumed(self.stream_id, delivered)
 

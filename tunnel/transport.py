@@ -40,8 +40,9 @@ from tunnel.tls import describe_tls_error
 
 log = logging.getLogger("ambassador.tunnel")
 
-WRITE_HIGH_WATER = 256 * 1024
-WRITE_LOW_WATER = 64 * 1024
+READ_BUDGET = 256 * 1024
+WRITE_HIGH_WATER = 128 * 1024
+WRITE_LOW_WATER = 32 * 1024
 
 
 def enable_tcp_keepalive(sock: socket.socket) -> None:
@@ -54,7 +55,7 @@ def enable_tcp_keepalive(sock: socket.socket) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, option, value)
 
 
-UNSENT_LOW_WATER = 256 * 1024
+UNSENT_LOW_WATER = 128 * 1024
 
 
 def limit_unsent(sock: socket.socket) -> None:
@@ -107,6 +108,7 @@ class TunnelConnection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._flush_scheduled = False
         self._write_paused = False
+        self._turn_bytes = 0  # bytes read since reading last yielded the loop
         self._timer: asyncio.TimerHandle | None = None
         self.closed: asyncio.Future[str] = self._loop.create_future()
         self.on_go_away: Callable[[], None] | None = None
@@ -134,6 +136,18 @@ class TunnelConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self._dispatch(self.session.receive_data(data, self._loop.time()))
         self._schedule_flush()
+        # Read budget: an event loop may read a busy socket many times in one turn (libuv
+        # reads up to 32 times). Past READ_BUDGET bytes, yield the turn, so that a consumer's
+        # small request is read (and its answer sent) between the chunks of a bulk transfer.
+        self._turn_bytes += len(data)
+        if self._turn_bytes >= READ_BUDGET and self._transport is not None:
+            self._transport.pause_reading()
+            self._loop.call_soon(self._resume_reading)
+
+    def _resume_reading(self) -> None:
+        self._turn_bytes = 0
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.resume_reading()
 
     def eof_received(self) -> bool | None:
         self._finish("the peer closed the connection")
@@ -282,6 +296,7 @@ class TunnelConnection(asyncio.Protocol):
 
     def _flush(self) -> None:
         self._flush_scheduled = False
+        self._turn_bytes = 0
         transport = self._transport
         if transport is None or transport.is_closing():
             return

@@ -144,7 +144,7 @@ from tunnel.tls import ServerTls, server_context
     default=256,
     show_default=True,
     envvar="AMBASSADOR_MAX_PENDING_DIALS",
-    help="Backend dials one session may have in progress; more are refused.",
+    help="Backend dials one session may have in progress; more wait (up to --dial-timeout).",
 )
 @click.option(
     "--drain-timeout",

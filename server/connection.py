@@ -70,6 +70,7 @@ class ServerConnection:
         self.tls_done = False  # a TLS handshake completed on this connection
         self.streams: set[BackendStream] = set()
         self.tasks: set[asyncio.Task[None]] = set()
+        self._dial_slots = asyncio.Semaphore(server.config.max_pending_dials)
         self._hello: Hello | None = None
         self._version = 0
         self._server_nonce = b""
@@ -108,16 +109,29 @@ class ServerConnection:
         return stream
 
     def start_dial(self, stream: BackendStream, service: Service) -> None:
-        limit = self.server.config.max_pending_dials
-        if len(self.tasks) >= limit:
-            metrics.LIMIT_HITS.labels("max_pending_dials").inc()
-            stream.refuse(Reason.LIMIT_EXCEEDED, f"more than {limit} backend dials pending")
-            return
-        task = asyncio.get_running_loop().create_task(
-            stream.dial(service, self.server.config.dial_timeout)
-        )
+        task = asyncio.get_running_loop().create_task(self._dial(stream, service))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
+
+    async def _dial(self, stream: BackendStream, service: Service) -> None:
+        # At most max_pending_dials dials run at once; a burst of new streams waits its turn
+        # (within the dial timeout) instead of flooding the backend's accept queue.
+        timeout = self.server.config.dial_timeout
+        try:
+            async with asyncio.timeout(timeout):
+                await self._dial_slots.acquire()
+        except TimeoutError:
+            limit = self.server.config.max_pending_dials
+            metrics.LIMIT_HITS.labels("max_pending_dials").inc()
+            stream.refuse(
+                Reason.LIMIT_EXCEEDED,
+                f"waited {timeout:g}s for one of {limit} backend dial slots",
+            )
+            return
+        try:
+            await stream.dial(service, timeout)
+        finally:
+            self._dial_slots.release()
 
     def stream_done(self, stream: BackendStream) -> None:
         self.streams.discard(stream)

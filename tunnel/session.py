@@ -196,7 +196,13 @@ class Session:
 
     def _on_stream_frame(self, frame: Frame) -> None:
         flags = frame.flags
-        if flags & _RST and not self._resets.spend(self._now):
+        # Only resets of streams the peer opened count: that is the rapid-reset attack (open,
+        # cancel, repeat). The peer refusing our own streams is its right, however many.
+        if (
+            flags & _RST
+            and frame.stream_id % 2 == self._peer_parity
+            and not self._resets.spend(self._now)
+        ):
             raise LimitExceeded(
                 f"more than {self.limits.resets_per_second} stream resets a second "
                 "(a rapid-reset flood)", "resets_per_second",

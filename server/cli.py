@@ -15,7 +15,6 @@ from server.config import ServerConfig
 from tunnel.access import parse_access
 from tunnel.auth import load_tokens
 from tunnel.cli import (
-    config_file_of,
     config_option,
     endpoint_option,
     limit_options,
@@ -23,7 +22,9 @@ from tunnel.cli import (
     log_option,
     metrics_address,
     print_effective,
+    reparse,
     run_cli,
+    watched_config_file,
 )
 from tunnel.errors import ConfigError
 from tunnel.links import (
@@ -171,15 +172,10 @@ def cli(ctx: click.Context, /, **params: Any) -> None:
     if params["forward"]:
         run(serve_forwarding(config, params["forward_bind"], metrics))
         return
-    argv: list[str] = (ctx.obj or {}).get("argv", [])
-    config_file = config_file_of(argv)
+    config_file = watched_config_file(ctx)
 
     def load() -> ServerConfig:
-        try:
-            again = cli.make_context("ambassador-server", list(argv), obj=ctx.obj)
-        except click.ClickException as exc:
-            raise ConfigError(exc.format_message()) from None
-        return build_config(again.params, os.environ)
+        return build_config(reparse(cli, "ambassador-server", ctx), os.environ)
 
     def files(config: ServerConfig) -> list[str | None]:
         tls = config.tls

@@ -203,6 +203,23 @@ def config_file_of(argv: list[str]) -> str | None:
     return os.environ.get("AMBASSADOR_CONFIG")
 
 
+def reparse(command: click.Command, prog: str, ctx: click.Context) -> dict[str, Any]:
+    """The process's arguments parsed again (flags, environment, config file), for a reload.
+
+    A mistake in them is a ConfigError, so the reload keeps the running configuration.
+    """
+    argv: list[str] = (ctx.obj or {}).get("argv", [])
+    try:
+        again = command.make_context(prog, list(argv), obj=ctx.obj)
+    except click.ClickException as exc:
+        raise ConfigError(exc.format_message()) from None
+    return again.params
+
+
+def watched_config_file(ctx: click.Context) -> str | None:
+    return config_file_of((ctx.obj or {}).get("argv", []))
+
+
 def run_cli(group: click.Command, prog: str, argv: list[str] | None = None) -> int:
     """Run a click command; turn every user error into one line and an exit code."""
     try:

@@ -98,44 +98,58 @@ class FrameDecoder:
         """Feed ``data`` and return every frame now complete: the session's fast path.
 
         Same checks as :meth:`next_frame`; a bad header raises :class:`RemoteProtocolError`
-        (frames decoded before it in this call are dropped: the session ends anyway).
+        (frames decoded before it in this call are dropped: the session ends anyway). When
+        nothing is left over from earlier reads, frames are cut straight out of ``data`` and
+        only an incomplete tail is kept, so a bulk transfer is copied once, not three times.
         """
-        self.feed(data)
+        if self._offset == len(self._buffer) and isinstance(data, bytes):
+            self._buffer.clear()
+            self._offset = 0
+            source: bytes | bytearray = data
+        else:
+            self.feed(data)
+            source = self._buffer
         frames: list[Frame] = []
-        buffer = self._buffer
-        size = len(buffer)
+        size = len(source)
         offset = self._offset
         header = self._header
         max_data = self._max_data_length
         unpack = HEADER.unpack_from
         data_type = FrameType.DATA
-        while True:
-            if header is None:
-                if size - offset < HEADER_SIZE:
-                    break
-                version, raw_type, raw_flags, stream_id, length = unpack(buffer, offset)
-                offset += HEADER_SIZE
-                if (
-                    version
-                    or raw_type > 3
-                    or (length > max_data and not raw_type)
-                    or (raw_type > 1 and stream_id)
-                ):
-                    self._offset, self._header = offset, None
-                    _check_header(version, raw_type, raw_flags, stream_id, length, max_data)
-                header = (_TYPES[raw_type], raw_flags & 0xF, stream_id, length)
-            type_, flags, stream_id, length = header
-            if type_ is data_type and length:
-                end = offset + length
-                if end > size:
-                    break
-                frames.append(Frame(type_, flags, stream_id, length, bytes(buffer[offset:end])))
-                offset = end
-            else:
-                frames.append(Frame(type_, flags, stream_id, length))
-            header = None
+        with memoryview(source) as view:
+            while True:
+                if header is None:
+                    if size - offset < HEADER_SIZE:
+                        break
+                    version, raw_type, raw_flags, stream_id, length = unpack(source, offset)
+                    offset += HEADER_SIZE
+                    if (
+                        version
+                        or raw_type > 3
+                        or (length > max_data and not raw_type)
+                        or (raw_type > 1 and stream_id)
+                    ):
+                        self._header = None
+                        _check_header(version, raw_type, raw_flags, stream_id, length, max_data)
+                    header = (_TYPES[raw_type], raw_flags & 0xF, stream_id, length)
+                type_, flags, stream_id, length = header
+                if type_ is data_type and length:
+                    end = offset + length
+                    if end > size:
+                        break
+                    payload = bytes(view[offset:end])
+                    frames.append(Frame(type_, flags, stream_id, length, payload))
+                    offset = end
+                else:
+                    frames.append(Frame(type_, flags, stream_id, length))
+                header = None
+            if source is data:
+                # Keep only the incomplete tail of this read.
+                self._buffer += view[offset:]
+                offset = 0
         self._offset, self._header = offset, header
-        self._compact()
+        if source is not data:
+            self._compact()
         return frames
 
     def next_frame(self) -> Frame | None:

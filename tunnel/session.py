@@ -406,7 +406,7 @@ class Session:
         if code is not GoAwayCode.NORMAL:
             self._terminate(code, reason or code.name.lower(), remote=False)
 
-    def data_to_send(self, limit: int = 256 * 1024) -> bytes:
+    def data_to_send(self, limit: int = 256 * 1024) -> bytes | bytearray:
         """Frames ready to go, about ``limit`` bytes at most (control frames always go)."""
         control = self._control
         out = bytearray().join(control) if control else bytearray()
@@ -423,7 +423,7 @@ class Session:
             if stream.has_work():
                 self._mark_ready(stream)
         self._stats[3] += len(out)
-        return bytes(out)
+        return out  # a fresh bytearray, never touched again: no need for a copy as bytes
 
     def _emit_frame(self, stream: _Stream, out: bytearray, max_frame: int) -> None:
         outbox = stream.outbox

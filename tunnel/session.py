@@ -81,6 +81,52 @@ class SessionStats:
     rtt: float | None
 
 
+class _Outbox:
+    """Bytes queued on a stream, kept as the chunks they came in: queueing copies nothing,
+    and each byte is copied once, into the frame that carries it."""
+
+    __slots__ = ("chunks", "size")
+
+    def __init__(self) -> None:
+        self.chunks: deque[bytes | memoryview] = deque()
+        self.size = 0
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __bool__(self) -> bool:
+        return self.size > 0
+
+    def append(self, data: bytes | bytearray | memoryview) -> None:
+        if data:
+            # Only immutable bytes are kept as they are: a caller may reuse a bytearray.
+            self.chunks.append(data if isinstance(data, bytes) else bytes(data))
+            self.size += len(data)
+
+    def move_to(self, out: bytearray, length: int) -> None:
+        """Move the first ``length`` queued bytes to the end of ``out``."""
+        self.size -= length
+        chunks = self.chunks
+        if len(chunks) == 1 and not self.size:  # the usual case: one message, all of it
+            out += chunks.pop()
+            return
+        while length:
+            head = chunks[0]
+            if len(head) <= length:
+                out += head
+                chunks.popleft()
+                length -= len(head)
+            else:
+                view = memoryview(head)  # of immutable bytes: slicing it is safe
+                out += view[:length]
+                chunks[0] = view[length:]
+                length = 0
+
+    def clear(self) -> None:
+        self.chunks.clear()
+        self.size = 0
+
+
 class _Stream:
     """Book-keeping for one stream; only the session touches it."""
 
@@ -105,7 +151,7 @@ class _Stream:
         self.can_receive = self.can_send = True  # kept in step with ``state`` by set_state
         self.recv = recv
         self.send_window = INITIAL_WINDOW
-        self.outbox = bytearray()
+        self.outbox = _Outbox()
         self.acked = False
         self.fin_queued = False  # FIN to go out after the outbox drains
         self.rst_queued = False  # RST to go out after the outbox drains
@@ -338,7 +384,7 @@ class Session:
             return False
         if not stream.can_send:
             raise LocalProtocolError(f"send on stream {stream_id} in state {stream.state.name}")
-        stream.outbox += data
+        stream.outbox.append(data)
         if stream.send_window > 0:
             self._mark_ready(stream)
         if len(stream.outbox) > self.limits.stream_send_buffer:
@@ -427,19 +473,10 @@ class Session:
 
     def _emit_frame(self, stream: _Stream, out: bytearray, max_frame: int) -> None:
         outbox = stream.outbox
-        queued = len(outbox)
-        size = min(queued, stream.send_window, max(max_frame, 1))
-        if size == queued and size:
-            # The usual case for request/response traffic: the whole queue fits in one frame.
+        size = min(len(outbox), stream.send_window, max(max_frame, 1))
+        if size:
             out += _pack_header(0, FrameType.DATA, 0, stream.id, size)
-            out += outbox
-            outbox.clear()
-            stream.send_window -= size
-        elif size:
-            out += _pack_header(0, FrameType.DATA, 0, stream.id, size)
-            with memoryview(outbox) as view:
-                out += view[:size]
-            del outbox[:size]
+            outbox.move_to(out, size)
             stream.send_window -= size
         if stream.fin_queued and not outbox:
             # FIN travels in a Window Update of its own, never on a Data frame: hashicorp/yamux

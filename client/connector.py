@@ -201,11 +201,7 @@ class Connector:
             await asyncio.wait((tunnel.closed, waiter), return_when=asyncio.FIRST_COMPLETED)
             waiter.cancel()
             if tunnel.closed.done():
-                notice, self._going_away = self._going_away, None
-                reason = tunnel.closed.result()
-                if notice is not None and notice.reason is not Reason.SHUTTING_DOWN:
-                    reason = f"the server ended it: {notice.text or notice.reason.label}"
-                self._session_down(remote, reason)
+                self._session_down(remote, self._server_reason() or tunnel.closed.result())
                 index = 0  # after a loss, try the remotes in order again: the first is preferred
                 # A session that lasted counts as health: reconnect at once. One that was lost
                 # soon after it came up (a server or balancer that drops every session) counts
@@ -221,13 +217,20 @@ class Connector:
                 # a new session, with the next remote first.
                 self.draining.add(tunnel)
                 tunnel.closed.add_done_callback(partial(self._drained, tunnel))
-                notice, self._going_away = self._going_away, None
-                if notice is None or notice.reason is Reason.SHUTTING_DOWN:
+                why = self._server_reason()
+                if why is None:
                     self._session_down(remote, "the server is draining", level=logging.INFO)
                 else:
-                    why = f"the server ended it: {notice.text or notice.reason.label}"
                     self._session_down(remote, why)
                 index += 1
+
+    def _server_reason(self) -> str | None:
+        """Why the server ended the session, from its going-away notice (taken once); None
+        when it did not say, or only said it is shutting down."""
+        notice, self._going_away = self._going_away, None
+        if notice is None or notice.reason is Reason.SHUTTING_DOWN:
+            return None
+        return f"the server ended it: {notice.text or notice.reason.label}"
 
     def _drained(self, tunnel: TunnelConnection, _: asyncio.Future[str]) -> None:
         self.draining.discard(tunnel)

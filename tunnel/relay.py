@@ -56,8 +56,6 @@ class Relay(asyncio.Protocol):
         self.local_eof = False  # the local side sent EOF
         self.remote_eof = False  # the stream's peer sent FIN
         self.closed = False
-        self.bytes_in = 0  # local socket -> tunnel
-        self.bytes_out = 0  # tunnel -> local socket
 
     # ----------------------------------------------------------- local socket side
 
@@ -75,7 +73,6 @@ class Relay(asyncio.Protocol):
             self._shutdown_write()
 
     def data_received(self, data: bytes) -> None:
-        self.bytes_in += len(data)
         if self.closed:
             return
         if self.stream_id is None or self.tunnel is None:
@@ -141,7 +138,6 @@ class Relay(asyncio.Protocol):
             return
         if self.closed or transport.is_closing():
             return
-        self.bytes_out += len(data)
         transport.write(data)
         self._uncredited += len(data)
         self._credit()

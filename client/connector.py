@@ -312,7 +312,7 @@ class Connector:
         tls = self.config.tls
         session = Session(Role.CLIENT, limits, loop.time())
         tunnel = TunnelConnection(session, _refuse_server_stream)
-        protocol: asyncio.Protocol = tunnel
+        protocol: asyncio.BaseProtocol = tunnel
         layer: TlsLayer | None = None
         if tls is not None and self.tls_context is not None:
             server_name = tls.server_name or remote.host

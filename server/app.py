@@ -74,7 +74,7 @@ class Server:
                 listen, names,
             )  # fmt: skip
 
-    def _new_connection(self) -> asyncio.Protocol:
+    def _new_connection(self) -> asyncio.BaseProtocol:
         if self.tls_context is not None:
             return accept_tls(self, self.tls_context)
         return self.make_connection().tunnel

@@ -15,8 +15,8 @@ hostile peer cannot make it buffer a payload it was never going to accept.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
 from enum import IntEnum, IntFlag
+from typing import NamedTuple
 
 from tunnel.errors import RemoteProtocolError
 
@@ -48,9 +48,12 @@ class GoAwayCode(IntEnum):
     INTERNAL_ERROR = 0x2
 
 
-@dataclass(frozen=True, slots=True)
-class Frame:
-    """One decoded frame. ``payload`` is empty except for Data frames."""
+class Frame(NamedTuple):
+    """One decoded frame. ``payload`` is empty except for Data frames.
+
+    A plain tuple underneath: the session unpacks the decoder's frames by position, and a
+    tuple costs a fraction of an object with attributes to build, once per frame.
+    """
 
     type: FrameType
     flags: int  # a bitwise OR of Flags, kept as a plain int: cheaper on the hot path
@@ -70,59 +73,78 @@ def encode(frame: Frame) -> bytes:
     return header + frame.payload if frame.payload else header
 
 
+READ_SIZE = 256 * 1024  # the receive buffer; one read takes at most this much
+_MIN_READ = 64 * 1024  # less room than this at the buffer's end: move the unparsed tail first
+_new_frame = tuple.__new__  # builds a Frame without a Python-level __new__ call
+
+
 class FrameDecoder:
-    """Turns a byte stream into frames, one ``feed`` at a time.
+    """Turns a byte stream into frames.
+
+    It owns one receive buffer. The driver either reads straight into it (:meth:`get_buffer`,
+    then :meth:`buffer_updated`, as ``asyncio.BufferedProtocol`` does) or hands bytes over
+    (:meth:`decode`, or :meth:`feed` then :meth:`next_frame`). Each payload is copied out of
+    the buffer once, so a bulk transfer costs one copy between the socket and its frames.
 
     ``max_data_length`` bounds a single Data frame's payload; anything larger is refused
-    before a byte of it is buffered.
+    before a byte of it is buffered. The buffer grows only while a frame larger than it is
+    being received, and shrinks back once that frame is out.
     """
 
     def __init__(self, max_data_length: int) -> None:
-        self._buffer = bytearray()
-        self._offset = 0
+        self._buffer = bytearray(READ_SIZE)
+        self._start = 0  # first byte not yet parsed
+        self._end = 0  # end of the bytes received
         self._max_data_length = max_data_length
         self._header: tuple[FrameType, int, int, int] | None = None
 
     @property
     def buffered(self) -> int:
         """Bytes received but not yet returned as frames."""
-        return len(self._buffer) - self._offset
+        return self._end - self._start
 
-    def feed(self, data: bytes | bytearray | memoryview) -> None:
-        if self._offset and self._offset == len(self._buffer):
-            self._buffer.clear()
-            self._offset = 0
-        self._buffer += data
+    # ------------------------------------------------------------ reading into the buffer
 
-    def decode(self, data: bytes | bytearray | memoryview) -> list[Frame]:
-        """Feed ``data`` and return every frame now complete: the session's fast path.
+    def get_buffer(self) -> memoryview:
+        """Room at the end of the receive buffer: read into it, then call buffer_updated."""
+        if len(self._buffer) - self._end < _MIN_READ:
+            self._make_room()
+        return memoryview(self._buffer)[self._end :]
 
-        Same checks as :meth:`next_frame`; a bad header raises :class:`RemoteProtocolError`
-        (frames decoded before it in this call are dropped: the session ends anyway). When
-        nothing is left over from earlier reads, frames are cut straight out of ``data`` and
-        only an incomplete tail is kept, so a bulk transfer is copied once, not three times.
-        """
-        if self._offset == len(self._buffer) and isinstance(data, bytes):
-            self._buffer.clear()
-            self._offset = 0
-            source: bytes | bytearray = data
-        else:
-            self.feed(data)
-            source = self._buffer
+    def buffer_updated(self, nbytes: int) -> list[Frame]:
+        """``nbytes`` were written at the start of the last :meth:`get_buffer`; return every
+        frame now complete. A bad header raises :class:`RemoteProtocolError` (frames decoded
+        before it in this call are dropped: the session ends anyway)."""
+        self._end += nbytes
+        return self._parse()
+
+    def _make_room(self) -> None:
+        pending = self._end - self._start
+        wanted = pending + _MIN_READ
+        if self._header is not None and self._header[0] is FrameType.DATA:
+            wanted = max(wanted, self._header[3])  # the whole payload of the frame under way
+        size = max(READ_SIZE, wanted)
+        old = memoryview(self._buffer)
+        if size != len(self._buffer):
+            self._buffer = bytearray(size)
+        with old, memoryview(self._buffer) as new:
+            new[:pending] = old[self._start : self._end]  # overlapping moves are safe here
+        self._start, self._end = 0, pending
+
+    def _parse(self) -> list[Frame]:
+        buf = self._buffer
+        start, end, header = self._start, self._end, self._header
         frames: list[Frame] = []
-        size = len(source)
-        offset = self._offset
-        header = self._header
         max_data = self._max_data_length
         unpack = HEADER.unpack_from
         data_type = FrameType.DATA
-        with memoryview(source) as view:
+        with memoryview(buf) as view:
             while True:
                 if header is None:
-                    if size - offset < HEADER_SIZE:
+                    if end - start < HEADER_SIZE:
                         break
-                    version, raw_type, raw_flags, stream_id, length = unpack(source, offset)
-                    offset += HEADER_SIZE
+                    version, raw_type, raw_flags, stream_id, length = unpack(buf, start)
+                    start += HEADER_SIZE
                     if (
                         version
                         or raw_type > 3
@@ -134,22 +156,46 @@ class FrameDecoder:
                     header = (_TYPES[raw_type], raw_flags & 0xF, stream_id, length)
                 type_, flags, stream_id, length = header
                 if type_ is data_type and length:
-                    end = offset + length
-                    if end > size:
+                    stop = start + length
+                    if stop > end:
                         break
-                    payload = bytes(view[offset:end])
-                    frames.append(Frame(type_, flags, stream_id, length, payload))
-                    offset = end
+                    payload = bytes(view[start:stop])
+                    frames.append(_new_frame(Frame, (type_, flags, stream_id, length, payload)))
+                    start = stop
                 else:
-                    frames.append(Frame(type_, flags, stream_id, length))
+                    frames.append(_new_frame(Frame, (type_, flags, stream_id, length, b"")))
                 header = None
-            if source is data:
-                # Keep only the incomplete tail of this read.
-                self._buffer += view[offset:]
-                offset = 0
-        self._offset, self._header = offset, header
-        if source is not data:
-            self._compact()
+        if start == end:
+            start = end = 0
+            if len(buf) > READ_SIZE:  # a large frame is out: give its room back
+                self._buffer = bytearray(READ_SIZE)
+        self._start, self._end, self._header = start, end, header
+        return frames
+
+    # ------------------------------------------------------------ handing bytes over
+
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
+        """Append ``data`` to the buffer; take frames out with :meth:`next_frame`."""
+        with memoryview(data) as source, source.cast("B") as source:
+            while source:
+                room = self.get_buffer()
+                taken = min(len(room), len(source))
+                room[:taken] = source[:taken]
+                room.release()
+                self._end += taken
+                source = source[taken:]
+
+    def decode(self, data: bytes | bytearray | memoryview) -> list[Frame]:
+        """Feed ``data`` and return every frame now complete (same checks as ``next_frame``)."""
+        frames: list[Frame] = []
+        with memoryview(data) as source, source.cast("B") as source:
+            while source:
+                room = self.get_buffer()
+                taken = min(len(room), len(source))
+                room[:taken] = source[:taken]
+                room.release()
+                source = source[taken:]
+                frames += self.buffer_updated(taken)
         return frames
 
     def next_frame(self) -> Frame | None:
@@ -159,35 +205,27 @@ class FrameDecoder:
         the decoder is unusable afterwards.
         """
         if self._header is None:
-            if len(self._buffer) - self._offset < HEADER_SIZE:
+            if self._end - self._start < HEADER_SIZE:
                 return None
             version, raw_type, raw_flags, stream_id, length = HEADER.unpack_from(
-                self._buffer, self._offset
+                self._buffer, self._start
             )
-            self._offset += HEADER_SIZE
+            self._start += HEADER_SIZE
             self._header = _check_header(
                 version, raw_type, raw_flags, stream_id, length, self._max_data_length
             )
         type_, flags, stream_id, length = self._header
-        if type_ is not FrameType.DATA or length == 0:
-            self._header = None
-            self._compact()
-            return Frame(type_, flags, stream_id, length)
-        end = self._offset + length
-        if end > len(self._buffer):
-            return None
-        payload = bytes(self._buffer[self._offset : end])
-        self._offset = end
+        payload = b""
+        if type_ is FrameType.DATA and length:
+            stop = self._start + length
+            if stop > self._end:
+                return None
+            payload = bytes(self._buffer[self._start : stop])
+            self._start = stop
         self._header = None
-        self._compact()
+        if self._start == self._end:
+            self._start = self._end = 0
         return Frame(type_, flags, stream_id, length, payload)
-
-    def _compact(self) -> None:
-        # Drop consumed bytes once they dominate the buffer, so memory stays bounded without
-        # shifting the buffer on every frame.
-        if self._offset >= 65536 and self._offset * 2 >= len(self._buffer):
-            del self._buffer[: self._offset]
-            self._offset = 0
 
 
 def _check_header(

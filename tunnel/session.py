@@ -2,10 +2,12 @@
 
 Theory of operation
 -------------------
-The driver feeds whatever the socket delivered to :meth:`Session.receive_data` and gets back
-events (:mod:`tunnel.events`). It asks :meth:`Session.data_to_send` for bytes whenever the socket
-can take more, and re-arms a timer at :meth:`Session.get_timer`, calling
-:meth:`Session.handle_timer` when it fires. Nothing here reads a clock or touches a socket.
+The driver feeds whatever the socket delivered to :meth:`Session.receive_data` (or reads
+straight into :meth:`Session.get_buffer` and reports it with :meth:`Session.buffer_updated`) and
+gets back events (:mod:`tunnel.events`). It asks :meth:`Session.data_to_send` for bytes (or
+:meth:`Session.buffers_to_send` for a gathered write) whenever the socket can take more, and
+re-arms a timer at :meth:`Session.get_timer`, calling :meth:`Session.handle_timer` when it fires.
+Nothing here reads a clock or touches a socket.
 
 Sending is *pulled*: :meth:`send_data` only queues bytes on the stream, and ``data_to_send``
 builds frames when the driver asks, control frames first, then Data frames taken round-robin
@@ -24,8 +26,10 @@ driver to flush and close.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
+from typing import TypeVar
 
 from tunnel.errors import LimitExceeded, LocalProtocolError, RemoteProtocolError
 from tunnel.events import (
@@ -42,6 +46,7 @@ from tunnel.events import (
 )
 from tunnel.frames import (
     HEADER,
+    HEADER_SIZE,
     MAX_LENGTH,
     MAX_STREAM_ID,
     Flags,
@@ -56,6 +61,8 @@ from tunnel.streams import StreamInput, StreamState, next_state
 from tunnel.windows import ReceiveWindow
 
 _pack_header = HEADER.pack  # version, type, flags, stream id, length
+_DATA, _WINDOW_UPDATE, _PING = FrameType.DATA, FrameType.WINDOW_UPDATE, FrameType.PING
+_T = TypeVar("_T")
 
 # Flag bits as plain ints: IntFlag arithmetic is slow enough to show in profiles.
 _SYN, _ACK, _FIN, _RST = int(Flags.SYN), int(Flags.ACK), int(Flags.FIN), int(Flags.RST)
@@ -81,6 +88,46 @@ class SessionStats:
     rtt: float | None
 
 
+# A payload chunk at least this large goes to the socket as it is, one entry of a gathered
+# write; smaller ones are copied next to their frame headers.
+GATHER_MIN = 16 * 1024
+
+
+class _Gather:
+    """The frames of one :meth:`Session.buffers_to_send` call, as a list of buffers.
+
+    Headers and small payloads are copied into a shared bytearray; large payloads are not
+    copied at all (they are immutable bytes, or views of them), so a bulk transfer reaches the
+    socket's write call without a copy.
+    """
+
+    __slots__ = ("buffers", "size", "small")
+
+    def __init__(self, first: bytearray) -> None:
+        self.buffers: list[bytes | bytearray | memoryview] = []
+        self.small = first
+        self.size = len(first)
+
+    def add(self, data: bytes | memoryview) -> None:
+        self.size += len(data)
+        if len(data) < GATHER_MIN:
+            self.small += data
+        else:
+            if self.small:
+                self.buffers.append(self.small)
+                self.small = bytearray()
+            self.buffers.append(data)
+
+    def add_header(self, header: bytes) -> None:
+        self.size += HEADER_SIZE
+        self.small += header
+
+    def finish(self) -> list[bytes | bytearray | memoryview]:
+        if self.small:
+            self.buffers.append(self.small)
+        return self.buffers
+
+
 class _Outbox:
     """Bytes queued on a stream, kept as the chunks they came in: queueing copies nothing,
     and each byte is copied once, into the frame that carries it."""
@@ -103,22 +150,22 @@ class _Outbox:
             self.chunks.append(data if isinstance(data, bytes) else bytes(data))
             self.size += len(data)
 
-    def move_to(self, out: bytearray, length: int) -> None:
+    def move_to(self, out: _Gather, length: int) -> None:
         """Move the first ``length`` queued bytes to the end of ``out``."""
         self.size -= length
         chunks = self.chunks
         if len(chunks) == 1 and not self.size:  # the usual case: one message, all of it
-            out += chunks.pop()
+            out.add(chunks.pop())
             return
         while length:
             head = chunks[0]
             if len(head) <= length:
-                out += head
+                out.add(head)
                 chunks.popleft()
                 length -= len(head)
             else:
                 view = memoryview(head)  # of immutable bytes: slicing it is safe
-                out += view[:length]
+                out.add(view[:length])
                 chunks[0] = view[length:]
                 length = 0
 
@@ -209,13 +256,34 @@ class Session:
 
     def receive_data(self, data: bytes | bytearray | memoryview, now: float) -> list[Event]:
         """Take bytes from the peer; return what happened because of them."""
+        return self._receive(self._decoder.decode, data, len(data), now)
+
+    def get_buffer(self) -> memoryview:
+        """Where the driver may read the peer's next bytes to (no copy on the way in);
+        report how many it read with :meth:`buffer_updated`."""
+        return self._decoder.get_buffer()
+
+    def buffer_updated(self, nbytes: int, now: float) -> list[Event]:
+        """``nbytes`` from the peer were read into :meth:`get_buffer`; what happened."""
+        return self._receive(self._decoder.buffer_updated, nbytes, nbytes, now)
+
+    def _receive(
+        self, decode: Callable[[_T], list[Frame]], arg: _T, size: int, now: float
+    ) -> list[Event]:
         if self.terminated:
             return self.take_events()
         self._last_received = self._now = now
-        self._stats[4] += len(data)
+        self._stats[4] += size
         try:
-            for frame in self._decoder.decode(data):
-                self._handle_frame(frame, now)
+            for type_, flags, stream_id, length, payload in decode(arg):
+                if type_ is _DATA or type_ is _WINDOW_UPDATE:
+                    if not stream_id:
+                        raise RemoteProtocolError(f"{type_.name} frame on stream 0")
+                    self._on_stream_frame(type_, flags, stream_id, length, payload)
+                elif type_ is _PING:
+                    self._on_ping(flags, length, now)
+                else:
+                    self._on_go_away(length)
                 if self.terminated:
                     break
         except LimitExceeded as exc:
@@ -230,57 +298,51 @@ class Session:
         events, self._events = self._events, []
         return events
 
-    def _handle_frame(self, frame: Frame, now: float) -> None:
-        if frame.type is FrameType.PING:
-            self._on_ping(frame, now)
-        elif frame.type is FrameType.GO_AWAY:
-            self._on_go_away(frame)
-        elif frame.stream_id == 0:
-            raise RemoteProtocolError(f"{frame.type.name} frame on stream 0")
-        else:
-            self._on_stream_frame(frame)
-
-    def _on_stream_frame(self, frame: Frame) -> None:
-        flags = frame.flags
+    def _on_stream_frame(
+        self, type_: FrameType, flags: int, stream_id: int, length: int, payload: bytes
+    ) -> None:
         # Only resets of streams the peer opened count: that is the rapid-reset attack (open,
         # cancel, repeat). The peer refusing our own streams is its right, however many.
-        if (
-            flags & _RST
-            and frame.stream_id % 2 == self._peer_parity
-            and not self._resets.spend(self._now)
-        ):
-            raise LimitExceeded(
-                f"more than {self.limits.resets_per_second} stream resets a second "
-                "(a rapid-reset flood)", "resets_per_second",
-            )  # fmt: skip
-        if not flags and not frame.length and not self._empty_frames.spend(self._now):
+        if flags:
+            if (
+                flags & _RST
+                and stream_id % 2 == self._peer_parity
+                and not self._resets.spend(self._now)
+            ):
+                raise LimitExceeded(
+                    f"more than {self.limits.resets_per_second} stream resets a second "
+                    "(a rapid-reset flood)", "resets_per_second",
+                )  # fmt: skip
+        elif not length and not self._empty_frames.spend(self._now):
             raise LimitExceeded(
                 f"more than {self.limits.empty_frames_per_second} empty frames a second",
                 "empty_frames_per_second",
             )
         if flags & _SYN:
-            stream = self._accept_stream(frame.stream_id)
+            stream = self._accept_stream(stream_id)
             if stream is None:
                 return
         else:
-            found = self._streams.get(frame.stream_id)
+            found = self._streams.get(stream_id)
             if found is None:
-                self._check_was_used(frame.stream_id)
+                self._check_was_used(stream_id)
                 return  # a frame still in flight for a stream we already closed
             stream = found
-        if flags & _ACK and not stream.acked and stream.id % 2 != self._peer_parity:
+        if flags & _ACK and not stream.acked and stream_id % 2 != self._peer_parity:
             stream.acked = True
-            self._events.append(StreamAccepted(stream.id))
-        if frame.type is FrameType.WINDOW_UPDATE:
-            self._on_window_update(stream, frame.length)
-        elif frame.length:
-            self._on_data(stream, frame.payload)
+            self._events.append(StreamAccepted(stream_id))
+        if type_ is _WINDOW_UPDATE:
+            self._on_window_update(stream, length)
+        elif length:
+            self._on_data(stream, payload)
+        if not flags:
+            return
         if flags & _RST:
             self._close(stream)
-            self._events.append(StreamReset(stream.id, remote=True))
+            self._events.append(StreamReset(stream_id, remote=True))
         elif flags & _FIN:
             self._transition(stream, StreamInput.RECV_FIN)
-            self._events.append(StreamEnded(stream.id))
+            self._events.append(StreamEnded(stream_id))
             self._maybe_forget(stream)
 
     def _accept_stream(self, stream_id: int) -> _Stream | None:
@@ -326,25 +388,25 @@ class Session:
             )
         self._events.append(DataReceived(stream.id, payload))
 
-    def _on_ping(self, frame: Frame, now: float) -> None:
-        if frame.flags & _SYN:
+    def _on_ping(self, flags: int, value: int, now: float) -> None:
+        if flags & _SYN:
             if not self._ping_budget.spend(now):
                 raise LimitExceeded(
                     f"more than {self.limits.pings_per_second} pings a second (a ping flood)",
                     "pings_per_second",
                 )
-            self._control.append(encode_header(FrameType.PING, Flags.ACK, 0, frame.length))
-        elif frame.flags & _ACK:
-            sent = self._pings.pop(frame.length, None)
+            self._control.append(encode_header(FrameType.PING, Flags.ACK, 0, value))
+        elif flags & _ACK:
+            sent = self._pings.pop(value, None)
             if sent is not None:
                 rtt = max(now - sent, 0.0)
                 self.rtt = rtt if self.rtt is None else 0.875 * self.rtt + 0.125 * rtt
                 self._events.append(PingAcknowledged(rtt))
 
-    def _on_go_away(self, frame: Frame) -> None:
+    def _on_go_away(self, value: int) -> None:
         self.goaway_received = True
         try:
-            code = GoAwayCode(frame.length)
+            code = GoAwayCode(value)
         except ValueError:
             code = GoAwayCode.INTERNAL_ERROR
         if code is GoAwayCode.NORMAL:
@@ -452,40 +514,45 @@ class Session:
         if code is not GoAwayCode.NORMAL:
             self._terminate(code, reason or code.name.lower(), remote=False)
 
-    def data_to_send(self, limit: int = 256 * 1024) -> bytes | bytearray:
+    def data_to_send(self, limit: int = 256 * 1024) -> bytes:
         """Frames ready to go, about ``limit`` bytes at most (control frames always go)."""
+        return b"".join(self.buffers_to_send(limit))
+
+    def buffers_to_send(self, limit: int = 256 * 1024) -> list[bytes | bytearray | memoryview]:
+        """The same frames as :meth:`data_to_send`, as buffers for one gathered write
+        (``writelines``): large payloads are handed over without being copied."""
         control = self._control
-        out = bytearray().join(control) if control else bytearray()
+        out = _Gather(bytearray().join(control) if control else bytearray())
         control.clear()
         max_frame = self.limits.max_frame_size
         ready = self._ready
-        while ready and len(out) < limit:
+        while ready and out.size < limit:
             stream = ready.popleft()
             stream.ready = False
             if stream.state is StreamState.CLOSED and not stream.has_pending():
                 self._maybe_forget(stream)
                 continue
-            self._emit_frame(stream, out, min(max_frame, limit - len(out)))
+            self._emit_frame(stream, out, min(max_frame, limit - out.size))
             if stream.has_work():
                 self._mark_ready(stream)
-        self._stats[3] += len(out)
-        return out  # a fresh bytearray, never touched again: no need for a copy as bytes
+        self._stats[3] += out.size
+        return out.finish()
 
-    def _emit_frame(self, stream: _Stream, out: bytearray, max_frame: int) -> None:
+    def _emit_frame(self, stream: _Stream, out: _Gather, max_frame: int) -> None:
         outbox = stream.outbox
         size = min(len(outbox), stream.send_window, max(max_frame, 1))
         if size:
-            out += _pack_header(0, FrameType.DATA, 0, stream.id, size)
+            out.add_header(_pack_header(0, FrameType.DATA, 0, stream.id, size))
             outbox.move_to(out, size)
             stream.send_window -= size
         if stream.fin_queued and not outbox:
             # FIN travels in a Window Update of its own, never on a Data frame: hashicorp/yamux
             # applies a Data frame's FIN before taking its payload, and a reader woken in
             # between can lose that payload.
-            out += _pack_header(0, FrameType.WINDOW_UPDATE, _FIN, stream.id, 0)
+            out.add_header(_pack_header(0, FrameType.WINDOW_UPDATE, _FIN, stream.id, 0))
             stream.fin_queued = False
         if stream.rst_queued and not outbox:
-            out += _pack_header(0, FrameType.WINDOW_UPDATE, _RST, stream.id, 0)
+            out.add_header(_pack_header(0, FrameType.WINDOW_UPDATE, _RST, stream.id, 0))
             self._close(stream)
             return
         if stream.paused and len(outbox) <= self.limits.stream_send_buffer // 2:

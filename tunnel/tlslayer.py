@@ -28,7 +28,7 @@ class TlsLayer(asyncio.Protocol):
     def __init__(
         self,
         context: ssl.SSLContext,
-        inner: asyncio.Protocol,
+        inner: asyncio.BufferedProtocol,
         server_side: bool,
         server_hostname: str | None = None,
         on_handshake: Callable[[TlsLayer, BaseException | None], None] | None = None,
@@ -97,9 +97,16 @@ class TlsLayer(asyncio.Protocol):
             return
         self._flush()
 
-    def writelines(self, chunks: list[bytes]) -> None:
-        for chunk in chunks:
-            self.write(chunk)
+    def writelines(self, chunks: list[bytes | bytearray | memoryview]) -> None:
+        if self._closing or self.transport is None:
+            return
+        try:
+            for chunk in chunks:
+                self.ssl_object.write(chunk)
+        except ssl.SSLError as exc:
+            self.fail(exc)
+            return
+        self._flush()
 
     def can_write_eof(self) -> bool:
         return False  # TLS cannot half-close; the tunnel's own FIN does that job
@@ -156,7 +163,7 @@ class TlsLayer(asyncio.Protocol):
         return self.transport.get_write_buffer_size() if self.transport is not None else 0
 
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
-        self.inner = cast(asyncio.Protocol, protocol)
+        self.inner = cast(asyncio.BufferedProtocol, protocol)
 
     def get_protocol(self) -> asyncio.BaseProtocol:
         return self.inner
@@ -191,22 +198,25 @@ class TlsLayer(asyncio.Protocol):
             self._on_handshake(self, exc)
 
     def _read_plaintext(self) -> None:
+        # The plaintext is decrypted straight into the inner protocol's receive buffer.
+        inner = self.inner
         while not self._closing:
+            room = inner.get_buffer(READ_SIZE)
             try:
-                chunk = self.ssl_object.read(READ_SIZE)
+                count: int = self.ssl_object.read(len(memoryview(room)), room)  # type: ignore[assignment]
             except ssl.SSLWantReadError:
                 break
             except ssl.SSLZeroReturnError:
-                self.inner.eof_received()
+                inner.eof_received()
                 break
             except ssl.SSLError as exc:
                 self.fail(exc)
                 return
-            if not chunk:
+            if not count:
                 # The socket reached EOF without a TLS close_notify.
-                self.inner.eof_received()
+                inner.eof_received()
                 break
-            self.inner.data_received(chunk)
+            inner.buffer_updated(count)
         self._flush()  # a read may produce bytes to send (key updates, tickets)
 
     def _flush(self) -> None:

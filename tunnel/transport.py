@@ -91,8 +91,12 @@ class StreamHandler(Protocol):
 AcceptStream = Callable[["TunnelConnection", int], StreamHandler | None]
 
 
-class TunnelConnection(asyncio.Protocol):
-    """One yamux session over one stream socket."""
+class TunnelConnection(asyncio.BufferedProtocol):
+    """One yamux session over one stream socket.
+
+    A plain socket reads straight into the session's receive buffer (``get_buffer`` and
+    ``buffer_updated``); the TLS layer hands over decrypted bytes with ``data_received``.
+    """
 
     def __init__(
         self,
@@ -133,13 +137,23 @@ class TunnelConnection(asyncio.Protocol):
         self._arm_timer()
         self._schedule_flush()
 
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.session.get_buffer()
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._dispatch(self.session.buffer_updated(nbytes, self._loop.time()))
+        self._after_read(nbytes)
+
     def data_received(self, data: bytes) -> None:
         self._dispatch(self.session.receive_data(data, self._loop.time()))
+        self._after_read(len(data))
+
+    def _after_read(self, nbytes: int) -> None:
         self._schedule_flush()
         # Read budget: an event loop may read a busy socket many times in one turn (libuv
         # reads up to 32 times). Past READ_BUDGET bytes, yield the turn, so that a consumer's
         # small request is read (and its answer sent) between the chunks of a bulk transfer.
-        self._turn_bytes += len(data)
+        self._turn_bytes += nbytes
         if self._turn_bytes >= READ_BUDGET and self._transport is not None:
             self._transport.pause_reading()
             self._loop.call_soon(self._resume_reading)
@@ -302,10 +316,10 @@ class TunnelConnection(asyncio.Protocol):
             return
         session = self.session
         while not self._write_paused:
-            data = session.data_to_send()
-            if not data:
+            buffers = session.buffers_to_send()
+            if not buffers:
                 break
-            transport.write(data)
+            transport.writelines(buffers)
         events = session.take_events()
         if events:
             self._dispatch(events)

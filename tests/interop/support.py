@@ -116,20 +116,29 @@ class TappedSession(Session):
         self.outbound = Wire()
         self.events: list[Event] = []
         self.first_data: dict[int, int] = {}
+        self._room = memoryview(b"")
 
     def receive_data(self, data: bytes | bytearray | memoryview, now: float) -> list[Event]:
         self.inbound.feed(data)
         return super().receive_data(data, now)  # its events pass through take_events
+
+    def get_buffer(self) -> memoryview:
+        self._room = super().get_buffer()
+        return self._room
+
+    def buffer_updated(self, nbytes: int, now: float) -> list[Event]:
+        self.inbound.feed(bytes(self._room[:nbytes]))  # before the session reuses the room
+        return super().buffer_updated(nbytes, now)
 
     def take_events(self) -> list[Event]:
         events = super().take_events()
         self._record(events)
         return events
 
-    def data_to_send(self, limit: int = 256 * 1024) -> bytes:
-        data = super().data_to_send(limit)
-        self.outbound.feed(data)
-        return data
+    def buffers_to_send(self, limit: int = 256 * 1024) -> list[bytes | bytearray | memoryview]:
+        buffers = super().buffers_to_send(limit)
+        self.outbound.feed(b"".join(buffers))
+        return buffers
 
     def _record(self, events: list[Event]) -> None:
         for event in events:

@@ -14,6 +14,7 @@ from tunnel.frames import (
     HEADER_SIZE,
     MAX_LENGTH,
     MAX_STREAM_ID,
+    READ_SIZE,
     Flags,
     Frame,
     FrameDecoder,
@@ -150,6 +151,52 @@ def test_every_type_and_flag_combination_round_trips(
 def test_any_chunking_decodes_to_the_same_frames(many: list[Frame], points: list[int]) -> None:
     data = b"".join(encode(f) for f in many)
     assert decode_stream(split(data, points)) == many
+
+
+def read_into(decoder: FrameDecoder, chunks: list[bytes]) -> list[Frame]:
+    """Read ``chunks`` straight into the decoder's buffer, as a BufferedProtocol does."""
+    out: list[Frame] = []
+    for chunk in chunks:
+        while chunk:
+            room = decoder.get_buffer()
+            assert len(room) > 0
+            taken = min(len(room), len(chunk))
+            room[:taken] = chunk[:taken]
+            chunk = chunk[taken:]
+            out += decoder.buffer_updated(taken)
+    assert decoder.buffered == 0
+    return out
+
+
+@FAST
+@given(
+    many=st.lists(frames(max_payload=MAX_DATA), min_size=1, max_size=60),
+    points=st.lists(st.integers(min_value=0), max_size=40),
+)
+def test_reading_into_the_buffer_decodes_to_the_same_frames(
+    many: list[Frame], points: list[int]
+) -> None:
+    data = b"".join(encode(f) for f in many)
+    assert read_into(FrameDecoder(max_data_length=MAX_DATA), split(data, points)) == many
+    assert FrameDecoder(max_data_length=MAX_DATA).decode(data) == many
+
+
+def test_a_frame_larger_than_the_buffer_grows_it_then_gives_the_room_back() -> None:
+    big = Frame(FrameType.DATA, Flags.NONE, 1, 3 * READ_SIZE, bytes(range(256)) * 3072)
+    small = Frame(FrameType.DATA, Flags.NONE, 3, 5, b"after")
+    decoder = FrameDecoder(max_data_length=4 * READ_SIZE)
+    data = encode(big) + encode(small)
+    assert read_into(decoder, split(data, [10_000, 300_000, 700_000])) == [big, small]
+    assert len(decoder.get_buffer()) == READ_SIZE  # back to its usual size
+
+
+def test_the_partial_frame_left_at_the_end_of_the_buffer_moves_to_its_start() -> None:
+    # Frames that never line up with the buffer's end: every read leaves a tail behind.
+    frame = Frame(FrameType.DATA, Flags.NONE, 5, 40_000, bytes(40_000))
+    decoder = FrameDecoder(max_data_length=MAX_DATA * 100)
+    data = encode(frame) * 40
+    chunks = [data[i : i + 65_000] for i in range(0, len(data), 65_000)]
+    assert read_into(decoder, chunks) == [frame] * 40
 
 
 @settings(max_examples=20, deadline=None)

@@ -6,6 +6,7 @@ move bytes between them; tests that need to see or forge the wire use the frame 
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -302,6 +303,35 @@ def test_round_robin_shares_the_link_between_bulk_streams(pair: Pair) -> None:
         client.send_data(stream_id, bytes(2 * MIB))
     frames = [f for f in frames_in(client.data_to_send(limit=6 * DEFAULT.max_frame_size))]
     assert [f.stream_id for f in frames] == ids + ids
+
+
+def test_large_payloads_reach_the_socket_without_a_copy(pair: Pair) -> None:
+    """buffers_to_send hands a big payload over as the very object it was given (or a view of
+    it); headers and small payloads share one buffer; together they are data_to_send's bytes."""
+    client = pair.client.session
+    bulk, small = open_established(pair), open_established(pair)
+    block = bytes(range(256)) * 256  # 64 KiB: exactly one frame
+    client.send_data(bulk, block)
+    client.send_data(small, b"ping")
+    buffers = client.buffers_to_send()
+    assert any(buffer is block for buffer in buffers)
+    assert all(isinstance(buffer, bytearray) for buffer in buffers if buffer is not block)
+    assert len(buffers) <= 3  # control frames and the bulk header, the block, the small frame
+    assert [(f.stream_id, f.payload) for f in frames_in(b"".join(buffers))] == [
+        (bulk, block),
+        (small, b"ping"),
+    ]
+
+
+def test_a_payload_split_over_frames_is_sent_as_views_of_it(pair: Pair) -> None:
+    client = pair.client.session
+    stream_id = open_established(pair)
+    block = os.urandom(3 * DEFAULT.max_frame_size + 100)
+    client.send_data(stream_id, block)
+    buffers = client.buffers_to_send(limit=10 * MIB)
+    views = [b for b in buffers if isinstance(b, memoryview)]
+    assert views and all(v.obj is block for v in views)
+    assert b"".join(f.payload for f in frames_in(b"".join(buffers))) == block
 
 
 # ------------------------------------------------------------------ half-close

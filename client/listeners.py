@@ -52,11 +52,11 @@ class ConsumerStream(Relay):
         self._meters = metrics.meters("client", service)
 
     def data_received(self, data: bytes) -> None:
-        self._meters.to_backend.inc(len(data))
+        self._meters.to_backend += len(data)
         super().data_received(data)
 
     def deliver(self, data: bytes) -> None:
-        self._meters.to_consumer.inc(len(data))
+        self._meters.to_consumer += len(data)
         super().deliver(data)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:

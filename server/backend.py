@@ -96,12 +96,12 @@ class BackendStream(Relay):
         super().connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
-        self._meters.to_consumer.inc(len(data))
+        self._meters.to_consumer += len(data)
         super().data_received(data)
 
     def deliver(self, data: bytes) -> None:
         if self.transport is not None:
-            self._meters.to_backend.inc(len(data))
+            self._meters.to_backend += len(data)
         super().deliver(data)
 
     def refuse(self, reason: Reason, text: str, service: str | None = None) -> None:

@@ -74,7 +74,7 @@ class BackendStream(Relay):
             self.deliver(data)
 
     async def dial(self, service: Service, timeout: float) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self.owner.loop
         target = service.target
         try:
             async with asyncio.timeout(timeout):

@@ -55,8 +55,9 @@ class ServerConnection:
 
     def __init__(self, server: Server, peer: str = "") -> None:
         self.server = server
+        self.loop = loop = asyncio.get_running_loop()
         self.tunnel = TunnelConnection(
-            Session(Role.SERVER, server.config.limits, asyncio.get_running_loop().time()),
+            Session(Role.SERVER, server.config.limits, loop.time()),
             self._accept,
             peer,
         )
@@ -75,7 +76,6 @@ class ServerConnection:
         self._version = 0
         self._server_nonce = b""
         self.shown: tuple[ServiceInfo, ...] = ()
-        loop = asyncio.get_running_loop()
         self._hello_timer = loop.call_later(server.config.handshake_timeout, self._hello_timeout)
         self.tunnel.closed.add_done_callback(self._closed)
 
@@ -109,7 +109,7 @@ class ServerConnection:
         return stream
 
     def start_dial(self, stream: BackendStream, service: Service) -> None:
-        task = asyncio.get_running_loop().create_task(self._dial(stream, service))
+        task = self.loop.create_task(self._dial(stream, service))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
@@ -118,8 +118,11 @@ class ServerConnection:
         # (within the dial timeout) instead of flooding the backend's accept queue.
         timeout = self.server.config.dial_timeout
         try:
-            async with asyncio.timeout(timeout):
-                await self._dial_slots.acquire()
+            if self._dial_slots.locked():
+                async with asyncio.timeout(timeout):
+                    await self._dial_slots.acquire()
+            else:
+                await self._dial_slots.acquire()  # a free slot: taken at once, no timer needed
         except TimeoutError:
             limit = self.server.config.max_pending_dials
             metrics.LIMIT_HITS.labels("max_pending_dials").inc()

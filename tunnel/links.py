@@ -36,7 +36,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from tunnel.errors import ConfigError, Reason
 
@@ -108,6 +108,7 @@ _EXPOSE_FORMS = (
 )
 _REF_FORMS = "ALIAS, PORT or ALIAS:PORT"
 _MAX_OFFERED = 20
+_RESOLVED_KEPT = 256  # names remembered per catalog: a peer cannot make the memo grow forever
 
 
 def _show(text: str) -> str:
@@ -339,6 +340,8 @@ class Catalog:
     """The services a server offers, in the order first given, without repeats."""
 
     entries: tuple[Service, ...] = ()
+    # What resolve() found for a name, so a busy service's streams skip the parsing.
+    _resolved: dict[str, Service] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         # Normalising here means every Catalog, however built, is free of repeats.
@@ -363,6 +366,14 @@ class Catalog:
 
     def resolve(self, ref: str) -> Service:
         """The one entry ``ref`` names; UnknownService or AmbiguousService otherwise."""
+        found = self._resolved.get(ref)
+        if found is None:
+            found = self._resolve(ref)
+            if len(self._resolved) < _RESOLVED_KEPT:
+                self._resolved[ref] = found
+        return found
+
+    def _resolve(self, ref: str) -> Service:
         try:
             alias, port = _parse_ref(ref)
         except _Invalid as problem:

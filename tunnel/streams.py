@@ -18,6 +18,10 @@ from types import MappingProxyType
 
 
 class StreamState(Enum):
+    # Members are singletons, so identity hashes them; Enum's own __hash__ is Python code,
+    # and the transition table is looked up on every change of a stream's state.
+    __hash__ = object.__hash__
+
     OPEN = auto()
     HALF_CLOSED_LOCAL = auto()  # we sent FIN; the peer may still send
     HALF_CLOSED_REMOTE = auto()  # the peer sent FIN; we may still send
@@ -25,6 +29,8 @@ class StreamState(Enum):
 
 
 class StreamInput(Enum):
+    __hash__ = object.__hash__
+
     SEND_DATA = auto()
     SEND_FIN = auto()
     SEND_RST = auto()

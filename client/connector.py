@@ -70,7 +70,7 @@ class ControlClient:
         self.welcomed = False
         self._on_message = on_message
 
-    def on_data(self, data: bytes) -> None:
+    def on_data(self, data: bytes | bytearray) -> None:
         assert self.tunnel is not None
         self.tunnel.consumed(self.stream_id, len(data))
         try:

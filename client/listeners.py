@@ -49,15 +49,8 @@ class ConsumerStream(Relay):
         self._answer: StreamAnswerParser | None = StreamAnswerParser()
         self._wait: asyncio.Task[None] | None = None
         self.refused = False
-        self._meters = metrics.meters("client", service)
-
-    def data_received(self, data: bytes) -> None:
-        self._meters.to_backend += len(data)
-        super().data_received(data)
-
-    def deliver(self, data: bytes) -> None:
-        self._meters.to_consumer += len(data)
-        super().deliver(data)
+        self.meters = metrics.meters("client", service)
+        self.preamble = True  # the server's answer comes first
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -104,13 +97,13 @@ class ConsumerStream(Relay):
             if self.transport is not None:
                 abort_with_reset(self.transport)
             return
-        self._meters.opened.inc()
-        self._meters.open_now.inc()
+        self.meters.opened.inc()
+        self.meters.open_now.inc()
         self.connector.rotate_if_exhausted(tunnel)
         tunnel.send(self.stream_id, StreamHeader(self.service).encode())
         self.send_held()
 
-    def on_stream_data(self, data: bytes) -> None:
+    def on_stream_data(self, data: bytes | bytearray) -> None:
         if self._answer is not None:
             try:
                 answer, rest = self._answer.feed(data)
@@ -133,6 +126,7 @@ class ConsumerStream(Relay):
                 metrics.STREAM_REFUSALS.labels("client", self.service, answer.reason.label).inc()
                 self.refused = True
                 return  # the server's RST follows and resets the consumer
+            self.preamble = False
             data = rest
             if not data:
                 return
@@ -149,7 +143,7 @@ class ConsumerStream(Relay):
         if self._wait is not None:
             self._wait.cancel()
         if self.stream_id is not None:
-            self._meters.open_now.dec()
+            self.meters.open_now.dec()
             if self._answer is not None and isinstance(exc, ConnectionResetError):
                 # Reset before the server answered: the tunnel went away under the stream.
                 throttled.warning(f"reset:{self.service}", "connection to %r reset: %s",

@@ -35,9 +35,9 @@ class BackendStream(Relay):
         self._header: StreamHeaderParser | None = StreamHeaderParser()
         self._label = "-"
         self._finished = False
-        self._meters = metrics.meters("server", "-")
+        self.preamble = True  # the stream header comes first
 
-    def on_stream_data(self, data: bytes) -> None:
+    def on_stream_data(self, data: bytes | bytearray) -> None:
         if self._header is not None:
             try:
                 header, rest = self._header.feed(data)
@@ -63,9 +63,10 @@ class BackendStream(Relay):
                 return
             self.service = service
             self._label = service.name
-            self._meters = metrics.meters("server", self._label)
-            self._meters.opened.inc()
-            self._meters.open_now.inc()
+            self.meters = metrics.meters("server", self._label)
+            self.meters.opened.inc()
+            self.meters.open_now.inc()
+            self.preamble = False
             self.owner.start_dial(self, service)
             data = rest
             if not data:
@@ -94,15 +95,6 @@ class BackendStream(Relay):
         assert self.stream_id is not None
         self.link.send(self.stream_id, CONNECTED)
         super().connection_made(transport)
-
-    def data_received(self, data: bytes) -> None:
-        self._meters.to_consumer += len(data)
-        super().data_received(data)
-
-    def deliver(self, data: bytes) -> None:
-        if self.transport is not None:
-            self._meters.to_backend += len(data)
-        super().deliver(data)
 
     def refuse(self, reason: Reason, text: str, service: str | None = None) -> None:
         """Answer the stream with a reason, then reset it."""
@@ -134,5 +126,5 @@ class BackendStream(Relay):
             return
         self._finished = True
         if self.service is not None:
-            self._meters.open_now.dec()
+            self.meters.open_now.dec()
         self.owner.stream_done(self)

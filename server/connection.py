@@ -284,7 +284,7 @@ class ControlChannel:
         self.stream_id = stream_id
         self.reader = MessageReader()
 
-    def on_data(self, data: bytes) -> None:
+    def on_data(self, data: bytes | bytearray) -> None:
         self.owner.tunnel.consumed(self.stream_id, len(data))
         try:
             messages = self.reader.feed(data)

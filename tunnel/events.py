@@ -36,10 +36,13 @@ class StreamAccepted(Event):
 
 @dataclass(slots=True)
 class DataReceived(Event):
-    """Bytes arrived on a stream. Hand them on, then credit them with ``Session.consumed``."""
+    """Bytes arrived on a stream. Hand them on, then credit them with ``Session.consumed``.
+
+    ``data`` may be a bytearray (a fresh copy out of the receive buffer, held by nothing else).
+    """
 
     stream_id: int
-    data: bytes
+    data: bytes | bytearray
 
 
 @dataclass(slots=True)

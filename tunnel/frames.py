@@ -73,9 +73,13 @@ def encode(frame: Frame) -> bytes:
     return header + frame.payload if frame.payload else header
 
 
+# A frame as the decoder hands it out on the fast paths (buffer_updated, decode): a plain tuple
+# in Frame's field order, which compares equal to the Frame with the same fields. The payload
+# is a bytearray that nothing else holds; treat it as immutable.
+RawFrame = tuple[FrameType, int, int, int, bytes | bytearray]
+
 READ_SIZE = 256 * 1024  # the receive buffer; one read takes at most this much
 _MIN_READ = 64 * 1024  # less room than this at the buffer's end: move the unparsed tail first
-_new_frame = tuple.__new__  # builds a Frame without a Python-level __new__ call
 
 
 class FrameDecoder:
@@ -111,7 +115,7 @@ class FrameDecoder:
             self._make_room()
         return memoryview(self._buffer)[self._end :]
 
-    def buffer_updated(self, nbytes: int) -> list[Frame]:
+    def buffer_updated(self, nbytes: int) -> list[RawFrame]:
         """``nbytes`` were written at the start of the last :meth:`get_buffer`; return every
         frame now complete. A bad header raises :class:`RemoteProtocolError` (frames decoded
         before it in this call are dropped: the session ends anyway)."""
@@ -131,40 +135,47 @@ class FrameDecoder:
             new[:pending] = old[self._start : self._end]  # overlapping moves are safe here
         self._start, self._end = 0, pending
 
-    def _parse(self) -> list[Frame]:
+    def _parse(self) -> list[RawFrame]:
         buf = self._buffer
         start, end, header = self._start, self._end, self._header
-        frames: list[Frame] = []
+        frames: list[RawFrame] = []
+        append = frames.append
         max_data = self._max_data_length
         unpack = HEADER.unpack_from
         data_type = FrameType.DATA
-        with memoryview(buf) as view:
-            while True:
-                if header is None:
-                    if end - start < HEADER_SIZE:
-                        break
-                    version, raw_type, raw_flags, stream_id, length = unpack(buf, start)
-                    start += HEADER_SIZE
-                    if (
-                        version
-                        or raw_type > 3
-                        or (length > max_data and not raw_type)
-                        or (raw_type > 1 and stream_id)
-                    ):
-                        self._header = None
-                        _check_header(version, raw_type, raw_flags, stream_id, length, max_data)
-                    header = (_TYPES[raw_type], raw_flags & 0xF, stream_id, length)
+        while True:
+            if header is None:
+                if end - start < HEADER_SIZE:
+                    break
+                version, raw_type, flags, stream_id, length = unpack(buf, start)
+                if (
+                    version
+                    or raw_type > 3
+                    or (length > max_data and not raw_type)
+                    or (raw_type > 1 and stream_id)
+                ):
+                    self._header = None
+                    _check_header(version, raw_type, flags, stream_id, length, max_data)
+                type_ = _TYPES[raw_type]
+                flags &= 0xF
+                body = start + HEADER_SIZE
+            else:
                 type_, flags, stream_id, length = header
-                if type_ is data_type and length:
-                    stop = start + length
-                    if stop > end:
-                        break
-                    payload = bytes(view[start:stop])
-                    frames.append(_new_frame(Frame, (type_, flags, stream_id, length, payload)))
-                    start = stop
-                else:
-                    frames.append(_new_frame(Frame, (type_, flags, stream_id, length, b"")))
                 header = None
+                body = start
+            if type_ is data_type and length:
+                stop = body + length
+                if stop > end:  # the payload is still on its way
+                    header = (type_, flags, stream_id, length)
+                    start = body
+                    break
+                # A slice of the bytearray is a fresh copy that nothing else holds: the payload
+                # is never changed after this, so it serves as bytes without another copy.
+                append((type_, flags, stream_id, length, buf[body:stop]))
+                start = stop
+            else:
+                append((type_, flags, stream_id, length, b""))
+                start = body
         if start == end:
             start = end = 0
             if len(buf) > READ_SIZE:  # a large frame is out: give its room back
@@ -185,9 +196,9 @@ class FrameDecoder:
                 self._end += taken
                 source = source[taken:]
 
-    def decode(self, data: bytes | bytearray | memoryview) -> list[Frame]:
+    def decode(self, data: bytes | bytearray | memoryview) -> list[RawFrame]:
         """Feed ``data`` and return every frame now complete (same checks as ``next_frame``)."""
-        frames: list[Frame] = []
+        frames: list[RawFrame] = []
         with memoryview(data) as source, source.cast("B") as source:
             while source:
                 room = self.get_buffer()

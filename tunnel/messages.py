@@ -156,7 +156,7 @@ class MessageReader:
 
     _buffer: bytearray = field(default_factory=bytearray)
 
-    def feed(self, data: bytes) -> list[Message]:
+    def feed(self, data: bytes | bytearray) -> list[Message]:
         self._buffer += data
         messages: list[Message] = []
         while len(self._buffer) >= 4:
@@ -304,7 +304,7 @@ class StreamHeaderParser:
     def __init__(self) -> None:
         self._buffer = b""
 
-    def feed(self, data: bytes) -> tuple[StreamHeader | None, bytes]:
+    def feed(self, data: bytes | bytearray) -> tuple[StreamHeader | None, bytes]:
         """The header once complete, and the bytes after it (consumer data)."""
         buffer = self._buffer + data
         if len(buffer) < 2:
@@ -334,7 +334,7 @@ class StreamAnswerParser:
     def __init__(self) -> None:
         self._buffer = b""
 
-    def feed(self, data: bytes) -> tuple[StreamAnswer | None, bytes]:
+    def feed(self, data: bytes | bytearray) -> tuple[StreamAnswer | None, bytes]:
         """The answer once complete, and the bytes after it (backend data)."""
         buffer = self._buffer + data
         if len(buffer) < _ANSWER.size:

@@ -58,20 +58,32 @@ class ServiceMeters:
 
     The byte counts are plain ints, bumped for every message relayed and read only when
     metrics are scraped (:class:`_ByteCollector`): a Prometheus counter takes a lock on every
-    increment, which showed in profiles of small-message traffic.
+    increment, which showed in profiles of small-message traffic. They count what the local
+    socket gave (``read``) and took (``written``); the role says which way that is.
     """
 
-    __slots__ = ("open_now", "opened", "role", "service", "to_backend", "to_consumer")
+    __slots__ = ("open_now", "opened", "read", "role", "service", "written")
 
     def __init__(self, role: str, service: str) -> None:
         self.role, self.service = role, service
         self.opened = STREAMS.labels(role, service)
         self.open_now = STREAMS_OPEN.labels(role, service)
-        self.to_backend = 0
-        self.to_consumer = 0
+        self.read = 0  # bytes read from local sockets (consumers, or backends on the server)
+        self.written = 0  # bytes written to them
+
+    @property
+    def to_backend(self) -> int:
+        return self.read if self.role == "client" else self.written
+
+    @property
+    def to_consumer(self) -> int:
+        return self.written if self.role == "client" else self.read
 
 
 _METERS: dict[tuple[str, str], ServiceMeters] = {}
+
+
+UNCOUNTED = ServiceMeters("", "")  # a relay's meters until it knows its service; never collected
 
 
 def meters(role: str, service: str) -> ServiceMeters:

@@ -22,6 +22,7 @@ import socket
 import struct
 from typing import cast
 
+from tunnel.metrics import UNCOUNTED, ServiceMeters
 from tunnel.transport import TunnelConnection
 
 LOCAL_HIGH_WATER = 256 * 1024
@@ -43,15 +44,19 @@ class Relay(asyncio.Protocol):
     """The protocol of a local socket and the handler of its stream, at once.
 
     Subclasses decide what comes first on the stream (a header to send, an answer to read)
-    through :meth:`on_stream_data`; the base class moves bytes and keeps the close semantics.
+    through :meth:`on_stream_data`, called while ``preamble`` is set; after that, stream bytes
+    go straight to the socket. The base class moves bytes and keeps the close semantics.
     """
+
+    preamble = False  # stream bytes go to on_stream_data (not straight to the socket)
+    meters: ServiceMeters = UNCOUNTED  # the service's byte counts, once it is known
 
     def __init__(self, tunnel: TunnelConnection | None, stream_id: int | None = None) -> None:
         self.tunnel = tunnel
         self.stream_id = stream_id
         self.transport: asyncio.Transport | None = None
         self._uncredited = 0  # written to the socket's transport, not yet credited
-        self._pending: list[bytes] = []  # stream bytes that arrived before the socket
+        self._pending: list[bytes | bytearray] = []  # stream bytes that arrived before the socket
         self._unsent: list[bytes] = []  # socket bytes that arrived before the stream
         self.local_eof = False  # the local side sent EOF
         self.remote_eof = False  # the stream's peer sent FIN
@@ -73,14 +78,17 @@ class Relay(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closed:
             return
-        if self.stream_id is None or self.tunnel is None:
+        self.meters.read += len(data)
+        tunnel, stream_id = self.tunnel, self.stream_id
+        if stream_id is None or tunnel is None:
             # No stream yet (the tunnel is down): hold the bytes and stop reading. Some loops
             # deliver a first read even when reading was paused in connection_made.
             self._unsent.append(data)
             if self.transport is not None:
                 self.transport.pause_reading()
             return
-        self._forward(data)
+        if tunnel.send(stream_id, data) and self.transport is not None:
+            self.transport.pause_reading()
 
     def send_held(self) -> None:
         """Send what the socket gave before the stream existed; call right after opening it."""
@@ -121,14 +129,17 @@ class Relay(asyncio.Protocol):
 
     # -------------------------------------------------------------- stream side
 
-    def on_data(self, data: bytes) -> None:
-        self.on_stream_data(data)
+    def on_data(self, data: bytes | bytearray) -> None:
+        if self.preamble:
+            self.on_stream_data(data)
+        else:
+            self.deliver(data)
 
-    def on_stream_data(self, data: bytes) -> None:
+    def on_stream_data(self, data: bytes | bytearray) -> None:
         """Bytes from the stream; subclasses strip their preamble, then call ``deliver``."""
         self.deliver(data)
 
-    def deliver(self, data: bytes) -> None:
+    def deliver(self, data: bytes | bytearray) -> None:
         """Write stream bytes to the local socket (or keep them until it is connected)."""
         transport = self.transport
         if transport is None:
@@ -137,8 +148,10 @@ class Relay(asyncio.Protocol):
         if self.closed or transport.is_closing():
             return
         transport.write(data)
+        self.meters.written += len(data)
         self._uncredited += len(data)
-        self._credit()
+        if self._uncredited >= CREDIT_BATCH:
+            self._credit()
 
     def credit_now(self, length: int) -> None:
         """Credit bytes that were consumed without reaching the socket (a preamble)."""

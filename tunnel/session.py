@@ -29,7 +29,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 
 from tunnel.errors import LimitExceeded, LocalProtocolError, RemoteProtocolError
 from tunnel.events import (
@@ -50,10 +50,10 @@ from tunnel.frames import (
     MAX_LENGTH,
     MAX_STREAM_ID,
     Flags,
-    Frame,
     FrameDecoder,
     FrameType,
     GoAwayCode,
+    RawFrame,
     encode_header,
 )
 from tunnel.limits import INITIAL_WINDOW, Budget, Limits
@@ -268,7 +268,7 @@ class Session:
         return self._receive(self._decoder.buffer_updated, nbytes, nbytes, now)
 
     def _receive(
-        self, decode: Callable[[_T], list[Frame]], arg: _T, size: int, now: float
+        self, decode: Callable[[_T], list[RawFrame]], arg: _T, size: int, now: float
     ) -> list[Event]:
         if self.terminated:
             return self.take_events()
@@ -299,7 +299,7 @@ class Session:
         return events
 
     def _on_stream_frame(
-        self, type_: FrameType, flags: int, stream_id: int, length: int, payload: bytes
+        self, type_: FrameType, flags: int, stream_id: int, length: int, payload: bytes | bytearray
     ) -> None:
         # Only resets of streams the peer opened count: that is the rapid-reset attack (open,
         # cancel, repeat). The peer refusing our own streams is its right, however many.
@@ -334,7 +334,12 @@ class Session:
         if type_ is _WINDOW_UPDATE:
             self._on_window_update(stream, length)
         elif length:
-            self._on_data(stream, payload)
+            recv = stream.recv
+            if not stream.can_receive or length > recv.available:
+                self._refuse_data(stream, length)
+            recv.available -= length  # ReceiveWindow.receive, inlined: once per Data frame
+            recv.buffered += length
+            self._events.append(DataReceived(stream_id, payload))
         if not flags:
             return
         if flags & _RST:
@@ -378,15 +383,13 @@ class Session:
         if delta and stream.has_work():
             self._mark_ready(stream)
 
-    def _on_data(self, stream: _Stream, payload: bytes) -> None:
+    def _refuse_data(self, stream: _Stream, length: int) -> NoReturn:
         if not stream.can_receive:
             raise RemoteProtocolError(f"data on stream {stream.id} after the peer's FIN")
-        if not stream.recv.receive(len(payload)):
-            raise RemoteProtocolError(
-                f"stream {stream.id} received {len(payload)} bytes with only "
-                f"{stream.recv.available} bytes of window left"
-            )
-        self._events.append(DataReceived(stream.id, payload))
+        raise RemoteProtocolError(
+            f"stream {stream.id} received {length} bytes with only "
+            f"{stream.recv.available} bytes of window left"
+        )
 
     def _on_ping(self, flags: int, value: int, now: float) -> None:
         if flags & _SYN:
@@ -446,10 +449,12 @@ class Session:
             return False
         if not stream.can_send:
             raise LocalProtocolError(f"send on stream {stream_id} in state {stream.state.name}")
-        stream.outbox.append(data)
-        if stream.send_window > 0:
-            self._mark_ready(stream)
-        if len(stream.outbox) > self.limits.stream_send_buffer:
+        outbox = stream.outbox
+        outbox.append(data)
+        if stream.send_window > 0 and not stream.ready:
+            stream.ready = True
+            self._ready.append(stream)
+        if outbox.size > self.limits.stream_send_buffer:
             stream.paused = True
         return stream.paused
 
@@ -526,36 +531,47 @@ class Session:
         control.clear()
         max_frame = self.limits.max_frame_size
         ready = self._ready
+        closed = StreamState.CLOSED
         while ready and out.size < limit:
             stream = ready.popleft()
             stream.ready = False
-            if stream.state is StreamState.CLOSED and not stream.has_pending():
+            if stream.state is closed and not stream.has_pending():
                 self._maybe_forget(stream)
                 continue
             self._emit_frame(stream, out, min(max_frame, limit - out.size))
-            if stream.has_work():
-                self._mark_ready(stream)
+            if stream.outbox.size:
+                if stream.send_window > 0:
+                    stream.ready = True
+                    ready.append(stream)
+            elif stream.fin_queued or stream.rst_queued:
+                stream.ready = True
+                ready.append(stream)
         self._stats[3] += out.size
         return out.finish()
 
     def _emit_frame(self, stream: _Stream, out: _Gather, max_frame: int) -> None:
         outbox = stream.outbox
-        size = min(len(outbox), stream.send_window, max(max_frame, 1))
-        if size:
-            out.add_header(_pack_header(0, FrameType.DATA, 0, stream.id, size))
+        size = min(outbox.size, stream.send_window, max(max_frame, 1))
+        if size > 0:
+            out.add_header(_pack_header(0, _DATA, 0, stream.id, size))
             outbox.move_to(out, size)
             stream.send_window -= size
-        if stream.fin_queued and not outbox:
+            if outbox.size:
+                if stream.paused and outbox.size <= self.limits.stream_send_buffer // 2:
+                    stream.paused = False
+                    self._events.append(StreamDrained(stream.id))
+                return  # more to send: FIN, RST and forgetting wait for the queue to empty
+        if stream.fin_queued and not outbox.size:
             # FIN travels in a Window Update of its own, never on a Data frame: hashicorp/yamux
             # applies a Data frame's FIN before taking its payload, and a reader woken in
             # between can lose that payload.
-            out.add_header(_pack_header(0, FrameType.WINDOW_UPDATE, _FIN, stream.id, 0))
+            out.add_header(_pack_header(0, _WINDOW_UPDATE, _FIN, stream.id, 0))
             stream.fin_queued = False
         if stream.rst_queued and not outbox:
-            out.add_header(_pack_header(0, FrameType.WINDOW_UPDATE, _RST, stream.id, 0))
+            out.add_header(_pack_header(0, _WINDOW_UPDATE, _RST, stream.id, 0))
             self._close(stream)
             return
-        if stream.paused and len(outbox) <= self.limits.stream_send_buffer // 2:
+        if stream.paused and outbox.size <= self.limits.stream_send_buffer // 2:
             stream.paused = False
             self._events.append(StreamDrained(stream.id))
         if stream.state is StreamState.CLOSED:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import json
-import platform
 import logging
+import platform
 import sys
 from collections.abc import Coroutine
 from datetime import UTC, datetime

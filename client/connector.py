@@ -39,7 +39,7 @@ from tunnel.oserrors import connect_error
 from tunnel.session import Role, Session
 from tunnel.tls import client_context, describe_tls_error, peer_certificate, spki_pin_of_der
 from tunnel.tlslayer import TlsLayer
-from tunnel.transport import StreamHandler, TunnelConnection
+from tunnel.transport import StreamHandler, TunnelConnection, clock
 
 log = logging.getLogger("ambassador.client")
 
@@ -310,7 +310,7 @@ class Connector:
         loop = asyncio.get_running_loop()
         limits = self.config.limits
         tls = self.config.tls
-        session = Session(Role.CLIENT, limits, loop.time())
+        session = Session(Role.CLIENT, limits, clock())
         tunnel = TunnelConnection(session, _refuse_server_stream)
         protocol: asyncio.BaseProtocol = tunnel
         layer: TlsLayer | None = None

@@ -38,7 +38,7 @@ from tunnel.messages import (
     negotiate_version,
 )
 from tunnel.session import Role, Session
-from tunnel.transport import StreamHandler, TunnelConnection
+from tunnel.transport import StreamHandler, TunnelConnection, clock
 
 if TYPE_CHECKING:
     from server.app import Server
@@ -57,7 +57,7 @@ class ServerConnection:
         self.server = server
         self.loop = loop = asyncio.get_running_loop()
         self.tunnel = TunnelConnection(
-            Session(Role.SERVER, server.config.limits, loop.time()),
+            Session(Role.SERVER, server.config.limits, clock()),
             self._accept,
             peer,
         )

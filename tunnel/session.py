@@ -241,7 +241,8 @@ class Session:
         self._pings: dict[int, float] = {}
         self._next_ping = 1
         self._last_received = now
-        self.rtt: float | None = None
+        self.rtt: float | None = None  # smoothed round trip, for metrics and logs
+        self.min_rtt: float | None = None  # the shortest seen: the path's own, for windows
         self.goaway_sent = False
         self.goaway_received = False
         self.terminated = False
@@ -404,6 +405,7 @@ class Session:
             if sent is not None:
                 rtt = max(now - sent, 0.0)
                 self.rtt = rtt if self.rtt is None else 0.875 * self.rtt + 0.125 * rtt
+                self.min_rtt = rtt if self.min_rtt is None else min(self.min_rtt, rtt)
                 self._events.append(PingAcknowledged(rtt))
 
     def _on_go_away(self, value: int) -> None:
@@ -489,7 +491,7 @@ class Session:
             return
         room = max(0, self.limits.session_memory - self._granted_growth)
         before = stream.recv.target
-        delta = stream.recv.consume(length, now, self.rtt, room)
+        delta = stream.recv.consume(length, now, self.min_rtt, room)
         self._granted_growth += stream.recv.target - before
         if delta:
             self._control.append(

@@ -18,6 +18,7 @@ import logging
 import socket
 import ssl
 import sys
+import time
 from collections.abc import Callable
 from typing import Protocol, cast
 
@@ -39,6 +40,14 @@ from tunnel.session import Session
 from tunnel.tls import describe_tls_error
 
 log = logging.getLogger("ambassador.tunnel")
+
+# The sessions' clock. Not the loop's: uvloop's loop.time() moves in whole milliseconds, and
+# a round trip on a short path is a fraction of one (window auto-tuning needs it exact).
+clock = time.monotonic
+
+# Round-trip probes: pings soon after the start, then ever more rarely, so that the smallest
+# round trip (what stream windows are sized by) is known within a second and kept current.
+RTT_PROBES = (0.1, 0.3, 1.0, 3.0, 10.0)  # seconds between probes; the last one repeats
 
 READ_BUDGET = 256 * 1024
 WRITE_HIGH_WATER = 128 * 1024
@@ -114,6 +123,8 @@ class TunnelConnection(asyncio.BufferedProtocol):
         self._write_paused = False
         self._turn_bytes = 0  # bytes read since reading last yielded the loop
         self._timer: asyncio.TimerHandle | None = None
+        self._probe: asyncio.TimerHandle | None = None
+        self._probes_sent = 0
         self.closed: asyncio.Future[str] = self._loop.create_future()
         self.on_go_away: Callable[[], None] | None = None
         self.on_rtt: Callable[[float], None] | None = None
@@ -133,19 +144,20 @@ class TunnelConnection(asyncio.BufferedProtocol):
             enable_tcp_keepalive(sock)
             limit_unsent(sock)
         # A first ping measures the round trip at once: window auto-tuning needs it.
-        self.session.ping(self._loop.time())
+        self.session.ping(clock())
         self._arm_timer()
+        self._schedule_probe()
         self._schedule_flush()
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self.session.get_buffer()
 
     def buffer_updated(self, nbytes: int) -> None:
-        self._dispatch(self.session.buffer_updated(nbytes, self._loop.time()))
+        self._dispatch(self.session.buffer_updated(nbytes, clock()))
         self._after_read(nbytes)
 
     def data_received(self, data: bytes) -> None:
-        self._dispatch(self.session.receive_data(data, self._loop.time()))
+        self._dispatch(self.session.receive_data(data, clock()))
         self._after_read(len(data))
 
     def _after_read(self, nbytes: int) -> None:
@@ -208,7 +220,7 @@ class TunnelConnection(asyncio.BufferedProtocol):
         self._schedule_flush()
 
     def consumed(self, stream_id: int, length: int) -> None:
-        self.session.consumed(stream_id, length, self._loop.time())
+        self.session.consumed(stream_id, length, clock())
         self._schedule_flush()
 
     @property
@@ -224,7 +236,7 @@ class TunnelConnection(asyncio.BufferedProtocol):
         """Round-trip time to the peer, in seconds."""
         waiter: asyncio.Future[float] = self._loop.create_future()
         self._ping_waiters.append(waiter)
-        self.session.ping(self._loop.time())
+        self.session.ping(clock())
         self._schedule_flush()
         return await waiter
 
@@ -332,10 +344,24 @@ class TunnelConnection(asyncio.BufferedProtocol):
     def _arm_timer(self) -> None:
         when = self.session.get_timer()
         if when is not None and not self.closed.done():
-            self._timer = self._loop.call_at(when, self._on_timer)
+            # A millisecond late rather than early: the loop's timers are that coarse.
+            delay = max(0.0, when - clock()) + 0.001
+            self._timer = self._loop.call_later(delay, self._on_timer)
+
+    def _schedule_probe(self) -> None:
+        delay = RTT_PROBES[min(self._probes_sent, len(RTT_PROBES) - 1)]
+        self._probe = self._loop.call_later(delay, self._send_probe)
+
+    def _send_probe(self) -> None:
+        if self.closed.done() or self.session.terminated:
+            return
+        self._probes_sent += 1
+        self.session.ping(clock())
+        self._schedule_flush()
+        self._schedule_probe()
 
     def _on_timer(self) -> None:
-        self.session.handle_timer(self._loop.time())
+        self.session.handle_timer(clock())
         self._dispatch(self.session.take_events())
         self._schedule_flush()
         self._arm_timer()
@@ -347,6 +373,8 @@ class TunnelConnection(asyncio.BufferedProtocol):
         self.closed.set_result(self.close_reason)
         if self._timer is not None:
             self._timer.cancel()
+        if self._probe is not None:
+            self._probe.cancel()
         handlers, self._handlers = self._handlers, {}
         for handler in handlers.values():
             handler.on_reset(f"tunnel closed: {self.close_reason}")

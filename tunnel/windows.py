@@ -5,26 +5,37 @@ yamux has a window per stream and none for the session. The receiver grants the 
 once the bytes have *left* it: here that means written to the local socket, so a slow consumer
 holds back its own stream and nothing else.
 
-Auto-tuning: a fixed 256 KiB window caps one stream at 5 MB/s on a 50 ms path. When the window
-is used up in less than two round trips, the link could carry more than the window allows, so
-the target doubles (up to ``maximum``, and only while the session's memory budget has room),
-much as QUIC and HTTP/2 implementations tune theirs.
+Auto-tuning: a fixed 256 KiB window caps one stream at 5 MB/s on a 50 ms path. The window is
+sized to twice the bandwidth-delay product: the pace at which the stream's bytes are handed on,
+measured over at least two round trips (and at least ``MIN_PERIOD``, so that one burst is not
+taken for a pace), times the round trip. A stream that the window holds back hands on a whole
+window per round trip, so its window doubles each period until the link or the consumer is the
+limit; up to ``maximum``, and only while the session's memory budget has room. QUIC and HTTP/2
+implementations tune theirs in much the same way.
+
+The round trip used is the smallest one measured on the connection, not a smoothed one: a
+window that grows with a round trip made long by its own queued bytes only queues more of them,
+and on a short path every byte queued in the tunnel is one that a small request on another
+stream waits behind.
 """
 
 from __future__ import annotations
+
+MIN_PERIOD = 0.01  # seconds: the shortest span a pace is measured over
 
 
 class ReceiveWindow:
     """Credit granted to the peer on one stream, and when to give more."""
 
-    __slots__ = ("_last_update", "available", "buffered", "maximum", "target")
+    __slots__ = ("_period_bytes", "_period_start", "available", "buffered", "maximum", "target")
 
     def __init__(self, target: int, maximum: int, available: int) -> None:
         self.target = target  # the window we aim to keep granted
         self.maximum = maximum  # the most ``target`` may grow to
         self.available = available  # bytes the peer may still send
         self.buffered = 0  # received but not yet consumed
-        self._last_update: float | None = None
+        self._period_start: float | None = None  # when the current measuring period began
+        self._period_bytes = 0  # bytes consumed since then
 
     def receive(self, length: int) -> bool:
         """Account for ``length`` received bytes; False if the peer overran its credit."""
@@ -40,21 +51,23 @@ class ReceiveWindow:
         ``room`` is how many more bytes the session's memory budget lets this window grow.
         """
         self.buffered = max(0, self.buffered - length)
+        self._period_bytes += length
         credit = self.target - self.available - self.buffered
         # Announce in batches: a quarter of the window at a time keeps the pipe full without
         # a Window Update frame for every Data frame.
         if credit < self.target // 4:
             return 0
-        if (
-            rtt is not None
-            and self._last_update is not None
-            and now - self._last_update < 2 * rtt
-            and self.target < self.maximum
-        ):
-            growth = min(self.target, self.maximum - self.target, room)
-            if growth > 0:
-                self.target += growth
-                credit += growth
-        self._last_update = now
+        if self._period_start is None:
+            self._period_start, self._period_bytes = now, 0  # the first update starts a period
+        elif rtt is not None and self.target < self.maximum:
+            elapsed = now - self._period_start
+            if elapsed >= max(2 * rtt, MIN_PERIOD):
+                wanted = int(2 * self._period_bytes * rtt / elapsed)  # twice the BDP
+                # At most doubling per period, as slow start does.
+                growth = min(wanted - self.target, self.target, self.maximum - self.target, room)
+                if growth > 0:
+                    self.target += growth
+                    credit += growth
+                self._period_start, self._period_bytes = now, 0
         self.available += credit
         return credit

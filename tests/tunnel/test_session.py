@@ -249,9 +249,12 @@ def test_window_auto_tunes_up_when_rtt_is_known(make_pair: Callable[..., Pair]) 
             pair.step(pair.client)
             assert server.rtt == pytest.approx(0.05)
         stream_id = open_established(pair)
-        # Warm up: a consumer that keeps up, with updates far quicker than two round trips.
-        pair.client.session.send_data(stream_id, bytes(4 * MIB))
-        pair.flush()
+        # Warm up: a consumer that keeps up, at a megabyte per round trip, for a while: a
+        # pace that the initial window (a quarter of that) holds back.
+        for _ in range(10):
+            pair.client.session.send_data(stream_id, bytes(MIB))
+            pair.flush()
+            pair.advance(0.05)
         # Then the consumer stops: the sender gets exactly as far as the grown window.
         pair.auto_consume = False
         before = len(pair.server.received(stream_id))

@@ -67,18 +67,53 @@ def test_first_update_never_grows_the_window() -> None:
     assert win.target == TARGET
 
 
-def test_target_doubles_when_updates_come_faster_than_two_rtts() -> None:
+def test_a_stream_held_back_by_its_window_doubles_it_each_period() -> None:
+    # The peer sends a whole window every round trip: the window is the limit.
     win = window()
+    now = 1.0
     use_all(win)
-    win.consume(TARGET, now=1.0, rtt=RTT, room=PLENTY)
-    use_all(win)
-    # The whole window went by in less than two round trips: the link could carry more.
-    credit = win.consume(TARGET, now=1.0 + 1.9 * RTT, rtt=RTT, room=PLENTY)
-    assert win.target == 2 * TARGET
-    assert credit == 2 * TARGET  # the consumed bytes plus the growth, in one update
-    assert win.available == 2 * TARGET
-    use_all(win)
-    win.consume(2 * TARGET, now=1.0 + 2.5 * RTT, rtt=RTT, room=PLENTY)
+    win.consume(win.buffered, now=now, rtt=RTT, room=PLENTY)
+    targets = []
+    for _ in range(8):
+        for _ in range(2):  # a period is two round trips
+            now += RTT * 1.001  # a whole window each round trip (and a little processing)
+            use_all(win)
+            win.consume(win.buffered, now=now, rtt=RTT, room=PLENTY)
+        targets.append(round(win.target / TARGET))
+    assert targets == [2, 4, 8, 16, 16, 16, 16, 16]
+    assert win.available == win.target
+
+
+def test_a_stream_using_under_half_its_window_per_round_trip_keeps_it() -> None:
+    win = window()
+    now = 0.0
+    for _ in range(40):
+        win.receive(TARGET // 2)
+        now += RTT  # half a window per round trip: the link or the consumer is the limit
+        win.consume(TARGET // 2, now=now, rtt=RTT, room=PLENTY)
+    assert win.target == TARGET
+
+
+def test_a_burst_is_not_taken_for_a_pace() -> None:
+    # On a short path a whole window can be handed on within microseconds, in one burst, while
+    # the stream's pace is far below what the window allows: no growth (no extra queueing).
+    win, rtt = window(), 0.0002
+    now = 0.0
+    for _ in range(20):
+        use_all(win)
+        win.consume(win.buffered, now=now, rtt=rtt, room=PLENTY)
+        now += 0.005  # 256 KiB every 5 ms: 52 MB/s, a tenth of what 256 KiB / 0.2 ms allows
+    assert win.target == TARGET
+
+
+def test_a_window_sized_by_the_pace_on_a_short_path() -> None:
+    # 2.6 GB/s (a window every 0.1 ms) over a 0.2 ms round trip: twice the BDP is 1 MiB.
+    win, rtt = window(), 0.0002
+    now = 0.0
+    for _ in range(400):
+        use_all(win)
+        win.consume(win.buffered, now=now, rtt=rtt, room=PLENTY)
+        now += 0.0001 * win.target / TARGET
     assert win.target == 4 * TARGET
 
 
@@ -96,7 +131,7 @@ def test_growth_is_capped_by_the_maximum() -> None:
     for _ in range(10):
         use_all(win)
         win.consume(win.buffered, now=now, rtt=RTT, room=PLENTY)
-        now += RTT / 10
+        now += RTT
     assert win.target == TARGET + TARGET // 2
     assert win.available == win.target
 
@@ -106,10 +141,13 @@ def test_growth_is_capped_by_the_session_memory_room() -> None:
     use_all(win)
     win.consume(TARGET, now=0.0, rtt=RTT, room=PLENTY)
     use_all(win)
-    assert win.consume(TARGET, now=0.01, rtt=RTT, room=10 * KIB) == TARGET + 10 * KIB
+    assert win.consume(TARGET, now=RTT, rtt=RTT, room=PLENTY) == TARGET
+    use_all(win)
+    assert win.consume(TARGET, now=2 * RTT, rtt=RTT, room=10 * KIB) == TARGET + 10 * KIB
     assert win.target == TARGET + 10 * KIB
     use_all(win)
-    assert win.consume(win.buffered, now=0.02, rtt=RTT, room=0) == TARGET + 10 * KIB
+    now = 4 * RTT
+    assert win.consume(win.buffered, now=now, rtt=RTT, room=0) == TARGET + 10 * KIB
     assert win.target == TARGET + 10 * KIB
 
 

@@ -97,8 +97,8 @@ class ConsumerStream(Relay):
             if self.transport is not None:
                 abort_with_reset(self.transport)
             return
-        self.meters.opened.inc()
-        self.meters.open_now.inc()
+        self.meters.opened += 1
+        self.meters.open_now += 1
         self.connector.rotate_if_exhausted(tunnel)
         tunnel.send(self.stream_id, StreamHeader(self.service).encode())
         self.send_held()
@@ -143,7 +143,7 @@ class ConsumerStream(Relay):
         if self._wait is not None:
             self._wait.cancel()
         if self.stream_id is not None:
-            self.meters.open_now.dec()
+            self.meters.open_now -= 1
             if self._answer is not None and isinstance(exc, ConnectionResetError):
                 # Reset before the server answered: the tunnel went away under the stream.
                 throttled.warning(f"reset:{self.service}", "connection to %r reset: %s",

@@ -103,7 +103,7 @@ class _Consumer(_Side):
             if self.transport is not None:
                 abort_with_reset(self.transport)
             return
-        metrics.STREAMS.labels("forward", self.service.name).inc()
+        metrics.meters("forward", self.service.name).opened += 1
         if self.transport is not None:
             self.transport.resume_reading()
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Metric
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -26,10 +26,6 @@ SESSION_ENDS = Counter(
     ["role", "reason"],
     registry=REGISTRY,
 )
-STREAMS_OPEN = Gauge(
-    "ambassador_streams_open", "Streams currently open", ["role", "service"], registry=REGISTRY
-)
-STREAMS = Counter("ambassador_streams", "Streams opened", ["role", "service"], registry=REGISTRY)
 STREAM_REFUSALS = Counter(
     "ambassador_stream_refusals",
     "Streams refused or failed, by reason",
@@ -54,20 +50,21 @@ LIMIT_HITS = Counter(
 
 
 class ServiceMeters:
-    """The series of one (role, service), looked up once: label lookups cost on every stream.
+    """The counts of one (role, service): streams and bytes.
 
-    The byte counts are plain ints, bumped for every message relayed and read only when
-    metrics are scraped (:class:`_ByteCollector`): a Prometheus counter takes a lock on every
-    increment, which showed in profiles of small-message traffic. They count what the local
-    socket gave (``read``) and took (``written``); the role says which way that is.
+    They are plain ints, bumped for every stream and every message relayed and read only when
+    metrics are scraped (:class:`_ServiceCollector`): a Prometheus counter takes a lock on every
+    increment, which showed in profiles of small-message and new-connection traffic. The byte
+    counts are what the local socket gave (``read``) and took (``written``); the role says which
+    way that is.
     """
 
     __slots__ = ("open_now", "opened", "read", "role", "service", "written")
 
     def __init__(self, role: str, service: str) -> None:
         self.role, self.service = role, service
-        self.opened = STREAMS.labels(role, service)
-        self.open_now = STREAMS_OPEN.labels(role, service)
+        self.opened = 0  # streams opened
+        self.open_now = 0  # streams open now
         self.read = 0  # bytes read from local sockets (consumers, or backends on the server)
         self.written = 0  # bytes written to them
 
@@ -94,20 +91,27 @@ def meters(role: str, service: str) -> ServiceMeters:
     return found
 
 
-class _ByteCollector(Collector):
-    """``ambassador_bytes_total``, by role, service and direction, read from the meters."""
+class _ServiceCollector(Collector):
+    """The per-service series, read from the meters when metrics are scraped."""
 
     def collect(self) -> Iterator[Metric]:
-        family = CounterMetricFamily(
+        labels = ["role", "service"]
+        opened = CounterMetricFamily("ambassador_streams", "Streams opened", labels=labels)
+        open_now = GaugeMetricFamily(
+            "ambassador_streams_open", "Streams currently open", labels=labels
+        )
+        moved = CounterMetricFamily(
             "ambassador_bytes",
             "Bytes relayed, by direction (to_backend / to_consumer)",
-            labels=["role", "service", "direction"],
+            labels=[*labels, "direction"],
         )
         for found in list(_METERS.values()):
-            labels = [found.role, found.service]
-            family.add_metric([*labels, "to_backend"], found.to_backend)
-            family.add_metric([*labels, "to_consumer"], found.to_consumer)
-        yield family
+            names = [found.role, found.service]
+            opened.add_metric(names, found.opened)
+            open_now.add_metric(names, found.open_now)
+            moved.add_metric([*names, "to_backend"], found.to_backend)
+            moved.add_metric([*names, "to_consumer"], found.to_consumer)
+        yield from (opened, open_now, moved)
 
 
-REGISTRY.register(_ByteCollector())
+REGISTRY.register(_ServiceCollector())

@@ -4,6 +4,7 @@ and no other stream notices."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from collections.abc import Callable
 
@@ -36,6 +37,39 @@ def test_refusing_backend_resets_the_consumer_with_reason_backend_refused(
     wait_for_log_sync(
         pair.client, r"connection to 'echo' refused by the server \(backend_refused\)", 2
     )
+
+
+def test_silent_backend_resets_the_consumer_after_the_dial_timeout(
+    echo_pair: Callable[..., EchoPair],
+) -> None:
+    # A listener that never accepts, with its accept queue already full: the kernel drops
+    # further SYNs, so a dial to it neither succeeds nor fails until the dial timeout.
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(0)
+    port = silent.getsockname()[1]
+    fillers = []
+    try:
+        for _ in range(2):
+            filler = socket.socket()
+            filler.setblocking(False)
+            filler.connect_ex(("127.0.0.1", port))
+            fillers.append(filler)
+        time.sleep(0.2)
+        pair = echo_pair(backend_port=port, server_args=["--dial-timeout", "0.5"])
+        transfer = run(echo_transfer(pair.port, Transfer(4 * KIB, seed=2), timeout=10))
+        assert transfer.outcome == "reset", transfer
+        assert transfer.received == 0
+        assert 0.4 < transfer.seconds < 3.0, transfer.seconds
+        wait_for_log_sync(
+            pair.server.process, r"\(backend_timeout\): .* did not answer within 0.5s", 2
+        )
+        # The timed-out dial left nothing behind: the next stream is refused the same way.
+        again = run(echo_transfer(pair.port, Transfer(4 * KIB, seed=3), timeout=10))
+        assert again.outcome == "reset", again
+    finally:
+        for sock in (*fillers, silent):
+            sock.close()
 
 
 def test_flapping_backend_gives_exact_answers_or_clean_resets(

@@ -198,25 +198,37 @@ class TlsLayer(asyncio.Protocol):
             self._on_handshake(self, exc)
 
     def _read_plaintext(self) -> None:
-        # The plaintext is decrypted straight into the inner protocol's receive buffer.
+        # The plaintext is decrypted straight into the inner protocol's receive buffer, as many
+        # records (16 KiB each at most) as fit, and handed on in one go: the inner protocol's
+        # work per call is then paid once per read, not once per record.
         inner = self.inner
+        read = self.ssl_object.read
         while not self._closing:
-            room = inner.get_buffer(READ_SIZE)
+            room = memoryview(inner.get_buffer(READ_SIZE))
+            filled, ended = 0, False
             try:
-                count: int = self.ssl_object.read(len(memoryview(room)), room)  # type: ignore[assignment]
+                while filled < len(room):
+                    count: int = read(len(room) - filled, room[filled:])  # type: ignore[assignment]
+                    if not count:  # the socket reached EOF without a TLS close_notify
+                        ended = True
+                        break
+                    filled += count
             except ssl.SSLWantReadError:
-                break
+                pass
             except ssl.SSLZeroReturnError:
-                inner.eof_received()
-                break
+                ended = True
             except ssl.SSLError as exc:
+                if filled:
+                    inner.buffer_updated(filled)
                 self.fail(exc)
                 return
-            if not count:
-                # The socket reached EOF without a TLS close_notify.
+            if filled:
+                inner.buffer_updated(filled)
+            if ended:
                 inner.eof_received()
                 break
-            inner.buffer_updated(count)
+            if filled < len(room):
+                break  # nothing more to decrypt until the socket delivers more
         self._flush()  # a read may produce bytes to send (key updates, tickets)
 
     def _flush(self) -> None:

@@ -22,7 +22,7 @@ from typing import Any, cast
 READ_SIZE = 256 * 1024
 
 
-class TlsLayer(asyncio.Protocol):
+class TlsLayer(asyncio.BufferedProtocol):
     """One TLS connection; ``inner`` starts once the handshake is complete."""
 
     def __init__(
@@ -47,6 +47,7 @@ class TlsLayer(asyncio.Protocol):
         self._closing = False
         self._inner_lost = False
         self.error: BaseException | None = None
+        self._received = memoryview(bytearray(READ_SIZE))  # the socket reads into this
 
     # ----------------------------------------------------------- socket side
 
@@ -54,7 +55,13 @@ class TlsLayer(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
         self._handshake()
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._received
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(self._received[:nbytes])
+
+    def data_received(self, data: bytes | memoryview) -> None:
         self._incoming.write(data)
         if not self._established:
             self._handshake()

@@ -275,8 +275,21 @@ class Session:
             return self.take_events()
         self._last_received = self._now = now
         self._stats[4] += size
+        streams, events = self._streams, self._events
         try:
             for type_, flags, stream_id, length, payload in decode(arg):
+                if not flags and length and type_ is _DATA:
+                    # The common frame: data on an open stream, within its window. Anything
+                    # else about it (unknown stream, past FIN, over the window) takes the
+                    # general path below, which says what is wrong.
+                    stream = streams.get(stream_id)
+                    if stream is not None and stream.can_receive:
+                        recv = stream.recv
+                        if length <= recv.available:
+                            recv.available -= length
+                            recv.buffered += length
+                            events.append(DataReceived(stream_id, payload))
+                            continue
                 if type_ is _DATA or type_ is _WINDOW_UPDATE:
                     if not stream_id:
                         raise RemoteProtocolError(f"{type_.name} frame on stream 0")
@@ -537,6 +550,25 @@ class Session:
         while ready and out.size < limit:
             stream = ready.popleft()
             stream.ready = False
+            outbox = stream.outbox
+            size = outbox.size
+            if (
+                len(outbox.chunks) == 1
+                and size < GATHER_MIN
+                and size <= stream.send_window
+                and size <= max_frame
+                and out.size + size <= limit
+                and not (stream.fin_queued or stream.rst_queued or stream.paused)
+                and stream.state is not closed
+            ):
+                # The common case of small messages: one queued chunk goes out whole, and
+                # leaves nothing behind (no FIN or RST to follow, no producer to wake).
+                out.small += _pack_header(0, _DATA, 0, stream.id, size)
+                out.small += outbox.chunks.pop()
+                out.size += HEADER_SIZE + size
+                outbox.size = 0
+                stream.send_window -= size
+                continue
             if stream.state is closed and not stream.has_pending():
                 self._maybe_forget(stream)
                 continue

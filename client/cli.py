@@ -24,6 +24,7 @@ from tunnel.cli import (
     print_effective,
     reparse,
     run_cli,
+    setting,
     watched_config_file,
 )
 from tunnel.errors import ConfigError
@@ -77,21 +78,12 @@ from tunnel.tls import ClientTls, client_context
     envvar="AMBASSADOR_NAME",
     help="This client's name, sent in its hello [default: the host name].",
 )
-@click.option(
-    "--connect-timeout",
-    type=click.FloatRange(0.1),
-    default=5.0,
-    show_default=True,
-    envvar="AMBASSADOR_CONNECT_TIMEOUT",
-    help="Seconds to reach the server.",
-)
-@click.option(
+@setting("--connect-timeout", click.FloatRange(0.1), 5.0, "Seconds to reach the server.")
+@setting(
     "--link-wait-timeout",
-    type=click.FloatRange(0),
-    default=10.0,
-    show_default=True,
-    envvar="AMBASSADOR_LINK_WAIT_TIMEOUT",
-    help="Seconds a consumer may wait for a tunnel that is down.",
+    click.FloatRange(0),
+    10.0,
+    "Seconds a consumer may wait for a tunnel that is down.",
 )
 @click.option(
     "--tls/--no-tls",
@@ -132,21 +124,17 @@ from tunnel.tls import ClientTls, client_context
     help="Accept only a server whose public key has this SPKI hash "
     "(see 'ambassador-server certs show'). Repeatable.",
 )
-@click.option(
+@setting(
     "--backoff-min",
-    type=click.FloatRange(0.001),
-    default=0.1,
-    show_default=True,
-    envvar="AMBASSADOR_BACKOFF_MIN",
-    help="Seconds: the first reconnect delay bound; it doubles per failure (full jitter).",
+    click.FloatRange(0.001),
+    0.1,
+    "Seconds: the first reconnect delay bound; it doubles per failure (full jitter).",
 )
-@click.option(
+@setting(
     "--backoff-max",
-    type=click.FloatRange(0.001),
-    default=10.0,
-    show_default=True,
-    envvar="AMBASSADOR_BACKOFF_MAX",
-    help="Seconds: the most the reconnect delay bound grows to.",
+    click.FloatRange(0.001),
+    10.0,
+    "Seconds: the most the reconnect delay bound grows to.",
 )
 @click.option(
     "--token-file",

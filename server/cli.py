@@ -24,6 +24,7 @@ from tunnel.cli import (
     print_effective,
     reparse,
     run_cli,
+    setting,
     watched_config_file,
 )
 from tunnel.errors import ConfigError
@@ -70,21 +71,9 @@ from tunnel.tls import ServerTls, server_context
     envvar="AMBASSADOR_NAME",
     help="This server's name, shown to clients [default: the host name].",
 )
-@click.option(
-    "--dial-timeout",
-    type=click.FloatRange(0.1),
-    default=5.0,
-    show_default=True,
-    envvar="AMBASSADOR_DIAL_TIMEOUT",
-    help="Seconds to reach a backend.",
-)
-@click.option(
-    "--handshake-timeout",
-    type=click.FloatRange(0.1),
-    default=10.0,
-    show_default=True,
-    envvar="AMBASSADOR_HANDSHAKE_TIMEOUT",
-    help="Seconds a new connection has to say hello.",
+@setting("--dial-timeout", click.FloatRange(0.1), 5.0, "Seconds to reach a backend.")
+@setting(
+    "--handshake-timeout", click.FloatRange(0.1), 10.0, "Seconds a new connection has to say hello."
 )
 @click.option(
     "--tls-cert",
@@ -139,21 +128,17 @@ from tunnel.tls import ServerTls, server_context
     envvar="AMBASSADOR_FORWARD_BIND",
     help="Address the --forward listeners bind to.",
 )
-@click.option(
+@setting(
     "--max-pending-dials",
-    type=click.IntRange(1),
-    default=256,
-    show_default=True,
-    envvar="AMBASSADOR_MAX_PENDING_DIALS",
-    help="Backend dials one session may have in progress; more wait (up to --dial-timeout).",
+    click.IntRange(1),
+    256,
+    "Backend dials one session may have in progress; more wait (up to --dial-timeout).",
 )
-@click.option(
+@setting(
     "--drain-timeout",
-    type=click.FloatRange(0),
-    default=30.0,
-    show_default=True,
-    envvar="AMBASSADOR_DRAIN_TIMEOUT",
-    help="On SIGTERM, seconds open streams may finish before the server exits.",
+    click.FloatRange(0),
+    30.0,
+    "On SIGTERM, seconds open streams may finish before the server exits.",
 )
 @limit_options
 @log_option

@@ -102,74 +102,67 @@ def metrics_address(text: str | None) -> tuple[str, int] | None:
     return address.host, address.port
 
 
+def setting(flag: str, type_: click.ParamType[Any], default: Any, help: str) -> Callable[[F], F]:
+    """An option with a shown default, also read from ``AMBASSADOR_<FLAG>`` (``--dial-timeout``
+    reads ``AMBASSADOR_DIAL_TIMEOUT``), as every flag of both roles is."""
+    envvar = "AMBASSADOR_" + flag.lstrip("-").replace("-", "_").upper()
+    return click.option(
+        flag, type=type_, default=default, show_default=True, envvar=envvar, help=help
+    )
+
+
 _DEFAULTS = Limits()
 
 
 def limit_options(f: F) -> F:
     options = [
-        click.option(
+        setting(
             "--max-streams",
-            type=click.IntRange(1),
-            default=_DEFAULTS.max_streams,
-            show_default=True,
-            envvar="AMBASSADOR_MAX_STREAMS",
-            help="Streams one session may hold open at once.",
+            click.IntRange(1),
+            _DEFAULTS.max_streams,
+            "Streams one session may hold open at once.",
         ),
-        click.option(
+        setting(
             "--stream-window",
-            type=click.IntRange(256),
-            default=_DEFAULTS.stream_window // KIB,
-            show_default=True,
-            envvar="AMBASSADOR_STREAM_WINDOW",
-            help="Initial receive window per stream, KiB.",
+            click.IntRange(256),
+            _DEFAULTS.stream_window // KIB,
+            "Initial receive window per stream, KiB.",
         ),
-        click.option(
+        setting(
             "--max-stream-window",
-            type=click.IntRange(256),
-            default=_DEFAULTS.max_stream_window // KIB,
-            show_default=True,
-            envvar="AMBASSADOR_MAX_STREAM_WINDOW",
-            help="Largest a stream's window may auto-tune to, KiB.",
+            click.IntRange(256),
+            _DEFAULTS.max_stream_window // KIB,
+            "Largest a stream's window may auto-tune to, KiB.",
         ),
-        click.option(
+        setting(
             "--session-memory",
-            type=click.IntRange(1),
-            default=_DEFAULTS.session_memory // KIB // KIB,
-            show_default=True,
-            envvar="AMBASSADOR_SESSION_MEMORY",
-            help="MiB all grown windows of a session may promise together.",
+            click.IntRange(1),
+            _DEFAULTS.session_memory // KIB // KIB,
+            "MiB all grown windows of a session may promise together.",
         ),
-        click.option(
+        setting(
             "--keepalive-interval",
-            type=click.FloatRange(0.1),
-            default=_DEFAULTS.keepalive_interval,
-            show_default=True,
-            envvar="AMBASSADOR_KEEPALIVE_INTERVAL",
-            help="Seconds of silence before the tunnel is pinged.",
+            click.FloatRange(0.1),
+            _DEFAULTS.keepalive_interval,
+            "Seconds of silence before the tunnel is pinged.",
         ),
-        click.option(
+        setting(
             "--keepalive-timeout",
-            type=click.FloatRange(0.1),
-            default=_DEFAULTS.keepalive_timeout,
-            show_default=True,
-            envvar="AMBASSADOR_KEEPALIVE_TIMEOUT",
-            help="Seconds an unanswered ping may wait before the peer is declared dead.",
+            click.FloatRange(0.1),
+            _DEFAULTS.keepalive_timeout,
+            "Seconds an unanswered ping may wait before the peer is declared dead.",
         ),
-        click.option(
+        setting(
             "--resets-per-second",
-            type=click.IntRange(1),
-            default=_DEFAULTS.resets_per_second,
-            show_default=True,
-            envvar="AMBASSADOR_RESETS_PER_SECOND",
-            help="Stream resets a peer may send a second before it is cut off.",
+            click.IntRange(1),
+            _DEFAULTS.resets_per_second,
+            "Stream resets a peer may send a second before it is cut off.",
         ),
-        click.option(
+        setting(
             "--pings-per-second",
-            type=click.IntRange(1),
-            default=_DEFAULTS.pings_per_second,
-            show_default=True,
-            envvar="AMBASSADOR_PINGS_PER_SECOND",
-            help="Pings a peer may send a second before it is cut off.",
+            click.IntRange(1),
+            _DEFAULTS.pings_per_second,
+            "Pings a peer may send a second before it is cut off.",
         ),
     ]
     for option in reversed(options):

@@ -9,6 +9,7 @@ connection is reset, so it sees an error rather than an accepted-then-silently-c
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from dataclasses import dataclass
 
@@ -37,6 +38,12 @@ def find_service(catalog: tuple[ServiceInfo, ...], ref: str) -> ServiceInfo | No
     if port is not None and not alias:
         found = [s for s in found if s.alias is None] or found
     return found[0] if len(found) == 1 else None
+
+
+@functools.lru_cache(maxsize=256)
+def _header(service: str) -> bytes:
+    """The stream header naming ``service``, encoded once per service, not once per stream."""
+    return StreamHeader(service).encode()
 
 
 class ConsumerStream(Relay):
@@ -100,7 +107,7 @@ class ConsumerStream(Relay):
         self.meters.opened += 1
         self.meters.open_now += 1
         self.connector.rotate_if_exhausted(tunnel)
-        tunnel.send(self.stream_id, StreamHeader(self.service).encode())
+        tunnel.send(self.stream_id, _header(self.service))
         self.send_held()
 
     def on_stream_data(self, data: bytes | bytearray) -> None:

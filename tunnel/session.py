@@ -174,6 +174,16 @@ class _Outbox:
         self.size = 0
 
 
+# For each stream state: may data be received, may data be sent (from the transition table).
+_DATA_ALLOWED = {
+    state: (
+        next_state(state, StreamInput.RECV_DATA) is not None,
+        next_state(state, StreamInput.SEND_DATA) is not None,
+    )
+    for state in StreamState
+}
+
+
 class _Stream:
     """Book-keeping for one stream; only the session touches it."""
 
@@ -209,8 +219,7 @@ class _Stream:
         self.state = state
         # Cached answers to the transition table's two hot questions, so the data path does
         # not look up (state, input) pairs for every frame.
-        self.can_receive = next_state(state, StreamInput.RECV_DATA) is not None
-        self.can_send = next_state(state, StreamInput.SEND_DATA) is not None
+        self.can_receive, self.can_send = _DATA_ALLOWED[state]
 
     def has_work(self) -> bool:
         """Something can be sent now."""

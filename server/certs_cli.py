@@ -26,6 +26,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 
 from tunnel import certs as c
+from tunnel import pemfiles as pem
 from tunnel.errors import ConfigError
 
 CA_CERT = "ca.pem"
@@ -98,10 +99,10 @@ def init(
     ca_key, ca_cert = c.make_ca(f"Ambassador CA {host}"[:64], ca_days, now=now)
     server_key, server_cert = c.issue_server_cert(ca_key, ca_cert, cn or host, sans, days, now=now)
     _make_dir(directory)
-    c.write_private(paths[CA_KEY], c.key_pem(ca_key), force)
-    c.write_public(paths[CA_CERT], c.cert_pem(ca_cert), force)
-    c.write_private(paths[SERVER_KEY], c.key_pem(server_key), force)
-    c.write_public(paths[SERVER_CERT], c.cert_pem(server_cert), force)
+    pem.write_private(paths[CA_KEY], pem.key_pem(ca_key), force)
+    pem.write_public(paths[CA_CERT], pem.cert_pem(ca_cert), force)
+    pem.write_private(paths[SERVER_KEY], pem.key_pem(server_key), force)
+    pem.write_public(paths[SERVER_CERT], pem.cert_pem(server_cert), force)
 
     info = c.describe(server_cert, now)
     _wrote(paths[CA_CERT], f"CA certificate, valid {ca_days} days: clients need it (--tls-ca)")
@@ -169,8 +170,8 @@ def client(name: str, directory: Path, days: int, out_dir: Path | None, force: b
                 raise ConfigError(f"{path} exists; pass --force to replace it")
     key, cert = c.issue_client_cert(ca_key, ca_cert, name, days, now=now)
     _make_dir(out)
-    c.write_private(key_path, c.key_pem(key), force)
-    c.write_public(cert_path, c.cert_pem(cert), force)
+    pem.write_private(key_path, pem.key_pem(key), force)
+    pem.write_public(cert_path, pem.cert_pem(cert), force)
     _wrote(cert_path, f"client certificate for {name!r}, {days} days; {name} is its identity")
     _wrote(key_path, "client key (mode 0600)")
     click.echo(f"pin: {c.spki_pin(cert)}")
@@ -192,10 +193,10 @@ def show(file: Path) -> None:
     Given a CRL (crl.pem), print the serials it revokes and until when it is valid.
     """
     now = datetime.now(UTC)
-    if c.pem_label(c.read_file(file)) == "X509 CRL":
-        _show_crl(file, c.load_crl(file), now)
+    if pem.pem_label(pem.read_file(file)) == "X509 CRL":
+        _show_crl(file, pem.load_crl(file), now)
         return
-    info = c.describe(c.load_cert(file), now)
+    info = c.describe(pem.load_cert(file), now)
     click.echo(str(file))
     for label, value in [
         ("subject", info.subject_cn or "(no common name)"),
@@ -239,16 +240,16 @@ def renew(file: Path, directory: Path, days: int | None) -> None:
     stays the same. FILE may be the CA certificate.
     """
     now = datetime.now(UTC)
-    old_bytes = c.read_file(file)
-    old = c.load_cert(file)
+    old_bytes = pem.read_file(file)
+    old = pem.load_cert(file)
     ca_key, ca_cert = _load_ca(directory)
     if days is None:
         lifetime = old.not_valid_after_utc - old.not_valid_before_utc
         days = max(1, round(lifetime.total_seconds() / 86400))
     new = c.renew(ca_key, ca_cert, old, days, now)
     backup = file.with_name(file.name + ".old")
-    c.write_public(backup, old_bytes, force=True)
-    c.write_public(file, c.cert_pem(new), force=True)
+    pem.write_public(backup, old_bytes, force=True)
+    pem.write_public(file, pem.cert_pem(new), force=True)
     info = c.describe(new, now)
     click.echo(
         f"renewed {file}: serial {info.serial:#x}, valid until {_when(info.not_after)} "
@@ -280,7 +281,7 @@ def revoke(target: str, directory: Path, days: int | None) -> None:
     ca_key, ca_cert = _load_ca(directory)
     serial, what = _revocation_target(target, ca_cert)
     crl_path = directory / CRL
-    previous = c.load_crl(crl_path) if crl_path.exists() else None
+    previous = pem.load_crl(crl_path) if crl_path.exists() else None
     if previous is not None and not c.crl_issued_by(previous, ca_cert):
         raise ConfigError(f"{crl_path} was signed by another CA; move it away and revoke again")
     already = previous is not None and (
@@ -290,7 +291,7 @@ def revoke(target: str, directory: Path, days: int | None) -> None:
         # Rounded up: a CRL that expires before its CA would lock out every client.
         days = max(1, math.ceil((ca_cert.not_valid_after_utc - now) / timedelta(days=1)))
     crl = c.make_crl(ca_key, ca_cert, [serial], now, days, previous=previous)
-    c.write_public(crl_path, c.crl_pem(crl), force=True)
+    pem.write_public(crl_path, pem.crl_pem(crl), force=True)
     state = "was already revoked" if already else "revoked"
     click.echo(f"{what} {state}; {crl_path} lists {_count(len(crl), 'serial')}, valid {days} days")
     click.echo(f"start the server with --tls-crl {_q(crl_path)} (restart it if it runs)")
@@ -299,7 +300,7 @@ def revoke(target: str, directory: Path, days: int | None) -> None:
 def _revocation_target(target: str, ca_cert: x509.Certificate) -> tuple[int, str]:
     path = Path(target)
     if path.exists():
-        cert = c.load_cert(path)
+        cert = pem.load_cert(path)
         if not c.issued_by(cert, ca_cert):
             raise ConfigError(f"{path} was not issued by this CA; nothing to revoke here")
         if c.is_ca(cert):
@@ -324,7 +325,7 @@ def _load_ca(directory: Path) -> tuple[CertificateIssuerPrivateKeyTypes, x509.Ce
                 f"no CA in {directory} ({path} is missing): run `ambassador-server certs init "
                 f"{directory}` first, or give --dir"
             )
-    cert, key = c.load_pair(cert_path, key_path)
+    cert, key = pem.load_pair(cert_path, key_path)
     return key, cert
 
 

@@ -21,7 +21,7 @@ import pytest
 from cryptography import x509
 
 from server.cli import main
-from tunnel import certs
+from tunnel import certs, pemfiles
 
 
 @dataclass(frozen=True)
@@ -153,7 +153,7 @@ def test_init_writes_a_private_directory_and_says_what_next(
         "server.pem": 0o644,
         "server-key.pem": 0o600,
     }
-    server_cert = certs.load_cert(directory / "server.pem")
+    server_cert = pemfiles.load_cert(directory / "server.pem")
     assert certs.describe(server_cert, datetime.now(UTC)).sans == ("10.0.0.5", "big-server")
     for name in ("ca.pem", "ca-key.pem", "server.pem", "server-key.pem"):
         assert f"wrote {directory / name}" in out
@@ -169,7 +169,7 @@ def test_init_writes_a_private_directory_and_says_what_next(
 def test_default_names_are_the_host_name_and_loopback(
     pki: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    info = certs.describe(certs.load_cert(pki / "server.pem"), datetime.now(UTC))
+    info = certs.describe(pemfiles.load_cert(pki / "server.pem"), datetime.now(UTC))
     assert info.sans == (socket.gethostname().lower(), "localhost", "127.0.0.1", "::1")
     assert info.subject_cn == socket.gethostname()
 
@@ -177,7 +177,7 @@ def test_default_names_are_the_host_name_and_loopback(
 def test_client_then_show_prints_the_pin_and_days_left(
     pki: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    alice = certs.load_cert(pki / "alice.pem")
+    alice = pemfiles.load_cert(pki / "alice.pem")
     out = ok(capsys, "certs", "show", pki / "alice.pem")
     pin = certs.spki_pin(alice)
     assert re.search(r"^  pin: +sha256:[A-Za-z0-9+/]{43}=$", out, re.M)
@@ -200,8 +200,8 @@ def test_show_says_expired_and_not_yet_valid(
     ca = certs.make_ca("CA", 30, now=now - timedelta(days=40))
     _, old = certs.issue_client_cert(*ca, "old", 10, now=now - timedelta(days=13))
     _, future = certs.issue_client_cert(*ca, "future", 10, now=now + timedelta(days=5))
-    certs.write_public(tmp_path / "old.pem", certs.cert_pem(old))
-    certs.write_public(tmp_path / "future.pem", certs.cert_pem(future))
+    pemfiles.write_public(tmp_path / "old.pem", pemfiles.cert_pem(old))
+    pemfiles.write_public(tmp_path / "future.pem", pemfiles.cert_pem(future))
     assert "(EXPIRED 3 days ago)" in ok(capsys, "certs", "show", tmp_path / "old.pem")
     assert "(not yet valid (starts in 5 days))" in ok(
         capsys, "certs", "show", tmp_path / "future.pem"
@@ -218,11 +218,11 @@ def test_second_init_without_force_is_one_line_and_changes_nothing(
 
 
 def test_init_with_force_makes_a_new_ca(pki: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    old_pin = certs.spki_pin(certs.load_cert(pki / "ca.pem"))
+    old_pin = certs.spki_pin(pemfiles.load_cert(pki / "ca.pem"))
     ok(capsys, "certs", "init", pki, "--force")
-    new_ca = certs.load_cert(pki / "ca.pem")
+    new_ca = pemfiles.load_cert(pki / "ca.pem")
     assert certs.spki_pin(new_ca) != old_pin
-    assert not certs.issued_by(certs.load_cert(pki / "alice.pem"), new_ca)
+    assert not certs.issued_by(pemfiles.load_cert(pki / "alice.pem"), new_ca)
     assert mode(pki / "ca-key.pem") == 0o600
 
 
@@ -244,8 +244,8 @@ def test_client_out_dir(pki: Path, tmp_path: Path, capsys: pytest.CaptureFixture
     out_dir = tmp_path / "for-bob"
     ok(capsys, "certs", "client", "bob", "--dir", pki, "--out-dir", out_dir, "--days", "30")
     assert mode(out_dir / "bob-key.pem") == 0o600
-    bob = certs.load_cert(out_dir / "bob.pem")
-    assert certs.issued_by(bob, certs.load_cert(pki / "ca.pem"))
+    bob = pemfiles.load_cert(out_dir / "bob.pem")
+    assert certs.issued_by(bob, pemfiles.load_cert(pki / "ca.pem"))
     assert certs.describe(bob, datetime.now(UTC)).days_left == 30
 
 
@@ -281,9 +281,9 @@ def test_revoked_client_is_refused_and_others_are_not(
 ) -> None:
     ok(capsys, "certs", "client", "bob", "--dir", pki)
     out = ok(capsys, "certs", "revoke", pki / "alice.pem", "--dir", pki)
-    alice = certs.load_cert(pki / "alice.pem")
+    alice = pemfiles.load_cert(pki / "alice.pem")
     assert f"serial {alice.serial_number:#x}" in out and "--tls-crl" in out
-    crl = certs.load_crl(pki / "crl.pem")
+    crl = pemfiles.load_crl(pki / "crl.pem")
     assert crl.get_revoked_certificate_by_serial_number(alice.serial_number) is not None
     assert f"{alice.serial_number:#x}" in ok(capsys, "certs", "show", pki / "crl.pem")
 
@@ -303,11 +303,11 @@ def test_revoke_by_serial_adds_to_the_existing_crl(
     ok(capsys, "certs", "revoke", "0x1234", "--dir", pki)
     ok(capsys, "certs", "revoke", "4660", "--dir", pki)  # the same serial, in decimal
     ok(capsys, "certs", "revoke", pki / "alice.pem", "--dir", pki)
-    crl = certs.load_crl(pki / "crl.pem")
-    alice = certs.load_cert(pki / "alice.pem")
+    crl = pemfiles.load_crl(pki / "crl.pem")
+    alice = pemfiles.load_cert(pki / "alice.pem")
     assert sorted(entry.serial_number for entry in crl) == sorted([0x1234, alice.serial_number])
     assert crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number == 3
-    ca = certs.load_cert(pki / "ca.pem")
+    ca = pemfiles.load_cert(pki / "ca.pem")
     assert crl.next_update_utc is not None
     assert abs(crl.next_update_utc - ca.not_valid_after_utc) < timedelta(days=1)
 
@@ -316,9 +316,9 @@ def test_renew_replaces_in_place_and_keeps_the_old_file(
     pki: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     old_bytes = (pki / "server.pem").read_bytes()
-    old = certs.load_cert(pki / "server.pem")
+    old = pemfiles.load_cert(pki / "server.pem")
     out = ok(capsys, "certs", "renew", pki / "server.pem", "--dir", pki, "--days", "90")
-    new = certs.load_cert(pki / "server.pem")
+    new = pemfiles.load_cert(pki / "server.pem")
     assert (pki / "server.pem.old").read_bytes() == old_bytes
     assert new.serial_number != old.serial_number
     assert new.subject == old.subject
@@ -330,7 +330,7 @@ def test_renew_replaces_in_place_and_keeps_the_old_file(
 
     # The CA too; everything issued before goes on working with both renewed files.
     ok(capsys, "certs", "renew", pki / "ca.pem", "--dir", pki)
-    assert certs.describe(certs.load_cert(pki / "ca.pem"), now).days_left == 3650
+    assert certs.describe(pemfiles.load_cert(pki / "ca.pem"), now).days_left == 3650
     result = handshake(server_context(pki), alice_context(pki), "127.0.0.1")
     assert result.server_error is None and result.client_cn == "alice"
 

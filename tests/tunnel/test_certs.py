@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from tunnel import certs
+from tunnel import certs, pemfiles
 from tunnel.certs import (
     BACKDATE,
     Validity,
@@ -32,20 +32,22 @@ from tunnel.certs import (
     describe,
     issue_client_cert,
     issue_server_cert,
-    load_cert,
-    load_crl,
-    load_key,
-    load_pair,
     make_ca,
     make_crl,
     parse_pin,
     renew,
     spki_digest,
     spki_pin,
+)
+from tunnel.errors import ConfigError
+from tunnel.pemfiles import (
+    load_cert,
+    load_crl,
+    load_key,
+    load_pair,
     write_private,
     write_public,
 )
-from tunnel.errors import ConfigError
 
 NOW = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC)
 CA = tuple[ec.EllipticCurvePrivateKey, x509.Certificate]
@@ -238,7 +240,7 @@ def test_pin_matches_the_openssl_recipe(tmp_path: Path, ca: CA) -> None:
     # The recipe operators know from HPKP: public key, DER, SHA-256, base64.
     _, cert = issue_server_cert(*ca, "srv", ["srv"], 825, now=NOW)
     path = tmp_path / "srv.pem"
-    path.write_bytes(certs.cert_pem(cert))
+    path.write_bytes(pemfiles.cert_pem(cert))
     recipe = (
         f"openssl x509 -in {path} -pubkey -noout | openssl pkey -pubin -outform der"
         " | openssl dgst -sha256 -binary | base64"
@@ -450,9 +452,9 @@ def test_written_files_load_back(tmp_path: Path, ca: CA) -> None:
     ca_key, ca_cert = ca
     key, cert = issue_client_cert(ca_key, ca_cert, "alice", 825, now=NOW)
     crl = make_crl(ca_key, ca_cert, [cert.serial_number], NOW, 30)
-    write_public(tmp_path / "alice.pem", certs.cert_pem(cert))
-    write_private(tmp_path / "alice-key.pem", certs.key_pem(key))
-    write_public(tmp_path / "crl.pem", certs.crl_pem(crl))
+    write_public(tmp_path / "alice.pem", pemfiles.cert_pem(cert))
+    write_private(tmp_path / "alice-key.pem", pemfiles.key_pem(key))
+    write_public(tmp_path / "crl.pem", pemfiles.crl_pem(crl))
     loaded_cert, loaded_key = load_pair(tmp_path / "alice.pem", tmp_path / "alice-key.pem")
     assert loaded_cert == cert
     assert spki_pin(cert) == spki_pin(loaded_cert)
@@ -466,8 +468,8 @@ def test_key_not_matching_its_certificate_is_detected(tmp_path: Path, ca: CA) ->
     with pytest.raises(ConfigError) as error:
         check_key_matches(alice, bob_key)
     assert "does not belong to the certificate" in one_line(error)
-    write_public(tmp_path / "alice.pem", certs.cert_pem(alice))
-    write_private(tmp_path / "bob-key.pem", certs.key_pem(bob_key))
+    write_public(tmp_path / "alice.pem", pemfiles.cert_pem(alice))
+    write_private(tmp_path / "bob-key.pem", pemfiles.key_pem(bob_key))
     with pytest.raises(ConfigError) as error:
         load_pair(tmp_path / "alice.pem", tmp_path / "bob-key.pem")
     assert one_line(error) == (
@@ -479,9 +481,9 @@ def test_key_not_matching_its_certificate_is_detected(tmp_path: Path, ca: CA) ->
 def test_loading_the_wrong_thing_is_one_line_naming_the_file(tmp_path: Path, ca: CA) -> None:
     ca_key, ca_cert = ca
     files = {
-        "cert.pem": certs.cert_pem(ca_cert),
-        "key.pem": certs.key_pem(ca_key),
-        "crl.pem": certs.crl_pem(make_crl(ca_key, ca_cert, [], NOW, 1)),
+        "cert.pem": pemfiles.cert_pem(ca_cert),
+        "key.pem": pemfiles.key_pem(ca_key),
+        "crl.pem": pemfiles.crl_pem(make_crl(ca_key, ca_cert, [], NOW, 1)),
         "text.pem": b"hello\n",
         "broken.pem": b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
         "locked.pem": ca_key.private_bytes(

@@ -12,6 +12,7 @@ lists only what the access rules let that identity reach.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from typing import TYPE_CHECKING
@@ -76,6 +77,7 @@ class ServerConnection:
         self._version = 0
         self._server_nonce = b""
         self.shown: tuple[ServiceInfo, ...] = ()
+        self._rtt_label = ""  # the peer label of this session's ambassador_rtt_seconds
         self._hello_timer = loop.call_later(server.config.handshake_timeout, self._hello_timeout)
         self.tunnel.closed.add_done_callback(self._closed)
 
@@ -192,6 +194,12 @@ class ServerConnection:
         self._send(Welcome(self._version, self.server.config.name, self.shown, proof))
         metrics.SESSIONS.labels("server").inc()
         metrics.SESSIONS_OPEN.labels("server").inc()
+        # This client's round trip, one series per session, removed when the session ends.
+        self._rtt_label = self.peer_name
+        rtt = metrics.RTT.labels(self._rtt_label)
+        self.tunnel.on_rtt = rtt.set
+        if self.tunnel.session.rtt is not None:
+            rtt.set(self.tunnel.session.rtt)
         log.info(
             "session up with %s as %s, protocol %d, %d of %d services offered",
             self.peer_name, self.identity, self._version, len(self.shown), len(self.catalog),
@@ -262,6 +270,8 @@ class ServerConnection:
             task.cancel()
         self.server.connection_closed(self)
         if self.welcomed:
+            with contextlib.suppress(KeyError):
+                metrics.RTT.remove(self._rtt_label)
             metrics.SESSIONS_OPEN.labels("server").dec()
             metrics.SESSION_ENDS.labels("server", "closed").inc()
             log.info("session with %s ended: %s", self.peer_name, future.result())

@@ -66,8 +66,20 @@ def test_client_exports_the_rtt_its_session_measured(metered_pair: MeteredPair) 
     remote = f"127.0.0.1:{metered_pair.server.port}"
     samples = scrape(metered_pair.client_metrics).find("ambassador_rtt_seconds", peer=remote)
     assert len(samples) == 1, "no ambassador_rtt_seconds series for the remote"
-    # uvloop's clock ticks in milliseconds, so a loopback round trip may read as 0.
-    assert 0 <= samples[0].value < 1.0
+    assert 0 < samples[0].value < 1.0
+
+
+def test_server_exports_each_clients_rtt_until_its_session_ends(
+    metered_pair: MeteredPair,
+) -> None:
+    def server_series() -> list[float]:
+        samples = scrape(metered_pair.server_metrics).find("ambassador_rtt_seconds")
+        return [sample.value for sample in samples]
+
+    values = wait_for("the server to export the client's RTT", lambda: server_series() or None, 3)
+    assert len(values) == 1 and 0 < values[0] < 1.0, values
+    metered_pair.client.stop()
+    wait_for("the series to go with the session", lambda: not server_series(), timeout=5)
 
 
 def test_reconnects_are_counted_after_the_server_restarts(

@@ -14,6 +14,7 @@ A broken file (missing, not PEM, key not matching its certificate) is a
 from __future__ import annotations
 
 import logging
+import os
 import ssl
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -56,10 +57,11 @@ def _base_context(purpose: ssl._SSLMethod) -> ssl.SSLContext:
 def _load_chain(context: ssl.SSLContext, cert: str, key: str) -> None:
     try:
         context.load_cert_chain(cert, key)
-    except FileNotFoundError as exc:
-        raise ConfigError(f"cannot read {exc.filename}: no such file") from None
-    except PermissionError as exc:
-        raise ConfigError(f"cannot read {exc.filename}: permission denied") from None
+    except (FileNotFoundError, PermissionError) as exc:
+        # ssl does not say which of the two files it could not open: find it.
+        name = exc.filename or next((p for p in (cert, key) if not os.access(p, os.R_OK)), cert)
+        why = "no such file" if isinstance(exc, FileNotFoundError) else "permission denied"
+        raise ConfigError(f"cannot read {name}: {why}") from None
     except ssl.SSLError as exc:
         raise ConfigError(
             f"cannot load certificate {cert} with key {key}: {exc.reason or exc}; "

@@ -198,16 +198,8 @@ class FrameDecoder:
 
     def decode(self, data: bytes | bytearray | memoryview) -> list[RawFrame]:
         """Feed ``data`` and return every frame now complete (same checks as ``next_frame``)."""
-        frames: list[RawFrame] = []
-        with memoryview(data) as source, source.cast("B") as source:
-            while source:
-                room = self.get_buffer()
-                taken = min(len(room), len(source))
-                room[:taken] = source[:taken]
-                room.release()
-                source = source[taken:]
-                frames += self.buffer_updated(taken)
-        return frames
+        self.feed(data)
+        return self._parse()
 
     def next_frame(self) -> Frame | None:
         """The next complete frame, or None until more bytes arrive.

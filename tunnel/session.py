@@ -294,7 +294,7 @@ class Session:
                     stream = streams.get(stream_id)
                     if stream is not None and stream.can_receive:
                         recv = stream.recv
-                        if length <= recv.available:
+                        if length <= recv.available:  # ReceiveWindow.receive, inlined
                             recv.available -= length
                             recv.buffered += length
                             events.append(DataReceived(stream_id, payload))
@@ -357,11 +357,8 @@ class Session:
         if type_ is _WINDOW_UPDATE:
             self._on_window_update(stream, length)
         elif length:
-            recv = stream.recv
-            if not stream.can_receive or length > recv.available:
+            if not stream.can_receive or not stream.recv.receive(length):
                 self._refuse_data(stream, length)
-            recv.available -= length  # ReceiveWindow.receive, inlined: once per Data frame
-            recv.buffered += length
             self._events.append(DataReceived(stream_id, payload))
         if not flags:
             return

@@ -1,13 +1,13 @@
 """The asyncio driver of a :class:`~tunnel.session.Session`: the tunnel connection itself.
 
-:class:`TunnelConnection` is an ``asyncio.Protocol`` for the one TCP (or TLS) connection between
-the two ambassadors. It moves bytes and nothing else: incoming bytes go to the session, the
-session's events go to the handler of each stream (:class:`StreamHandler`), and whatever the
-session has to send is written once per loop iteration, so the frames produced while handling
-one read leave in one write. While the socket's buffer is over its high-water mark nothing more
-is pulled from the session: frames wait inside the session, where the round-robin over streams
-keeps a bulk transfer from delaying everyone else. The connection is never paused for one slow
-stream; that stream's window simply stops being credited.
+:class:`TunnelConnection` is an ``asyncio.BufferedProtocol`` for the one TCP (or TLS)
+connection between the two ambassadors. It moves bytes and nothing else: incoming bytes go to
+the session, the session's events go to the handler of each stream (:class:`StreamHandler`),
+and whatever the session has to send is written once per loop iteration, so the frames
+produced while handling one read leave in one write. While the socket's buffer is over its
+high-water mark nothing more is pulled from the session: frames wait inside the session, where
+the round-robin over streams keeps a bulk transfer from delaying everyone else. The connection
+is never paused for one slow stream; that stream's window simply stops being credited.
 """
 
 from __future__ import annotations
@@ -103,8 +103,8 @@ AcceptStream = Callable[["TunnelConnection", int], StreamHandler | None]
 class TunnelConnection(asyncio.BufferedProtocol):
     """One yamux session over one stream socket.
 
-    A plain socket reads straight into the session's receive buffer (``get_buffer`` and
-    ``buffer_updated``); the TLS layer hands over decrypted bytes with ``data_received``.
+    The socket reads straight into the session's receive buffer (``get_buffer`` and
+    ``buffer_updated``); under TLS, the TLS layer decrypts into that buffer the same way.
     """
 
     def __init__(
@@ -154,13 +154,6 @@ class TunnelConnection(asyncio.BufferedProtocol):
 
     def buffer_updated(self, nbytes: int) -> None:
         self._dispatch(self.session.buffer_updated(nbytes, clock()))
-        self._after_read(nbytes)
-
-    def data_received(self, data: bytes) -> None:
-        self._dispatch(self.session.receive_data(data, clock()))
-        self._after_read(len(data))
-
-    def _after_read(self, nbytes: int) -> None:
         self._schedule_flush()
         # Read budget: an event loop may read a busy socket many times in one turn (libuv
         # reads up to 32 times). Past READ_BUDGET bytes, yield the turn, so that a consumer's

@@ -6,22 +6,26 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from client.config import ClientConfig
 from client.connector import Connector
-from client.listeners import Listeners
+from client.listeners import ConsumerStream, Listeners
 from tunnel.errors import ConfigError, Reason
 from tunnel.httpd import StatusServer
 from tunnel.messages import ServiceInfo
+from tunnel.metrics import services as counted_services
 from tunnel.observe import sample, service_stats
 from tunnel.oserrors import listen_error
 from tunnel.reload import Reloader
+from tunnel.workers import HelperChannel, WorkerPool, registry_families
+
+HELPER_STOP_TIMEOUT = 5.0  # seconds helpers have to finish after SIGTERM
 
 log = logging.getLogger("ambassador.client")
-
 REFUSAL_LABELS = [reason.label for reason in Reason] + ["link_down", "tunnel_lost"]
 
 
@@ -34,6 +38,10 @@ class Client:
         self._tasks: set[asyncio.Task[None]] = set()
         self._started = False
         self._born = time.monotonic()
+
+    def track(self, task: asyncio.Task[None]) -> None:
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def start(self) -> None:
         """Bind the fixed ports, start connecting, and bind the rest once the catalog is in."""
@@ -164,8 +172,13 @@ async def serve(
     load: Callable[[], ClientConfig] | None = None,
     files: Callable[[ClientConfig], Iterable[str | None]] | None = None,
     metrics: tuple[str, int] | None = None,
+    helpers: tuple[list[str], int] | None = None,
 ) -> None:
-    """Run the client until SIGINT or SIGTERM; reload on SIGHUP and changed files."""
+    """Run the client until SIGINT or SIGTERM; reload on SIGHUP and changed files.
+
+    ``helpers`` (the command that starts one, and how many) makes this the main process of
+    several: it accepts every consumer connection and hands some to its helpers.
+    """
     client = Client(config)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -173,6 +186,7 @@ async def serve(
         loop.add_signal_handler(sig, stop.set)
     endpoint = StatusServer(client.status, lambda: client.ready)
     watcher: asyncio.Task[None] | None = None
+    pool: WorkerPool | None = None
     stopping = asyncio.ensure_future(stop.wait())
     started = False
     try:
@@ -183,7 +197,13 @@ async def serve(
                 raise ConfigError(listen_error(f"{metrics[0]}:{metrics[1]}", exc)) from None
         if load is not None and files is not None:
             # Installed before the tunnel is up: SIGHUP must never end the process.
-            watcher = Reloader(load, client.apply, files, config).install()
+            reloading = Reloader(load, client.apply, files, config)
+            watcher = reloading.install()
+        if helpers is not None:
+            pool = client.listeners.pool = endpoint.pool = WorkerPool("client", *helpers)
+            await pool.start()
+            if watcher is not None:
+                loop.add_signal_handler(signal.SIGHUP, _reload_all, reloading, pool)
         starting = asyncio.ensure_future(client.start())
         done, _ = await asyncio.wait((starting, stopping), return_when=asyncio.FIRST_COMPLETED)
         if starting not in done:
@@ -198,5 +218,64 @@ async def serve(
             log.info("stopping")
         if watcher is not None:
             watcher.cancel()
+        if pool is not None:
+            await pool.stop(HELPER_STOP_TIMEOUT)
         await endpoint.stop()
         await client.stop()
+
+
+def _reload_all(reloading: Reloader[ClientConfig], pool: WorkerPool) -> None:
+    reloading.reload("SIGHUP")
+    pool.signal_all(signal.SIGHUP)
+
+
+async def serve_helper(
+    config: ClientConfig,
+    channel: int,
+    load: Callable[[], ClientConfig] | None = None,
+    files: Callable[[ClientConfig], Iterable[str | None]] | None = None,
+) -> None:
+    """Run as a helper of a main client process: keep a tunnel of its own and serve the
+    consumer connections the main process hands over, until SIGTERM or the main one is gone."""
+    client = Client(config)  # its listeners are never bound: the main process accepts
+    connector = client.connector
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+    def take(sock: socket.socket, service: str) -> None:
+        client.track(loop.create_task(_take(connector, sock, service)))
+
+    def report() -> dict[str, Any]:
+        status = client.status()
+        status["services"] = [service_stats("client", name) for name in counted_services("client")]
+        return {"metrics": registry_families(), "status": status}
+
+    link = HelperChannel(channel, take, report, stop.set)
+    link.install()
+    watcher = None
+    if load is not None and files is not None:
+        watcher = Reloader(load, connector.reconfigure, files, config).install()
+    running = loop.create_task(connector.run())
+    try:
+        await stop.wait()
+    finally:
+        link.close()
+        if watcher is not None:
+            watcher.cancel()
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+        if connector.tunnel is not None:
+            connector.tunnel.close("client shutting down")
+
+
+async def _take(connector: Connector, sock: socket.socket, service: str) -> None:
+    try:
+        await asyncio.get_running_loop().connect_accepted_socket(
+            lambda: ConsumerStream(connector, service), sock
+        )
+    except OSError as exc:
+        log.warning("a connection handed over was lost before it started: %s", exc)
+        sock.close()

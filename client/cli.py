@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from client.app import serve
+from client.app import serve, serve_helper
 from client.config import ClientConfig
 from tunnel.auth import load_tokens
 from tunnel.certs import parse_pin
@@ -39,6 +39,7 @@ from tunnel.links import (
 from tunnel.observe import print_status
 from tunnel.runtime import run, setup_logging
 from tunnel.tls import ClientTls, client_context
+from tunnel.workers import helper_channel_fd, helper_command, helper_index, tag_logs
 
 
 @click.group(invoke_without_command=True, context_settings={"max_content_width": 100})
@@ -136,6 +137,13 @@ from tunnel.tls import ClientTls, client_context
     10.0,
     "Seconds: the most the reconnect delay bound grows to.",
 )
+@setting(
+    "--workers",
+    click.IntRange(1, 64),
+    1,
+    "Processes serving consumer connections, each with its own tunnel connection; a new "
+    "connection goes to the one least busy, so bulk transfers do not slow the rest.",
+)
 @click.option(
     "--token-file",
     type=click.Path(dir_okay=False),
@@ -169,7 +177,15 @@ def cli(ctx: click.Context, /, **params: Any) -> None:
             paths += [tls.ca, tls.cert, tls.key]
         return paths
 
-    run(serve(config, load, files, metrics))
+    channel = helper_channel_fd()
+    if channel is not None:
+        tag_logs(helper_index())
+        run(serve_helper(config, channel, load, files))
+        return
+    helpers = None
+    if params["workers"] > 1:
+        helpers = (helper_command("client", (ctx.obj or {})["argv"]), params["workers"] - 1)
+    run(serve(config, load, files, metrics, helpers))
 
 
 def build_config(params: dict[str, Any], environ: Mapping[str, str]) -> ClientConfig:

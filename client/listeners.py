@@ -21,6 +21,7 @@ from tunnel.logonce import Throttled
 from tunnel.messages import ServiceInfo, StreamAnswerParser, StreamHeader
 from tunnel.oserrors import listen_error
 from tunnel.relay import Relay, abort_with_reset
+from tunnel.workers import Handoff, WorkerPool
 
 log = logging.getLogger("ambassador.client")
 throttled = Throttled(log)
@@ -179,6 +180,17 @@ class Listeners:
         self.specs = specs
         self.bind = bind
         self._servers: dict[tuple[str, int, str], tuple[Listening, asyncio.Server]] = {}
+        self.pool: WorkerPool | None = None  # helper processes to share connections with
+
+    def _protocol(self, service: str) -> asyncio.BaseProtocol:
+        """A new consumer connection's protocol: served here, or by a helper less busy."""
+        connector = self.connector
+        if self.pool is not None:
+            helper = self.pool.least_busy()
+            if helper is not None:
+                here = functools.partial(ConsumerStream, connector, service)
+                return Handoff(self.pool, helper, service, here)
+        return ConsumerStream(connector, service)
 
     @property
     def bound(self) -> list[Listening]:
@@ -232,10 +244,9 @@ class Listeners:
         self, spec: ExposeSpec, host: str, port: int, service: str
     ) -> tuple[Listening, asyncio.Server]:
         loop = asyncio.get_running_loop()
-        connector = self.connector
         try:
             server = await loop.create_server(
-                lambda: ConsumerStream(connector, service),
+                lambda: self._protocol(service),
                 host,
                 port,
                 reuse_address=True,

@@ -6,6 +6,7 @@ import asyncio
 import ipaddress
 import logging
 import signal
+import socket
 import ssl
 import time
 from collections.abc import Callable
@@ -24,6 +25,7 @@ from tunnel.observe import sample, service_stats
 from tunnel.oserrors import listen_error
 from tunnel.reload import Reloader
 from tunnel.tls import certificate_serial, revoked_serials, server_context, warn_if_expiring
+from tunnel.workers import Handoff, HelperChannel, WorkerPool, registry_families
 
 log = logging.getLogger("ambassador.server")
 
@@ -39,6 +41,8 @@ class Server:
         self._tasks: set[asyncio.Task[None]] = set()
         self.tokens: dict[str, bytes] | None = None
         self._started = time.monotonic()
+        self.pool: WorkerPool | None = None  # helper processes, in the main one of several
+        self.on_closed: Callable[[], None] | None = None  # a helper tells the main process
         if config.token_file is not None:
             self.tokens, warning = load_tokens(config.token_file)
             if warning:
@@ -75,6 +79,13 @@ class Server:
             )  # fmt: skip
 
     def _new_connection(self) -> asyncio.BaseProtocol:
+        if self.pool is not None:
+            helper = self.pool.least_held(len(self.connections))
+            if helper is not None:
+                return Handoff(self.pool, helper, "", self._serve_here)
+        return self._serve_here()
+
+    def _serve_here(self) -> asyncio.BaseProtocol:
         if self.tls_context is not None:
             return accept_tls(self, self.tls_context)
         return self.make_connection().tunnel
@@ -90,6 +101,22 @@ class Server:
 
     def connection_closed(self, connection: ServerConnection) -> None:
         self.connections.discard(connection)
+        if self.on_closed is not None:
+            self.on_closed()
+
+    def take(self, sock: socket.socket) -> None:
+        """Serve a connection the main process accepted and handed to this helper."""
+        loop = asyncio.get_running_loop()
+        self.track(loop.create_task(self._take(sock)))
+
+    async def _take(self, sock: socket.socket) -> None:
+        try:
+            await asyncio.get_running_loop().connect_accepted_socket(self._serve_here, sock)
+        except OSError as exc:
+            log.warning("a connection handed over was lost before it started: %s", exc)
+            sock.close()
+            if self.on_closed is not None:
+                self.on_closed()
 
     def reload(self, new: ServerConfig) -> None:
         """Take a new configuration; raises ConfigError (keeping the old one) if it is broken.
@@ -215,33 +242,54 @@ async def serve(
     reloader: Callable[[Server], Reloader[ServerConfig]] | None = None,
     drain_timeout: float = 30.0,
     metrics: tuple[str, int] | None = None,
+    helpers: tuple[list[str], int] | None = None,
+    channel: int | None = None,
 ) -> None:
     """Run the server until SIGINT or SIGTERM, then drain; reload on SIGHUP and changed files.
 
     The first SIGTERM (or SIGINT) sends every client a Go Away and lets open streams finish
     for up to ``drain_timeout`` seconds; a second one closes at once.
+
+    ``helpers`` (the command that starts one, and how many) makes this the main process of
+    several; ``channel`` makes this process a helper, serving what the main one hands it.
     """
     server = Server(config)
-    await server.start()
     endpoint = StatusServer(server.status, lambda: server.ready)
-    if metrics is not None:
-        try:
-            await endpoint.start(*metrics)
-        except OSError as exc:
-            await server.stop()
-            raise ConfigError(listen_error(f"{metrics[0]}:{metrics[1]}", exc)) from None
+    pool: WorkerPool | None = None
     stop, now = asyncio.Event(), asyncio.Event()
+    if channel is None:
+        await server.start()
+        if metrics is not None:
+            try:
+                await endpoint.start(*metrics)
+            except OSError as exc:
+                await server.stop()
+                raise ConfigError(listen_error(f"{metrics[0]}:{metrics[1]}", exc)) from None
+        if helpers is not None:
+            pool = server.pool = endpoint.pool = WorkerPool("server", *helpers)
+            await pool.start()
+    else:
+        link = HelperChannel(channel, lambda sock, _: server.take(sock), _report(server), stop.set)
+        server.on_closed = link.ended
+        link.install()
 
     def on_signal() -> None:
         if stop.is_set():
             log.info("second signal: closing at once")
             now.set()
         stop.set()
+        if pool is not None:
+            pool.signal_all(signal.SIGTERM)
 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
-    watcher = reloader(server).install() if reloader is not None else None
+    watcher = None
+    if reloader is not None:
+        reloading = reloader(server)
+        watcher = reloading.install()
+        if pool is not None:
+            loop.add_signal_handler(signal.SIGHUP, _reload_all, reloading, pool)
     try:
         await stop.wait()
         await server.drain(drain_timeout, now)
@@ -249,8 +297,19 @@ async def serve(
         log.info("stopping")
         if watcher is not None:
             watcher.cancel()
+        if pool is not None:
+            await pool.stop(drain_timeout)
         await endpoint.stop()
         await server.stop()
+
+
+def _reload_all(reloading: Reloader[ServerConfig], pool: WorkerPool) -> None:
+    reloading.reload("SIGHUP")
+    pool.signal_all(signal.SIGHUP)
+
+
+def _report(server: Server) -> Callable[[], dict[str, Any]]:
+    return lambda: {"metrics": registry_families(), "status": server.status()}
 
 
 async def serve_forwarding(

@@ -40,6 +40,7 @@ from tunnel.observe import print_status
 from tunnel.reload import Reloader
 from tunnel.runtime import run, setup_logging
 from tunnel.tls import ServerTls, server_context
+from tunnel.workers import helper_channel_fd, helper_command, helper_index, tag_logs
 
 
 @click.group(invoke_without_command=True, context_settings={"max_content_width": 100})
@@ -135,6 +136,13 @@ from tunnel.tls import ServerTls, server_context
     "Backend dials one session may have in progress; more wait (up to --dial-timeout).",
 )
 @setting(
+    "--workers",
+    click.IntRange(1, 64),
+    1,
+    "Processes serving tunnel connections; each client connection is served by one of them "
+    "(the client's --workers opens one connection per process).",
+)
+@setting(
     "--drain-timeout",
     click.FloatRange(0),
     30.0,
@@ -155,8 +163,17 @@ def cli(ctx: click.Context, /, **params: Any) -> None:
         print_effective(params, config.token_file)
         return
     if params["forward"]:
+        if params["workers"] > 1:
+            raise ConfigError("--workers applies to the tunnel; --forward runs in one process")
         run(serve_forwarding(config, params["forward_bind"], metrics))
         return
+    channel = helper_channel_fd()
+    helpers = None
+    if channel is not None:
+        tag_logs(helper_index())
+        metrics = None  # the main process serves every worker's metrics
+    elif params["workers"] > 1:
+        helpers = (helper_command("server", (ctx.obj or {})["argv"]), params["workers"] - 1)
     config_file = watched_config_file(ctx)
 
     def load() -> ServerConfig:
@@ -175,6 +192,8 @@ def cli(ctx: click.Context, /, **params: Any) -> None:
             lambda server: Reloader(load, server.reload, files, config),
             params["drain_timeout"],
             metrics,
+            helpers,
+            channel,
         )
     )
 

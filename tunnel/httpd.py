@@ -9,6 +9,9 @@ it shares the role's event loop and reads the role's live state without locks:
                server: listening), 503 otherwise
     /status    the role's state as JSON (what ``ambassador-* status`` prints)
     /          the same facts as a small HTML page
+
+With helper processes (``--workers``), /metrics and /status first ask each helper for its own
+(:mod:`tunnel.workers`) and serve everything merged, each series labelled with its worker.
 """
 
 from __future__ import annotations
@@ -20,10 +23,11 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from tunnel.metrics import REGISTRY
 from tunnel.statusview import render_html
+from tunnel.workers import MergedMetrics, WorkerPool, merge_status
 
 log = logging.getLogger("ambassador.httpd")
 
@@ -35,6 +39,7 @@ class StatusServer:
         self._status = status
         self._ready = ready
         self._server: asyncio.Server | None = None
+        self.pool: WorkerPool | None = None  # helpers whose metrics and status are merged in
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
         self._server = await asyncio.start_server(self._handle, host, port)
@@ -59,7 +64,11 @@ class StatusServer:
         line = head.split(b"\r\n", 1)[0].decode("latin-1")
         parts = line.split()
         method, path = (parts[0], parts[1]) if len(parts) >= 2 else ("", "")
-        status, content_type, body = self.respond(method, path.split("?", 1)[0])
+        path = path.split("?", 1)[0]
+        reports = None
+        if self.pool is not None and path in ("/metrics", "/status", "/", "/index.html"):
+            reports = await self.pool.reports()
+        status, content_type, body = self.respond(method, path, reports)
         header = (
             f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\n"
             f"Content-Length: {len(body)}\r\nConnection: close\r\n"
@@ -70,22 +79,33 @@ class StatusServer:
             await writer.drain()
         writer.close()
 
-    def respond(self, method: str, path: str) -> tuple[str, str, bytes]:
-        """Status line, content type and body for one request (no I/O; easy to test)."""
+    def respond(
+        self, method: str, path: str, reports: list[tuple[int, dict[str, Any]]] | None = None
+    ) -> tuple[str, str, bytes]:
+        """Status line, content type and body for one request (no I/O; easy to test).
+
+        ``reports`` are the helper processes' metrics and status, when there are helpers.
+        """
         if method not in ("GET", "HEAD"):
             return "405 Method Not Allowed", "text/plain", b"only GET\n"
         if path == "/metrics":
-            return "200 OK", CONTENT_TYPE_LATEST, generate_latest(REGISTRY)
+            if reports is None:
+                return "200 OK", CONTENT_TYPE_LATEST, generate_latest(REGISTRY)
+            merged = CollectorRegistry(auto_describe=False)
+            merged.register(MergedMetrics(reports))
+            return "200 OK", CONTENT_TYPE_LATEST, generate_latest(merged)
         if path == "/healthz":
             return "200 OK", "text/plain", b"ok\n"
         if path == "/readyz":
             if self._ready():
                 return "200 OK", "text/plain", b"ready\n"
             return "503 Service Unavailable", "text/plain", b"not ready\n"
-        if path == "/status":
-            body = json.dumps(self._status(), indent=2, default=str).encode()
-            return "200 OK", "application/json", body
-        if path in ("/", "/index.html"):
-            html = render_html(self._status())
-            return "200 OK", "text/html; charset=utf-8", html.encode()
+        if path in ("/status", "/", "/index.html"):
+            facts = self._status()
+            if reports is not None:
+                facts = merge_status(facts, reports)
+            if path == "/status":
+                body = json.dumps(facts, indent=2, default=str).encode()
+                return "200 OK", "application/json", body
+            return "200 OK", "text/html; charset=utf-8", render_html(facts).encode()
         return "404 Not Found", "text/plain", b"not found\n"

@@ -91,6 +91,11 @@ def meters(role: str, service: str) -> ServiceMeters:
     return found
 
 
+def services(role: str) -> list[str]:
+    """The services this process has counted streams for, in ``role``."""
+    return [service for (owner, service) in _METERS if owner == role]
+
+
 class _ServiceCollector(Collector):
     """The per-service series, read from the meters when metrics are scraped."""
 

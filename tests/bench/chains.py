@@ -454,6 +454,7 @@ class AsyncSsh(Chain):
 
 class Ambassador(Chain):
     name, label, anchor = "ambassador", "ambassador (plaintext)", False
+    workers = 1  # processes per role (--workers)
 
     def tunnel_ports(self, ports: Ports) -> list[int]:
         return [ports.tunnel]
@@ -472,7 +473,7 @@ class Ambassador(Chain):
 
     def start(self, setup: Setup) -> list[Proc]:
         p = setup.ports
-        limit = ["--max-streams", str(setup.max_streams)]
+        limit = ["--max-streams", str(setup.max_streams), "--workers", str(self.workers)]
         far = setup.procs.start(
             "ambassador-server",
             [
@@ -547,6 +548,14 @@ class AmbassadorTls(Ambassador):
         return ["--tls-ca", str(setup.work / "ambassador-certs" / "ca.pem")]
 
 
+class AmbassadorWorkers(Ambassador):
+    name, label, workers = "ambassador-w2", "ambassador (plaintext, --workers 2)", 2
+
+
+class AmbassadorTlsWorkers(AmbassadorTls):
+    name, label, workers = "ambassador-tls-w2", "ambassador (TLS, --workers 2)", 2
+
+
 def _output(argv: list[str]) -> str:
     try:
         result = subprocess.run(argv, capture_output=True, text=True, timeout=30)
@@ -567,7 +576,16 @@ CHAINS: dict[str, Chain] = {
         AsyncSsh(),
         Ambassador(),
         AmbassadorTls(),
+        AmbassadorWorkers(),
+        AmbassadorTlsWorkers(),
     )
 }
 # The chains that hold many connections open (measurement 5): the ones built to multiplex.
-HOLD_CHAINS = ("direct", "ssh", "ambassador", "ambassador-tls")
+HOLD_CHAINS = (
+    "direct",
+    "ssh",
+    "ambassador",
+    "ambassador-tls",
+    "ambassador-w2",
+    "ambassador-tls-w2",
+)

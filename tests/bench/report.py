@@ -107,7 +107,7 @@ TABLES = (
     ),
 )
 
-AMBASSADORS = ("ambassador", "ambassador-tls")
+AMBASSADORS = ("ambassador", "ambassador-tls", "ambassador-w2", "ambassador-tls-w2")
 # One colour per chain, the same in every run whatever --chains selects.
 COLOURS = {
     "direct": "#c7c7c7",
@@ -119,6 +119,8 @@ COLOURS = {
     "asyncssh": "#17becf",
     "ambassador": "#2ca02c",
     "ambassador-tls": "#d62728",
+    "ambassador-w2": "#98df8a",
+    "ambassador-tls-w2": "#ff9896",
 }
 
 
@@ -364,7 +366,7 @@ def plot(summary: Summary, path: Path) -> None:
             width,
             label=CHAINS[chain].label,
             color=COLOURS.get(chain, "#7f7f7f"),
-            hatch="//" if chain == "ambassador-tls" else None,
+            hatch="//" if chain.startswith("ambassador-tls") else None,
             edgecolor="black" if ours else None,
             linewidth=1.2 if ours else 0,
         )

@@ -124,3 +124,42 @@ def test_page_escapes_what_peers_and_configs_name() -> None:
     page = endpoint.respond("GET", "/")[2].decode()
     assert "<script>" not in page and "<img" not in page
     assert "&lt;script&gt;" in page and "&lt;img src=x" in page
+
+
+HELPER_REPORT: dict[str, Any] = {
+    "metrics": [
+        {"name": "ambassador_streams", "documentation": "Streams opened", "type": "counter",
+         "samples": [["ambassador_streams_total", {"role": "client", "service": "redis"}, 3.0]]},
+    ],
+    "status": {
+        "remotes": [
+            {"peer": "10.0.0.5:7700", "state": "up", "rtt_ms": 2.0, "streams": 1,
+             "bytes_in": 5, "bytes_out": 6, "last_error": ""},
+        ],
+        "services": [
+            {"service": "redis", "open_streams": 1, "streams_total": 3, "bytes_in": 5,
+             "bytes_out": 6},
+        ],
+    },
+}  # fmt: skip
+
+
+def test_helpers_reports_are_merged_into_metrics_and_status() -> None:
+    server = StatusServer(lambda: STATUS, Ready())
+    status, content_type, body = server.respond("GET", "/metrics", [(1, HELPER_REPORT)])
+    assert (status, content_type) == ("200 OK", CONTENT_TYPE_LATEST)
+    page = Metrics(body.decode())
+    assert page.value("ambassador_streams_total", service="redis", worker="1") == 3
+    # Every series says which process it came from: this one's are worker 0.
+    assert all(sample.labels.get("worker") in ("0", "1") for sample in page.samples)
+
+    _, _, body = server.respond("GET", "/status", [(1, HELPER_REPORT)])
+    merged = json.loads(body)
+    assert merged["workers"] == 2
+    assert [(row["worker"], row["rtt_ms"]) for row in merged["remotes"]] == [(0, 1.25), (1, 2.0)]
+    (service,) = merged["services"]
+    assert service["service"] == "redis on 127.0.0.1:6379"
+    assert (service["open_streams"], service["streams_total"]) == (2, 7)
+    assert (service["bytes_in"], service["bytes_out"]) == (15, 26)
+    _, _, html = server.respond("GET", "/", [(1, HELPER_REPORT)])
+    assert html.count(b"10.0.0.5:7700") >= 2

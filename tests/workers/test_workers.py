@@ -1,0 +1,317 @@
+"""``--workers``: a role in several processes, seen from outside as one.
+
+Every test runs the real programs on loopback: the main process and the helpers it starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.integration.support import (
+    AmbassadorServer,
+    Redis,
+    Started,
+    ambassador,
+    redis_cli,
+    run_program,
+)
+from tests.observability.support import consumer_refused, http_get, scrape, wait_for
+from tests.workers.conftest import alive, children_of, wait_gone
+
+pytestmark = pytest.mark.integration
+
+CHUNK = 256 * 1024
+
+
+def status_of(port: int) -> dict[str, object]:
+    response = http_get(port, "/status")
+    assert response.status == 200, response.text
+    found: dict[str, object] = json.loads(response.body)
+    return found
+
+
+def helpers_of(process: Started, count: int) -> list[int]:
+    process.wait_for_stderr(rf"{count} helper processes started")
+    return wait_for(
+        f"{count} helpers of pid {process.pid}",
+        lambda: (found := children_of(process.pid)) and len(found) == count and found,
+    )
+
+
+def test_server_workers_serve_one_client_each_and_report_as_one(
+    redis_server: Redis,
+    start_server: Callable[..., AmbassadorServer],
+    start_client: Callable[..., Started],
+    free_port: Callable[..., int],
+    wait_for_port: Callable[..., None],
+) -> None:
+    metrics = free_port()
+    server = start_server(
+        f"redis=127.0.0.1:{redis_server.port}",
+        args=["--workers", "2", f"--metrics-listen=127.0.0.1:{metrics}"],
+    )
+    wait_for_port("127.0.0.1", metrics, alive=server.process.alive)
+    (helper,) = helpers_of(server.process, 1)
+    ports = [free_port(), free_port()]
+    for port in ports:
+        start_client(
+            f"--remote=127.0.0.1:{server.port}",
+            f"--expose=127.0.0.1:{port}=redis",
+            listens=[("127.0.0.1", port)],
+        )
+        assert redis_cli(port, "PING") == "PONG"
+
+    # One session in each process, and the main process reports both.
+    server.process.wait_for_stderr(r"worker 1: session up with ")
+    status = status_of(metrics)
+    assert status["workers"] == 2
+    sessions = status["sessions"]
+    assert isinstance(sessions, list)
+    assert sorted(row["worker"] for row in sessions) == [0, 1]
+    assert all(row["state"] == "up" for row in sessions)
+    (service,) = status["services"]  # type: ignore[misc]
+    assert service["streams_total"] >= 2  # one PING through each client, summed over workers
+    page = scrape(metrics)
+    for worker in ("0", "1"):
+        assert page.value("ambassador_sessions_open", role="server", worker=worker) == 1
+        assert page.value("ambassador_streams_total", service="redis", worker=worker) >= 1
+    assert page.value("ambassador_handovers_total", role="server") == 1
+    assert page.value("ambassador_workers", role="server") == 2
+
+    # SIGTERM to the main process drains every worker; all exit, the main one with 0.
+    assert server.process.stop() == 0
+    assert wait_gone(helper, 10), f"helper {helper} outlived the main process"
+    assert "worker 1: draining" in server.process.stderr()
+
+
+async def _bulk_while_small(port: int, small: int) -> tuple[bool, list[bool]]:
+    """Echo a stream of bytes until ``small`` short echoes on new connections are done;
+    (the long stream came back exact, the short ones did)."""
+    stop = asyncio.Event()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=4 * CHUNK)
+    sent, got = hashlib.sha256(), hashlib.sha256()
+    block = bytes(range(256)) * (CHUNK // 256)
+
+    async def send() -> None:
+        while not stop.is_set():
+            writer.write(block)
+            sent.update(block)
+            await writer.drain()
+        writer.write_eof()
+
+    async def receive() -> None:
+        while chunk := await reader.read(4 * CHUNK):
+            got.update(chunk)
+
+    async def short_ones() -> list[bool]:
+        await asyncio.sleep(1.0)  # the long stream is up to speed: its process is busy
+        results = []
+        for index in range(small):
+            r, w = await asyncio.open_connection("127.0.0.1", port)
+            payload = f"short {index} ".encode() * 100
+            w.write(payload)
+            w.write_eof()
+            results.append(await r.read() == payload)
+            w.close()
+            await asyncio.sleep(0.02)
+        stop.set()
+        return results
+
+    async with asyncio.timeout(60):
+        async with asyncio.TaskGroup() as group:
+            group.create_task(send())
+            group.create_task(receive())
+            shorts = group.create_task(short_ones())
+    writer.close()
+    return sent.digest() == got.digest(), shorts.result()
+
+
+def test_client_sends_new_connections_away_from_a_process_busy_with_bulk(
+    start_backend: Callable[[str], int],
+    start_server: Callable[..., AmbassadorServer],
+    start_client: Callable[..., Started],
+    free_port: Callable[..., int],
+    wait_for_port: Callable[..., None],
+) -> None:
+    echo = start_backend("echo")
+    server = start_server(f"echo=127.0.0.1:{echo}", args=["--workers", "2"])
+    port, metrics = free_port(), free_port()
+    client = start_client(
+        f"--remote=127.0.0.1:{server.port}",
+        f"--expose=127.0.0.1:{port}=echo",
+        "--workers=2",
+        f"--metrics-listen=127.0.0.1:{metrics}",
+        listens=[("127.0.0.1", port)],
+    )
+    client.wait_for_stderr(r"worker 1: tunnel up to ")
+    helpers_of(client, 1)
+    remotes = status_of(metrics)["remotes"]
+    assert isinstance(remotes, list)
+    assert sorted((row["worker"], row["state"]) for row in remotes) == [(0, "up"), (1, "up")]
+
+    bulk_exact, shorts = asyncio.run(_bulk_while_small(port, 30))
+    assert bulk_exact, "the long stream did not come back byte for byte"
+    assert all(shorts), f"{shorts.count(False)} short echoes came back wrong"
+    page = scrape(metrics)
+    # The long stream kept the main process busy, so short connections went to the helper.
+    assert page.value("ambassador_handovers_total", role="client") >= 1
+    assert page.value("ambassador_streams_total", role="client", worker="1") >= 1
+    assert page.value("ambassador_streams_total", role="client", service="echo") == 31
+
+
+def test_a_helper_that_dies_is_started_again_and_its_client_comes_back(
+    redis_server: Redis,
+    start_server: Callable[..., AmbassadorServer],
+    start_client: Callable[..., Started],
+    free_port: Callable[..., int],
+    wait_for_port: Callable[..., None],
+    stray_helpers: list[int],
+) -> None:
+    metrics = free_port()
+    server = start_server(
+        f"redis=127.0.0.1:{redis_server.port}",
+        args=["--workers", "2", f"--metrics-listen=127.0.0.1:{metrics}"],
+    )
+    (helper,) = helpers_of(server.process, 1)
+    stray_helpers.append(helper)
+    ports = [free_port(), free_port()]
+    for port in ports:
+        start_client(
+            f"--remote=127.0.0.1:{server.port}",
+            f"--expose=127.0.0.1:{port}=redis",
+            "--backoff-max=0.5",
+            listens=[("127.0.0.1", port)],
+        )
+    server.process.wait_for_stderr(r"worker 1: session up with ")
+
+    os.kill(helper, signal.SIGKILL)
+    server.process.wait_for_stderr(
+        rf"helper 1 \(pid {helper}\) stopped with signal SIGKILL; starting it again"
+    )
+    found = server.process.wait_for_stderr(r"helper 1 started again: pid (\d+)")
+    stray_helpers.append(int(found[1]))
+    # The client whose session was in the helper reconnects; both reach redis again.
+    for port in ports:
+        wait_for(f"PONG through {port}", lambda p=port: redis_cli(p, "PING") == "PONG")
+    page = scrape(metrics)
+    assert page.value("ambassador_worker_exits_total", role="server", reason="signal") == 1
+    assert page.value("ambassador_workers", role="server") == 2
+    assert server.process.stop() == 0
+
+
+@pytest.mark.parametrize("role", ["server", "client"])
+def test_helpers_leave_when_the_main_process_is_killed(
+    role: str,
+    redis_server: Redis,
+    start_server: Callable[..., AmbassadorServer],
+    start_client: Callable[..., Started],
+    free_port: Callable[..., int],
+    stray_helpers: list[int],
+) -> None:
+    server = start_server(
+        f"redis=127.0.0.1:{redis_server.port}",
+        args=["--workers", "2", "--drain-timeout", "1"] if role == "server" else [],
+    )
+    main = server.process
+    if role == "client":
+        port = free_port()
+        main = start_client(
+            f"--remote=127.0.0.1:{server.port}",
+            f"--expose=127.0.0.1:{port}=redis",
+            "--workers=2",
+            listens=[("127.0.0.1", port)],
+        )
+    helpers = helpers_of(main, 1)
+    stray_helpers.extend(helpers)
+    main.kill()
+    for helper in helpers:
+        assert wait_gone(helper, 15), f"{role} helper {helper} outlived its killed main process"
+
+
+def test_sighup_reloads_every_worker(
+    redis_server: Redis,
+    start_backend: Callable[[str], int],
+    start_client: Callable[..., Started],
+    processes: object,
+    free_port: Callable[..., int],
+    wait_for_port: Callable[..., None],
+    tmp_path: Path,
+) -> None:
+    echo = start_backend("echo")
+    tunnel = free_port()
+    config = tmp_path / "server.toml"
+    links = f'redis = "127.0.0.1:{redis_server.port}"\n'
+    config.write_text(f'listen = "127.0.0.1:{tunnel}"\nworkers = 2\n[links]\n{links}'
+                      f'echo = "127.0.0.1:{echo}"\n')  # fmt: skip
+    server = processes.start(  # type: ignore[attr-defined]
+        "ambassador-server", [*ambassador("server"), "--config", str(config)]
+    )
+    wait_for_port("127.0.0.1", tunnel, alive=server.alive)
+    helpers_of(server, 1)
+    echo_ports = []
+    for _ in range(2):
+        redis_port, echo_port = free_port(), free_port()
+        start_client(
+            f"--remote=127.0.0.1:{tunnel}",
+            f"--expose=127.0.0.1:{redis_port}=redis",
+            f"--expose=127.0.0.1:{echo_port}=echo",
+            listens=[("127.0.0.1", redis_port), ("127.0.0.1", echo_port)],
+        )
+        echo_ports.append(echo_port)
+    server.wait_for_stderr(r"worker 1: session up with ")
+
+    # Take the echo link away; the file watcher could see it too, so SIGHUP at once.
+    config.write_text(f'listen = "127.0.0.1:{tunnel}"\nworkers = 2\n[links]\n{links}')
+    os.kill(server.pid, signal.SIGHUP)
+    server.wait_for_stderr(r"(?m)^\S+ \S+ INFO ambassador.server: configuration reloaded: "
+                           r"offering redis:\d+ to 1 sessions")  # fmt: skip
+    server.wait_for_stderr(r"worker 1: configuration reloaded: offering redis:\d+ to 1 sessions")
+    # Both sessions, one in each process, now refuse echo.
+    for port in echo_ports:
+        wait_for(f"echo refused through {port}", lambda p=port: consumer_refused(p))
+
+
+def test_workers_in_forward_mode_is_one_line_error() -> None:
+    result = run_program(
+        [*ambassador("server"), "--forward", "--link", "redis=127.0.0.1:1", "--workers", "2"]
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert lines == [
+        "ambassador-server: error: --workers applies to the tunnel; --forward runs in one process"
+    ]
+
+
+def test_cpu_meter_tells_a_busy_process_from_an_idle_one() -> None:
+    from tunnel.workers import CpuMeter
+
+    busy = os.fork()
+    if busy == 0:  # pragma: no cover - the child spins, then leaves
+        end = time.monotonic() + 1.0
+        while time.monotonic() < end:
+            pass
+        os._exit(0)
+    idle = os.fork()
+    if idle == 0:  # pragma: no cover
+        time.sleep(1.0)
+        os._exit(0)
+    try:
+        meters = {busy: CpuMeter(busy), idle: CpuMeter(idle)}
+        time.sleep(0.3)
+        rates = {pid: meter.update(time.monotonic()) for pid, meter in meters.items()}
+        assert rates[busy] > 0.3, rates
+        assert rates[idle] < 0.05, rates
+        assert rates[busy] <= 1.1, rates  # at most one core: it has one thread
+    finally:
+        for pid in (busy, idle):
+            os.waitpid(pid, 0)
+    assert not alive(busy)

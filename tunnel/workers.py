@@ -250,6 +250,21 @@ class WorkerPool:
                 best, fewest = helper, helper.held
         return best
 
+    def watch_cpu(self) -> None:
+        """Sample every process's CPU clock while the pool runs, so that :meth:`least_busy`
+        sees the last 0.1 s even after a quiet minute (a sample costs two clock reads)."""
+        task = asyncio.get_running_loop().create_task(self._sample_cpu())
+        self._watchers.add(task)
+        task.add_done_callback(self._watchers.discard)
+
+    async def _sample_cpu(self) -> None:
+        while True:
+            await asyncio.sleep(CPU_WINDOW / 4)
+            now = time.monotonic()
+            self.me.update(now)
+            for helper in self.alive():
+                helper.meter.update(now)
+
     def least_busy(self, margin: float = 0.25) -> Helper | None:
         """For new consumer connections: the helper that used the least CPU lately, or None
         (keep it here) unless that is at least ``margin`` of a core less than this process."""

@@ -7,11 +7,11 @@ holds back its own stream and nothing else.
 
 Auto-tuning: a fixed 256 KiB window caps one stream at 5 MB/s on a 50 ms path. The window is
 sized to twice the bandwidth-delay product: the pace at which the stream's bytes are handed on,
-measured over at least two round trips (and at least ``MIN_PERIOD``, so that one burst is not
+measured over at least a round trip (and at least ``MIN_PERIOD``, so that one burst is not
 taken for a pace), times the round trip. A stream that the window holds back hands on a whole
-window per round trip, so its window doubles each period until the link or the consumer is the
-limit; up to ``maximum``, and only while the session's memory budget has room. QUIC and HTTP/2
-implementations tune theirs in much the same way.
+window per round trip, so its window doubles each period (a round trip, as in slow start)
+until the link or the consumer is the limit; up to ``maximum``, and only while the session's
+memory budget has room. QUIC and HTTP/2 implementations tune theirs in much the same way.
 
 The round trip used is the smallest one measured on the connection, not a smoothed one: a
 window that grows with a round trip made long by its own queued bytes only queues more of them,
@@ -22,6 +22,7 @@ stream waits behind.
 from __future__ import annotations
 
 MIN_PERIOD = 0.01  # seconds: the shortest span a pace is measured over
+PERIOD_RTTS = 1  # round trips a pace is measured over, at least
 
 
 class ReceiveWindow:
@@ -61,7 +62,7 @@ class ReceiveWindow:
             self._period_start, self._period_bytes = now, 0  # the first update starts a period
         elif rtt is not None and self.target < self.maximum:
             elapsed = now - self._period_start
-            if elapsed >= max(2 * rtt, MIN_PERIOD):
+            if elapsed >= max(PERIOD_RTTS * rtt, MIN_PERIOD):
                 wanted = int(2 * self._period_bytes * rtt / elapsed)  # twice the BDP
                 # At most doubling per period, as slow start does.
                 growth = min(wanted - self.target, self.target, self.maximum - self.target, room)

@@ -681,7 +681,9 @@ VIOLATIONS: dict[str, Callable[[int], bytes]] = {
     "data on stream 0": lambda s: raw(DATA, Flags.NONE, 0, 1, b"x"),
     "window update on stream 0": lambda s: raw(UPDATE, Flags.NONE, 0, 1),
     "ping on a stream": lambda s: raw(FrameType.PING, Flags.SYN, s, 1),
-    "data frame larger than any window": lambda s: raw(DATA, Flags.NONE, s, 64 * MIB),
+    "data frame larger than any window": lambda s: raw(
+        DATA, Flags.NONE, s, Limits().max_stream_window + 1
+    ),
 }
 
 

@@ -202,7 +202,7 @@ async def serve(
         if helpers is not None:
             pool = client.listeners.pool = endpoint.pool = WorkerPool("client", *helpers)
             await pool.start()
-            pool.watch_cpu()
+            pool.watch_load()
             if watcher is not None:
                 loop.add_signal_handler(signal.SIGHUP, _reload_all, reloading, pool)
         starting = asyncio.ensure_future(client.start())

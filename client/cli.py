@@ -141,8 +141,8 @@ from tunnel.workers import helper_channel_fd, helper_command, helper_index, tag_
     "--workers",
     click.IntRange(1, 64),
     1,
-    "Processes serving consumer connections, each with its own tunnel connection; a new "
-    "connection goes to the one least busy, so bulk transfers do not slow the rest.",
+    "Processes serving consumer connections, each with its own tunnel connection; while the "
+    "main one is saturated, new connections go to the least busy, so bulk does not slow the rest.",
 )
 @click.option(
     "--token-file",

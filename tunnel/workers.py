@@ -10,9 +10,10 @@ the helper serves it from then on with its own tunnel connection.
 Which process takes a connection is the role's choice:
 
 - the server spreads tunnel connections by how many each process holds (few, long-lived);
-- the client sends a new consumer connection to the process that used the least CPU lately,
-  so that a PING does not queue behind a bulk transfer in a process that is saturated by it.
-  One event loop cannot answer quickly while it is busy; another process can.
+- the client keeps a new consumer connection in the main process unless that one is
+  saturated, and then sends it to the helper wanting the least CPU, so that a PING does not
+  queue behind a bulk transfer in a process that is busy with it. One event loop cannot answer
+  quickly while it is saturated; another process can.
 
 The channel carries scrapes too: the main process asks every helper for its metrics and status
 and serves them merged, each series labelled with the ``worker`` it came from.
@@ -50,7 +51,8 @@ WORKER_INDEX_ENV = "AMBASSADOR_WORKER_INDEX"
 MAX_MESSAGE = 60_000  # one report chunk; well under a socket pair's buffer
 RESTART_DELAY = 1.0  # seconds before a helper that exited is started again
 MAX_RESTART_DELAY = 30.0  # ... doubling up to this while it keeps exiting sooner than this
-CPU_WINDOW = 0.1  # seconds the CPU rate is averaged over
+CPU_WINDOW = 0.1  # seconds a process's load is averaged over
+BUSY = 0.8  # of a core: a client process wanting this much passes new connections on
 
 WORKERS_UP = Gauge(
     "ambassador_workers", "Worker processes running, the main one included", ["role"],
@@ -77,34 +79,48 @@ def helper_index(environ: dict[str, str] | os._Environ[str] = os.environ) -> int
     return int(text) if text.isdigit() else 0
 
 
-class CpuMeter:
-    """How many cores a process used lately, averaged over about ``CPU_WINDOW`` seconds.
+class LoadMeter:
+    """How much of a core a process's event loop wanted lately, averaged over ``CPU_WINDOW``.
 
-    Read from the process's CPU clock: one clock_gettime call, exact to the nanosecond (the
-    tick counts in /proc are 10 ms coarse). Linux names another process's CPU clock
-    ``((~pid) << 3) | 2`` (its scheduler clock, all threads).
+    Wanted is the time its main thread ran plus the time it waited, runnable, for a CPU
+    (``/proc/PID/schedstat``, in nanoseconds). On a machine where every core is taken, a process
+    saturated by a bulk transfer may run only 0.7 of a core, yet it wants all of it; a process
+    serving many small requests wants half of one. Where schedstat is missing, the process's
+    CPU clock (time run only) stands in; Linux names another process's CPU clock
+    ``((~pid) << 3) | 2``.
     """
 
     def __init__(self, pid: int | None = None) -> None:
+        self._fd: int | None = None
+        with contextlib.suppress(OSError):
+            self._fd = os.open(f"/proc/{'self' if pid is None else pid}/schedstat", os.O_RDONLY)
         self._clock = time.CLOCK_PROCESS_CPUTIME_ID if pid is None else ((~pid) << 3) | 2
         self._at = time.monotonic()
-        self._cpu = self._read(0.0)
+        self._used = self._read(0.0)
         self.rate = 0.0
 
     def _read(self, fallback: float) -> float:
         try:
+            if self._fd is not None:
+                ran, waited = os.pread(self._fd, 128, 0).split()[:2]
+                return (int(ran) + int(waited)) / 1e9
             return time.clock_gettime(self._clock)
-        except OSError:  # the process is gone
+        except (OSError, ValueError):  # the process is gone
             return fallback
 
     def update(self, now: float) -> float:
         elapsed = now - self._at
         if elapsed >= 0.005:
-            cpu = self._read(self._cpu)
-            used = (cpu - self._cpu) / elapsed
-            self.rate += (used - self.rate) * min(1.0, elapsed / CPU_WINDOW)
-            self._at, self._cpu = now, cpu
+            used = self._read(self._used)
+            recent = (used - self._used) / elapsed
+            self.rate += (recent - self.rate) * min(1.0, elapsed / CPU_WINDOW)
+            self._at, self._used = now, used
         return self.rate
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 @dataclass(eq=False)
@@ -114,7 +130,7 @@ class Helper:
     index: int
     channel: socket.socket
     process: asyncio.subprocess.Process
-    meter: CpuMeter
+    meter: LoadMeter
     held: int = 0  # connections handed over and not yet reported ended
     delay: float = RESTART_DELAY  # before the last restart
     born: float = field(default_factory=time.monotonic)
@@ -178,7 +194,7 @@ class WorkerPool:
         self.command = command  # how to start the program again, with the same arguments
         self.count = count  # helpers wanted
         self.helpers: list[Helper] = []
-        self.me = CpuMeter()
+        self.me = LoadMeter()
         self._stopping = False
         self._watchers: set[asyncio.Task[None]] = set()
 
@@ -207,7 +223,7 @@ class WorkerPool:
         finally:
             theirs.close()
         mine.setblocking(False)
-        helper = Helper(index, mine, process, CpuMeter(process.pid), delay=delay)
+        helper = Helper(index, mine, process, LoadMeter(process.pid), delay=delay)
         watcher = asyncio.get_running_loop().create_task(self._watch(helper))
         self._watchers.add(watcher)
         watcher.add_done_callback(self._watchers.discard)
@@ -226,6 +242,7 @@ class WorkerPool:
                     helper.index, helper.process.pid, how, delay)  # fmt: skip
         WORKER_EXITS.labels(self.role, "signal" if code < 0 else "exit").inc()
         helper.channel.close()
+        helper.meter.close()
         await asyncio.sleep(delay)
         if self._stopping:
             return
@@ -250,14 +267,14 @@ class WorkerPool:
                 best, fewest = helper, helper.held
         return best
 
-    def watch_cpu(self) -> None:
-        """Sample every process's CPU clock while the pool runs, so that :meth:`least_busy`
-        sees the last 0.1 s even after a quiet minute (a sample costs two clock reads)."""
-        task = asyncio.get_running_loop().create_task(self._sample_cpu())
+    def watch_load(self) -> None:
+        """Sample every process's load while the pool runs, so that :meth:`least_busy` sees
+        the last 0.1 s even after a quiet minute (a sample is one small read per process)."""
+        task = asyncio.get_running_loop().create_task(self._sample_load())
         self._watchers.add(task)
         task.add_done_callback(self._watchers.discard)
 
-    async def _sample_cpu(self) -> None:
+    async def _sample_load(self) -> None:
         while True:
             await asyncio.sleep(CPU_WINDOW / 4)
             now = time.monotonic()
@@ -265,11 +282,18 @@ class WorkerPool:
             for helper in self.alive():
                 helper.meter.update(now)
 
-    def least_busy(self, margin: float = 0.25) -> Helper | None:
-        """For new consumer connections: the helper that used the least CPU lately, or None
-        (keep it here) unless that is at least ``margin`` of a core less than this process."""
+    def least_busy(self, busy: float = BUSY, margin: float = 0.25) -> Helper | None:
+        """For new consumer connections: None (keep it here) unless this process wants at
+        least ``busy`` of a core, and then the helper wanting least, if that is at least
+        ``margin`` of a core less. A process serving many small connections wants about half
+        a core and keeps them (passing one on costs more than serving it); one saturated by a
+        bulk transfer wants all of it, and new connections go where they are answered at once.
+        """
         now = time.monotonic()
-        busy = self.me.update(now) - margin
+        mine = self.me.update(now)
+        if mine < busy:
+            return None
+        busy = mine - margin
         best: Helper | None = None
         for helper in self.alive():
             rate = helper.meter.update(now)
@@ -304,6 +328,7 @@ class WorkerPool:
                 await asyncio.wait(pending, timeout=5)
         for helper in self.helpers:
             helper.channel.close()
+            helper.meter.close()
         WORKERS_UP.labels(self.role).set(1)
 
 

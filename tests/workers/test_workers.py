@@ -291,8 +291,8 @@ def test_workers_in_forward_mode_is_one_line_error() -> None:
     ]
 
 
-def test_cpu_meter_tells_a_busy_process_from_an_idle_one() -> None:
-    from tunnel.workers import CpuMeter
+def test_load_meter_tells_a_busy_process_from_an_idle_one() -> None:
+    from tunnel.workers import LoadMeter
 
     busy = os.fork()
     if busy == 0:  # pragma: no cover - the child spins, then leaves
@@ -305,12 +305,12 @@ def test_cpu_meter_tells_a_busy_process_from_an_idle_one() -> None:
         time.sleep(1.0)
         os._exit(0)
     try:
-        meters = {busy: CpuMeter(busy), idle: CpuMeter(idle)}
+        meters = {busy: LoadMeter(busy), idle: LoadMeter(idle)}
         time.sleep(0.3)
         rates = {pid: meter.update(time.monotonic()) for pid, meter in meters.items()}
         assert rates[busy] > 0.3, rates
         assert rates[idle] < 0.05, rates
-        assert rates[busy] <= 1.1, rates  # at most one core: it has one thread
+        assert rates[busy] <= 1.2, rates  # about one core: it has one thread
     finally:
         for pid in (busy, idle):
             os.waitpid(pid, 0)

@@ -20,7 +20,7 @@ class Limits:
     # Flow control. A stream's receive window starts at ``stream_window`` (announced in the
     # window update that goes with SYN/ACK) and auto-tunes up to ``max_stream_window``.
     stream_window: int = 1 * MIB
-    max_stream_window: int = 64 * MIB
+    max_stream_window: int = 128 * MIB
     # All receive windows together never promise more than this: yamux has no session window,
     # so this is what bounds the memory a peer can make us hold.
     session_memory: int = 256 * MIB

@@ -6,12 +6,13 @@ once the bytes have *left* it: here that means written to the local socket, so a
 holds back its own stream and nothing else.
 
 Auto-tuning: a fixed 256 KiB window caps one stream at 5 MB/s on a 50 ms path. The window is
-sized to twice the bandwidth-delay product: the pace at which the stream's bytes are handed on,
-measured over at least a round trip (and at least ``MIN_PERIOD``, so that one burst is not
-taken for a pace), times the round trip. A stream that the window holds back hands on a whole
-window per round trip, so its window doubles each period (a round trip, as in slow start)
-until the link or the consumer is the limit; up to ``maximum``, and only while the session's
-memory budget has room. QUIC and HTTP/2 implementations tune theirs in much the same way.
+sized to at least twice the bandwidth-delay product: the pace at which the stream's bytes are
+handed on, measured over at least a round trip (and at least ``MIN_PERIOD``, so that one burst
+is not taken for a pace), times the round trip. A stream that hands on more than half its
+window per round trip is held back by it, and its window doubles each period (a round trip, as
+in slow start) until the link or the consumer is the limit; up to ``maximum``, and only while
+the session's memory budget has room. QUIC and HTTP/2 implementations tune theirs in much the
+same way.
 
 The round trip used is the smallest one measured on the connection, not a smoothed one: a
 window that grows with a round trip made long by its own queued bytes only queues more of them,
@@ -64,8 +65,12 @@ class ReceiveWindow:
             elapsed = now - self._period_start
             if elapsed >= max(PERIOD_RTTS * rtt, MIN_PERIOD):
                 wanted = int(2 * self._period_bytes * rtt / elapsed)  # twice the BDP
-                # At most doubling per period, as slow start does.
-                growth = min(wanted - self.target, self.target, self.maximum - self.target, room)
+                # Short of that, double it, as slow start does: a window grown only to the
+                # measured need ramps slowly, since each round trip also carries the time the
+                # bytes take to be handed on.
+                growth = 0
+                if wanted > self.target:
+                    growth = min(self.target, self.maximum - self.target, room)
                 if growth > 0:
                     self.target += growth
                     credit += growth

@@ -142,7 +142,7 @@ from tunnel.workers import helper_channel_fd, helper_command, helper_index, tag_
     click.IntRange(1, 64),
     1,
     "Processes serving consumer connections, each with its own tunnel connection; while the "
-    "main one is saturated, new connections go to the least busy, so bulk does not slow the rest.",
+    "main one is busy with bulk data, new connections go to the least busy helper.",
 )
 @click.option(
     "--token-file",

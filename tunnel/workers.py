@@ -10,10 +10,10 @@ the helper serves it from then on with its own tunnel connection.
 Which process takes a connection is the role's choice:
 
 - the server spreads tunnel connections by how many each process holds (few, long-lived);
-- the client keeps a new consumer connection in the main process unless that one is
-  saturated, and then sends it to the helper wanting the least CPU, so that a PING does not
-  queue behind a bulk transfer in a process that is busy with it. One event loop cannot answer
-  quickly while it is saturated; another process can.
+- the client keeps a new consumer connection in the main process unless that one is busy
+  with bulk data, and then sends it to the helper wanting the least CPU, so that a PING does
+  not queue behind a bulk transfer's reads and writes. One event loop cannot answer quickly
+  while it moves bulk data; another process can.
 
 The channel carries scrapes too: the main process asks every helper for its metrics and status
 and serves them merged, each series labelled with the ``worker`` it came from.
@@ -52,7 +52,8 @@ MAX_MESSAGE = 60_000  # one report chunk; well under a socket pair's buffer
 RESTART_DELAY = 1.0  # seconds before a helper that exited is started again
 MAX_RESTART_DELAY = 30.0  # ... doubling up to this while it keeps exiting sooner than this
 CPU_WINDOW = 0.1  # seconds a process's load is averaged over
-BUSY = 0.8  # of a core: a client process wanting this much passes new connections on
+BUSY = 0.5  # of a core: a client process wanting this much, and ...
+BULK_RATE = 100e6  # ... relaying this many bytes a second passes new connections on
 
 WORKERS_UP = Gauge(
     "ambassador_workers", "Worker processes running, the main one included", ["role"],
@@ -121,6 +122,25 @@ class LoadMeter:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+class RateMeter:
+    """How fast a count grows, averaged over about ``CPU_WINDOW`` seconds."""
+
+    def __init__(self, count: Callable[[], int]) -> None:
+        self._count = count
+        self._at = time.monotonic()
+        self._last = count()
+        self.rate = 0.0
+
+    def update(self, now: float) -> float:
+        elapsed = now - self._at
+        if elapsed >= 0.005:
+            last = self._count()
+            recent = (last - self._last) / elapsed
+            self.rate += (recent - self.rate) * min(1.0, elapsed / CPU_WINDOW)
+            self._at, self._last = now, last
+        return self.rate
 
 
 @dataclass(eq=False)
@@ -195,6 +215,7 @@ class WorkerPool:
         self.count = count  # helpers wanted
         self.helpers: list[Helper] = []
         self.me = LoadMeter()
+        self.bulk = RateMeter(metrics.relayed_bytes)
         self._stopping = False
         self._watchers: set[asyncio.Task[None]] = set()
 
@@ -279,19 +300,22 @@ class WorkerPool:
             await asyncio.sleep(CPU_WINDOW / 4)
             now = time.monotonic()
             self.me.update(now)
+            self.bulk.update(now)
             for helper in self.alive():
                 helper.meter.update(now)
 
     def least_busy(self, busy: float = BUSY, margin: float = 0.25) -> Helper | None:
-        """For new consumer connections: None (keep it here) unless this process wants at
-        least ``busy`` of a core, and then the helper wanting least, if that is at least
-        ``margin`` of a core less. A process serving many small connections wants about half
-        a core and keeps them (passing one on costs more than serving it); one saturated by a
-        bulk transfer wants all of it, and new connections go where they are answered at once.
+        """For new consumer connections: None (keep it here) unless this process is busy with
+        bulk data (it wants at least ``busy`` of a core and relays ``BULK_RATE`` or more), and
+        then the helper wanting least, if that is at least ``margin`` of a core less.
+
+        Many small connections keep a process as busy, on a machine whose cores are all taken,
+        but each is answered within a loop turn, and passing one on costs more than serving
+        it; beside a bulk transfer, a small request waits for reads and writes of 256 KiB.
         """
         now = time.monotonic()
         mine = self.me.update(now)
-        if mine < busy:
+        if mine < busy or self.bulk.update(now) < BULK_RATE:
             return None
         busy = mine - margin
         best: Helper | None = None

@@ -2,7 +2,8 @@
 
 Pure functions: the same facts become a text table for ``ambassador-* status`` and a small HTML
 page for the status endpoint. The dict has ``role``, ``name``, ``uptime``, a list of ``remotes``
-(client) or ``sessions`` (server) and a list of ``services``.
+(client) or ``sessions`` (server) and a list of ``services``; with helper processes also
+``workers``, and each session or remote its ``worker``.
 """
 
 from __future__ import annotations
@@ -37,12 +38,18 @@ def _sessions(status: dict[str, Any]) -> list[dict[str, Any]]:
     return list(status.get("remotes") or status.get("sessions") or [])
 
 
+def _session_columns(status: dict[str, Any]) -> tuple[str, ...]:
+    """With helper processes, each session or remote also says which worker holds it."""
+    return ("worker", *_SESSION_COLUMNS) if "workers" in status else _SESSION_COLUMNS
+
+
 def render_text(status: dict[str, Any]) -> str:
     title = f"{status.get('role', '?')} {status.get('name', '')}".strip()
     head = f"{title}, up {_cell(status.get('uptime'))}s, ready: {status.get('ready')}"
     which = "remotes" if status.get("role") == "ambassador-client" else "sessions"
     parts = [head, "", which.upper()]
-    parts.append(_table(_SESSION_COLUMNS, _rows(_sessions(status), _SESSION_COLUMNS)))
+    columns = _session_columns(status)
+    parts.append(_table(columns, _rows(_sessions(status), columns)))
     parts += ["", "SERVICES"]
     services = list(status.get("services") or [])
     parts.append(_table(_SERVICE_COLUMNS, _rows(services, _SERVICE_COLUMNS)))
@@ -61,7 +68,8 @@ def render_html(status: dict[str, Any]) -> str:
     title = html.escape(f"{status.get('role', '?')} {status.get('name', '')}".strip())
     ready = "ready" if status.get("ready") else "not ready"
     which = "Remotes" if status.get("role") == "ambassador-client" else "Sessions"
-    sessions = _html_table(_SESSION_COLUMNS, _rows(_sessions(status), _SESSION_COLUMNS), "sessions")
+    columns = _session_columns(status)
+    sessions = _html_table(columns, _rows(_sessions(status), columns), "sessions")
     services = _html_table(
         _SERVICE_COLUMNS, _rows(list(status.get("services") or []), _SERVICE_COLUMNS), "services"
     )

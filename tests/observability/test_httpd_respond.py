@@ -11,6 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from tests.observability.support import Metrics
 from tunnel.httpd import StatusServer
+from tunnel.statusview import render_text
 
 STATUS: dict[str, Any] = {
     "role": "ambassador-client",
@@ -163,3 +164,14 @@ def test_helpers_reports_are_merged_into_metrics_and_status() -> None:
     assert (service["bytes_in"], service["bytes_out"]) == (15, 26)
     _, _, html = server.respond("GET", "/", [(1, HELPER_REPORT)])
     assert html.count(b"10.0.0.5:7700") >= 2
+
+
+def test_merged_status_names_the_worker_of_each_remote() -> None:
+    server = StatusServer(lambda: STATUS, Ready())
+    _, _, body = server.respond("GET", "/status", [(1, HELPER_REPORT)])
+    lines = render_text(json.loads(body)).splitlines()
+    header = lines.index("REMOTES") + 1
+    assert lines[header].split()[:2] == ["WORKER", "PEER"]
+    assert [line.split()[0] for line in lines[header + 1 : header + 3]] == ["0", "1"]
+    # One process: no worker column.
+    assert "WORKER" not in render_text(STATUS)

@@ -14,7 +14,7 @@ import signal
 import socket
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -42,10 +42,15 @@ CHUNK = 256 * 1024
 
 @dataclass
 class Transfer:
-    """One consumer connection pushing SIZE bytes through the echo and reading them back."""
+    """One consumer connection pushing SIZE bytes through the echo and reading them back.
+
+    The last chunk waits for ``rest`` (set when the test is ready), so every stream is still
+    open, mid-transfer, whatever the speed of the machine.
+    """
 
     port: int
     seed: int
+    rest: threading.Event = field(default_factory=threading.Event)
     sent: str = ""
     received: str = ""
     count: int = 0
@@ -67,10 +72,11 @@ class Transfer:
         except OSError as exc:
             self.error = repr(exc)
 
-    @staticmethod
-    def _write(sock: socket.socket, data: bytes) -> None:
+    def _write(self, sock: socket.socket, data: bytes) -> None:
         with memoryview(data) as view:
             for start in range(0, len(data), CHUNK):
+                if start + CHUNK >= len(data):
+                    self.rest.wait(timeout=60)
                 sock.sendall(view[start : start + CHUNK])
         sock.shutdown(socket.SHUT_WR)
 
@@ -115,6 +121,8 @@ def test_renewal_under_load(
         server.program.wait_for(r"reloaded \(SIGHUP\)", since)
         at_reload = sum(t.count for t in transfers)
     finally:
+        for transfer in transfers:
+            transfer.rest.set()
         for thread in threads:
             thread.join(timeout=90)
     assert at_reload < STREAMS * SIZE, "the transfers ended before the reload"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 import socket
@@ -21,7 +22,7 @@ from tunnel.metrics import services as counted_services
 from tunnel.observe import sample, service_stats
 from tunnel.oserrors import listen_error
 from tunnel.reload import Reloader
-from tunnel.workers import HelperChannel, WorkerPool, registry_families
+from tunnel.workers import HelperChannel, WorkerPool, helper_report, reload_all, serve_handed
 
 HELPER_STOP_TIMEOUT = 5.0  # seconds helpers have to finish after SIGTERM
 
@@ -35,11 +36,11 @@ class Client:
         self.connector = Connector(config)
         self.listeners = Listeners(self.connector, config.expose, config.bind)
         self._task: asyncio.Task[None] | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
         self._started = False
         self._born = time.monotonic()
 
-    def track(self, task: asyncio.Task[None]) -> None:
+    def track(self, task: asyncio.Task[Any]) -> None:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -204,7 +205,7 @@ async def serve(
             await pool.start()
             pool.watch_load()
             if watcher is not None:
-                loop.add_signal_handler(signal.SIGHUP, _reload_all, reloading, pool)
+                loop.add_signal_handler(signal.SIGHUP, reload_all, reloading, pool)
         starting = asyncio.ensure_future(client.start())
         done, _ = await asyncio.wait((starting, stopping), return_when=asyncio.FIRST_COMPLETED)
         if starting not in done:
@@ -225,11 +226,6 @@ async def serve(
         await client.stop()
 
 
-def _reload_all(reloading: Reloader[ClientConfig], pool: WorkerPool) -> None:
-    reloading.reload("SIGHUP")
-    pool.signal_all(signal.SIGHUP)
-
-
 async def serve_helper(
     config: ClientConfig,
     channel: int,
@@ -246,12 +242,13 @@ async def serve_helper(
         loop.add_signal_handler(sig, stop.set)
 
     def take(sock: socket.socket, service: str) -> None:
-        client.track(loop.create_task(_take(connector, sock, service)))
+        here = functools.partial(ConsumerStream, connector, service)
+        client.track(loop.create_task(serve_handed(sock, here)))
 
     def report() -> dict[str, Any]:
         status = client.status()
         status["services"] = [service_stats("client", name) for name in counted_services("client")]
-        return {"metrics": registry_families(), "status": status}
+        return helper_report(status)
 
     link = HelperChannel(channel, take, report, stop.set)
     link.install()
@@ -270,13 +267,3 @@ async def serve_helper(
             await running
         if connector.tunnel is not None:
             connector.tunnel.close("client shutting down")
-
-
-async def _take(connector: Connector, sock: socket.socket, service: str) -> None:
-    try:
-        await asyncio.get_running_loop().connect_accepted_socket(
-            lambda: ConsumerStream(connector, service), sock
-        )
-    except OSError as exc:
-        log.warning("a connection handed over was lost before it started: %s", exc)
-        sock.close()

@@ -25,7 +25,14 @@ from tunnel.observe import sample, service_stats
 from tunnel.oserrors import listen_error
 from tunnel.reload import Reloader
 from tunnel.tls import certificate_serial, revoked_serials, server_context, warn_if_expiring
-from tunnel.workers import Handoff, HelperChannel, WorkerPool, registry_families
+from tunnel.workers import (
+    Handoff,
+    HelperChannel,
+    WorkerPool,
+    helper_report,
+    reload_all,
+    serve_handed,
+)
 
 log = logging.getLogger("ambassador.server")
 
@@ -110,13 +117,8 @@ class Server:
         self.track(loop.create_task(self._take(sock)))
 
     async def _take(self, sock: socket.socket) -> None:
-        try:
-            await asyncio.get_running_loop().connect_accepted_socket(self._serve_here, sock)
-        except OSError as exc:
-            log.warning("a connection handed over was lost before it started: %s", exc)
-            sock.close()
-            if self.on_closed is not None:
-                self.on_closed()
+        if not await serve_handed(sock, self._serve_here) and self.on_closed is not None:
+            self.on_closed()
 
     def reload(self, new: ServerConfig) -> None:
         """Take a new configuration; raises ConfigError (keeping the old one) if it is broken.
@@ -289,7 +291,7 @@ async def serve(
         reloading = reloader(server)
         watcher = reloading.install()
         if pool is not None:
-            loop.add_signal_handler(signal.SIGHUP, _reload_all, reloading, pool)
+            loop.add_signal_handler(signal.SIGHUP, reload_all, reloading, pool)
     try:
         await stop.wait()
         await server.drain(drain_timeout, now)
@@ -303,13 +305,8 @@ async def serve(
         await server.stop()
 
 
-def _reload_all(reloading: Reloader[ServerConfig], pool: WorkerPool) -> None:
-    reloading.reload("SIGHUP")
-    pool.signal_all(signal.SIGHUP)
-
-
 def _report(server: Server) -> Callable[[], dict[str, Any]]:
-    return lambda: {"metrics": registry_families(), "status": server.status()}
+    return lambda: helper_report(server.status())
 
 
 async def serve_forwarding(

@@ -43,6 +43,7 @@ from prometheus_client.registry import Collector
 
 from tunnel import metrics
 from tunnel.errors import ConfigError
+from tunnel.reload import Reloader
 
 log = logging.getLogger("ambassador.workers")
 
@@ -313,16 +314,14 @@ class WorkerPool:
         but each is answered within a loop turn, and passing one on costs more than serving
         it; beside a bulk transfer, a small request waits for reads and writes of 256 KiB.
         """
-        now = time.monotonic()
-        mine = self.me.update(now)
-        if mine < busy or self.bulk.update(now) < BULK_RATE:
+        mine = self.me.rate  # kept current by watch_load(): no I/O on the accept path
+        if mine < busy or self.bulk.rate < BULK_RATE:
             return None
         busy = mine - margin
         best: Helper | None = None
         for helper in self.alive():
-            rate = helper.meter.update(now)
-            if rate < busy:
-                best, busy = helper, rate
+            if helper.meter.rate < busy:
+                best, busy = helper, helper.meter.rate
         return best
 
     def signal_all(self, sig: int) -> None:
@@ -376,6 +375,28 @@ class Handoff(asyncio.Protocol):
         transport.set_protocol(protocol)
         protocol.connection_made(transport)
         transport.resume_reading()
+
+
+def reload_all(reloading: Reloader[Any], pool: WorkerPool) -> None:
+    """SIGHUP in a main process: reload it, then pass the signal on to its helpers."""
+    reloading.reload("SIGHUP")
+    pool.signal_all(signal.SIGHUP)
+
+
+async def serve_handed(sock: socket.socket, protocol: Callable[[], asyncio.BaseProtocol]) -> bool:
+    """Serve a connection the main process handed over; False (logged) if it was lost first."""
+    try:
+        await asyncio.get_running_loop().connect_accepted_socket(protocol, sock)
+    except OSError as exc:
+        log.warning("a connection handed over was lost before it started: %s", exc)
+        sock.close()
+        return False
+    return True
+
+
+def helper_report(status: dict[str, Any]) -> dict[str, Any]:
+    """What a helper answers the main process's ``?``: its metrics and its status."""
+    return {"metrics": registry_families(), "status": status}
 
 
 class HelperChannel:

@@ -115,13 +115,16 @@ async def run_demo(streams: int, megabytes: int) -> int:
          "--link", f"echo=127.0.0.1:{echo_port}", "--log-level", level],
         env=env,
     )  # fmt: skip
-    client = subprocess.Popen(
-        [python, "-m", "client", "--remote", f"127.0.0.1:{tunnel_port}",
-         "--expose", f"127.0.0.1:{local_port}=echo", "--log-level", level],
-        env=env,
-    )  # fmt: skip
+    client: subprocess.Popen[bytes] | None = None
     try:
+        # The client once the server listens: started together, it would warn that it cannot
+        # reach the server yet.
         await _wait_port(tunnel_port, server, "ambassador-server")
+        client = subprocess.Popen(
+            [python, "-m", "client", "--remote", f"127.0.0.1:{tunnel_port}",
+             "--expose", f"127.0.0.1:{local_port}=echo", "--log-level", level],
+            env=env,
+        )  # fmt: skip
         await _wait_port(local_port, client, "ambassador-client")
         print(f"echo backend      127.0.0.1:{echo_port}")
         print(f"ambassador-server 127.0.0.1:{tunnel_port}  (pid {server.pid})  --link echo=...")
@@ -153,9 +156,11 @@ async def run_demo(streams: int, megabytes: int) -> int:
         print(f"demo failed: {exc}", file=sys.stderr)
         return 1
     finally:
+        # The client first: a server stopping under it would make it warn of a lost tunnel.
         for process in (client, server):
+            if process is None:
+                continue
             process.terminate()
-        for process in (client, server):
             try:
                 process.wait(timeout=5)
             except subprocess.TimeoutExpired:

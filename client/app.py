@@ -203,7 +203,6 @@ async def serve(
         if helpers is not None:
             pool = client.listeners.pool = endpoint.pool = WorkerPool("client", *helpers)
             await pool.start()
-            pool.watch_load()
             if watcher is not None:
                 loop.add_signal_handler(signal.SIGHUP, reload_all, reloading, pool)
         starting = asyncio.ensure_future(client.start())
@@ -250,7 +249,7 @@ async def serve_helper(
         status["services"] = [service_stats("client", name) for name in counted_services("client")]
         return helper_report(status)
 
-    link = HelperChannel(channel, take, report, stop.set)
+    link = HelperChannel(channel, take, report, stop.set, "client")
     link.install()
     watcher = None
     if load is not None and files is not None:

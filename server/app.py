@@ -271,7 +271,9 @@ async def serve(
             pool = server.pool = endpoint.pool = WorkerPool("server", *helpers)
             await pool.start()
     else:
-        link = HelperChannel(channel, lambda sock, _: server.take(sock), _report(server), stop.set)
+        link = HelperChannel(
+            channel, lambda sock, _: server.take(sock), _report(server), stop.set, "server"
+        )
         server.on_closed = link.ended
         link.install()
 

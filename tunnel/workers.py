@@ -43,6 +43,7 @@ from prometheus_client.registry import Collector
 
 from tunnel import metrics
 from tunnel.errors import ConfigError
+from tunnel.load import BULK_RATE, CPU_WINDOW, BulkPriority, LoadMeter, RateMeter
 from tunnel.reload import Reloader
 
 log = logging.getLogger("ambassador.workers")
@@ -52,9 +53,8 @@ WORKER_INDEX_ENV = "AMBASSADOR_WORKER_INDEX"
 MAX_MESSAGE = 60_000  # one report chunk; well under a socket pair's buffer
 RESTART_DELAY = 1.0  # seconds before a helper that exited is started again
 MAX_RESTART_DELAY = 30.0  # ... doubling up to this while it keeps exiting sooner than this
-CPU_WINDOW = 0.1  # seconds a process's load is averaged over
-BUSY = 0.5  # of a core: a client process wanting this much, and ...
-BULK_RATE = 100e6  # ... relaying this many bytes a second passes new connections on
+BUSY = 0.5  # of a core: a client process wanting this much, and relaying BULK_RATE, passes
+# new connections on
 
 WORKERS_UP = Gauge(
     "ambassador_workers", "Worker processes running, the main one included", ["role"],
@@ -79,69 +79,6 @@ def helper_channel_fd(environ: dict[str, str] | os._Environ[str] = os.environ) -
 def helper_index(environ: dict[str, str] | os._Environ[str] = os.environ) -> int:
     text = environ.get(WORKER_INDEX_ENV, "0")
     return int(text) if text.isdigit() else 0
-
-
-class LoadMeter:
-    """How much of a core a process's event loop wanted lately, averaged over ``CPU_WINDOW``.
-
-    Wanted is the time its main thread ran plus the time it waited, runnable, for a CPU
-    (``/proc/PID/schedstat``, in nanoseconds). On a machine where every core is taken, a process
-    saturated by a bulk transfer may run only 0.7 of a core, yet it wants all of it; a process
-    serving many small requests wants half of one. Where schedstat is missing, the process's
-    CPU clock (time run only) stands in; Linux names another process's CPU clock
-    ``((~pid) << 3) | 2``.
-    """
-
-    def __init__(self, pid: int | None = None) -> None:
-        self._fd: int | None = None
-        with contextlib.suppress(OSError):
-            self._fd = os.open(f"/proc/{'self' if pid is None else pid}/schedstat", os.O_RDONLY)
-        self._clock = time.CLOCK_PROCESS_CPUTIME_ID if pid is None else ((~pid) << 3) | 2
-        self._at = time.monotonic()
-        self._used = self._read(0.0)
-        self.rate = 0.0
-
-    def _read(self, fallback: float) -> float:
-        try:
-            if self._fd is not None:
-                ran, waited = os.pread(self._fd, 128, 0).split()[:2]
-                return (int(ran) + int(waited)) / 1e9
-            return time.clock_gettime(self._clock)
-        except (OSError, ValueError):  # the process is gone
-            return fallback
-
-    def update(self, now: float) -> float:
-        elapsed = now - self._at
-        if elapsed >= 0.005:
-            used = self._read(self._used)
-            recent = (used - self._used) / elapsed
-            self.rate += (recent - self.rate) * min(1.0, elapsed / CPU_WINDOW)
-            self._at, self._used = now, used
-        return self.rate
-
-    def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-
-
-class RateMeter:
-    """How fast a count grows, averaged over about ``CPU_WINDOW`` seconds."""
-
-    def __init__(self, count: Callable[[], int]) -> None:
-        self._count = count
-        self._at = time.monotonic()
-        self._last = count()
-        self.rate = 0.0
-
-    def update(self, now: float) -> float:
-        elapsed = now - self._at
-        if elapsed >= 0.005:
-            last = self._count()
-            recent = (last - self._last) / elapsed
-            self.rate += (recent - self.rate) * min(1.0, elapsed / CPU_WINDOW)
-            self._at, self._last = now, last
-        return self.rate
 
 
 @dataclass(eq=False)
@@ -217,6 +154,7 @@ class WorkerPool:
         self.helpers: list[Helper] = []
         self.me = LoadMeter()
         self.bulk = RateMeter(metrics.relayed_bytes)
+        self.priority = BulkPriority(role, self.bulk)
         self._stopping = False
         self._watchers: set[asyncio.Task[None]] = set()
 
@@ -230,6 +168,10 @@ class WorkerPool:
         WORKERS_UP.labels(self.role).set(len(self.helpers) + 1)
         log.info("%d helper processes started: pids %s", len(self.helpers),
                  ", ".join(str(h.process.pid) for h in self.helpers))  # fmt: skip
+        if not self.priority.enabled:
+            log.info("bulk transfers keep their CPU priority: lowering it could not be undone "
+                     "without CAP_SYS_NICE or RLIMIT_NICE 20 (systemd: LimitNICE=20)")  # fmt: skip
+        self.watch_load()
 
     async def _spawn(self, index: int, delay: float = RESTART_DELAY / 2) -> Helper:
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -291,7 +233,8 @@ class WorkerPool:
 
     def watch_load(self) -> None:
         """Sample every process's load while the pool runs, so that :meth:`least_busy` sees
-        the last 0.1 s even after a quiet minute (a sample is one small read per process)."""
+        the last 0.1 s even after a quiet minute (a sample is one small read per process), and
+        this process's relayed bytes, for its CPU priority (:class:`tunnel.load.BulkPriority`)."""
         task = asyncio.get_running_loop().create_task(self._sample_load())
         self._watchers.add(task)
         task.add_done_callback(self._watchers.discard)
@@ -302,6 +245,7 @@ class WorkerPool:
             now = time.monotonic()
             self.me.update(now)
             self.bulk.update(now)
+            self.priority.update(now)
             for helper in self.alive():
                 helper.meter.update(now)
 
@@ -408,17 +352,24 @@ class HelperChannel:
         on_connection: Callable[[socket.socket, str], None],
         report: Callable[[], dict[str, Any]],
         on_lost: Callable[[], None],
+        role: str,
     ) -> None:
         self.sock = socket.socket(fileno=fd)
         self.sock.setblocking(False)
         self._on_connection = on_connection
         self._report = report
         self._on_lost = on_lost
+        self.priority = BulkPriority(role, RateMeter(metrics.relayed_bytes))
+        self._following: asyncio.Task[None] | None = None
 
     def install(self) -> None:
-        asyncio.get_running_loop().add_reader(self.sock.fileno(), self._readable)
+        loop = asyncio.get_running_loop()
+        loop.add_reader(self.sock.fileno(), self._readable)
+        self._following = loop.create_task(self.priority.follow())
 
     def close(self) -> None:
+        if self._following is not None:
+            self._following.cancel()
         with contextlib.suppress(Exception):
             asyncio.get_running_loop().remove_reader(self.sock.fileno())
         self.sock.close()

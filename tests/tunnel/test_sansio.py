@@ -64,6 +64,7 @@ def test_every_core_module_is_checked() -> None:
         "logonce",
         "pemfiles",  # reads and writes certificate and key files
         "workers",  # helper processes: started, handed sockets, scraped
+        "load",  # reads /proc, sets the process's CPU priority
     }
     present = {p.stem for p in Path(tunnel.__file__).parent.glob("*.py")}
     assert present - adapters - set(SANS_IO) == set()

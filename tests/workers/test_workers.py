@@ -26,6 +26,7 @@ from tests.integration.support import (
 )
 from tests.observability.support import consumer_refused, http_get, scrape, wait_for
 from tests.workers.conftest import alive, children_of, wait_gone
+from tunnel.load import can_raise_priority
 
 pytestmark = pytest.mark.integration
 
@@ -93,9 +94,12 @@ def test_server_workers_serve_one_client_each_and_report_as_one(
     assert "worker 1: draining" in server.process.stderr()
 
 
-async def _bulk_while_small(port: int, small: int) -> tuple[bool, list[bool]]:
+async def _bulk_while_small(
+    port: int, small: int, during: Callable[[], None] = lambda: None
+) -> tuple[bool, list[bool]]:
     """Echo a stream of bytes until ``small`` short echoes on new connections are done;
-    (the long stream came back exact, the short ones did)."""
+    (the long stream came back exact, the short ones did). ``during`` runs once the long
+    stream is up to speed."""
     stop = asyncio.Event()
     reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=4 * CHUNK)
     sent, got = hashlib.sha256(), hashlib.sha256()
@@ -114,6 +118,7 @@ async def _bulk_while_small(port: int, small: int) -> tuple[bool, list[bool]]:
 
     async def short_ones() -> list[bool]:
         await asyncio.sleep(1.0)  # the long stream is up to speed: its process is busy
+        await asyncio.to_thread(during)
         results = []
         for index in range(small):
             r, w = await asyncio.open_connection("127.0.0.1", port)
@@ -135,15 +140,17 @@ async def _bulk_while_small(port: int, small: int) -> tuple[bool, list[bool]]:
     return sent.digest() == got.digest(), shorts.result()
 
 
-def test_client_sends_new_connections_away_from_a_process_busy_with_bulk(
+def echo_pair(
     start_backend: Callable[[str], int],
     start_server: Callable[..., AmbassadorServer],
     start_client: Callable[..., Started],
     free_port: Callable[..., int],
-    wait_for_port: Callable[..., None],
-) -> None:
+    *server_args: str,
+) -> tuple[AmbassadorServer, Started, int, int]:
+    """An echo backend behind a pair of ``--workers 2`` each, both tunnels up: (server,
+    client, the client's exposed port, the client's metrics port)."""
     echo = start_backend("echo")
-    server = start_server(f"echo=127.0.0.1:{echo}", args=["--workers", "2"])
+    server = start_server(f"echo=127.0.0.1:{echo}", args=["--workers", "2", *server_args])
     port, metrics = free_port(), free_port()
     client = start_client(
         f"--remote=127.0.0.1:{server.port}",
@@ -153,6 +160,17 @@ def test_client_sends_new_connections_away_from_a_process_busy_with_bulk(
         listens=[("127.0.0.1", port)],
     )
     client.wait_for_stderr(r"worker 1: tunnel up to ")
+    return server, client, port, metrics
+
+
+def test_client_sends_new_connections_away_from_a_process_busy_with_bulk(
+    start_backend: Callable[[str], int],
+    start_server: Callable[..., AmbassadorServer],
+    start_client: Callable[..., Started],
+    free_port: Callable[..., int],
+    wait_for_port: Callable[..., None],
+) -> None:
+    _, client, port, metrics = echo_pair(start_backend, start_server, start_client, free_port)
     helpers_of(client, 1)
     remotes = status_of(metrics)["remotes"]
     assert isinstance(remotes, list)
@@ -166,6 +184,49 @@ def test_client_sends_new_connections_away_from_a_process_busy_with_bulk(
     assert page.value("ambassador_handovers_total", role="client") >= 1
     assert page.value("ambassador_streams_total", role="client", worker="1") >= 1
     assert page.value("ambassador_streams_total", role="client", service="echo") == 31
+
+
+def nice_of(pid: int) -> int:
+    return os.getpriority(os.PRIO_PROCESS, pid)
+
+
+def test_processes_relaying_bulk_data_yield_the_cpu_until_it_stops(
+    start_backend: Callable[[str], int],
+    start_server: Callable[..., AmbassadorServer],
+    start_client: Callable[..., Started],
+    free_port: Callable[..., int],
+    wait_for_port: Callable[..., None],
+) -> None:
+    if not can_raise_priority(nice_of(0)):
+        pytest.skip("needs CAP_SYS_NICE or RLIMIT_NICE to restore a priority")
+    server_metrics = free_port()
+    server, client, port, metrics = echo_pair(
+        start_backend, start_server, start_client, free_port,
+        f"--metrics-listen=127.0.0.1:{server_metrics}",
+    )  # fmt: skip
+    (client_helper,) = helpers_of(client, 1)
+    (server_helper,) = helpers_of(server.process, 1)
+    everyone = [client.pid, client_helper, server.process.pid, server_helper]
+    base = {pid: nice_of(pid) for pid in everyone}
+    seen: dict[int, int] = {}
+
+    def look() -> None:
+        wait_for("the bulk transfer's client process to yield",
+                 lambda: nice_of(client.pid) > base[client.pid], timeout=5.0)  # fmt: skip
+        seen.update({pid: nice_of(pid) - base[pid] for pid in everyone})
+        assert scrape(metrics).value("ambassador_priority_lowered", worker="0") == 1
+
+    bulk_exact, shorts = asyncio.run(_bulk_while_small(port, 5, look))
+    assert bulk_exact and all(shorts)
+    # The main client process carried the bulk stream and one server process did; the
+    # client's helper, which took the short connections, kept its priority.
+    assert seen[client.pid] == 5
+    assert seen[client_helper] == 0
+    assert sorted([seen[server.process.pid], seen[server_helper]]) == [0, 5]
+    wait_for("every priority restored after the transfer",
+             lambda: all(nice_of(pid) == base[pid] for pid in everyone), timeout=5.0)  # fmt: skip
+    assert scrape(metrics).value("ambassador_priority_lowered") == 0
+    assert scrape(server_metrics).value("ambassador_priority_lowered") == 0
 
 
 def test_a_helper_that_dies_is_started_again_and_its_client_comes_back(
@@ -292,7 +353,7 @@ def test_workers_in_forward_mode_is_one_line_error() -> None:
 
 
 def test_load_meter_tells_a_busy_process_from_an_idle_one() -> None:
-    from tunnel.workers import LoadMeter
+    from tunnel.load import LoadMeter
 
     busy = os.fork()
     if busy == 0:  # pragma: no cover - the child spins, then leaves

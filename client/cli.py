@@ -15,6 +15,7 @@ from client.config import ClientConfig
 from tunnel.auth import load_tokens
 from tunnel.certs import parse_pin
 from tunnel.cli import (
+    WorkerCount,
     config_option,
     endpoint_option,
     limit_options,
@@ -139,7 +140,7 @@ from tunnel.workers import helper_channel_fd, helper_command, helper_index, tag_
 )
 @setting(
     "--workers",
-    click.IntRange(1, 64),
+    WorkerCount(),
     1,
     "Processes serving consumer connections, each with its own tunnel connection; while the "
     "main one is busy with bulk data, new connections go to the least busy helper.",

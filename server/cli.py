@@ -15,6 +15,8 @@ from server.config import ServerConfig
 from tunnel.access import parse_access
 from tunnel.auth import load_tokens
 from tunnel.cli import (
+    AutoWorkers,
+    WorkerCount,
     config_option,
     endpoint_option,
     limit_options,
@@ -137,7 +139,7 @@ from tunnel.workers import helper_channel_fd, helper_command, helper_index, tag_
 )
 @setting(
     "--workers",
-    click.IntRange(1, 64),
+    WorkerCount(),
     1,
     "Processes serving tunnel connections; each client connection is served by one of them "
     "(the client's --workers opens one connection per process).",
@@ -163,7 +165,7 @@ def cli(ctx: click.Context, /, **params: Any) -> None:
         print_effective(params, config.token_file)
         return
     if params["forward"]:
-        if params["workers"] > 1:
+        if params["workers"] > 1 and not isinstance(params["workers"], AutoWorkers):
             raise ConfigError("--workers applies to the tunnel; --forward runs in one process")
         run(serve_forwarding(config, params["forward_bind"], metrics))
         return

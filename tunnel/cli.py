@@ -9,11 +9,11 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from tunnel.config import apply_config_file
+from tunnel.config import Kind, apply_config_file
 from tunnel.errors import ConfigError
 from tunnel.limits import KIB, Limits
 
@@ -87,6 +87,49 @@ def print_effective(params: dict[str, Any], token_file: str | None) -> None:
     if token_file is not None:
         tokens, _ = load_tokens(token_file)
         print(f"tokens = {[f'{name}:***' for name in tokens]!r}")
+
+
+MAX_WORKERS = 64
+
+
+class AutoWorkers(int):
+    """A worker count that ``auto`` chose: one per CPU (where one process is all there can
+    be, as in drop-in mode, it quietly means one)."""
+
+
+def cpus_available() -> int:
+    """CPUs this process may run on (its affinity, which containers and taskset narrow)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - platforms without affinity
+        return os.cpu_count() or 1
+
+
+if TYPE_CHECKING:
+    _IntParamType = click.ParamType[int]
+else:  # click before 8.2 has no subscriptable ParamType
+    _IntParamType = click.ParamType
+
+
+class WorkerCount(_IntParamType):
+    """``--workers``: 1 to 64 processes, or ``auto``, one per CPU this process may run on."""
+
+    name = "N|auto"
+    config_kind = Kind.COUNT  # a config file may give a number or "auto"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            count = value
+        elif str(value).strip().lower() == "auto":
+            return AutoWorkers(max(1, min(MAX_WORKERS, cpus_available())))
+        else:
+            try:
+                count = int(str(value).strip())
+            except ValueError:
+                self.fail(f"{value!r} is neither a number of processes nor 'auto'", param, ctx)
+        if not 1 <= count <= MAX_WORKERS:
+            self.fail(f"{count} is not from 1 to {MAX_WORKERS} (or 'auto')", param, ctx)
+        return count
 
 
 def metrics_address(text: str | None) -> tuple[str, int] | None:

@@ -50,6 +50,7 @@ class Kind(enum.Enum):
     INT = "an integer"
     FLOAT = "a number"
     STR = "a string"
+    COUNT = 'a number or "auto"'
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +108,8 @@ def _convert(value: object, kind: Kind) -> object:
     if kind is Kind.FLOAT and isinstance(value, int | float):
         return float(value)
     if kind is Kind.STR and isinstance(value, str):
+        return value
+    if kind is Kind.COUNT and isinstance(value, int | str):
         return value
     return None
 
@@ -187,6 +190,9 @@ def to_default_map(
 
 
 def _kind_of(param: click.Parameter) -> Kind:
+    declared = getattr(param.type, "config_kind", None)  # a type of our own says
+    if isinstance(declared, Kind):
+        return declared
     if isinstance(param, click.Option) and param.count:
         return Kind.INT
     if isinstance(param.type, click.types.BoolParamType):

@@ -130,6 +130,28 @@ def test_counted_options_take_integers() -> None:
     assert params_of(command) == {"verbose": ParamSpec(Kind.INT)}
 
 
+def test_a_worker_count_in_a_file_is_a_number_or_auto(tmp_path: Path) -> None:
+    from tunnel.cli import AutoWorkers, WorkerCount, cpus_available
+
+    @click.command()
+    @click.option("--config", is_eager=True, expose_value=False, callback=apply_config_file)
+    @click.option("--workers", type=WorkerCount(), default=1)
+    def command(workers: int) -> None:
+        click.echo(f"{workers} {isinstance(workers, AutoWorkers)}")
+
+    assert params_of(command) == {"workers": ParamSpec(Kind.COUNT)}
+    config = tmp_path / "workers.toml"
+    expected = {"3": "3 False", '"auto"': f"{min(64, cpus_available())} True"}
+    for written, shown in expected.items():
+        config.write_text(f"workers = {written}\n")
+        result = CliRunner().invoke(command, ["--config", str(config)])
+        assert (result.exit_code, result.output.strip()) == (0, shown)
+    config.write_text("workers = 2.5\n")
+    result = CliRunner().invoke(command, ["--config", str(config)])
+    assert result.exit_code == 2
+    assert 'workers must be a number or "auto", not a number (2.5)' in result.output
+
+
 def test_to_default_map_converts_and_renames() -> None:
     data = {
         "port": 7701,

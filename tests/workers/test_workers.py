@@ -25,6 +25,7 @@ from tests.integration.support import (
     run_program,
 )
 from tests.observability.support import consumer_refused, http_get, scrape, wait_for
+from tests.observability.test_forward import docker_link
 from tests.workers.conftest import alive, children_of, wait_gone
 from tunnel.load import can_raise_priority
 
@@ -352,6 +353,59 @@ def test_workers_in_forward_mode_is_one_line_error() -> None:
     assert lines == [
         "ambassador-server: error: --workers applies to the tunnel; --forward runs in one process"
     ]
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("0", "0 is not from 1 to 64 (or 'auto')"),
+        ("65", "65 is not from 1 to 64 (or 'auto')"),
+        ("two", "'two' is neither a number of processes nor 'auto'"),
+    ],
+)
+@pytest.mark.parametrize("role", ["server", "client"])
+def test_a_bad_worker_count_is_one_line_error(role: str, value: str, message: str) -> None:
+    where = ["--link", "a=127.0.0.1:1"] if role == "server" else [
+        "--remote", "127.0.0.1:1", "--expose", "127.0.0.1:1=a"]  # fmt: skip
+    for how in (["--workers", value], []):
+        env = dict(os.environ, AMBASSADOR_WORKERS=value) if not how else None
+        result = run_program([*ambassador(role), *where, *how, "--check-config"], env=env)
+        assert result.returncode == 2
+        assert result.stderr.strip().splitlines() == [
+            f"ambassador-{role}: error: Invalid value for '--workers': {message}"
+        ]
+
+
+def test_auto_runs_one_process_per_cpu_and_one_in_drop_in_mode(
+    redis_server: Redis,
+    start_server: Callable[..., AmbassadorServer],
+    processes: object,
+    free_port: Callable[..., int],
+    wait_for_port: Callable[..., None],
+) -> None:
+    mine = os.sched_getaffinity(0)
+    if len(mine) < 2:
+        pytest.skip("one CPU: auto means one process, as with no --workers")
+    # The server inherits an affinity of two CPUs, as under taskset or a container's cpuset:
+    # auto counts those, not the machine's.
+    os.sched_setaffinity(0, sorted(mine)[:2])
+    try:
+        server = start_server(f"redis=127.0.0.1:{redis_server.port}", args=["--workers", "auto"])
+    finally:
+        os.sched_setaffinity(0, mine)
+    assert len(helpers_of(server.process, 1)) == 1
+
+    # Drop-in mode runs in one process: auto means one there, not an error.
+    port = free_port()
+    forward = processes.start(  # type: ignore[attr-defined]
+        "ambassador-server --forward",
+        [*ambassador("server"), "--links-from-env", "--forward", "--forward-bind", "127.0.0.1",
+         "--workers", "auto"],
+        env=docker_link("redis", port, "127.0.0.1", redis_server.port),
+    )  # fmt: skip
+    forward.wait_for_stderr(rf"forwarding 127\.0\.0\.1:{port} to ", timeout=10)
+    assert redis_cli(port, "PING") == "PONG"
+    assert children_of(forward.pid) == []
 
 
 def test_load_meter_tells_a_busy_process_from_an_idle_one() -> None:

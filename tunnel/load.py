@@ -39,7 +39,26 @@ PRIORITY_LOWERED = Gauge(
 )  # fmt: skip
 
 
-class LoadMeter:
+class RateMeter:
+    """How fast a count grows, averaged over about ``CPU_WINDOW`` seconds."""
+
+    def __init__(self, count: Callable[[], float]) -> None:
+        self._count = count
+        self._at = time.monotonic()
+        self._last = count()
+        self.rate = 0.0
+
+    def update(self, now: float) -> float:
+        elapsed = now - self._at
+        if elapsed >= 0.005:
+            last = self._count()
+            recent = (last - self._last) / elapsed
+            self.rate += (recent - self.rate) * min(1.0, elapsed / CPU_WINDOW)
+            self._at, self._last = now, last
+        return self.rate
+
+
+class LoadMeter(RateMeter):
     """How much of a core a process's event loop wanted lately, averaged over ``CPU_WINDOW``.
 
     Wanted is the time its main thread ran plus the time it waited, runnable, for a CPU
@@ -55,51 +74,22 @@ class LoadMeter:
         with contextlib.suppress(OSError):
             self._fd = os.open(f"/proc/{'self' if pid is None else pid}/schedstat", os.O_RDONLY)
         self._clock = time.CLOCK_PROCESS_CPUTIME_ID if pid is None else ((~pid) << 3) | 2
-        self._at = time.monotonic()
-        self._used = self._read(0.0)
-        self.rate = 0.0
+        self._last = 0.0
+        super().__init__(self._seconds)
 
-    def _read(self, fallback: float) -> float:
+    def _seconds(self) -> float:
         try:
             if self._fd is not None:
                 ran, waited = os.pread(self._fd, 128, 0).split()[:2]
                 return (int(ran) + int(waited)) / 1e9
             return time.clock_gettime(self._clock)
-        except (OSError, ValueError):  # the process is gone
-            return fallback
-
-    def update(self, now: float) -> float:
-        elapsed = now - self._at
-        if elapsed >= 0.005:
-            used = self._read(self._used)
-            recent = (used - self._used) / elapsed
-            self.rate += (recent - self.rate) * min(1.0, elapsed / CPU_WINDOW)
-            self._at, self._used = now, used
-        return self.rate
+        except (OSError, ValueError):  # the process is gone: no more time counted
+            return self._last
 
     def close(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
-
-
-class RateMeter:
-    """How fast a count grows, averaged over about ``CPU_WINDOW`` seconds."""
-
-    def __init__(self, count: Callable[[], int]) -> None:
-        self._count = count
-        self._at = time.monotonic()
-        self._last = count()
-        self.rate = 0.0
-
-    def update(self, now: float) -> float:
-        elapsed = now - self._at
-        if elapsed >= 0.005:
-            last = self._count()
-            recent = (last - self._last) / elapsed
-            self.rate += (recent - self.rate) * min(1.0, elapsed / CPU_WINDOW)
-            self._at, self._last = now, last
-        return self.rate
 
 
 def can_raise_priority(nice: int, status: str = "/proc/self/status") -> bool:

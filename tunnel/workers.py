@@ -53,8 +53,7 @@ WORKER_INDEX_ENV = "AMBASSADOR_WORKER_INDEX"
 MAX_MESSAGE = 60_000  # one report chunk; well under a socket pair's buffer
 RESTART_DELAY = 1.0  # seconds before a helper that exited is started again
 MAX_RESTART_DELAY = 30.0  # ... doubling up to this while it keeps exiting sooner than this
-BUSY = 0.5  # of a core: a client process wanting this much, and relaying BULK_RATE, passes
-# new connections on
+BUSY = 0.5  # of a core wanted (and BULK_RATE relayed): a client passes new connections on
 
 WORKERS_UP = Gauge(
     "ambassador_workers", "Worker processes running, the main one included", ["role"],

@@ -71,8 +71,10 @@ class ServerConnection:
         self.refused = False  # the hello was refused (and logged as such)
         self.tls_done = False  # a TLS handshake completed on this connection
         self.streams: set[BackendStream] = set()
-        self.tasks: set[asyncio.Task[None]] = set()
-        self._dial_slots = asyncio.Semaphore(server.config.max_pending_dials)
+        self.tasks: set[asyncio.Task[object]] = set()  # backend dials under way
+        self._dials = 0  # how many: at most max_pending_dials
+        # Streams waiting for a dial slot, oldest first, each with the timer that gives up.
+        self._waiting: dict[BackendStream, tuple[Service, asyncio.TimerHandle]] = {}
         self._hello: Hello | None = None
         self._version = 0
         self._server_nonce = b""
@@ -111,32 +113,41 @@ class ServerConnection:
         return stream
 
     def start_dial(self, stream: BackendStream, service: Service) -> None:
-        task = self.loop.create_task(self._dial(stream, service))
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        """Dial the stream's backend now, or once a dial slot is free.
 
-    async def _dial(self, stream: BackendStream, service: Service) -> None:
-        # At most max_pending_dials dials run at once; a burst of new streams waits its turn
-        # (within the dial timeout) instead of flooding the backend's accept queue.
-        timeout = self.server.config.dial_timeout
-        try:
-            if self._dial_slots.locked():
-                async with asyncio.timeout(timeout):
-                    await self._dial_slots.acquire()
-            else:
-                await self._dial_slots.acquire()  # a free slot: taken at once, no timer needed
-        except TimeoutError:
-            limit = self.server.config.max_pending_dials
-            metrics.LIMIT_HITS.labels("max_pending_dials").inc()
-            stream.refuse(
-                Reason.LIMIT_EXCEEDED,
-                f"waited {timeout:g}s for one of {limit} backend dial slots",
-            )
+        At most max_pending_dials dials run at once; a burst of new streams waits its turn
+        (within the dial timeout) instead of flooding the backend's accept queue.
+        """
+        config = self.server.config
+        if self._dials < config.max_pending_dials:
+            self._dials += 1
+            attempt = stream.dial(service, config.dial_timeout)
+            self.tasks.add(attempt)
+            attempt.add_done_callback(self._dial_finished)
             return
-        try:
-            await stream.dial(service, timeout)
-        finally:
-            self._dial_slots.release()
+        expiry = self.loop.call_later(config.dial_timeout, self._slot_wait_expired, stream)
+        self._waiting[stream] = (service, expiry)
+
+    def _dial_finished(self, attempt: asyncio.Task[object]) -> None:
+        self.tasks.discard(attempt)
+        self._dials -= 1
+        while self._waiting and self.tunnel.is_open:
+            stream, (service, expiry) = next(iter(self._waiting.items()))
+            del self._waiting[stream]
+            expiry.cancel()
+            if not stream.closed:
+                self.start_dial(stream, service)
+                return
+
+    def _slot_wait_expired(self, stream: BackendStream) -> None:
+        del self._waiting[stream]
+        config = self.server.config
+        metrics.LIMIT_HITS.labels("max_pending_dials").inc()
+        stream.refuse(
+            Reason.LIMIT_EXCEEDED,
+            f"waited {config.dial_timeout:g}s for one of {config.max_pending_dials} backend "
+            "dial slots",
+        )
 
     def stream_done(self, stream: BackendStream) -> None:
         self.streams.discard(stream)
@@ -268,6 +279,9 @@ class ServerConnection:
         self._hello_timer.cancel()
         for task in list(self.tasks):
             task.cancel()
+        for _, expiry in self._waiting.values():
+            expiry.cancel()
+        self._waiting.clear()
         self.server.connection_closed(self)
         if self.welcomed:
             with contextlib.suppress(KeyError):

@@ -37,6 +37,7 @@ from tunnel.events import (
 )
 from tunnel.frames import GoAwayCode
 from tunnel.session import Session
+from tunnel.streams import StreamState
 from tunnel.tls import describe_tls_error
 
 log = logging.getLogger("ambassador.tunnel")
@@ -305,7 +306,7 @@ class TunnelConnection(asyncio.BufferedProtocol):
         self._finish(event.reason)
 
     def _forget_if_closed(self, stream_id: int) -> None:
-        if self.session.stream_state(stream_id).name == "CLOSED":
+        if self.session.stream_state(stream_id) is StreamState.CLOSED:
             self._handlers.pop(stream_id, None)
 
     def _schedule_flush(self) -> None:

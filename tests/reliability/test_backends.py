@@ -4,9 +4,10 @@ and no other stream notices."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -26,6 +27,28 @@ from tests.reliability.support import (
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
 
+@contextlib.contextmanager
+def silent_backend() -> Iterator[int]:
+    """The port of a listener that never accepts, with its accept queue already full: the
+    kernel drops further SYNs, so a dial to it neither succeeds nor fails until it times out."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(0)
+    port = silent.getsockname()[1]
+    fillers = []
+    try:
+        for _ in range(2):
+            filler = socket.socket()
+            filler.setblocking(False)
+            filler.connect_ex(("127.0.0.1", port))
+            fillers.append(filler)
+        time.sleep(0.2)
+        yield port
+    finally:
+        for sock in (*fillers, silent):
+            sock.close()
+
+
 def test_refusing_backend_resets_the_consumer_with_reason_backend_refused(
     echo_pair: Callable[..., EchoPair], free_port: Callable[..., int]
 ) -> None:
@@ -42,20 +65,7 @@ def test_refusing_backend_resets_the_consumer_with_reason_backend_refused(
 def test_silent_backend_resets_the_consumer_after_the_dial_timeout(
     echo_pair: Callable[..., EchoPair],
 ) -> None:
-    # A listener that never accepts, with its accept queue already full: the kernel drops
-    # further SYNs, so a dial to it neither succeeds nor fails until the dial timeout.
-    silent = socket.socket()
-    silent.bind(("127.0.0.1", 0))
-    silent.listen(0)
-    port = silent.getsockname()[1]
-    fillers = []
-    try:
-        for _ in range(2):
-            filler = socket.socket()
-            filler.setblocking(False)
-            filler.connect_ex(("127.0.0.1", port))
-            fillers.append(filler)
-        time.sleep(0.2)
+    with silent_backend() as port:
         pair = echo_pair(backend_port=port, server_args=["--dial-timeout", "0.5"])
         transfer = run(echo_transfer(pair.port, Transfer(4 * KIB, seed=2), timeout=10))
         assert transfer.outcome == "reset", transfer
@@ -67,9 +77,52 @@ def test_silent_backend_resets_the_consumer_after_the_dial_timeout(
         # The timed-out dial left nothing behind: the next stream is refused the same way.
         again = run(echo_transfer(pair.port, Transfer(4 * KIB, seed=3), timeout=10))
         assert again.outcome == "reset", again
-    finally:
-        for sock in (*fillers, silent):
-            sock.close()
+
+
+def test_dials_beyond_max_pending_dials_wait_their_turn(
+    echo_pair: Callable[..., EchoPair],
+) -> None:
+    pair = echo_pair(server_args=["--max-pending-dials", "1"])
+
+    async def burst() -> list[Transfer]:
+        return await asyncio.gather(
+            *(echo_transfer(pair.port, Transfer(64 * KIB, seed=n), timeout=10) for n in range(12))
+        )
+
+    transfers = run(burst(), timeout=20)
+    assert all(t.outcome == "complete" and t.exact for t in transfers), transfers
+
+
+def test_a_stream_that_waits_out_the_dial_timeout_for_a_slot_is_refused(
+    echo_pair: Callable[..., EchoPair],
+) -> None:
+    # One slot, held for the whole dial timeout by a dial to a silent backend.
+    # The second stream gets the slot when that dial times out, and times out dialing in turn;
+    # the third waited 1 s for a slot without one coming free, and is refused for that.
+    with silent_backend() as port:
+        pair = echo_pair(
+            backend_port=port, server_args=["--dial-timeout", "1", "--max-pending-dials", "1"]
+        )
+
+        async def staggered() -> list[Transfer]:
+            async def after(delay: float, seed: int) -> Transfer:
+                await asyncio.sleep(delay)
+                return await echo_transfer(pair.port, Transfer(4 * KIB, seed), timeout=10)
+
+            return await asyncio.gather(after(0.0, 1), after(0.2, 2), after(0.4, 3))
+
+        first, second, third = run(staggered(), timeout=20)
+        assert [t.outcome for t in (first, second, third)] == ["reset"] * 3
+        assert 0.8 < first.seconds < 1.6, first.seconds  # its own dial timed out
+        assert 1.4 < second.seconds < 2.6, second.seconds  # waited ~0.8 s, then dialed for 1 s
+        assert 0.8 < third.seconds < 1.6, third.seconds  # gave up waiting after 1 s
+        # (The second timeout is not logged again: refusals of one kind are logged once a while.)
+        wait_for_log_sync(pair.server.process, r"\(backend_timeout\): .* within 1s", 3)
+        wait_for_log_sync(
+            pair.server.process,
+            r"\(limit_exceeded\): waited 1s for one of 1 backend dial slots",
+            2,
+        )
 
 
 def test_flapping_backend_gives_exact_answers_or_clean_resets(

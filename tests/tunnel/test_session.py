@@ -313,7 +313,7 @@ def test_large_payloads_reach_the_socket_without_a_copy(pair: Pair) -> None:
     it); headers and small payloads share one buffer; together they are data_to_send's bytes."""
     client = pair.client.session
     bulk, small = open_established(pair), open_established(pair)
-    block = bytes(range(256)) * 256  # 64 KiB: exactly one frame
+    block = bytes(range(256)) * 512  # 128 KiB: exactly one frame
     client.send_data(bulk, block)
     client.send_data(small, b"ping")
     buffers = client.buffers_to_send()

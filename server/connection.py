@@ -141,6 +141,8 @@ class ServerConnection:
 
     def _slot_wait_expired(self, stream: BackendStream) -> None:
         del self._waiting[stream]
+        if stream.closed:  # the client gave up on it first: no limit was hit
+            return
         config = self.server.config
         metrics.LIMIT_HITS.labels("max_pending_dials").inc()
         stream.refuse(

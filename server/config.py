@@ -18,7 +18,7 @@ class ServerConfig:
     name: str = "ambassador-server"
     dial_timeout: float = 5.0  # seconds to reach a backend before the stream is refused
     handshake_timeout: float = 10.0  # a connection that sends no hello by then is closed
-    max_pending_dials: int = 256  # backend dials in progress per session; more are refused
+    max_pending_dials: int = 256  # dials in progress per session; more wait (up to dial_timeout)
     tls: ServerTls | None = None  # None: plaintext
     access: AccessRules = field(default_factory=AccessRules)  # empty: everyone reaches all
     token_file: str | None = None  # NAME:SECRET lines; set: clients must prove a token

@@ -51,12 +51,16 @@ class _Side(asyncio.Protocol):
     def eof_received(self) -> bool:
         self.eof = True
         peer = self.peer
-        if peer is not None and peer.transport is not None and peer.transport.can_write_eof():
-            peer.transport.write_eof()
-        if peer is not None and peer.eof and self.transport is not None:
-            self.transport.close()
+        if peer is not None and peer.eof:
+            # Both sides are done: close both (which flushes what is queued). Never half-close
+            # a socket that has already received EOF: uvloop 0.23 can corrupt its heap when
+            # such a socket is closed later.
+            if self.transport is not None:
+                self.transport.close()
             if peer.transport is not None:
                 peer.transport.close()
+        elif peer is not None and peer.transport is not None and peer.transport.can_write_eof():
+            peer.transport.write_eof()
         return True
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -35,7 +35,6 @@ class BackendStream(Relay):
         self._header: StreamHeaderParser | None = StreamHeaderParser()
         self._label = "-"
         self._finished = False
-        self._target: Address | None = None  # the backend being dialed
         self._expiry: asyncio.TimerHandle | None = None  # the dial's timeout
         self._timed_out: float | None = None  # the timeout, once it cut the dial short
         self.preamble = True  # the stream header comes first
@@ -70,23 +69,21 @@ class BackendStream(Relay):
             self.meters.opened += 1
             self.meters.open_now += 1
             self.preamble = False
-            self.owner.start_dial(self, service)
+            self.owner.start_dial(self)
             data = rest
             if not data:
                 return
         if self.service is not None:
             self.deliver(data)
 
-    def dial(self, service: Service, timeout: float) -> asyncio.Task[object]:
-        """Start connecting to the backend; the returned task ends when the attempt is over.
+    def dial(self, target: Address, timeout: float) -> asyncio.Task[object]:
+        """Start connecting to ``target``; the returned task ends when the attempt is over.
 
         A bare task with a timer and a done callback: a coroutine around them (with
         ``asyncio.timeout()`` or a semaphore) showed in profiles of one new connection per
         request.
         """
         loop = self.owner.loop
-        target = service.target
-        self._target = target
         attempt: asyncio.Task[object] = loop.create_task(
             loop.create_connection(self._protocol, target.host, target.port)
         )
@@ -104,7 +101,8 @@ class BackendStream(Relay):
     def _dialed(self, attempt: asyncio.Task[object]) -> None:
         if self._expiry is not None:
             self._expiry.cancel()
-        target = self._target
+        assert self.service is not None  # dialed only once the header named it
+        target = self.service.target
         if attempt.cancelled():
             if self._timed_out is not None:  # else the session is closing: nothing to say
                 timeout = self._timed_out

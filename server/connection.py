@@ -74,7 +74,7 @@ class ServerConnection:
         self.tasks: set[asyncio.Task[object]] = set()  # backend dials under way
         self._dials = 0  # how many: at most max_pending_dials
         # Streams waiting for a dial slot, oldest first, each with the timer that gives up.
-        self._waiting: dict[BackendStream, tuple[Service, asyncio.TimerHandle]] = {}
+        self._waiting: dict[BackendStream, asyncio.TimerHandle] = {}
         self._hello: Hello | None = None
         self._version = 0
         self._server_nonce = b""
@@ -112,7 +112,7 @@ class ServerConnection:
         self.streams.add(stream)
         return stream
 
-    def start_dial(self, stream: BackendStream, service: Service) -> None:
+    def start_dial(self, stream: BackendStream) -> None:
         """Dial the stream's backend now, or once a dial slot is free.
 
         At most max_pending_dials dials run at once; a burst of new streams waits its turn
@@ -121,22 +121,23 @@ class ServerConnection:
         config = self.server.config
         if self._dials < config.max_pending_dials:
             self._dials += 1
-            attempt = stream.dial(service, config.dial_timeout)
+            assert stream.service is not None  # dialed only once the header named it
+            attempt = stream.dial(stream.service.target, config.dial_timeout)
             self.tasks.add(attempt)
             attempt.add_done_callback(self._dial_finished)
             return
         expiry = self.loop.call_later(config.dial_timeout, self._slot_wait_expired, stream)
-        self._waiting[stream] = (service, expiry)
+        self._waiting[stream] = expiry
 
     def _dial_finished(self, attempt: asyncio.Task[object]) -> None:
         self.tasks.discard(attempt)
         self._dials -= 1
         while self._waiting and self.tunnel.is_open:
-            stream, (service, expiry) = next(iter(self._waiting.items()))
+            stream, expiry = next(iter(self._waiting.items()))
             del self._waiting[stream]
             expiry.cancel()
             if not stream.closed:
-                self.start_dial(stream, service)
+                self.start_dial(stream)
                 return
 
     def _slot_wait_expired(self, stream: BackendStream) -> None:
@@ -281,7 +282,7 @@ class ServerConnection:
         self._hello_timer.cancel()
         for task in list(self.tasks):
             task.cancel()
-        for _, expiry in self._waiting.values():
+        for expiry in self._waiting.values():
             expiry.cancel()
         self._waiting.clear()
         self.server.connection_closed(self)

@@ -141,37 +141,40 @@ async def _bulk_while_small(
     return sent.digest() == got.digest(), shorts.result()
 
 
+EchoPair = Callable[..., tuple[AmbassadorServer, Started, int, int]]
+
+
+@pytest.fixture
 def echo_pair(
     start_backend: Callable[[str], int],
     start_server: Callable[..., AmbassadorServer],
     start_client: Callable[..., Started],
     free_port: Callable[..., int],
-    *server_args: str,
-) -> tuple[AmbassadorServer, Started, int, int]:
-    """An echo backend behind a pair of ``--workers 2`` each, both tunnels up: (server,
-    client, the client's exposed port, the client's metrics port)."""
-    echo = start_backend("echo")
-    server = start_server(f"echo=127.0.0.1:{echo}", args=["--workers", "2", *server_args])
-    port, metrics = free_port(), free_port()
-    client = start_client(
-        f"--remote=127.0.0.1:{server.port}",
-        f"--expose=127.0.0.1:{port}=echo",
-        "--workers=2",
-        f"--metrics-listen=127.0.0.1:{metrics}",
-        listens=[("127.0.0.1", port)],
-    )
-    client.wait_for_stderr(r"worker 1: tunnel up to ")
-    return server, client, port, metrics
+) -> EchoPair:
+    """``echo_pair(*server_args)``: an echo backend behind a pair of ``--workers 2`` each, both
+    tunnels up: (server, client, the client's exposed port, the client's metrics port)."""
+
+    def make(*server_args: str) -> tuple[AmbassadorServer, Started, int, int]:
+        echo = start_backend("echo")
+        server = start_server(f"echo=127.0.0.1:{echo}", args=["--workers", "2", *server_args])
+        port, metrics = free_port(), free_port()
+        client = start_client(
+            f"--remote=127.0.0.1:{server.port}",
+            f"--expose=127.0.0.1:{port}=echo",
+            "--workers=2",
+            f"--metrics-listen=127.0.0.1:{metrics}",
+            listens=[("127.0.0.1", port)],
+        )
+        client.wait_for_stderr(r"worker 1: tunnel up to ")
+        return server, client, port, metrics
+
+    return make
 
 
 def test_client_sends_new_connections_away_from_a_process_busy_with_bulk(
-    start_backend: Callable[[str], int],
-    start_server: Callable[..., AmbassadorServer],
-    start_client: Callable[..., Started],
-    free_port: Callable[..., int],
-    wait_for_port: Callable[..., None],
+    echo_pair: EchoPair,
 ) -> None:
-    _, client, port, metrics = echo_pair(start_backend, start_server, start_client, free_port)
+    _, client, port, metrics = echo_pair()
     helpers_of(client, 1)
     remotes = status_of(metrics)["remotes"]
     assert isinstance(remotes, list)
@@ -192,19 +195,12 @@ def nice_of(pid: int) -> int:
 
 
 def test_processes_relaying_bulk_data_yield_the_cpu_until_it_stops(
-    start_backend: Callable[[str], int],
-    start_server: Callable[..., AmbassadorServer],
-    start_client: Callable[..., Started],
-    free_port: Callable[..., int],
-    wait_for_port: Callable[..., None],
+    echo_pair: EchoPair, free_port: Callable[..., int]
 ) -> None:
     if not can_raise_priority(nice_of(0)):
         pytest.skip("needs CAP_SYS_NICE or RLIMIT_NICE to restore a priority")
     server_metrics = free_port()
-    server, client, port, metrics = echo_pair(
-        start_backend, start_server, start_client, free_port,
-        f"--metrics-listen=127.0.0.1:{server_metrics}",
-    )  # fmt: skip
+    server, client, port, metrics = echo_pair(f"--metrics-listen=127.0.0.1:{server_metrics}")
     (client_helper,) = helpers_of(client, 1)
     (server_helper,) = helpers_of(server.process, 1)
     everyone = [client.pid, client_helper, server.process.pid, server_helper]

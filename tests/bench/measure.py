@@ -26,6 +26,9 @@ GIB = 1024**3
 T = TypeVar("T")
 
 
+PACED_RATE = "1G"  # iperf3 -b of the paced transfer beside a PING series (step 6)
+
+
 @dataclass(frozen=True)
 class Settings:
     ping_requests: int = 100_000
@@ -276,7 +279,7 @@ class ChainRun:
             ),
         )
 
-        def under_bulk() -> dict[str, float]:
+        def beside_bulk(prefix: str, rate: str | None) -> dict[str, float]:
             bulk_seconds = s.series_seconds + 2.0
             argv = [
                 "iperf3",
@@ -289,6 +292,7 @@ class ChainRun:
                 f"{bulk_seconds:g}",
                 "--connect-timeout",
                 "5000",
+                *(["-b", rate] if rate else []),
             ]
             bulk = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             try:
@@ -301,13 +305,17 @@ class ChainRun:
                 if bulk.poll() is None:
                     bulk.kill()
                     bulk.wait()
-            figures = _prefixed("bulk_", _ms(series))
+            figures = _prefixed(prefix, _ms(series))
             report = _iperf_json(out)
             if "end" in report:
-                figures["bulk_gbps"] = report["end"]["sum_received"]["bits_per_second"] / 1e9
+                received = report["end"]["sum_received"]["bits_per_second"] / 1e9
+                figures[f"{prefix}gbps"] = received
             return figures
 
-        self.step(["bulk_p50_ms", "bulk_p99_ms"], under_bulk)
+        self.step(["bulk_p50_ms", "bulk_p99_ms"], lambda: beside_bulk("bulk_", None))
+        # The same beside a transfer paced well below what the chain can carry: what a request
+        # waits for when the processes are busy but not saturated.
+        self.step(["paced_p50_ms", "paced_p99_ms"], lambda: beside_bulk("paced_", PACED_RATE))
 
     def many_connections(self) -> None:
         s = self.s

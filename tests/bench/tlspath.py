@@ -1,0 +1,159 @@
+"""The TLS path alone: what ``ssl.MemoryBIO`` costs per GiB, step by step, against the cipher.
+
+``python -m tests.bench.tlspath`` joins two ``ssl.SSLObject`` in memory (TLS 1.3, a P-256
+certificate made on the spot) and moves bulk data from one to the other the way
+:class:`tunnel.tlslayer.TlsLayer` does: the sender writes a 256 KiB chunk and takes the
+ciphertext out of its outgoing BIO; the receiver puts it into its incoming BIO and decrypts it
+into a buffer, one record per read. It prints the CPU seconds per GiB of each step, and of the
+negotiated cipher alone over 16 KiB blocks (``openssl speed``, on the same libcrypto).
+
+What is above the cipher's cost is the price of the ``ssl`` module's memory BIOs: the copies
+into and out of them, and a Python call per record. No socket and no event loop, so the figures
+move little with the machine's load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import ssl
+import subprocess
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+
+from tunnel.certs import issue_server_cert, make_ca
+
+CHUNK = 256 * 1024  # what the tunnel hands the TLS layer at a time
+RECORD = 16 * 1024  # the largest plaintext of one TLS record
+GIB = 1024**3
+
+
+def contexts(directory: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    now = datetime.now(UTC)
+    ca_key, ca_cert = make_ca("bench CA", 1, now=now)
+    key, cert = issue_server_cert(ca_key, ca_cert, "bench", ["127.0.0.1"], 1, now=now)
+    (directory / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (directory / "key.pem").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(directory / "cert.pem", directory / "key.pem")
+    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client.load_verify_locations(cadata=ca_cert.public_bytes(serialization.Encoding.PEM).decode())
+    return server, client
+
+
+class Pair:
+    """A client and a server SSLObject, handshaken, each with its two memory BIOs."""
+
+    def __init__(self, server_context: ssl.SSLContext, client_context: ssl.SSLContext) -> None:
+        self.client_in, self.client_out = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.server_in, self.server_out = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.client = client_context.wrap_bio(
+            self.client_in, self.client_out, server_hostname="127.0.0.1"
+        )
+        self.server = server_context.wrap_bio(self.server_in, self.server_out, server_side=True)
+        for _ in range(10):
+            done = 0
+            for tls in (self.client, self.server):
+                try:
+                    tls.do_handshake()
+                    done += 1
+                except ssl.SSLWantReadError:
+                    pass
+            self.server_in.write(self.client_out.read())
+            self.client_in.write(self.server_out.read())
+            if done == 2:
+                return
+        raise RuntimeError("the in-memory TLS handshake did not complete")
+
+
+def measure(pair: Pair, gib: float) -> dict[str, float]:
+    """CPU seconds per GiB of each step of moving ``gib`` GiB from client to server."""
+    payload = os.urandom(CHUNK)
+    room = memoryview(bytearray(CHUNK))
+    steps = dict.fromkeys(("encrypt", "outgoing BIO read", "incoming BIO write", "decrypt"), 0.0)
+    clock = time.process_time
+    chunks = int(gib * GIB / CHUNK)
+    client, server = pair.client, pair.server
+    for _ in range(chunks):
+        t0 = clock()
+        client.write(payload)  # records into the outgoing BIO
+        t1 = clock()
+        ciphertext = pair.client_out.read()
+        t2 = clock()
+        pair.server_in.write(ciphertext)
+        t3 = clock()
+        filled = 0
+        while filled < CHUNK:
+            filled += server.read(CHUNK - filled, room[filled:])  # type: ignore[operator]
+        t4 = clock()
+        steps["encrypt"] += t1 - t0
+        steps["outgoing BIO read"] += t2 - t1
+        steps["incoming BIO write"] += t3 - t2
+        steps["decrypt"] += t4 - t3
+        assert room[:16] == payload[:16]
+    moved = chunks * CHUNK / GIB
+    return {name: spent / moved for name, spent in steps.items()}
+
+
+SPEED_NAMES = {
+    "TLS_AES_256_GCM_SHA384": "aes-256-gcm",
+    "TLS_AES_128_GCM_SHA256": "aes-128-gcm",
+    "TLS_CHACHA20_POLY1305_SHA256": "chacha20-poly1305",
+}
+
+
+def cipher_alone(tls_name: str) -> float | None:
+    """CPU seconds per GiB to encrypt and to decrypt, from ``openssl speed`` on 16 KiB blocks.
+
+    The ``openssl`` command links the system's libcrypto, which the ``ssl`` module also uses
+    (``cryptography`` brings an OpenSSL of its own, so its figure would not compare).
+    """
+    evp = SPEED_NAMES.get(tls_name)
+    if evp is None or shutil.which("openssl") is None:
+        return None
+    argv = ["openssl", "speed", "-evp", evp, "-bytes", str(RECORD), "-seconds", "1"]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False).stdout
+    found = re.search(r"^\S+\s+([\d.]+)k\s*$", out, re.MULTILINE)
+    if found is None:
+        return None
+    bytes_per_second = float(found.group(1)) * 1000
+    return 2 * GIB / bytes_per_second  # encrypt and decrypt cost about the same
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--gib", type=float, default=1.0, help="data moved per run")
+    parser.add_argument("--repeat", type=int, default=3, help="best of this many runs")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as directory:
+        server_context, client_context = contexts(Path(directory))
+    pair = Pair(server_context, client_context)
+    name, version, _ = pair.client.cipher() or ("?", "?", 0)
+    best = min((measure(pair, args.gib) for _ in range(args.repeat)), key=lambda s: sum(s.values()))
+    cipher = cipher_alone(name)
+    print(f"{name} ({version}); CPU seconds per GiB, best of {args.repeat}:")
+    for step, seconds in best.items():
+        print(f"  {step:<20} {seconds:.3f}")
+    total = sum(best.values())
+    print(f"  {'the ssl path':<20} {total:.3f}")
+    if cipher is None:
+        print("  (the cipher alone: no 'openssl speed' figure for it here)")
+        return
+    print(f"  {'the cipher alone':<20} {cipher:.3f}  (openssl speed, encrypt and decrypt)")
+    print(f"  {'above the cipher':<20} {total - cipher:.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -236,16 +236,22 @@ class ChainRun:
             }
 
         self.step(["ping_rps", "ping_p50_ms", "ping_p99_ms"], ping)
-        self.step(
-            ["set_rps"],
-            lambda: {
-                "set_rps": redis_benchmark(
-                    self.redis,
-                    ["-t", "set", "-n", str(s.set_requests), "-c", "20", "-k", "0"],
-                    timeout=240,
-                )["rps"]
-            },
-        )
+
+        def new_connections() -> dict[str, float]:
+            roots = [proc.pid for proc in self.procs]
+            before = tree_cpu(roots)
+            rps = redis_benchmark(
+                self.redis,
+                ["-t", "set", "-n", str(s.set_requests), "-c", "20", "-k", "0"],
+                timeout=240,
+            )["rps"]
+            figures = {"set_rps": rps}
+            if roots:  # direct has no process of its own
+                used = tree_cpu(roots) - before
+                figures["set_cpu_us"] = used / s.set_requests * 1e6
+            return figures
+
+        self.step(["set_rps"], new_connections)
         for streams in (1, 8):
             self.step([f"iperf{streams}_gbps"], functools.partial(self._streams, streams))
 

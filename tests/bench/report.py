@@ -35,6 +35,7 @@ METRICS = {
         Metric("ping_p50_ms", "PING p50 ms", False, 3),
         Metric("ping_p99_ms", "PING p99 ms", False, 3, main=True),
         Metric("set_rps", "SET rps, 20 clients, new connection each", True, main=True),
+        Metric("set_cpu_us", "CPU us per new connection", False, 0),
         Metric("iperf1_gbps", "iperf3 1 stream Gbit/s", True, 2, main=True),
         Metric("iperf8_gbps", "iperf3 8 streams Gbit/s", True, 2, main=True),
         Metric("cpu_s_per_gib", "CPU s per GiB", False, 2, main=True),
@@ -64,14 +65,16 @@ METRICS = {
 TABLES = (
     (
         "Request rate, throughput and CPU",
-        "redis-benchmark (PING inline, 50 clients; SET with a new connection per request), iperf3 "
-        "for 1 and 8 parallel streams (Gbit/s received), and CPU seconds the chain's processes "
-        "spent per GiB of one iperf3 transfer of known size.",
+        "redis-benchmark (PING inline, 50 clients; SET with a new connection per request, and "
+        "the CPU time the chain's processes spent per connection meanwhile), iperf3 for 1 and 8 "
+        "parallel streams (Gbit/s received), and CPU seconds the chain's processes spent per GiB "
+        "of one iperf3 transfer of known size.",
         [
             "ping_rps",
             "ping_p50_ms",
             "ping_p99_ms",
             "set_rps",
+            "set_cpu_us",
             "iperf1_gbps",
             "iperf8_gbps",
             "cpu_s_per_gib",

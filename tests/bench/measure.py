@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from . import load
-from .procs import Proc, descendants, memory_kib, reset_peak_rss, tree_cpu
+from .procs import Proc, descendants, memory_kib, reset_peak_rss, tree_cpu, tree_times
 
 GIB = 1024**3
 T = TypeVar("T")
@@ -266,12 +266,16 @@ class ChainRun:
             return  # direct: no process of its own
 
         def measure() -> dict[str, float]:
-            before = tree_cpu(roots)
+            before, before_kernel = tree_times(roots)
             moved = iperf3(self.iperf, nbytes=self.s.cpu_bytes, timeout=180)
-            used = tree_cpu(roots) - before
-            return {"cpu_s_per_gib": used / (moved["bytes"] / GIB)}
+            after, after_kernel = tree_times(roots)
+            gib = moved["bytes"] / GIB
+            return {
+                "cpu_s_per_gib": (after - before) / gib,
+                "cpu_kernel_s_per_gib": (after_kernel - before_kernel) / gib,
+            }
 
-        self.step(["cpu_s_per_gib"], measure)
+        self.step(["cpu_s_per_gib", "cpu_kernel_s_per_gib"], measure)
 
     def fairness(self) -> None:
         s = self.s

@@ -58,6 +58,7 @@ class ProcStat:
     state: str
     cpu: float  # seconds: utime + stime
     child_cpu: float  # seconds: cutime + cstime of reaped children
+    system_cpu: float  # seconds in the kernel: stime + cstime
 
 
 def read_stat(pid: int) -> ProcStat | None:
@@ -74,6 +75,7 @@ def read_stat(pid: int) -> ProcStat | None:
         state=rest[0],
         cpu=(utime + stime) / CLOCK_TICKS,
         child_cpu=(cutime + cstime) / CLOCK_TICKS,
+        system_cpu=(stime + cstime) / CLOCK_TICKS,
     )
 
 
@@ -101,8 +103,16 @@ def descendants(roots: Iterable[int], stats: Mapping[int, ProcStat] | None = Non
 
 def tree_cpu(roots: Iterable[int]) -> float:
     """CPU seconds used so far by the trees under ``roots``, reaped children included."""
+    return tree_times(roots)[0]
+
+
+def tree_times(roots: Iterable[int]) -> tuple[float, float]:
+    """CPU seconds, and of them seconds in the kernel, used so far by the trees under
+    ``roots``, reaped children included."""
     stats = all_stats()
-    return sum(stats[pid].cpu + stats[pid].child_cpu for pid in descendants(roots, stats))
+    pids = descendants(roots, stats)
+    total = sum(stats[pid].cpu + stats[pid].child_cpu for pid in pids)
+    return total, sum(stats[pid].system_cpu for pid in pids)
 
 
 def memory_kib(pid: int) -> dict[str, int]:

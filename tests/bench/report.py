@@ -39,6 +39,7 @@ METRICS = {
         Metric("iperf1_gbps", "iperf3 1 stream Gbit/s", True, 2, main=True),
         Metric("iperf8_gbps", "iperf3 8 streams Gbit/s", True, 2, main=True),
         Metric("cpu_s_per_gib", "CPU s per GiB", False, 2, main=True),
+        Metric("cpu_kernel_s_per_gib", "of which in the kernel", False, 2),
         Metric("idle_p50_ms", "idle PING p50 ms", False, 3),
         Metric("idle_p99_ms", "idle PING p99 ms", False, 3),
         Metric("bulk_p50_ms", "PING p50 ms during bulk", False, 3),
@@ -68,7 +69,7 @@ TABLES = (
         "redis-benchmark (PING inline, 50 clients; SET with a new connection per request, and "
         "the CPU time the chain's processes spent per connection meanwhile), iperf3 for 1 and 8 "
         "parallel streams (Gbit/s received), and CPU seconds the chain's processes spent per GiB "
-        "of one iperf3 transfer of known size.",
+        "of one iperf3 transfer of known size (and of them, the seconds spent in the kernel).",
         [
             "ping_rps",
             "ping_p50_ms",
@@ -78,6 +79,7 @@ TABLES = (
             "iperf1_gbps",
             "iperf8_gbps",
             "cpu_s_per_gib",
+            "cpu_kernel_s_per_gib",
         ],
     ),
     (

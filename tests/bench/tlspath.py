@@ -9,12 +9,14 @@ negotiated cipher alone over 16 KiB blocks (``openssl speed``, on the same libcr
 
 What is above the cipher's cost is the price of the ``ssl`` module's memory BIOs: the copies
 into and out of them, and a Python call per record. No socket and no event loop, so the figures
-move little with the machine's load.
+move little with the machine's load. With pyOpenSSL installed, the same path through it is
+measured too, for comparison.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import shutil
@@ -132,6 +134,69 @@ def cipher_alone(tls_name: str) -> float | None:
     return 2 * GIB / bytes_per_second  # encrypt and decrypt cost about the same
 
 
+def measure_pyopenssl(directory: Path, gib: float) -> dict[str, float] | None:
+    """The same path through pyOpenSSL (on the OpenSSL ``cryptography`` ships), if installed."""
+    try:
+        from OpenSSL import SSL
+    except ImportError:
+        return None
+    server_context = SSL.Context(SSL.TLS_METHOD)
+    server_context.use_certificate_file(str(directory / "cert.pem"))
+    server_context.use_privatekey_file(str(directory / "key.pem"))
+    client_context = SSL.Context(SSL.TLS_METHOD)
+    server = SSL.Connection(server_context, None)
+    server.set_accept_state()
+    client = SSL.Connection(client_context, None)
+    client.set_connect_state()
+
+    def pump(source: SSL.Connection, sink: SSL.Connection) -> int:
+        moved = 0
+        while True:
+            try:
+                data = source.bio_read(1 << 20)
+            except SSL.WantReadError:
+                return moved
+            sink.bio_write(data)
+            moved += len(data)
+
+    for _ in range(10):
+        for end in (client, server):
+            with contextlib.suppress(SSL.WantReadError):
+                end.do_handshake()
+        if not pump(client, server) + pump(server, client):
+            break
+    if client.get_cipher_name() is None:
+        return None
+    payload = os.urandom(CHUNK)
+    room = memoryview(bytearray(CHUNK))
+    steps = dict.fromkeys(("encrypt", "outgoing BIO read", "incoming BIO write", "decrypt"), 0.0)
+    clock = time.process_time
+    chunks = int(gib * GIB / CHUNK)
+    for _ in range(chunks):
+        t0 = clock()
+        client.sendall(payload)
+        t1 = clock()
+        ciphertext = b""
+        while True:
+            try:
+                ciphertext += client.bio_read(1 << 20)
+            except SSL.WantReadError:
+                break
+        t2 = clock()
+        server.bio_write(ciphertext)
+        t3 = clock()
+        filled = 0
+        while filled < CHUNK:
+            filled += server.recv_into(room[filled:], CHUNK - filled)
+        t4 = clock()
+        steps["encrypt"] += t1 - t0
+        steps["outgoing BIO read"] += t2 - t1
+        steps["incoming BIO write"] += t3 - t2
+        steps["decrypt"] += t4 - t3
+    moved = chunks * CHUNK / GIB
+    return {name: spent / moved for name, spent in steps.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--gib", type=float, default=1.0, help="data moved per run")
@@ -139,6 +204,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as directory:
         server_context, client_context = contexts(Path(directory))
+        pyopenssl = measure_pyopenssl(Path(directory), args.gib)
     pair = Pair(server_context, client_context)
     name, version, _ = pair.client.cipher() or ("?", "?", 0)
     best = min((measure(pair, args.gib) for _ in range(args.repeat)), key=lambda s: sum(s.values()))
@@ -150,9 +216,17 @@ def main() -> None:
     print(f"  {'the ssl path':<20} {total:.3f}")
     if cipher is None:
         print("  (the cipher alone: no 'openssl speed' figure for it here)")
-        return
-    print(f"  {'the cipher alone':<20} {cipher:.3f}  (openssl speed, encrypt and decrypt)")
-    print(f"  {'above the cipher':<20} {total - cipher:.3f}")
+    else:
+        print(f"  {'the cipher alone':<20} {cipher:.3f}  (openssl speed, encrypt and decrypt)")
+        print(f"  {'above the cipher':<20} {total - cipher:.3f}")
+    if pyopenssl is not None:
+        from OpenSSL import SSL
+
+        library = SSL.OpenSSL_version(SSL.OPENSSL_VERSION).decode()
+        print(f"the same path through pyOpenSSL ({library}), one run:")
+        for step, seconds in pyopenssl.items():
+            print(f"  {step:<20} {seconds:.3f}")
+        print(f"  {'the pyOpenSSL path':<20} {sum(pyopenssl.values()):.3f}")
 
 
 if __name__ == "__main__":

@@ -251,7 +251,7 @@ class ChainRun:
                 figures["set_cpu_us"] = used / s.set_requests * 1e6
             return figures
 
-        self.step(["set_rps"], new_connections)
+        self.step(["set_rps", "set_cpu_us"], new_connections)
         for streams in (1, 8):
             self.step([f"iperf{streams}_gbps"], functools.partial(self._streams, streams))
 

@@ -24,6 +24,7 @@ import ssl
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -80,25 +81,32 @@ class Pair:
         raise RuntimeError("the in-memory TLS handshake did not complete")
 
 
-def measure(pair: Pair, gib: float) -> dict[str, float]:
-    """CPU seconds per GiB of each step of moving ``gib`` GiB from client to server."""
+def time_steps(
+    gib: float,
+    encrypt: Callable[[bytes], object],
+    take_out: Callable[[], bytes],
+    put_in: Callable[[bytes], object],
+    read_into: Callable[[memoryview], int],
+) -> dict[str, float]:
+    """CPU seconds per GiB of each step of moving ``gib`` GiB from one end to the other:
+    ``encrypt`` a chunk into the sender's outgoing BIO, ``take_out`` its ciphertext, ``put_in``
+    the receiver's incoming BIO, and ``read_into`` a buffer until the chunk is back."""
     payload = os.urandom(CHUNK)
     room = memoryview(bytearray(CHUNK))
     steps = dict.fromkeys(("encrypt", "outgoing BIO read", "incoming BIO write", "decrypt"), 0.0)
     clock = time.process_time
     chunks = int(gib * GIB / CHUNK)
-    client, server = pair.client, pair.server
     for _ in range(chunks):
         t0 = clock()
-        client.write(payload)  # records into the outgoing BIO
+        encrypt(payload)
         t1 = clock()
-        ciphertext = pair.client_out.read()
+        ciphertext = take_out()
         t2 = clock()
-        pair.server_in.write(ciphertext)
+        put_in(ciphertext)
         t3 = clock()
         filled = 0
         while filled < CHUNK:
-            filled += server.read(CHUNK - filled, room[filled:])  # type: ignore[operator]
+            filled += read_into(room[filled:])
         t4 = clock()
         steps["encrypt"] += t1 - t0
         steps["outgoing BIO read"] += t2 - t1
@@ -107,6 +115,16 @@ def measure(pair: Pair, gib: float) -> dict[str, float]:
         assert room[:16] == payload[:16]
     moved = chunks * CHUNK / GIB
     return {name: spent / moved for name, spent in steps.items()}
+
+
+def measure(pair: Pair, gib: float) -> dict[str, float]:
+    """The ``ssl`` module's path, as the TLS layer drives it."""
+    server = pair.server
+
+    def read_into(view: memoryview) -> int:
+        return server.read(len(view), view)  # type: ignore[return-value]
+
+    return time_steps(gib, pair.client.write, pair.client_out.read, pair.server_in.write, read_into)
 
 
 SPEED_NAMES = {
@@ -167,34 +185,19 @@ def measure_pyopenssl(directory: Path, gib: float) -> dict[str, float] | None:
             break
     if client.get_cipher_name() is None:
         return None
-    payload = os.urandom(CHUNK)
-    room = memoryview(bytearray(CHUNK))
-    steps = dict.fromkeys(("encrypt", "outgoing BIO read", "incoming BIO write", "decrypt"), 0.0)
-    clock = time.process_time
-    chunks = int(gib * GIB / CHUNK)
-    for _ in range(chunks):
-        t0 = clock()
-        client.sendall(payload)
-        t1 = clock()
+
+    def take_out() -> bytes:
         ciphertext = b""
         while True:
             try:
                 ciphertext += client.bio_read(1 << 20)
             except SSL.WantReadError:
-                break
-        t2 = clock()
-        server.bio_write(ciphertext)
-        t3 = clock()
-        filled = 0
-        while filled < CHUNK:
-            filled += server.recv_into(room[filled:], CHUNK - filled)
-        t4 = clock()
-        steps["encrypt"] += t1 - t0
-        steps["outgoing BIO read"] += t2 - t1
-        steps["incoming BIO write"] += t3 - t2
-        steps["decrypt"] += t4 - t3
-    moved = chunks * CHUNK / GIB
-    return {name: spent / moved for name, spent in steps.items()}
+                return ciphertext
+
+    def read_into(view: memoryview) -> int:
+        return server.recv_into(view, len(view))
+
+    return time_steps(gib, client.sendall, take_out, server.bio_write, read_into)
 
 
 def main() -> None:

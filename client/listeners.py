@@ -1,9 +1,10 @@
 """The client's local ports: one listener per exposed service, one stream per connection.
 
 A consumer's connection becomes a stream at once: the stream header leaves as soon as the
-consumer connects, and its bytes follow without waiting for the server (no round trip to open). The server's
-first bytes on the stream are its answer; a refusal is logged with its reason and the consumer's
-connection is reset, so it sees an error rather than an accepted-then-silently-closed socket.
+consumer connects, and its bytes follow without waiting for the server (no round trip to open).
+The server's first bytes on the stream are its answer; a refusal is logged with its reason and
+the consumer's connection is reset, so it sees an error rather than an accepted-then-silently-
+closed socket.
 """
 
 from __future__ import annotations

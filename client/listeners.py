@@ -3,8 +3,8 @@
 A consumer's connection becomes a stream at once: the stream header leaves as soon as the
 consumer connects, and its bytes follow without waiting for the server (no round trip to open).
 The server's first bytes on the stream are its answer; a refusal is logged with its reason and
-the consumer's connection is reset, so it sees an error rather than an accepted-then-silently-
-closed socket.
+the consumer's connection is reset, so it sees an error rather than a socket accepted and then
+silently closed.
 """
 
 from __future__ import annotations

@@ -2,16 +2,47 @@
 
 from __future__ import annotations
 
+import random
 import socket
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
 
+def _ephemeral_ports() -> tuple[int, int]:
+    """The range the kernel takes the local ports of outgoing connections from."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
+def _bindable(family: socket.AddressFamily, host: str, port: int) -> bool:
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
 def pick_free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nothing listens on right now, found by binding port 0 and letting it go."""
+    """A TCP port nothing is bound to right now.
+
+    Taken below the ephemeral range where it can: a port found by binding port 0 comes from
+    that range, and between the test letting it go and binding it again, an outgoing
+    connection (the test's own tunnel, say) may be given it as its local port.
+    """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    low, _ = _ephemeral_ports()
+    if low > 11000:
+        for _ in range(100):
+            port = random.randrange(10000, low)
+            if _bindable(family, host, port):
+                return port
     with socket.socket(family, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])

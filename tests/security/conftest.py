@@ -40,6 +40,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from tests.conftest import pick_free_port as shared_pick_free_port
 from tunnel.events import ConnectionTerminated, DataReceived, StreamEnded, StreamReset
 from tunnel.limits import Limits
 from tunnel.messages import (
@@ -60,10 +61,8 @@ LOOPBACK = "127.0.0.1"
 
 
 def pick_free_port() -> int:
-    """A loopback TCP port nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind((LOOPBACK, 0))
-        return int(sock.getsockname()[1])
+    """A loopback TCP port nothing is bound to right now (see ``tests.conftest``)."""
+    return shared_pick_free_port(LOOPBACK)
 
 
 def environ() -> dict[str, str]:

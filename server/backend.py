@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from tunnel import metrics
 from tunnel.errors import ConfigError, Reason, RemoteProtocolError
-from tunnel.links import Address, Service
+from tunnel.links import Service
 from tunnel.logonce import Throttled
 from tunnel.messages import CONNECTED, StreamAnswer, StreamHeaderParser
 from tunnel.relay import Relay
@@ -76,13 +76,15 @@ class BackendStream(Relay):
         if self.service is not None:
             self.deliver(data)
 
-    def dial(self, target: Address, timeout: float) -> asyncio.Task[object]:
-        """Start connecting to ``target``; the returned task ends when the attempt is over.
+    def dial(self, timeout: float) -> asyncio.Task[object]:
+        """Start connecting to the service's backend; the task ends when the attempt is over.
 
         A bare task with a timer and a done callback: a coroutine around them (with
         ``asyncio.timeout()`` or a semaphore) showed in profiles of one new connection per
         request.
         """
+        assert self.service is not None  # dialed only once the header named it
+        target = self.service.target
         loop = self.owner.loop
         attempt: asyncio.Task[object] = loop.create_task(
             loop.create_connection(self._protocol, target.host, target.port)

@@ -121,8 +121,7 @@ class ServerConnection:
         config = self.server.config
         if self._dials < config.max_pending_dials:
             self._dials += 1
-            assert stream.service is not None  # dialed only once the header named it
-            attempt = stream.dial(stream.service.target, config.dial_timeout)
+            attempt = stream.dial(config.dial_timeout)
             self.tasks.add(attempt)
             attempt.add_done_callback(self._dial_finished)
             return

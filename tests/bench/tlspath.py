@@ -1,16 +1,17 @@
 """The TLS path alone: what ``ssl.MemoryBIO`` costs per GiB, step by step, against the cipher.
 
-``python -m tests.bench.tlspath`` joins two ``ssl.SSLObject`` in memory (TLS 1.3, a P-256
-certificate made on the spot) and moves bulk data from one to the other the way
+``python -m tests.bench.tlspath`` joins two ``ssl.SSLObject`` in memory, made from the contexts
+the roles build (``tunnel.tls``; TLS 1.3, a P-256 certificate issued on the spot, see
+``tests.pki``), and moves bulk data from one to the other the way
 :class:`tunnel.tlslayer.TlsLayer` does: the sender writes a 256 KiB chunk and takes the
 ciphertext out of its outgoing BIO; the receiver puts it into its incoming BIO and decrypts it
 into a buffer, one record per read. It prints the CPU seconds per GiB of each step, and of the
 negotiated cipher alone over 16 KiB blocks (``openssl speed``, on the same libcrypto).
 
 What is above the cipher's cost is the price of the ``ssl`` module's memory BIOs: the copies
-into and out of them, and a Python call per record. No socket and no event loop, so the figures
-move little with the machine's load. With pyOpenSSL installed, the same path through it is
-measured too, for comparison.
+into and out of them, and a Python call per record. There is no socket and no event loop, but
+the figures still drift with the host's load: compare those of one run. With pyOpenSSL
+installed, the same path through it is measured too, for comparison.
 """
 
 from __future__ import annotations
@@ -25,47 +26,24 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 
-from cryptography.hazmat.primitives import serialization
-
-from tunnel.certs import issue_server_cert, make_ca
+from tests.pki import HOST, loopback_pki
+from tunnel.tls import ServerTls, client_context, server_context
 
 CHUNK = 256 * 1024  # what the tunnel hands the TLS layer at a time
 RECORD = 16 * 1024  # the largest plaintext of one TLS record
 GIB = 1024**3
 
 
-def contexts(directory: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
-    now = datetime.now(UTC)
-    ca_key, ca_cert = make_ca("bench CA", 1, now=now)
-    key, cert = issue_server_cert(ca_key, ca_cert, "bench", ["127.0.0.1"], 1, now=now)
-    (directory / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (directory / "key.pem").write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    server.load_cert_chain(directory / "cert.pem", directory / "key.pem")
-    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    client.load_verify_locations(cadata=ca_cert.public_bytes(serialization.Encoding.PEM).decode())
-    return server, client
-
-
 class Pair:
     """A client and a server SSLObject, handshaken, each with its two memory BIOs."""
 
-    def __init__(self, server_context: ssl.SSLContext, client_context: ssl.SSLContext) -> None:
+    def __init__(self, server: ssl.SSLContext, client: ssl.SSLContext) -> None:
         self.client_in, self.client_out = ssl.MemoryBIO(), ssl.MemoryBIO()
         self.server_in, self.server_out = ssl.MemoryBIO(), ssl.MemoryBIO()
-        self.client = client_context.wrap_bio(
-            self.client_in, self.client_out, server_hostname="127.0.0.1"
-        )
-        self.server = server_context.wrap_bio(self.server_in, self.server_out, server_side=True)
+        self.client = client.wrap_bio(self.client_in, self.client_out, server_hostname=HOST)
+        self.server = server.wrap_bio(self.server_in, self.server_out, server_side=True)
         for _ in range(10):
             done = 0
             for tls in (self.client, self.server):
@@ -152,15 +130,15 @@ def cipher_alone(tls_name: str) -> float | None:
     return 2 * GIB / bytes_per_second  # encrypt and decrypt cost about the same
 
 
-def measure_pyopenssl(directory: Path, gib: float) -> dict[str, float] | None:
+def measure_pyopenssl(files: ServerTls, gib: float) -> dict[str, float] | None:
     """The same path through pyOpenSSL (on the OpenSSL ``cryptography`` ships), if installed."""
     try:
         from OpenSSL import SSL
     except ImportError:
         return None
     server_context = SSL.Context(SSL.TLS_METHOD)
-    server_context.use_certificate_file(str(directory / "cert.pem"))
-    server_context.use_privatekey_file(str(directory / "key.pem"))
+    server_context.use_certificate_file(files.cert)
+    server_context.use_privatekey_file(files.key)
     client_context = SSL.Context(SSL.TLS_METHOD)
     server = SSL.Connection(server_context, None)
     server.set_accept_state()
@@ -206,12 +184,12 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="best of this many runs")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as directory:
-        server_context, client_context = contexts(Path(directory))
-        runs = [measure_pyopenssl(Path(directory), args.gib) for _ in range(args.repeat)]
+        server_files, client_files = loopback_pki(Path(directory))
+        pair = Pair(server_context(server_files), client_context(client_files))
+        runs = [measure_pyopenssl(server_files, args.gib) for _ in range(args.repeat)]
     pyopenssl = min(
         (run for run in runs if run is not None), key=lambda s: sum(s.values()), default=None
     )
-    pair = Pair(server_context, client_context)
     name, version, _ = pair.client.cipher() or ("?", "?", 0)
     best = min((measure(pair, args.gib) for _ in range(args.repeat)), key=lambda s: sum(s.values()))
     speeds = [cipher_alone(name) for _ in range(args.repeat)]

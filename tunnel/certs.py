@@ -32,7 +32,7 @@ from enum import Enum
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import (
     CertificateIssuerPrivateKeyTypes,
     CertificateIssuerPublicKeyTypes,
@@ -52,7 +52,6 @@ BACKDATE = timedelta(hours=1)
 _IssuerKey = CertificateIssuerPrivateKeyTypes
 PathLike = str | os.PathLike[str]
 _ISSUER_PUBLIC_KEYS = (
-    dsa.DSAPublicKey,
     ec.EllipticCurvePublicKey,
     ed25519.Ed25519PublicKey,
     ed448.Ed448PublicKey,

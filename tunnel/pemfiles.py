@@ -15,16 +15,21 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
-from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
 from tunnel.certs import check_key_matches
 from tunnel.errors import ConfigError
 
-IssuerKey = CertificateIssuerPrivateKeyTypes
+# The keys that can sign a certificate here. DSA is left out: TLS 1.3 has no DSA, and
+# cryptography deprecates it (importing its key classes warns).
+IssuerKey = (
+    ec.EllipticCurvePrivateKey
+    | ed25519.Ed25519PrivateKey
+    | ed448.Ed448PrivateKey
+    | rsa.RSAPrivateKey
+)
 PathLike = str | os.PathLike[str]
 _ISSUER_PRIVATE_KEYS = (
-    dsa.DSAPrivateKey,
     ec.EllipticCurvePrivateKey,
     ed25519.Ed25519PrivateKey,
     ed448.Ed448PrivateKey,

@@ -72,9 +72,14 @@ def test_builder_installs_this_repository_into_a_venv(stages: list[dockerfile.St
     builder = stages[0]
     runs = " ".join(i.args for i in builder.all("RUN"))
     assert re.search(r"python3? -m venv (\S+)", runs), "the builder makes a venv"
-    assert re.search(r"/bin/pip install \.(\s|$)", runs), "and installs the checked-out source"
+    assert re.search(r"/bin/pip install --require-hashes -r requirements\.lock", runs), (
+        "the builder installs the locked versions, each checked against its hash"
+    )
+    assert re.search(r"/bin/pip install --no-deps [^&]*\.(\s|$)", runs), (
+        "and the checked-out source with nothing beyond the lock"
+    )
     sources = [word for copy in builder.all("COPY") for word in copy.words()[:-1]]
-    for needed in ("pyproject.toml", "tunnel", "server", "client"):
+    for needed in ("pyproject.toml", "requirements.lock", "tunnel", "server", "client"):
         assert needed in sources, f"the builder copies {needed}"
     for source in sources:
         assert (REPO / source).exists(), f"COPY {source}: no such file in the repository"

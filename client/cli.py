@@ -17,6 +17,7 @@ from tunnel.certs import parse_pin
 from tunnel.cli import (
     WorkerCount,
     config_option,
+    effective_name,
     endpoint_option,
     limit_options,
     limits_from,
@@ -28,11 +29,13 @@ from tunnel.cli import (
     setting,
     watched_config_file,
 )
+from tunnel.effective import Item, Setting, source_of
 from tunnel.errors import ConfigError
 from tunnel.links import (
     DEFAULT_TUNNEL_PORT,
     Address,
     LinkError,
+    named_seed_links_from_env,
     parse_address,
     seed_links_from,
     seed_links_from_env,
@@ -164,7 +167,8 @@ def cli(ctx: click.Context, /, **params: Any) -> None:
     config = build_config(params, os.environ)
     metrics = metrics_address(params["metrics_listen"])
     if params["check_config"]:
-        print_effective(params, params["token_file"])
+        settings = effective_settings(ctx, params, config)
+        print_effective(ctx, params, settings, params["token_file"])
         return
     config_file = watched_config_file(ctx)
 
@@ -234,6 +238,30 @@ def build_config(params: dict[str, Any], environ: Mapping[str, str]) -> ClientCo
         backoff_min=params["backoff_min"],
         backoff_max=max(params["backoff_max"], params["backoff_min"]),
     )
+
+
+def effective_settings(
+    ctx: click.Context, params: dict[str, Any], config: ClientConfig
+) -> list[Setting]:
+    """What --check-config shows beyond the parsed flags: the exposes link variables add, the
+    remote they name, TLS when a CA, pin or certificate implies it, the name sent."""
+    config_file = watched_config_file(ctx)
+    source = source_of(ctx, "expose", config_file)
+    seed_host, specs = seed_links_from(params["expose"])
+    items = {spec: Item(spec.to_text(), source) for spec in specs}
+    variables = named_seed_links_from_env(os.environ) if params["links_from_env"] else []
+    for variable, seed in variables:
+        items.setdefault(seed.expose, Item(seed.expose.to_text(), f"link variable {variable}"))
+    settings = [Setting("expose", list(items.values()), source)]
+    if not params["remote"]:
+        named_by = "expose" if seed_host else f"link variable {variables[0][0]}"
+        remotes = [str(remote) for remote in config.remotes]
+        settings.append(Setting("remote", remotes, f"the host {named_by} names"))
+    if config.tls is not None and not params["tls"]:
+        implied_by = [key for key in ("tls_ca", "pin", "tls_cert") if params[key]]
+        why = "implied by " + ", ".join(key.replace("_", "-") for key in implied_by)
+        settings.append(Setting("tls", True, why))
+    return [*settings, effective_name(ctx, params, config.name)]
 
 
 def client_tls(params: dict[str, Any]) -> ClientTls | None:

@@ -18,6 +18,7 @@ from tunnel.cli import (
     AutoWorkers,
     WorkerCount,
     config_option,
+    effective_name,
     endpoint_option,
     limit_options,
     limits_from,
@@ -29,12 +30,15 @@ from tunnel.cli import (
     setting,
     watched_config_file,
 )
+from tunnel.effective import Item, Setting, source_of
 from tunnel.errors import ConfigError
 from tunnel.links import (
     DEFAULT_TUNNEL_PORT,
     Catalog,
     LinkError,
+    Service,
     links_from_env,
+    named_links_from_env,
     parse_address,
     parse_link,
 )
@@ -162,7 +166,9 @@ def cli(ctx: click.Context, /, **params: Any) -> None:
     config = build_config(params, os.environ)
     metrics = metrics_address(params["metrics_listen"])
     if params["check_config"]:
-        print_effective(params, config.token_file)
+        notes = [tls_note(config.tls)]
+        settings = effective_settings(ctx, params, config)
+        print_effective(ctx, params, settings, config.token_file, notes)
         return
     if params["forward"]:
         if params["workers"] > 1 and not isinstance(params["workers"], AutoWorkers):
@@ -231,6 +237,30 @@ def build_config(params: dict[str, Any], environ: Mapping[str, str]) -> ServerCo
         max_pending_dials=params["max_pending_dials"],
         handshake_timeout=params["handshake_timeout"],
     )
+
+
+def effective_settings(
+    ctx: click.Context, params: dict[str, Any], config: ServerConfig
+) -> list[Setting]:
+    """What --check-config shows beyond the parsed flags: every link the catalog holds, those
+    from link variables named, and the name the server goes by."""
+    source = source_of(ctx, "link", watched_config_file(ctx))
+    items: dict[Service, Item] = {}
+    for text in params["link"]:
+        service = parse_link(text)
+        items.setdefault(service, Item(service.to_text(), source))
+    if params["links_from_env"]:
+        for variable, service in named_links_from_env(os.environ):
+            items.setdefault(service, Item(service.to_text(), f"link variable {variable}"))
+    return [Setting("link", list(items.values()), source), effective_name(ctx, params, config.name)]
+
+
+def tls_note(tls: ServerTls | None) -> str:
+    if tls is None:
+        return "TLS: off (no tls-cert and tls-key)"
+    if tls.ca is None:
+        return "TLS: on; client certificates not required (no tls-ca)"
+    return "TLS: on; client certificates signed by tls-ca required (mutual TLS)"
 
 
 def server_tls(params: dict[str, Any]) -> ServerTls | None:

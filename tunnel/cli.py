@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from tunnel.config import Kind, apply_config_file
+from tunnel.effective import Setting, render, settings_of, source_of
 from tunnel.errors import ConfigError
 from tunnel.limits import KIB, Limits
 
@@ -74,19 +75,37 @@ def endpoint_option(f: F) -> F:
     )(f)
 
 
-def print_effective(params: dict[str, Any], token_file: str | None) -> None:
-    """The effective configuration as ``key = value`` lines; token secrets masked."""
+def print_effective(
+    ctx: click.Context,
+    params: dict[str, Any],
+    effective: Iterable[Setting],
+    token_file: str | None,
+    notes: Iterable[str] = (),
+) -> None:
+    """The effective configuration as a config file this command accepts back, each value
+    with its source; a token file's names shown, its secrets never."""
     from tunnel.auth import load_tokens
 
-    for key in sorted(params):
-        if key == "check_config":
-            continue
-        value = params[key]
-        shown = list(value) if isinstance(value, tuple) else value
-        print(f"{key.replace('_', '-')} = {shown!r}")
+    config_file = watched_config_file(ctx)
+    notes = list(notes)
     if token_file is not None:
         tokens, _ = load_tokens(token_file)
-        print(f"tokens = {[f'{name}:***' for name in tokens]!r}")
+        names = ", ".join(f"{name}:***" for name in tokens)
+        notes.append(f"token-file holds the tokens {names} (secrets not shown)")
+    effective = list(effective)
+    workers = params.get("workers")
+    if isinstance(workers, AutoWorkers):  # "auto" stays auto: another machine, another count
+        source = source_of(ctx, "workers", config_file)
+        effective.append(Setting("workers", "auto", f"{source} ({workers} here)"))
+    settings = settings_of(ctx, params, config_file, effective)
+    print(render(ctx.command_path, settings, notes, config_file or ""), end="")
+
+
+def effective_name(ctx: click.Context, params: dict[str, Any], name: str) -> Setting:
+    """``name`` as the run uses it: the host name when none was given."""
+    if params["name"]:
+        return Setting("name", name, source_of(ctx, "name", watched_config_file(ctx)))
+    return Setting("name", name, "default: the host name")
 
 
 MAX_WORKERS = 64

@@ -51,6 +51,8 @@ __all__ = [
     "Service",
     "UnknownService",
     "links_from_env",
+    "named_links_from_env",
+    "named_seed_links_from_env",
     "parse_address",
     "parse_expose",
     "parse_link",
@@ -471,11 +473,22 @@ def _parse_tcp_url(name: str, value: str) -> Address:
 
 def links_from_env(environ: Mapping[str, str]) -> Catalog:
     """The catalog described by Docker link variables (``REDIS_PORT_6379_TCP=...``)."""
-    services = [
-        Service(alias, port, _parse_tcp_url(name, environ[name]))
+    return Catalog(tuple(service for _, service in named_links_from_env(environ)))
+
+
+def named_links_from_env(environ: Mapping[str, str]) -> list[tuple[str, Service]]:
+    """Each Docker link variable's name with the catalog entry it describes (repeats kept)."""
+    return [
+        (name, Service(alias, port, _parse_tcp_url(name, environ[name])))
         for name, alias, port in _link_variables(environ)
     ]
-    return Catalog(tuple(services))
+
+
+def named_seed_links_from_env(environ: Mapping[str, str]) -> list[tuple[str, SeedLink]]:
+    """Each Docker link variable's name with what it asks the client to expose."""
+    return [
+        (name, parse_seed_variable(name, environ[name])) for name, _, _ in _link_variables(environ)
+    ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -618,8 +631,6 @@ def seed_links_from_env(environ: Mapping[str, str]) -> tuple[str | None, list[Ex
     The host is None when there are no link variables. Raises LinkError, also when
     they name different hosts.
     """
-    seeds = [
-        (name, parse_seed_variable(name, environ[name])) for name, _, _ in _link_variables(environ)
-    ]
+    seeds = named_seed_links_from_env(environ)
     hosts = [(seed.remote_host, name) for name, seed in seeds]
     return _one_host(hosts, (seed.expose for _, seed in seeds))

@@ -57,7 +57,7 @@ def _refused(connection: ServerConnection, layer: TlsLayer, exc: BaseException) 
     elif isinstance(exc, ConnectionError) and not isinstance(exc, ssl.SSLError):
         why = "the peer closed the connection during the TLS handshake"
     else:
-        why = describe_tls_error(exc)
+        why = describe_tls_error(exc, server_side=True)
     log.warning("refused connection from %s: %s", peer, why)
     connection.refused = True
     metrics.SESSION_ENDS.labels("server", "tls_handshake").inc()

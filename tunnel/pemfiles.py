@@ -97,6 +97,14 @@ def pem_label(data: bytes) -> str | None:
     return match.group(1).decode("ascii") if match else None
 
 
+def pem_kind(data: bytes) -> str:
+    """What ``data`` holds, in words: "a certificate", "a private key", "no PEM data"..."""
+    label = pem_label(data)
+    if label is None:
+        return "no PEM data"
+    return next((w for end, w in _PEM_WHATS if label.endswith(end)), f"a {label!r} block")
+
+
 def read_file(path: PathLike) -> bytes:
     try:
         return Path(path).read_bytes()
@@ -115,8 +123,7 @@ def _read_pem(path: PathLike, wanted: str, what: str) -> bytes:
         raise ConfigError(f"{path}: not PEM; expected {what} (-----BEGIN {wanted}-----)")
     # "EC PRIVATE KEY", "RSA PRIVATE KEY" and "PRIVATE KEY" are all private keys.
     if not label.endswith(wanted):
-        found = next((w for end, w in _PEM_WHATS if label.endswith(end)), f"a {label!r} block")
-        raise ConfigError(f"{path}: holds {found}, expected {what}")
+        raise ConfigError(f"{path}: holds {pem_kind(data)}, expected {what}")
     return data
 
 

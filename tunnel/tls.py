@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
 from tunnel.certs import spki_pin
 from tunnel.errors import ConfigError
 
@@ -64,9 +66,69 @@ def _load_chain(context: ssl.SSLContext, cert: str, key: str) -> None:
         raise ConfigError(f"cannot read {name}: {why}") from None
     except ssl.SSLError as exc:
         raise ConfigError(
-            f"cannot load certificate {cert} with key {key}: {exc.reason or exc}; "
-            "check both are PEM and the key belongs to the certificate"
+            _chain_problem(cert, key)
+            or (
+                f"cannot load certificate {cert} with key {key}: {exc.reason or exc}; "
+                "check both are PEM and the key belongs to the certificate"
+            )
         ) from None
+
+
+def _chain_problem(cert: str, key: str) -> str | None:
+    """Why ssl refused the pair, in words (its own is "[SSL] PEM lib"), or None if unclear."""
+    from tunnel.pemfiles import pem_kind
+
+    try:
+        with open(cert, "rb") as file:
+            holds_cert = pem_kind(file.read())
+        with open(key, "rb") as file:
+            holds_key = pem_kind(file.read())
+    except OSError:
+        return None
+    if holds_cert == "a private key" and holds_key == "a certificate":
+        return f"--tls-cert {cert} holds a private key and --tls-key {key} a certificate: swap them"
+    if holds_cert != "a certificate":
+        return f"--tls-cert {cert} holds {holds_cert}, not a certificate; give the PEM certificate"
+    if holds_key != "a private key":
+        return f"--tls-key {key} holds {holds_key}, not a private key; give the PEM private key"
+    return (
+        f"--tls-key {key} is not the private key of --tls-cert {cert}; "
+        "give the key that was made with that certificate"
+    )
+
+
+# What each role's certificate must allow (RFC 5280 extended key usage), and how to get one.
+_USAGES = {
+    "client": (ExtendedKeyUsageOID.CLIENT_AUTH, "'ambassador-server certs client NAME'"),
+    "server": (ExtendedKeyUsageOID.SERVER_AUTH, "'ambassador-server certs init DIR'"),
+}
+
+
+def _check_usage(cert: str, role: str) -> None:
+    """Refuse at start a certificate the peer would refuse in every handshake: one whose
+    extended key usage leaves out this role (a server certificate given to a client)."""
+    from cryptography import x509
+
+    wanted, command = _USAGES[role]
+    try:
+        with open(cert, "rb") as file:
+            usage = x509.load_pem_x509_certificate(file.read()).extensions.get_extension_for_class(
+                x509.ExtendedKeyUsage
+            )
+    except (OSError, ValueError, x509.ExtensionNotFound):
+        return  # unreadable was reported by ssl; no extension: good for any use
+    allowed = list(usage.value)
+    if wanted in allowed or ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE in allowed:
+        return
+    other = "server" if role == "client" else "client"
+    made_for = (
+        f"a {other} certificate" if _USAGES[other][0] in allowed else "not made for a " + role
+    )
+    names = ", ".join(getattr(oid, "_name", oid.dotted_string) for oid in allowed)
+    raise ConfigError(
+        f"--tls-cert {cert} is {made_for} (extended key usage: {names}); "
+        f"the {role} needs a {role} certificate: make one with {command}"
+    )
 
 
 def _load_ca(context: ssl.SSLContext, ca: str) -> None:
@@ -84,6 +146,7 @@ def server_context(tls: ServerTls) -> ssl.SSLContext:
     context = _base_context(ssl.PROTOCOL_TLS_SERVER)
     context.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
     _load_chain(context, tls.cert, tls.key)
+    _check_usage(tls.cert, "server")
     if tls.ca is not None:
         _load_ca(context, tls.ca)
         context.verify_mode = ssl.CERT_REQUIRED
@@ -108,6 +171,7 @@ def client_context(tls: ClientTls) -> ssl.SSLContext:
         if tls.cert is None or tls.key is None:
             raise ConfigError("--tls-cert and --tls-key go together; give both or neither")
         _load_chain(context, tls.cert, tls.key)
+        _check_usage(tls.cert, "client")
     return context
 
 
@@ -139,8 +203,8 @@ def peer_common_name(ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> str | 
     return None
 
 
-def describe_tls_error(exc: BaseException) -> str:
-    """A handshake failure in words a person can act on."""
+def describe_tls_error(exc: BaseException, *, server_side: bool = False) -> str:
+    """A handshake failure in words a person can act on; ``server_side``: we are the server."""
     text = str(exc)
     reason = getattr(exc, "reason", None) or ""
     verify = getattr(exc, "verify_message", None)
@@ -162,6 +226,19 @@ def describe_tls_error(exc: BaseException) -> str:
             return f"the peer's certificate is not signed by the trusted CA ({verify})"
         if "revoked" in verify:
             return f"the peer's certificate has been revoked ({verify})"
+        if "certificate purpose" in verify:  # "unsuitable" in OpenSSL 3, "unsupported" before
+            # The extended key usage leaves out the peer's role: most often a server
+            # certificate given to a client as --tls-cert.
+            if server_side:
+                return (
+                    "the client's certificate is not made for a client (its extended key "
+                    "usage leaves out clientAuth: a server certificate?); give the client one "
+                    "from 'ambassador-server certs client NAME'"
+                )
+            return (
+                "the server's certificate is not made for a server (its extended key usage "
+                "leaves out serverAuth); give the server one from 'ambassador-server certs init'"
+            )
         return f"certificate verification failed: {verify}"
     not_tls = ("WRONG_VERSION_NUMBER", "UNEXPECTED_MESSAGE", "RECORD_LAYER_FAILURE",
                "PACKET_LENGTH_TOO_LONG", "UNEXPECTED_RECORD")  # fmt: skip
@@ -183,6 +260,15 @@ def describe_tls_error(exc: BaseException) -> str:
         return "the peer says our certificate has expired"
     if "SSLV3_ALERT_CERTIFICATE_REVOKED" in reason:
         return "the peer says our certificate has been revoked"
+    if "SSLV3_ALERT_UNSUPPORTED_CERTIFICATE" in reason:
+        return (
+            "the peer refused our certificate as not made for our role (extended key usage); "
+            + (
+                "use a server certificate ('ambassador-server certs init')"
+                if server_side
+                else "use a client certificate ('ambassador-server certs client NAME')"
+            )
+        )
     if "SSLV3_ALERT_BAD_CERTIFICATE" in reason:
         return "the peer rejected our certificate"
     if "HTTP_REQUEST" in reason:

@@ -23,10 +23,12 @@ from tunnel.cli import (
     limits_from,
     log_option,
     metrics_address,
+    option_variables,
     print_effective,
     reparse,
     run_cli,
     setting,
+    warn_unknown_variables,
     watched_config_file,
 )
 from tunnel.effective import Item, Setting, source_of
@@ -164,6 +166,10 @@ def cli(ctx: click.Context, /, **params: Any) -> None:
     if ctx.invoked_subcommand is not None:
         return
     setup_logging(params["log_level"], params["log_format"])
+    from server.cli import cli as server_cli  # its variables are no strangers here either
+
+    other = option_variables(server_cli)
+    warn_unknown_variables(option_variables(cli), other, "ambassador-server", os.environ)
     config = build_config(params, os.environ)
     metrics = metrics_address(params["metrics_listen"])
     if params["check_config"]:

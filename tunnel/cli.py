@@ -6,17 +6,22 @@ mistake a user can make ends as one line on stderr naming what to fix, never a t
 
 from __future__ import annotations
 
+import difflib
+import logging
 import os
+import re
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
+from click.core import ParameterSource
 
 from tunnel.config import Kind, apply_config_file
-from tunnel.effective import Setting, render, settings_of, source_of
+from tunnel.effective import Setting, comment, render, settings_of, source_of
 from tunnel.errors import ConfigError
 from tunnel.limits import KIB, Limits
+from tunnel.workers import WORKER_FD_ENV
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -49,7 +54,7 @@ def log_option(f: F) -> F:
     )(f)
     f = click.option(
         "--log-format",
-        type=click.Choice(["text", "json"]),
+        type=click.Choice(["text", "json"], case_sensitive=False),
         default="text",
         show_default=True,
         envvar="AMBASSADOR_LOG_FORMAT",
@@ -57,7 +62,7 @@ def log_option(f: F) -> F:
     )(f)
     return click.option(
         "--log-level",
-        type=click.Choice(["debug", "info", "warning", "error"]),
+        type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
         default="info",
         show_default=True,
         envvar="AMBASSADOR_LOG_LEVEL",
@@ -106,6 +111,55 @@ def effective_name(ctx: click.Context, params: dict[str, Any], name: str) -> Set
     if params["name"]:
         return Setting("name", name, source_of(ctx, "name", watched_config_file(ctx)))
     return Setting("name", name, "default: the host name")
+
+
+# AMBASSADOR_* variables read by something other than an option: the config file's name, the
+# worker processes' hand-over, and the compose files' .env (user, group, image).
+OTHER_VARIABLES = frozenset(
+    {"AMBASSADOR_CONFIG", "AMBASSADOR_WORKER_FD", "AMBASSADOR_WORKER_INDEX", "AMBASSADOR_UID",
+     "AMBASSADOR_GID", "AMBASSADOR_IMAGE"}
+)  # fmt: skip
+# What a container linked as "ambassador" (Docker links) or a Kubernetes Service called
+# "ambassador" puts in the environment: not settings, and nothing to warn about.
+_NOT_SETTINGS = re.compile(
+    r"AMBASSADOR_(PORT(_\d+_(TCP|UDP|SCTP)(_ADDR|_PORT|_PROTO)?)?|ENV_.*"
+    r"|SERVICE_HOST|SERVICE_PORT(_.*)?)"
+)
+
+
+def option_variables(command: click.Command) -> set[str]:
+    """The variables ``command``'s options (its subcommands' too) are read from."""
+    names: set[str] = set()
+    for param in command.params:
+        envvar = getattr(param, "envvar", None)
+        names.update([envvar] if isinstance(envvar, str) else envvar or ())
+    for sub in getattr(command, "commands", {}).values():
+        names |= option_variables(sub)
+    return names
+
+
+def warn_unknown_variables(
+    own: set[str], other: set[str], other_role: str, environ: Mapping[str, str]
+) -> None:
+    """Warn, once at start, of each AMBASSADOR_* variable nothing reads: a misspelt one would
+    otherwise be ignored without a word. ``other``: the other role's variables, known too,
+    since one environment (the image's, a shared env file) often serves both roles."""
+    if WORKER_FD_ENV in environ:
+        return  # a helper process: the main one has warned
+    known = own | other | OTHER_VARIABLES
+    for name in sorted(environ):
+        if not name.startswith("AMBASSADOR_") or name in known or _NOT_SETTINGS.fullmatch(name):
+            continue
+        close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
+        if not close:
+            hint = "no setting is read from it"
+        elif close[0] in own or close[0] in OTHER_VARIABLES:
+            hint = f"did you mean {close[0]}?"
+        else:
+            hint = f"did you mean {close[0]} (an {other_role} setting)?"
+        logging.getLogger("ambassador.config").warning(
+            "unknown variable %s ignored; %s", comment(name[:80]), hint
+        )
 
 
 MAX_WORKERS = 64
@@ -267,12 +321,30 @@ def reparse(command: click.Command, prog: str, ctx: click.Context) -> dict[str, 
     try:
         again = command.make_context(prog, list(argv), obj=ctx.obj)
     except click.ClickException as exc:
+        name_the_source(exc)
         raise ConfigError(exc.format_message()) from None
     return again.params
 
 
 def watched_config_file(ctx: click.Context) -> str | None:
     return config_file_of((ctx.obj or {}).get("argv", []))
+
+
+def name_the_source(exc: click.ClickException) -> None:
+    """Name a bad value after where it came from: a value read from AMBASSADOR_DIAL_TIMEOUT or
+    the config file is reported as that, not as the --dial-timeout the user never typed."""
+    if not isinstance(exc, click.BadParameter) or exc.param_hint is not None:
+        return
+    param, ctx = exc.param, exc.ctx
+    if not isinstance(param, click.Option) or param.name is None or ctx is None:
+        return
+    source = ctx.get_parameter_source(param.name)
+    if source is ParameterSource.ENVIRONMENT:
+        where = source_of(ctx, param.name, None).removeprefix("environment ")
+        exc.param_hint = f"environment variable {where}"
+    elif source is ParameterSource.DEFAULT_MAP:
+        key = param.name.replace("_", "-")
+        exc.param_hint = f"{key} in config file {watched_config_file(ctx) or ''}".rstrip()
 
 
 def run_cli(group: click.Command, prog: str, argv: list[str] | None = None) -> int:
@@ -284,6 +356,7 @@ def run_cli(group: click.Command, prog: str, argv: list[str] | None = None) -> i
     except click.exceptions.Abort:
         return 130
     except click.ClickException as exc:
+        name_the_source(exc)
         print(f"{prog}: error: {exc.format_message()}", file=sys.stderr)
         return exc.exit_code
     except ConfigError as exc:

@@ -22,6 +22,7 @@ against its own options. Reading the file is the only I/O here.
 
 from __future__ import annotations
 
+import difflib
 import enum
 import os
 import tomllib
@@ -155,6 +156,18 @@ def _param_for(key: str, params: Mapping[str, ParamSpec]) -> str | None:
     return None
 
 
+def _nearest_key(key: str, params: Mapping[str, ParamSpec]) -> str:
+    """The key ``key`` was probably meant to be, or where the keys are listed."""
+    keys = [_key_name(param) for param in params]
+    spelled = _key_name(key.lower())
+    close = difflib.get_close_matches(spelled, keys, n=1, cutoff=0.6)
+    if not close:  # a plural, as `links = [...]` is read
+        close = difflib.get_close_matches(spelled.removesuffix("s"), keys, n=1, cutoff=0.6)
+    if close:
+        return f"did you mean {close[0]!r}?"
+    return "the keys are the long flags without '--' (see --help)"
+
+
 def to_default_map(
     data: Mapping[str, object], params: Mapping[str, ParamSpec], source: str = "config file"
 ) -> dict[str, object]:
@@ -171,8 +184,7 @@ def to_default_map(
         where = f"{source}: {key}"
         name = _param_for(key, params)
         if name is None:
-            valid = ", ".join(sorted(_key_name(param) for param in params))
-            raise ConfigError(f"{source}: unknown key {key!r}; valid keys: {valid}")
+            raise ConfigError(f"{source}: unknown key {key!r}; {_nearest_key(key, params)}")
         spec = params[name]
         if isinstance(value, dict) and spec.multiple and spec.kind is Kind.STR:
             many.setdefault(name, []).extend(_table_items(where, value))

@@ -193,12 +193,27 @@ def test_empty_file_changes_nothing() -> None:
     assert to_default_map({}, PARAMS) == {}
 
 
-def test_unknown_key_lists_the_valid_ones() -> None:
+def test_unknown_key_names_the_nearest_one() -> None:
     with pytest.raises(ConfigError) as error:
         to_default_map({"prot": 7701}, PARAMS, "/etc/ambassador.toml")
     message = one_line(error)
-    assert message.startswith("/etc/ambassador.toml: unknown key 'prot'")
-    assert "valid keys: expose, link, links-from-env, log-level, port, timeout" in message
+    assert message == "/etc/ambassador.toml: unknown key 'prot'; did you mean 'port'?"
+
+
+@pytest.mark.parametrize("key", ["Log_Levle", "exposes_"])
+def test_unknown_key_is_matched_across_spellings(key: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        to_default_map({key: "x"}, PARAMS)
+    assert one_line(error).endswith(("did you mean 'log-level'?", "did you mean 'expose'?"))
+
+
+def test_unknown_key_far_from_any_points_at_help() -> None:
+    with pytest.raises(ConfigError) as error:
+        to_default_map({"colour": "blue"}, PARAMS, "/etc/ambassador.toml")
+    assert one_line(error) == (
+        "/etc/ambassador.toml: unknown key 'colour'; "
+        "the keys are the long flags without '--' (see --help)"
+    )
 
 
 @pytest.mark.parametrize(

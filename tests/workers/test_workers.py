@@ -367,8 +367,9 @@ def test_a_bad_worker_count_is_one_line_error(role: str, value: str, message: st
         env = dict(os.environ, AMBASSADOR_WORKERS=value) if not how else None
         result = run_program([*ambassador(role), *where, *how, "--check-config"], env=env)
         assert result.returncode == 2
+        hint = "'--workers'" if how else "environment variable AMBASSADOR_WORKERS"
         assert result.stderr.strip().splitlines() == [
-            f"ambassador-{role}: error: Invalid value for '--workers': {message}"
+            f"ambassador-{role}: error: Invalid value for {hint}: {message}"
         ]
 
 

@@ -45,6 +45,12 @@ def server_proof(secret: bytes, name: str, client_nonce: bytes, server_nonce: by
     return _proof(secret, b"server", name, client_nonce, server_nonce)
 
 
+def fingerprint(secret: bytes) -> bytes:
+    """What a session keeps of the secret it proved: enough to tell whether a reload changed
+    that secret, useless for proving anything (a hash, never logged either)."""
+    return hashlib.sha256(b"ambassador token fingerprint\0" + secret).digest()
+
+
 def proofs_match(expected: bytes, given: bytes) -> bool:
     return hmac.compare_digest(expected, given)
 

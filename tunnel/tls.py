@@ -190,30 +190,6 @@ def describe_tls_error(exc: BaseException) -> str:
     return f"TLS handshake failed: {reason or text}"
 
 
-def certificate_serial(certificate_der: bytes | None) -> int | None:
-    if not certificate_der:
-        return None
-    from cryptography import x509
-
-    return x509.load_der_x509_certificate(certificate_der).serial_number
-
-
-def revoked_serials(crl_path: str) -> frozenset[int]:
-    """Serial numbers a PEM CRL revokes; ConfigError when it cannot be read."""
-    from cryptography import x509
-
-    try:
-        with open(crl_path, "rb") as file:
-            crl = x509.load_pem_x509_crl(file.read())
-    except OSError as exc:
-        raise ConfigError(f"cannot read CRL {crl_path}: {exc.strerror}") from None
-    except ValueError:
-        raise ConfigError(
-            f"cannot load CRL {crl_path}: not a PEM certificate revocation list"
-        ) from None
-    return frozenset(entry.serial_number for entry in crl)
-
-
 def days_left(cert_path: str) -> float | None:
     from cryptography import x509
 

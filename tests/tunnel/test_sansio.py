@@ -24,6 +24,7 @@ SANS_IO = [
     "access",
     "auth",
     "statusview",
+    "trust",
 ]
 FORBIDDEN = {"asyncio", "socket", "ssl", "time", "selectors", "threading", "uvloop"}
 

@@ -26,7 +26,7 @@ from tunnel.httpd import StatusServer
 from tunnel.observe import sample, service_stats
 from tunnel.oserrors import listen_error
 from tunnel.reload import Reloader
-from tunnel.tls import server_context, warn_if_expiring
+from tunnel.tls import server_context, warn_about_files, warn_if_expiring
 from tunnel.workers import (
     Handoff,
     HelperChannel,
@@ -53,9 +53,7 @@ class Server:
         self.pool: WorkerPool | None = None  # helper processes, in the main one of several
         self.on_closed: Callable[[], None] | None = None  # a helper tells the main process
         if config.token_file is not None:
-            self.tokens, warning = load_tokens(config.token_file)
-            if warning:
-                log.warning("%s", warning)
+            self.tokens, _ = load_tokens(config.token_file)  # warned about in start()
 
     @property
     def address(self) -> tuple[str, int]:
@@ -79,6 +77,7 @@ class Server:
             mode = "TLS, client certificates required" if self.config.tls.ca else "TLS"
         log.info("listening on %s (%s), offering %s", listen, mode, names)
         warn_if_expiring(self.config.tls)
+        warn_about_files(self.config.tls, self.config.token_file, datetime.now(UTC))
         if self.config.tls is None and self.tokens is None and not is_loopback(listen.host):
             log.warning(
                 "listening on %s in plaintext without a token: anyone who can reach this port "
@@ -153,6 +152,7 @@ class Server:
         log.info("configuration reloaded: offering %s to %d sessions", names,
                  len(self.connections))  # fmt: skip
         warn_if_expiring(new.tls)
+        warn_about_files(new.tls, new.token_file, datetime.now(UTC))
 
     async def drain(self, timeout: float, now: asyncio.Event | None = None) -> bool:
         """Stop taking new streams, let open ones finish for up to ``timeout`` seconds.

@@ -19,7 +19,7 @@ from server.connection import ServerConnection
 from server.forward import start_forwarding
 from server.reauth import Admission
 from server.tls_accept import accept_tls
-from tunnel.auth import load_tokens
+from tunnel.auth import load_tokens, plaintext_warning
 from tunnel.errors import ConfigError, Reason
 from tunnel.frames import GoAwayCode
 from tunnel.httpd import StatusServer
@@ -78,6 +78,10 @@ class Server:
         log.info("listening on %s (%s), offering %s", listen, mode, names)
         warn_if_expiring(self.config.tls)
         warn_about_files(self.config.tls, self.config.token_file, datetime.now(UTC))
+        if self.config.tls is None and self.tokens is not None:
+            warning = plaintext_warning([listen.host])
+            if warning is not None:
+                log.warning("%s", warning)
         if self.config.tls is None and self.tokens is None and not is_loopback(listen.host):
             log.warning(
                 "listening on %s in plaintext without a token: anyone who can reach this port "

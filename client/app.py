@@ -15,6 +15,7 @@ from typing import Any
 from client.config import ClientConfig
 from client.connector import Connector
 from client.listeners import ConsumerStream, Listeners
+from tunnel.auth import plaintext_warning
 from tunnel.errors import ConfigError, Reason
 from tunnel.httpd import StatusServer
 from tunnel.messages import ServiceInfo
@@ -181,6 +182,10 @@ async def serve(
     several: it accepts every consumer connection and hands some to its helpers.
     """
     client = Client(config)
+    if config.tls is None and config.token is not None:
+        warning = plaintext_warning([remote.host for remote in config.remotes])
+        if warning is not None:
+            log.warning("%s", warning)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

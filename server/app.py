@@ -11,20 +11,22 @@ import ssl
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from datetime import UTC, datetime
 from typing import Any
 
 from server.config import ServerConfig
 from server.connection import ServerConnection
 from server.forward import start_forwarding
+from server.reauth import Admission
 from server.tls_accept import accept_tls
-from tunnel.auth import load_tokens
+from tunnel.auth import load_tokens, plaintext_warning
 from tunnel.errors import ConfigError, Reason
 from tunnel.frames import GoAwayCode
 from tunnel.httpd import StatusServer
 from tunnel.observe import sample, service_stats
 from tunnel.oserrors import listen_error
 from tunnel.reload import Reloader
-from tunnel.tls import certificate_serial, revoked_serials, server_context, warn_if_expiring
+from tunnel.tls import server_context, warn_about_files, warn_if_expiring
 from tunnel.workers import (
     Handoff,
     HelperChannel,
@@ -51,9 +53,7 @@ class Server:
         self.pool: WorkerPool | None = None  # helper processes, in the main one of several
         self.on_closed: Callable[[], None] | None = None  # a helper tells the main process
         if config.token_file is not None:
-            self.tokens, warning = load_tokens(config.token_file)
-            if warning:
-                log.warning("%s", warning)
+            self.tokens, _ = load_tokens(config.token_file)  # warned about in start()
 
     @property
     def address(self) -> tuple[str, int]:
@@ -77,6 +77,11 @@ class Server:
             mode = "TLS, client certificates required" if self.config.tls.ca else "TLS"
         log.info("listening on %s (%s), offering %s", listen, mode, names)
         warn_if_expiring(self.config.tls)
+        warn_about_files(self.config.tls, self.config.token_file, datetime.now(UTC))
+        if self.config.tls is None and self.tokens is not None:
+            warning = plaintext_warning([listen.host])
+            if warning is not None:
+                log.warning("%s", warning)
         if self.config.tls is None and self.tokens is None and not is_loopback(listen.host):
             log.warning(
                 "listening on %s in plaintext without a token: anyone who can reach this port "
@@ -123,8 +128,10 @@ class Server:
     def reload(self, new: ServerConfig) -> None:
         """Take a new configuration; raises ConfigError (keeping the old one) if it is broken.
 
-        New handshakes use the new certificates; established sessions carry on, are sent their
-        new catalog, and are closed if their access was withdrawn or their certificate revoked.
+        New handshakes use the new certificates and tokens. Every established session is judged
+        again as if it connected now (:mod:`server.reauth`): one the new configuration would not
+        admit is closed, with one line and a count saying why; the others carry on, are sent
+        their new catalog, and are closed only if their access was withdrawn.
         """
         old = self.config
         if new.listen != old.listen:
@@ -135,26 +142,21 @@ class Server:
         tokens: dict[str, bytes] | None = None
         if new.token_file is not None:
             tokens, _ = load_tokens(new.token_file)
-        revoked = revoked_serials(new.tls.crl) if new.tls and new.tls.crl else frozenset()
+        admission = Admission.of(new, tokens, datetime.now(UTC))
         self.config = replace(new, listen=old.listen)
         self.tls_context = context
         self.tokens = tokens
         for connection in list(self.connections):
-            serial = certificate_serial(connection.peer_cert)
-            if serial is not None and serial in revoked:
-                connection.close_with(Reason.NOT_ALLOWED, "its certificate was revoked")
-            elif (
-                tokens is not None
-                and connection.token_name is not None
-                and (connection.token_name not in tokens)
-            ):
-                connection.close_with(Reason.NOT_ALLOWED, "its token was withdrawn")
+            refused = admission.refuses(connection)
+            if refused is not None:
+                connection.close_on_reload(refused)
             else:
                 connection.update_catalog()
         names = ", ".join(service.full_name for service in new.catalog) or "nothing"
         log.info("configuration reloaded: offering %s to %d sessions", names,
                  len(self.connections))  # fmt: skip
         warn_if_expiring(new.tls)
+        warn_about_files(new.tls, new.token_file, datetime.now(UTC))
 
     async def drain(self, timeout: float, now: asyncio.Event | None = None) -> bool:
         """Stop taking new streams, let open ones finish for up to ``timeout`` seconds.

@@ -18,6 +18,7 @@ import math
 import re
 import shlex
 import socket
+import stat
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -99,6 +100,13 @@ def init(
     ca_key, ca_cert = c.make_ca(f"Ambassador CA {host}"[:64], ca_days, now=now)
     server_key, server_cert = c.issue_server_cert(ca_key, ca_cert, cn or host, sans, days, now=now)
     _make_dir(directory)
+    if directory.stat().st_mode & stat.S_IWOTH:
+        click.echo(
+            f"warning: {directory} is writable by every user, who can add or (without the "
+            f"sticky bit) replace files beside the CA key; chmod 700 {_q(directory)} or use a "
+            "directory of your own",
+            err=True,
+        )
     pem.write_private(paths[CA_KEY], pem.key_pem(ca_key), force)
     pem.write_public(paths[CA_CERT], pem.cert_pem(ca_cert), force)
     pem.write_private(paths[SERVER_KEY], pem.key_pem(server_key), force)

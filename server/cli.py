@@ -75,6 +75,14 @@ from tunnel.workers import helper_channel_fd, helper_command, helper_index, tag_
     help="Also offer the backends named by Docker link variables (REDIS_PORT_6379_TCP=...).",
 )
 @click.option(
+    "--links-from-env-in-pod",
+    is_flag=True,
+    default=False,
+    envvar="AMBASSADOR_LINKS_FROM_ENV_IN_POD",
+    help="Read link variables even in a Kubernetes pod; only with enableServiceLinks: false, "
+    "or every Service of the namespace is offered.",
+)
+@click.option(
     "--name",
     default="",
     envvar="AMBASSADOR_NAME",
@@ -221,7 +229,7 @@ def build_config(params: dict[str, Any], environ: Mapping[str, str]) -> ServerCo
         raise ConfigError(f"bad --listen: {exc}") from None
     catalog = Catalog(tuple(parse_link(text) for text in params["link"]))
     if params["links_from_env"]:
-        catalog = catalog.merge(links_from_env(environ))
+        catalog = catalog.merge(env_links(catalog, params["links_from_env_in_pod"], environ))
     if not catalog:
         raise ConfigError(
             "nothing to offer: give --link ALIAS=HOST:PORT (or --links-from-env with Docker "
@@ -267,6 +275,26 @@ def tls_note(tls: ServerTls | None) -> str:
     if tls.ca is None:
         return "TLS: on; client certificates not required (no tls-ca)"
     return "TLS: on; client certificates signed by tls-ca required (mutual TLS)"
+
+
+# Kubernetes sets it in every pod; with the default enableServiceLinks: true the environment
+# also holds Docker-style link variables for every Service of the namespace.
+IN_POD = "KUBERNETES_SERVICE_HOST"
+
+
+def env_links(explicit: Catalog, in_pod_too: bool, environ: Mapping[str, str]) -> Catalog:
+    """The link variables' catalog; in a Kubernetes pod only when explicitly asked for, since
+    there they name every Service of the namespace, not the containers linked on purpose."""
+    if IN_POD not in environ or in_pod_too:
+        return links_from_env(environ)
+    if explicit:
+        return Catalog()  # --link given: offer those and nothing the pod's variables name
+    raise ConfigError(
+        f"refusing --links-from-env in a Kubernetes pod ({IN_POD} is set): its link variables "
+        "name every Service of the namespace, which would be offered to anyone; give explicit "
+        "--link ALIAS=HOST:PORT, or set enableServiceLinks: false in the pod spec and add "
+        "--links-from-env-in-pod (AMBASSADOR_LINKS_FROM_ENV_IN_POD=true)"
+    )
 
 
 def server_tls(params: dict[str, Any]) -> ServerTls | None:

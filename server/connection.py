@@ -40,6 +40,7 @@ from tunnel.messages import (
 )
 from tunnel.session import Role, Session
 from tunnel.transport import StreamHandler, TunnelConnection, clock
+from tunnel.trust import Untrusted
 
 if TYPE_CHECKING:
     from server.app import Server
@@ -65,10 +66,12 @@ class ServerConnection:
         self.cert_name: str | None = None  # the client certificate's name, under mutual TLS
         self.peer_cert: bytes | None = None  # its DER, to check against a reloaded CRL
         self.token_name: str | None = None  # set once the token exchange succeeded
+        self.token_fingerprint = b""  # of the secret it proved (auth.fingerprint), for reloads
         self.control_id: int | None = None
         self.client_name = ""
         self.welcomed = False
         self.refused = False  # the hello was refused (and logged as such)
+        self.closing = False  # close_with was called: said once, counted once
         self.tls_done = False  # a TLS handshake completed on this connection
         self.streams: set[BackendStream] = set()
         self.tasks: set[asyncio.Task[object]] = set()  # backend dials under way
@@ -194,6 +197,7 @@ class ServerConnection:
             self.refuse(Reason.AUTH_FAILED, f"wrong or unknown token for {name!r}")
             return
         self.token_name = name
+        self.token_fingerprint = auth.fingerprint(secret)
         self._welcome(auth.server_proof(secret, name, hello.nonce, server_nonce))
 
     def _welcome(self, proof: bytes) -> None:
@@ -242,7 +246,24 @@ class ServerConnection:
             self.shown = shown
             self._send(CatalogChanged(shown))
 
+    def close_on_reload(self, why: Untrusted) -> None:
+        """End a session the reloaded configuration would not admit; one line says why."""
+        if self.closing or self.refused:
+            return
+        metrics.RELOAD_CLOSES.labels(why.label).inc()
+        text = f"the reloaded configuration would not admit it: {why.text}"
+        if self.welcomed and self.tunnel.is_open:
+            self.close_with(Reason.NOT_ALLOWED, text)
+            return
+        log.warning("closing connection from %s: %s", self.peer_name, text)
+        self.refused = True  # logged: the close needs no second line
+        metrics.SESSION_ENDS.labels("server", Reason.NOT_ALLOWED.label).inc()
+        self.tunnel.close(text)
+
     def close_with(self, reason: Reason, text: str) -> None:
+        if self.closing:
+            return
+        self.closing = True
         log.warning("closing session with %s: %s", self.peer_name, text)
         metrics.SESSION_ENDS.labels("server", reason.label).inc()
         self._send(GoingAway(reason, text))

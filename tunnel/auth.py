@@ -8,6 +8,11 @@ For links where certificates are too much, client and server share a secret per 
     client -> server   auth       HMAC(secret, "client", name, client nonce, server nonce)
     server -> client   welcome    HMAC(secret, "server", name, client nonce, server nonce)
 
+Over plaintext this proves who the client is, and nothing more: the exchange is not bound to
+any channel, so an active man in the middle can relay the challenge and the proofs and then keep
+the authenticated connection for itself. Both roles say so in one warning line at start
+(:func:`plaintext_warning`); TLS is what protects the path.
+
 The secret never crosses the wire. A recorded proof is useless on another connection because
 the server's nonce differs, so it cannot be replayed; the server's own proof shows the client
 that the server knows the secret too. Nonces are made by the caller (this module does no I/O
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import os
 import stat
 from pathlib import Path
@@ -43,6 +49,32 @@ def client_proof(secret: bytes, name: str, client_nonce: bytes, server_nonce: by
 
 def server_proof(secret: bytes, name: str, client_nonce: bytes, server_nonce: bytes) -> bytes:
     return _proof(secret, b"server", name, client_nonce, server_nonce)
+
+
+def plaintext_warning(hosts: list[str]) -> str | None:
+    """The warning for a token used without TLS, unless every host is this machine."""
+    if all(_is_loopback(host) for host in hosts):
+        return None
+    return (
+        "a token over plaintext proves who the client is but protects nothing on the path: "
+        "anyone who can intercept the connection can relay the token exchange and keep the "
+        "session, and reads every byte; use TLS (--tls-cert/--tls-key and --tls-ca)"
+    )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def fingerprint(secret: bytes) -> bytes:
+    """What a session keeps of the secret it proved: enough to tell whether a reload changed
+    that secret, useless for proving anything (a hash, never logged either)."""
+    return hashlib.sha256(b"ambassador token fingerprint\0" + secret).digest()
 
 
 def proofs_match(expected: bytes, given: bytes) -> bool:

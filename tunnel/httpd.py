@@ -12,12 +12,18 @@ it shares the role's event loop and reads the role's live state without locks:
 
 With helper processes (``--workers``), /metrics and /status first ask each helper for its own
 (:mod:`tunnel.workers`) and serve everything merged, each series labelled with its worker.
+
+/status and the page name backends, client addresses and identities, with no authentication, so
+they are served only to loopback peers: a port bound beyond loopback (the kubelet's probes need
+``0.0.0.0`` in a pod) answers others /healthz, /readyz and /metrics only, and 403 for the rest.
+On the host, ``ambassador-* status`` (or ``kubectl port-forward``) still shows everything.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import logging
 from collections.abc import Callable
@@ -32,6 +38,25 @@ from tunnel.workers import MergedMetrics, WorkerPool, merge_status
 log = logging.getLogger("ambassador.httpd")
 
 MAX_REQUEST = 8192
+STATUS_PATHS = ("/status", "/", "/index.html")
+NOT_LOCAL = (
+    b"the status names backends, client addresses and identities, so it is served to loopback "
+    b"only; on the host run `ambassador-server status` (or `ambassador-client status`), or use "
+    b"kubectl port-forward; /healthz, /readyz and /metrics are served to anyone\n"
+)
+
+
+def is_local_peer(peer: object) -> bool:
+    """Whether a connection's peer address is loopback (a unix socket's counts as local)."""
+    if not isinstance(peer, tuple) or not peer:
+        return True
+    try:
+        address = ipaddress.ip_address(str(peer[0]).split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
 
 
 class StatusServer:
@@ -65,10 +90,15 @@ class StatusServer:
         parts = line.split()
         method, path = (parts[0], parts[1]) if len(parts) >= 2 else ("", "")
         path = path.split("?", 1)[0]
+        local = is_local_peer(writer.get_extra_info("peername"))
         reports = None
-        if self.pool is not None and path in ("/metrics", "/status", "/", "/index.html"):
+        if (
+            self.pool is not None
+            and path in ("/metrics", *STATUS_PATHS)
+            and (local or path == "/metrics")
+        ):
             reports = await self.pool.reports()
-        status, content_type, body = self.respond(method, path, reports)
+        status, content_type, body = self.respond(method, path, reports, local)
         header = (
             f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\n"
             f"Content-Length: {len(body)}\r\nConnection: close\r\n"
@@ -80,14 +110,21 @@ class StatusServer:
         writer.close()
 
     def respond(
-        self, method: str, path: str, reports: list[tuple[int, dict[str, Any]]] | None = None
+        self,
+        method: str,
+        path: str,
+        reports: list[tuple[int, dict[str, Any]]] | None = None,
+        local: bool = True,
     ) -> tuple[str, str, bytes]:
         """Status line, content type and body for one request (no I/O; easy to test).
 
-        ``reports`` are the helper processes' metrics and status, when there are helpers.
+        ``reports`` are the helper processes' metrics and status, when there are helpers;
+        ``local`` says the request came from loopback, the only peers shown /status.
         """
         if method not in ("GET", "HEAD"):
             return "405 Method Not Allowed", "text/plain", b"only GET\n"
+        if path in STATUS_PATHS and not local:
+            return "403 Forbidden", "text/plain", NOT_LOCAL
         if path == "/metrics":
             if reports is None:
                 return "200 OK", CONTENT_TYPE_LATEST, generate_latest(REGISTRY)
@@ -100,7 +137,7 @@ class StatusServer:
             if self._ready():
                 return "200 OK", "text/plain", b"ready\n"
             return "503 Service Unavailable", "text/plain", b"not ready\n"
-        if path in ("/status", "/", "/index.html"):
+        if path in STATUS_PATHS:
             facts = self._status()
             if reports is not None:
                 facts = merge_status(facts, reports)

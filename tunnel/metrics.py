@@ -32,6 +32,12 @@ STREAM_REFUSALS = Counter(
     ["role", "service", "reason"],
     registry=REGISTRY,
 )
+RELOAD_CLOSES = Counter(
+    "ambassador_reload_closed_sessions",
+    "Sessions a reload closed because the new configuration would not admit them, by reason",
+    ["reason"],
+    registry=REGISTRY,
+)
 RECONNECTS = Counter(
     "ambassador_reconnects", "Connection attempts after the first", ["remote"], registry=REGISTRY
 )

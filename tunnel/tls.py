@@ -24,6 +24,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from tunnel.certs import spki_pin
 from tunnel.errors import ConfigError
+from tunnel.trust import CRL_REFRESH, crl_expired, load_crl
 
 log = logging.getLogger("ambassador.tls")
 
@@ -209,6 +210,11 @@ def describe_tls_error(exc: BaseException, *, server_side: bool = False) -> str:
     reason = getattr(exc, "reason", None) or ""
     verify = getattr(exc, "verify_message", None)
     if verify:
+        if "CRL has expired" in verify:
+            return (
+                "the server's CRL has expired, so it refuses every certificate of its CA "
+                f"({verify}); {CRL_REFRESH}"
+            )
         if "expired" in verify:
             return f"the peer's certificate has expired ({verify})"
         if "not yet valid" in verify:
@@ -276,30 +282,6 @@ def describe_tls_error(exc: BaseException, *, server_side: bool = False) -> str:
     return f"TLS handshake failed: {reason or text}"
 
 
-def certificate_serial(certificate_der: bytes | None) -> int | None:
-    if not certificate_der:
-        return None
-    from cryptography import x509
-
-    return x509.load_der_x509_certificate(certificate_der).serial_number
-
-
-def revoked_serials(crl_path: str) -> frozenset[int]:
-    """Serial numbers a PEM CRL revokes; ConfigError when it cannot be read."""
-    from cryptography import x509
-
-    try:
-        with open(crl_path, "rb") as file:
-            crl = x509.load_pem_x509_crl(file.read())
-    except OSError as exc:
-        raise ConfigError(f"cannot read CRL {crl_path}: {exc.strerror}") from None
-    except ValueError:
-        raise ConfigError(
-            f"cannot load CRL {crl_path}: not a PEM certificate revocation list"
-        ) from None
-    return frozenset(entry.serial_number for entry in crl)
-
-
 def days_left(cert_path: str) -> float | None:
     from cryptography import x509
 
@@ -326,3 +308,34 @@ def warn_if_expiring(tls: ServerTls | ClientTls | None) -> None:
             log.error("certificate %s expired %d days ago; renew it (certs renew)", cert, -left)
         else:
             log.warning("certificate %s expires in %.0f days; renew it (certs renew)", cert, left)
+
+
+def warn_about_files(tls: ServerTls | None, token_file: str | None, now: datetime) -> None:
+    """At start and on every reload: a secret file others may read, a CRL past its date."""
+    if tls is not None:
+        _warn_if_readable(tls.key, "TLS key")
+        if tls.crl is not None:
+            try:
+                crl = load_crl(tls.crl)
+            except ConfigError:
+                return  # server_context already refused a broken file
+            if crl_expired(crl, now):
+                log.error(
+                    "CRL %s expired on %s: every client certificate of its CA is refused; %s",
+                    tls.crl, f"{crl.next_update_utc:%Y-%m-%d %H:%M} UTC", CRL_REFRESH,
+                )  # fmt: skip
+    if token_file is not None:
+        _warn_if_readable(token_file, "token file")
+
+
+def _warn_if_readable(path: str, what: str) -> None:
+    # Group read is how a process reads a file it does not own (a Kubernetes Secret mounted
+    # with fsGroup, defaultMode 0440): only then is it needed, and not worth a warning.
+    try:
+        info = os.stat(path)
+    except OSError:
+        return
+    others = info.st_mode & 0o007
+    group = info.st_mode & 0o070 and info.st_uid == os.geteuid()
+    if others or group:
+        log.warning("%s %s can be read by other users; chmod 600 %s", what, path, path)

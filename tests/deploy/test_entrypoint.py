@@ -187,3 +187,59 @@ def test_drop_in_mode_is_healthy_for_the_image_healthcheck(
             time.sleep(0.1)
     finally:
         stop(process)
+
+
+POD = {
+    # What the kubelet puts in every pod, and, with enableServiceLinks (the default), the link
+    # variables of every Service of the namespace: here a "payments" Service.
+    "KUBERNETES_SERVICE_HOST": "10.96.0.1",
+    "KUBERNETES_SERVICE_PORT": "443",
+    "KUBERNETES_PORT_443_TCP": "tcp://10.96.0.1:443",
+    "PAYMENTS_PORT_8443_TCP": "tcp://10.96.0.7:8443",
+}
+
+
+def test_drop_in_mode_refuses_a_kubernetes_pod_in_one_line(
+    echo_backend: int, free_port: Callable[..., int]
+) -> None:
+    process = drop_in(free_port(), echo_backend, **POD)
+    try:
+        _, err = process.communicate(timeout=15)
+    finally:
+        stop(process)
+    assert process.returncode == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert "KUBERNETES_SERVICE_HOST" in lines[0]
+    assert "--link" in lines[0] and "enableServiceLinks: false" in lines[0]
+    assert "--links-from-env-in-pod" in lines[0]
+
+
+@pytest.mark.parametrize(
+    "opt_in",
+    [
+        {"AMBASSADOR_LINK": "echo:{port}=127.0.0.1:{backend}"},  # explicit links
+        {"AMBASSADOR_LINKS_FROM_ENV_IN_POD": "true"},  # enableServiceLinks: false, said so
+    ],
+)
+def test_drop_in_mode_starts_in_a_pod_when_told_what_to_forward(
+    echo_backend: int,
+    free_port: Callable[..., int],
+    wait_for_port: Callable[..., None],
+    opt_in: dict[str, str],
+) -> None:
+    port = free_port()
+    extra = {k: v.format(port=port, backend=echo_backend) for k, v in opt_in.items()}
+    pod = dict(POD)
+    if "AMBASSADOR_LINKS_FROM_ENV_IN_POD" in extra:
+        del pod["PAYMENTS_PORT_8443_TCP"]  # enableServiceLinks: false
+    process = drop_in(port, echo_backend, **pod, **extra)
+    try:
+        wait_for_port("127.0.0.1", port, timeout=15, alive=lambda: process.poll() is None)
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+            conn.sendall(b"PING\r\n")
+            assert conn.recv(100) == b"PING\r\n"
+    finally:
+        err = stop(process)
+    assert "forwarding" in err, err
+    assert "payments" not in err.lower() and "8443" not in err, err

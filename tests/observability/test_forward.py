@@ -54,7 +54,15 @@ def test_forward_mode_serves_redis_from_link_variables_only(
     env = {**docker_link("redis", linked, "127.0.0.1", redis_server.port), **KUBERNETES}
     server = processes.start(
         "ambassador-server",
-        [*ambassador("server"), "--links-from-env", "--forward", "--forward-bind", "127.0.0.1"],
+        # In a pod the variables are read only when asked twice (enableServiceLinks: false).
+        [
+            *ambassador("server"),
+            "--links-from-env",
+            "--links-from-env-in-pod",
+            "--forward",
+            "--forward-bind",
+            "127.0.0.1",
+        ],
         env=env,
     )
     server.wait_for_stderr(rf"forwarding 127\.0\.0\.1:{linked} to ", timeout=10)

@@ -25,6 +25,7 @@ SANS_IO = [
     "auth",
     "statusview",
     "effective",
+    "trust",
 ]
 FORBIDDEN = {"asyncio", "socket", "ssl", "time", "selectors", "threading", "uvloop"}
 

@@ -77,13 +77,23 @@ class Server:
             mode = "TLS, client certificates required" if self.config.tls.ca else "TLS"
         log.info("listening on %s (%s), offering %s", listen, mode, names)
         warn_if_expiring(self.config.tls)
-        if self.config.tls is None and self.tokens is None and not is_loopback(listen.host):
-            log.warning(
-                "listening on %s in plaintext without a token: anyone who can reach this port "
-                "can use %s, and the traffic crosses the network unencrypted; add "
-                "--tls-cert/--tls-key (and --tls-ca) or --token-file",
-                listen, names,
-            )  # fmt: skip
+        tls = self.config.tls
+        if self.tokens is None and not is_loopback(listen.host):
+            if tls is None:
+                log.warning(
+                    "listening on %s in plaintext without a token: anyone who can reach this "
+                    "port can use %s, and the traffic crosses the network unencrypted; add "
+                    "--tls-cert/--tls-key (and --tls-ca) or --token-file",
+                    listen, names,
+                )  # fmt: skip
+            elif tls.ca is None:
+                # TLS alone hides the traffic but checks nobody: any client is let in.
+                log.warning(
+                    "listening on %s with TLS but without client certificates or a token: "
+                    "anyone who can reach this port can use %s; add --tls-ca (to require "
+                    "client certificates) or --token-file",
+                    listen, names,
+                )  # fmt: skip
 
     def _new_connection(self) -> asyncio.BaseProtocol:
         if self.pool is not None:

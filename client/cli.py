@@ -26,6 +26,7 @@ from tunnel.cli import (
     reparse,
     run_cli,
     setting,
+    status_endpoint,
     watched_config_file,
 )
 from tunnel.errors import ConfigError
@@ -280,9 +281,10 @@ def demo(streams: int, megabytes: int) -> None:
 
 @cli.command()
 @endpoint_option
-def status(endpoint: str) -> None:
+@click.pass_context
+def status(ctx: click.Context, endpoint: str | None, status_config: str | None) -> None:
     """Print the state of a running ambassador-client (remotes, services, bytes)."""
-    print_status(endpoint)
+    print_status(status_endpoint(ctx, endpoint, status_config), "ambassador-client")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import os
 import signal
 import socket
 import ssl
@@ -219,6 +220,7 @@ class Server:
             services.append(row)
         return {
             "role": "ambassador-server",
+            "pid": os.getpid(),
             "name": self.config.name,
             "listen": str(self.config.listen),
             "tls": self.config.tls is not None,
@@ -330,7 +332,8 @@ async def serve_forwarding(
 
     def status() -> dict[str, Any]:
         services = [service_stats("forward", s.name) for s in config.catalog]
-        return {"role": "ambassador-server", "name": config.name, "mode": "forward",
+        return {"role": "ambassador-server", "pid": os.getpid(), "name": config.name,
+                "mode": "forward",
                 "uptime": round(time.monotonic() - started, 1), "ready": True,
                 "sessions": [], "services": services}  # fmt: skip
 

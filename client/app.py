@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
 import signal
 import socket
 import time
@@ -133,6 +134,7 @@ class Client:
             services.append(row)
         return {
             "role": "ambassador-client",
+            "pid": os.getpid(),
             "name": self.config.name,
             "uptime": round(time.monotonic() - self._born, 1),
             "ready": self.ready,

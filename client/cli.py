@@ -28,6 +28,7 @@ from tunnel.cli import (
     reparse,
     run_cli,
     setting,
+    status_endpoint,
     warn_unknown_variables,
     watched_config_file,
 )
@@ -63,14 +64,16 @@ from tunnel.workers import helper_channel_fd, helper_command, helper_index, tag_
     envvar="AMBASSADOR_EXPOSE",
     metavar="SPEC",
     help="A service to listen for locally: 6379, redis, 16379=redis, 127.0.0.1:16379=6379, or "
-    "the seed's REDIS_PORT_6379_TCP=tcp://HOST:6379. Repeatable; none: the whole catalog.",
+    "the seed's REDIS_PORT_1234_TCP=tcp://HOST:6379 (listen on 1234 for the service HOST "
+    "published on 6379). Repeatable; none: the whole catalog.",
 )
 @click.option(
     "--links-from-env/--no-links-from-env",
     default=False,
     envvar="AMBASSADOR_LINKS_FROM_ENV",
-    help="Read Docker link variables (REDIS_PORT_6379_TCP=tcp://HOST:6379): their host is the "
-    "remote, their ports are exposed.",
+    help="Read Docker link variables as the seed did (REDIS_PORT_1234_TCP=tcp://HOST:6379): "
+    "HOST is the remote, local port 1234 forwards to the service it published on 6379 "
+    "(asked for as redis:6379, then 6379, then redis).",
 )
 @click.option(
     "--bind",
@@ -312,9 +315,10 @@ def demo(streams: int, megabytes: int) -> None:
 
 @cli.command()
 @endpoint_option
-def status(endpoint: str) -> None:
+@click.pass_context
+def status(ctx: click.Context, endpoint: str | None, status_config: str | None) -> None:
     """Print the state of a running ambassador-client (remotes, services, bytes)."""
-    print_status(endpoint)
+    print_status(status_endpoint(ctx, endpoint, status_config), "ambassador-client")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from client.connector import Connector
 from tunnel import metrics
@@ -42,6 +42,14 @@ def find_service(catalog: tuple[ServiceInfo, ...], ref: str) -> ServiceInfo | No
     return found[0] if len(found) == 1 else None
 
 
+def choose_service(catalog: tuple[ServiceInfo, ...], refs: tuple[str, ...]) -> str | None:
+    """The first of ``refs`` (in order of preference) that names one catalog entry."""
+    for ref in refs:
+        if find_service(catalog, ref) is not None:
+            return ref
+    return None
+
+
 @functools.lru_cache(maxsize=256)
 def _header(service: str) -> bytes:
     """The stream header naming ``service``, encoded once per service, not once per stream."""
@@ -51,10 +59,15 @@ def _header(service: str) -> bytes:
 class ConsumerStream(Relay):
     """One consumer connection and its stream."""
 
-    def __init__(self, connector: Connector, service: str) -> None:
+    def __init__(
+        self, connector: Connector, service: str, alternatives: tuple[str, ...] = ()
+    ) -> None:
         super().__init__(connector.tunnel)
         self.connector = connector
         self.service = service
+        # Set only while the catalog is unknown: the stream opens with the first of
+        # (service, *alternatives) that the catalog offers once it is in.
+        self.alternatives = alternatives
         self._answer: StreamAnswerParser | None = StreamAnswerParser()
         self._wait: asyncio.Task[None] | None = None
         self.refused = False
@@ -95,9 +108,21 @@ class ConsumerStream(Relay):
         if self.transport is not None:
             self.transport.resume_reading()
 
+    def _choose(self) -> None:
+        catalog = self.connector.catalog
+        if catalog is None:
+            return
+        chosen = choose_service(catalog, (self.service, *self.alternatives))
+        self.alternatives = ()
+        if chosen is not None and chosen != self.service:
+            self.service = chosen
+            self.meters = metrics.meters("client", chosen)
+
     def _open(self) -> None:
         tunnel = self.tunnel
         assert tunnel is not None
+        if self.alternatives:
+            self._choose()
         try:
             self.stream_id = tunnel.open_stream(self)
         except Exception as exc:  # the session stopped taking streams a moment ago
@@ -173,7 +198,9 @@ class Listeners:
 
     :meth:`sync` makes the bound set match the expose list (or, without one, the catalog):
     it binds what is missing and closes what is no longer wanted. Closing a listener stops new
-    connections only; connections already accepted carry on.
+    connections only; connections already accepted carry on. A listener is keyed by the
+    service its spec names first; the reference its streams ask for is the first of the
+    spec's references the catalog offers, and can change without rebinding the port.
     """
 
     def __init__(self, connector: Connector, specs: tuple[ExposeSpec, ...], bind: str) -> None:
@@ -181,17 +208,21 @@ class Listeners:
         self.specs = specs
         self.bind = bind
         self._servers: dict[tuple[str, int, str], tuple[Listening, asyncio.Server]] = {}
+        # What each listener's new streams ask for, preferred first: one reference once the
+        # catalog has chosen, all of the spec's while it is unknown.
+        self._refs: dict[tuple[str, int, str], tuple[str, ...]] = {}
         self.pool: WorkerPool | None = None  # helper processes to share connections with
 
-    def _protocol(self, service: str) -> asyncio.BaseProtocol:
+    def _protocol(self, key: tuple[str, int, str]) -> asyncio.BaseProtocol:
         """A new consumer connection's protocol: served here, or by a helper less busy."""
+        service, *alternatives = self._refs.get(key, (key[2],))
         connector = self.connector
         if self.pool is not None:
             helper = self.pool.least_busy()
             if helper is not None:
                 here = functools.partial(ConsumerStream, connector, service)
                 return Handoff(self.pool, helper, service, here)
-        return ConsumerStream(connector, service)
+        return ConsumerStream(connector, service, tuple(alternatives))
 
     @property
     def bound(self) -> list[Listening]:
@@ -199,9 +230,10 @@ class Listeners:
 
     def wanted(
         self, catalog: tuple[ServiceInfo, ...] | None, strict: bool = True
-    ) -> dict[tuple[str, int, str], ExposeSpec]:
-        """(host, requested port, service) -> spec for everything that should be listening."""
-        wanted: dict[tuple[str, int, str], ExposeSpec] = {}
+    ) -> dict[tuple[str, int, str], tuple[ExposeSpec, tuple[str, ...]]]:
+        """(host, requested port, service) -> (spec, references to ask for) for everything
+        that should be listening."""
+        wanted: dict[tuple[str, int, str], tuple[ExposeSpec, tuple[str, ...]]] = {}
         if not self.specs:
             for info in catalog or ():
                 ref = (
@@ -209,60 +241,85 @@ class Listeners:
                     if find_service(catalog or (), info.name)
                     else f"{info.alias}:{info.port}"
                 )
-                wanted[(self.bind, info.port, ref)] = ExposeSpec(None, info.port, ref)
+                wanted[(self.bind, info.port, ref)] = (ExposeSpec(None, info.port, ref), (ref,))
             return wanted
         for spec in self.specs:
             port = spec.port
-            found = None if catalog is None else find_service(catalog, spec.service)
+            refs = spec.refs
+            found = None
+            if catalog is not None:
+                chosen = choose_service(catalog, refs)
+                if chosen is not None:
+                    found, refs = find_service(catalog, chosen), (chosen,)
             if catalog is not None and found is None:
+                asked = " or ".join(repr(ref) for ref in spec.refs)
                 if strict:
                     offered = ", ".join(s.name for s in catalog) or "nothing"
                     raise ConfigError(
-                        f"cannot expose {spec.service!r}: the server does not offer it "
+                        f"cannot expose {asked}: the server does not offer it "
                         f"(offered: {offered}); fix --expose or the server's --link"
                     )
-                log.warning("the server does not offer %r (any more)", spec.service)
+                log.warning("the server does not offer %s (any more)", asked)
             if port is None:
                 if found is None:
                     continue  # its port comes from the catalog: nothing to bind yet
                 port = found.port
-            wanted[(spec.bind or self.bind, port, spec.service)] = spec
+            wanted[(spec.bind or self.bind, port, spec.service)] = (spec, refs)
         return wanted
 
     async def sync(self, catalog: tuple[ServiceInfo, ...] | None, strict: bool = True) -> None:
         wanted = self.wanted(catalog, strict)
         for key in [key for key in self._servers if key not in wanted]:
             listening, server = self._servers.pop(key)
+            self._refs.pop(key, None)
             server.close()
             log.info("no longer exposing %r on %s:%d", listening.service, listening.host,
                      listening.port)  # fmt: skip
-        for key, spec in wanted.items():
+        for key, (spec, refs) in wanted.items():
+            if self._refs.get(key) != refs:
+                self._refs[key] = refs
+                if spec.alternatives and len(refs) == 1:
+                    asked = ", then ".join(repr(ref) for ref in spec.refs)
+                    log.info("local port %d: asked the server for %s; it offers %r",
+                             key[1], asked, refs[0])  # fmt: skip
             if key not in self._servers:
-                host, port, service = key
-                self._servers[key] = await self._listen(spec, host, port, service)
+                self._servers[key] = await self._listen(spec, key)
+            else:
+                listening, server = self._servers[key]
+                if listening.service != refs[0]:
+                    self._servers[key] = (replace(listening, service=refs[0]), server)
 
     async def _listen(
-        self, spec: ExposeSpec, host: str, port: int, service: str
+        self, spec: ExposeSpec, key: tuple[str, int, str]
     ) -> tuple[Listening, asyncio.Server]:
+        host, port, _ = key
         loop = asyncio.get_running_loop()
         try:
             server = await loop.create_server(
-                lambda: self._protocol(service),
+                lambda: self._protocol(key),
                 host,
                 port,
                 reuse_address=True,
                 backlog=1024,
             )
         except OSError as exc:
+            self._refs.pop(key, None)
             where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
             raise ConfigError(listen_error(where, exc)) from None
+        service, *alternatives = self._refs[key]
         listening = Listening(spec, service, host, server.sockets[0].getsockname()[1])
-        log.info("exposing %r on %s:%d", service, host, listening.port)
+        if alternatives:
+            others = ", or ".join(repr(ref) for ref in alternatives)
+            log.info("exposing %r on %s:%d (or %s: the first the server offers)", service, host,
+                     listening.port, others)  # fmt: skip
+        else:
+            log.info("exposing %r on %s:%d", service, host, listening.port)
         return listening, server
 
     async def close(self) -> None:
         servers = [server for _, server in self._servers.values()]
         self._servers.clear()
+        self._refs.clear()
         for server in servers:
             server.close()
         for server in servers:

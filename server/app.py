@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import os
 import signal
 import socket
 import ssl
@@ -82,13 +83,23 @@ class Server:
             warning = plaintext_warning([listen.host])
             if warning is not None:
                 log.warning("%s", warning)
-        if self.config.tls is None and self.tokens is None and not is_loopback(listen.host):
-            log.warning(
-                "listening on %s in plaintext without a token: anyone who can reach this port "
-                "can use %s, and the traffic crosses the network unencrypted; add "
-                "--tls-cert/--tls-key (and --tls-ca) or --token-file",
-                listen, names,
-            )  # fmt: skip
+        tls = self.config.tls
+        if self.tokens is None and not is_loopback(listen.host):
+            if tls is None:
+                log.warning(
+                    "listening on %s in plaintext without a token: anyone who can reach this "
+                    "port can use %s, and the traffic crosses the network unencrypted; add "
+                    "--tls-cert/--tls-key (and --tls-ca) or --token-file",
+                    listen, names,
+                )  # fmt: skip
+            elif tls.ca is None:
+                # TLS alone hides the traffic but checks nobody: any client is let in.
+                log.warning(
+                    "listening on %s with TLS but without client certificates or a token: "
+                    "anyone who can reach this port can use %s; add --tls-ca (to require "
+                    "client certificates) or --token-file",
+                    listen, names,
+                )  # fmt: skip
 
     def _new_connection(self) -> asyncio.BaseProtocol:
         if self.pool is not None:
@@ -211,6 +222,7 @@ class Server:
             services.append(row)
         return {
             "role": "ambassador-server",
+            "pid": os.getpid(),
             "name": self.config.name,
             "listen": str(self.config.listen),
             "tls": self.config.tls is not None,
@@ -322,7 +334,8 @@ async def serve_forwarding(
 
     def status() -> dict[str, Any]:
         services = [service_stats("forward", s.name) for s in config.catalog]
-        return {"role": "ambassador-server", "name": config.name, "mode": "forward",
+        return {"role": "ambassador-server", "pid": os.getpid(), "name": config.name,
+                "mode": "forward",
                 "uptime": round(time.monotonic() - started, 1), "ready": True,
                 "sessions": [], "services": services}  # fmt: skip
 

@@ -10,6 +10,8 @@ Layout of a certificate directory, as ``certs init`` makes it:
     server.pem  server-key.pem  for --tls-cert / --tls-key
     NAME.pem  NAME-key.pem      one pair per client (``certs client NAME``)
     crl.pem                     revoked serials, for --tls-crl (``certs revoke``)
+    issued.txt                  the serials issued to each name, so revoking a name's file
+                                revokes its renewed and replaced certificates too
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 
 from tunnel import certs as c
+from tunnel import issued
 from tunnel import pemfiles as pem
 from tunnel.errors import ConfigError
 
@@ -50,6 +53,14 @@ _dir_option = click.option(
     help="The directory holding ca.pem and ca-key.pem.",
 )
 _force_option = click.option("--force", is_flag=True, help="Replace files that exist.")
+_ca_dir_option = click.option(
+    "--dir",
+    "directory",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="The directory holding ca.pem and ca-key.pem [default: FILE's directory when it "
+    "holds them, else the current one].",
+)
 
 
 @click.group(invoke_without_command=True, context_settings={"max_content_width": 100})
@@ -111,6 +122,8 @@ def init(
     pem.write_public(paths[CA_CERT], pem.cert_pem(ca_cert), force)
     pem.write_private(paths[SERVER_KEY], pem.key_pem(server_key), force)
     pem.write_public(paths[SERVER_CERT], pem.cert_pem(server_cert), force)
+    issued.forget_all(directory)
+    _record(directory, server_cert)
 
     info = c.describe(server_cert, now)
     _wrote(paths[CA_CERT], f"CA certificate, valid {ca_days} days: clients need it (--tls-ca)")
@@ -134,6 +147,59 @@ def init(
 
 
 _LOOPBACK = {"localhost", "127.0.0.1", "::1"}
+
+
+@certs.command()
+@_dir_option
+@click.option(
+    "--san",
+    multiple=True,
+    metavar="NAME|IP",
+    help="A host name or IP address clients reach this server by; the full list. Repeatable "
+    "[default: the names of the current server certificate].",
+)
+@click.option("--cn", default="", help="The common name [default: the current certificate's].")
+@click.option("--days", type=click.IntRange(1), default=DEFAULT_DAYS, show_default=True)
+@click.option("--new-key", is_flag=True, help="Make a new key too (the server's pin then changes).")
+def server(directory: Path, san: tuple[str, ...], cn: str, days: int, new_key: bool) -> None:
+    """Reissue the server certificate under the same CA, e.g. with other --san names.
+
+    Client certificates stay valid: the CA does not change. The key is kept (and so the pin)
+    unless --new-key; the old certificate is kept as server.pem.old.
+    """
+    now = datetime.now(UTC)
+    ca_key, ca_cert = _load_ca(directory)
+    cert_path, key_path = directory / SERVER_CERT, directory / SERVER_KEY
+    old = pem.load_cert(cert_path) if cert_path.exists() else None
+    if old is not None and not c.issued_by(old, ca_cert):
+        raise ConfigError(f"{cert_path} was not issued by the CA in {directory}; check --dir")
+    if not san and old is None:
+        raise ConfigError(f"{cert_path} does not exist: give the names with --san")
+    sans = list(san) if san else list(c.describe(old, now).sans) if old is not None else []
+    common_name = cn or (c.common_name(old.subject) if old is not None else socket.gethostname())
+    if new_key or not key_path.exists():
+        fresh, cert = c.issue_server_cert(ca_key, ca_cert, common_name, sans, days, now=now)
+        pem.write_private(key_path, pem.key_pem(fresh), force=True)
+    else:
+        key = pem.load_key(key_path)
+        if old is not None:
+            c.check_key_matches(old, key, str(cert_path), str(key_path))
+        cert = c.server_cert_for(
+            ca_key, ca_cert, key.public_key(), common_name, sans, days, now=now
+        )
+    if old is not None:
+        pem.write_public(cert_path.with_name(SERVER_CERT + ".old"), pem.read_file(cert_path), True)
+    pem.write_public(cert_path, pem.cert_pem(cert), force=True)
+    _record(directory, cert)
+    info = c.describe(cert, now)
+    _wrote(cert_path, f"server certificate for {', '.join(info.sans)}, {days} days")
+    if old is not None:
+        _wrote(cert_path.with_name(SERVER_CERT + ".old"), "the certificate it replaces")
+    click.echo(f"server pin: {info.pin}" + ("" if new_key else " (the key is unchanged)"))
+    click.echo(
+        "reload ambassador-server to use it (SIGHUP, e.g. `systemctl reload ambassador-server`); "
+        "client certificates and the CA are unchanged"
+    )
 
 
 def default_sans(host: str) -> list[str]:
@@ -180,6 +246,7 @@ def client(name: str, directory: Path, days: int, out_dir: Path | None, force: b
     _make_dir(out)
     pem.write_private(key_path, pem.key_pem(key), force)
     pem.write_public(cert_path, pem.cert_pem(cert), force)
+    _record(directory, cert)
     _wrote(cert_path, f"client certificate for {name!r}, {days} days; {name} is its identity")
     _wrote(key_path, "client key (mode 0600)")
     click.echo(f"pin: {c.spki_pin(cert)}")
@@ -234,14 +301,14 @@ def _show_crl(file: Path, crl: x509.CertificateRevocationList, now: datetime) ->
 
 @certs.command()
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
-@_dir_option
+@_ca_dir_option
 @click.option(
     "--days",
     type=click.IntRange(1),
     default=None,
     help="Lifetime of the new certificate [default: the old one's].",
 )
-def renew(file: Path, directory: Path, days: int | None) -> None:
+def renew(file: Path, directory: Path | None, days: int | None) -> None:
     """Reissue a certificate in place; the old one is kept as FILE.old.
 
     Same key, names and usage, new serial and validity: the key file is untouched and the pin
@@ -250,6 +317,7 @@ def renew(file: Path, directory: Path, days: int | None) -> None:
     now = datetime.now(UTC)
     old_bytes = pem.read_file(file)
     old = pem.load_cert(file)
+    directory = _ca_dir_for(file, directory)
     ca_key, ca_cert = _load_ca(directory)
     if days is None:
         lifetime = old.not_valid_after_utc - old.not_valid_before_utc
@@ -258,6 +326,8 @@ def renew(file: Path, directory: Path, days: int | None) -> None:
     backup = file.with_name(file.name + ".old")
     pem.write_public(backup, old_bytes, force=True)
     pem.write_public(file, pem.cert_pem(new), force=True)
+    _record(directory, old)  # issued before the record was kept, perhaps
+    _record(directory, new)
     info = c.describe(new, now)
     click.echo(
         f"renewed {file}: serial {info.serial:#x}, valid until {_when(info.not_after)} "
@@ -267,45 +337,61 @@ def renew(file: Path, directory: Path, days: int | None) -> None:
     if info.is_ca:
         click.echo("certificates this CA issued still verify (same key and name)")
     else:
-        click.echo("restart the program that uses it to pick it up")
+        role = "ambassador-client" if info.usages == ("client",) else "ambassador-server"
+        click.echo(
+            f"reload the program that uses it to pick it up (SIGHUP, e.g. `systemctl reload "
+            f"{role}`); no restart needed"
+        )
 
 
 @certs.command()
 @click.argument("target", metavar="FILE|SERIAL")
-@_dir_option
+@_ca_dir_option
 @click.option(
     "--days",
     type=click.IntRange(1),
     default=None,
     help="How long crl.pem stays valid [default: until the CA expires].",
 )
-def revoke(target: str, directory: Path, days: int | None) -> None:
+def revoke(target: str, directory: Path | None, days: int | None) -> None:
     """Revoke a certificate: list it in DIR/crl.pem.
 
-    Give its file or its serial number (decimal, or hex with 0x). The server refuses the
-    certificates a CRL lists when started with --tls-crl DIR/crl.pem.
+    Give its file or its serial number (decimal, or hex with 0x). A file revokes every
+    certificate this CA issued to its name (those it replaced by `certs renew` or `--force`
+    too); a serial revokes that one. The server refuses the certificates a CRL lists when
+    started with --tls-crl DIR/crl.pem.
     """
     now = datetime.now(UTC)
+    path = Path(target)
+    directory = _ca_dir_for(path, directory) if path.exists() else directory or Path(".")
     ca_key, ca_cert = _load_ca(directory)
-    serial, what = _revocation_target(target, ca_cert)
+    serials, what = _revocation_target(target, directory, ca_cert)
     crl_path = directory / CRL
     previous = pem.load_crl(crl_path) if crl_path.exists() else None
     if previous is not None and not c.crl_issued_by(previous, ca_cert):
         raise ConfigError(f"{crl_path} was signed by another CA; move it away and revoke again")
-    already = previous is not None and (
-        previous.get_revoked_certificate_by_serial_number(serial) is not None
+    already = previous is not None and all(
+        previous.get_revoked_certificate_by_serial_number(serial) is not None for serial in serials
     )
     if days is None:
         # Rounded up: a CRL that expires before its CA would lock out every client.
         days = max(1, math.ceil((ca_cert.not_valid_after_utc - now) / timedelta(days=1)))
-    crl = c.make_crl(ca_key, ca_cert, [serial], now, days, previous=previous)
+    crl = c.make_crl(ca_key, ca_cert, serials, now, days, previous=previous)
     pem.write_public(crl_path, pem.crl_pem(crl), force=True)
-    state = "was already revoked" if already else "revoked"
-    click.echo(f"{what} {state}; {crl_path} lists {_count(len(crl), 'serial')}, valid {days} days")
-    click.echo(f"start the server with --tls-crl {_q(crl_path)} (restart it if it runs)")
+    state = "already revoked" if already else "revoked"
+    click.echo(f"{state}: {what}")
+    click.echo(f"{crl_path} lists {_count(len(crl), 'serial')}, valid {days} days")
+    click.echo(
+        f"start the server with --tls-crl {_q(crl_path)}, or reload it if it runs (SIGHUP, "
+        "e.g. `systemctl reload ambassador-server`): it then refuses these certificates and "
+        "closes their sessions"
+    )
 
 
-def _revocation_target(target: str, ca_cert: x509.Certificate) -> tuple[int, str]:
+def _revocation_target(
+    target: str, directory: Path, ca_cert: x509.Certificate
+) -> tuple[list[int], str]:
+    """The serials to revoke, and a description of exactly which they are."""
     path = Path(target)
     if path.exists():
         cert = pem.load_cert(path)
@@ -313,7 +399,24 @@ def _revocation_target(target: str, ca_cert: x509.Certificate) -> tuple[int, str
             raise ConfigError(f"{path} was not issued by this CA; nothing to revoke here")
         if c.is_ca(cert):
             raise ConfigError(f"{path} is the CA itself; replace it with `certs init --force`")
-        return cert.serial_number, f"{path} (serial {cert.serial_number:#x})"
+        kind, name = _kind(cert), c.common_name(cert.subject)
+        earlier = [s for s in issued.serials_for(directory, kind, name) if s != cert.serial_number]
+        backup = path.with_name(path.name + ".old")  # what `certs renew` replaced
+        if backup.exists():
+            old = pem.load_cert(backup)
+            same = c.issued_by(old, ca_cert) and c.common_name(old.subject) == name
+            if same and old.serial_number not in (cert.serial_number, *earlier):
+                earlier.append(old.serial_number)
+        what = f"{path} (serial {cert.serial_number:#x})"
+        if earlier:
+            listed = ", ".join(f"{serial:#x}" for serial in earlier)
+            what += f" and every earlier {kind} certificate issued to {name!r} ({listed})"
+        else:
+            what += (
+                f"; {directory / issued.ISSUED} records no other {kind} certificate issued to "
+                f"{name!r} (revoke any other by its serial)"
+            )
+        return [cert.serial_number, *earlier], what
     try:
         serial = int(target, 0)
     except ValueError:
@@ -322,7 +425,31 @@ def _revocation_target(target: str, ca_cert: x509.Certificate) -> tuple[int, str
         ) from None
     if serial <= 0:
         raise ConfigError(f"bad serial {target!r}: serial numbers are positive")
-    return serial, f"serial {serial:#x}"
+    return [serial], f"serial {serial:#x}"
+
+
+def _ca_dir_for(file: Path, directory: Path | None) -> Path:
+    """The CA directory for a command on ``file``: --dir, else beside the file, else here."""
+    if directory is not None:
+        return directory
+    for candidate in (file.parent, Path(".")):
+        if (candidate / CA_CERT).exists() and (candidate / CA_KEY).exists():
+            return candidate
+    raise ConfigError(
+        f"no CA beside {file} ({file.parent / CA_CERT} is missing) nor in the current "
+        "directory: give --dir, the directory holding the ca.pem and ca-key.pem that issued it"
+    )
+
+
+def _kind(cert: x509.Certificate) -> str:
+    # Usages do not depend on the moment asked about: any will do, and no clock is read.
+    usages = c.describe(cert, cert.not_valid_before_utc).usages
+    return "client" if usages == ("client",) else "server"
+
+
+def _record(directory: Path, cert: x509.Certificate) -> None:
+    if not c.is_ca(cert):
+        issued.record(directory, cert.serial_number, _kind(cert), c.common_name(cert.subject))
 
 
 def _load_ca(directory: Path) -> tuple[CertificateIssuerPrivateKeyTypes, x509.Certificate]:

@@ -29,6 +29,7 @@ from tunnel.cli import (
     reparse,
     run_cli,
     setting,
+    status_endpoint,
     warn_unknown_variables,
     watched_config_file,
 )
@@ -321,6 +322,7 @@ cli.add_command(certs)
 
 @cli.command()
 @endpoint_option
-def status(endpoint: str) -> None:
+@click.pass_context
+def status(ctx: click.Context, endpoint: str | None, status_config: str | None) -> None:
     """Print the state of a running ambassador-server (sessions, services, bytes)."""
-    print_status(endpoint)
+    print_status(status_endpoint(ctx, endpoint, status_config), "ambassador-server")

@@ -143,19 +143,35 @@ def issue_server_cert(
     now: datetime,
 ) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
     """A key and certificate for a server reachable under ``sans`` (host names or IPs)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = server_cert_for(ca_key, ca_cert, key.public_key(), common_name, sans, days, now=now)
+    return key, cert
+
+
+def server_cert_for(
+    ca_key: _IssuerKey,
+    ca_cert: x509.Certificate,
+    public_key: CertificateIssuerPublicKeyTypes,
+    common_name: str,
+    sans: Iterable[str],
+    days: int,
+    *,
+    now: datetime,
+) -> x509.Certificate:
+    """A server certificate for an existing key: reissuing one with other names keeps the
+    key file, and every pin of it, valid."""
     names = parse_sans(sans)
     if not names:
         raise ConfigError(
             "a server certificate needs at least one subject alternative name "
             "(the host names and IP addresses clients connect to)"
         )
-    key = ec.generate_private_key(ec.SECP256R1())
-    builder = _leaf(ca_key, ca_cert, key.public_key(), _name(common_name), now, days)
+    builder = _leaf(ca_key, ca_cert, public_key, _name(common_name), now, days)
     builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
     builder = builder.add_extension(
         x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
     )
-    return key, builder.sign(ca_key, _hash_for(ca_key))
+    return builder.sign(ca_key, _hash_for(ca_key))
 
 
 def issue_client_cert(

@@ -70,14 +70,60 @@ def log_option(f: F) -> F:
     )(f)
 
 
+DEFAULT_STATUS_ENDPOINT = "127.0.0.1:9700"
+
+
 def endpoint_option(f: F) -> F:
+    """The status command's options: where the running process serves its status."""
+    f = click.option(
+        "--config",
+        "status_config",
+        type=click.Path(dir_okay=False),
+        metavar="FILE",
+        help="The running process's TOML config file: its metrics-listen is the endpoint.",
+    )(f)
     return click.option(
         "--endpoint",
-        default=lambda: os.environ.get("AMBASSADOR_METRICS_LISTEN", "127.0.0.1:9700"),
-        show_default="the --metrics-listen address, 127.0.0.1:9700",
+        default=None,
         metavar="HOST:PORT",
-        help="The status endpoint of the running process.",
+        help="The status endpoint of the running process [default: its metrics-listen, as "
+        f"the role reads it: flag, AMBASSADOR_METRICS_LISTEN, --config; else "
+        f"{DEFAULT_STATUS_ENDPOINT}].",
     )(f)
+
+
+def status_endpoint(ctx: click.Context, endpoint: str | None, config: str | None) -> str:
+    """Where the status command reads from, found as the role finds its --metrics-listen:
+    the flag, then AMBASSADOR_METRICS_LISTEN, then the config file (the status command's
+    --config, or the one the role's own --config or AMBASSADOR_CONFIG names)."""
+    from click.core import ParameterSource
+
+    from tunnel.config import default_map_for
+
+    if endpoint:
+        return endpoint
+    root = ctx.find_root()
+    value = root.params.get("metrics_listen")
+    source = root.get_parameter_source("metrics_listen")
+    config_file = config_file_of((ctx.obj or {}).get("argv", []))
+    if config is not None and source not in (
+        ParameterSource.COMMANDLINE,
+        ParameterSource.ENVIRONMENT,
+    ):
+        config_file = config
+        value = default_map_for(root.command, config).get("metrics_listen")
+    if not value:
+        if config_file is not None:
+            raise ConfigError(
+                f"{config_file} sets no metrics-listen, so the process it configures serves no "
+                'status; add metrics-listen = "127.0.0.1:9701" to it (and reload), or give '
+                "--endpoint HOST:PORT"
+            )
+        return DEFAULT_STATUS_ENDPOINT
+    address = metrics_address(str(value))
+    assert address is not None
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def print_effective(

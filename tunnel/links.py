@@ -8,9 +8,12 @@ Only the names cross the wire (``Catalog.describe``); targets stay on the server
 
 The client keeps an *expose list*: each entry says which service to ask for and
 where to listen for it locally. It comes from ``--expose`` values, or from the
-same Docker link variables read the other way round ("seed" variables): on the
-client, ``REDIS_PORT_6379_TCP=tcp://192.168.1.52:6379`` names the remote host
-and the port to expose.
+same Docker link variables read the way the seed's ambassador read them ("seed"
+variables): on the client, ``REDIS_PORT_1234_TCP=tcp://192.168.1.52:6379``
+forwards local port 1234 to the service 192.168.1.52 published on port 6379. The
+URL's host is the server (reached on the tunnel port); the service is asked for
+as ``redis:6379``, then ``6379``, then ``redis``, and the first one the server's
+catalog offers is used, since a server may link it by alias, by port or both.
 
 A reference to a service is one of ``ALIAS``, ``PORT`` or ``ALIAS:PORT``. A bare
 port reaches the entry linked by port alone when there is one, so that every
@@ -504,13 +507,20 @@ class ExposeSpec:
     bind: str | None
     port: int | None
     service: str
+    # References to try, in order, when the server does not offer ``service``: the seed's
+    # form names a service that the server may have linked by alias, by port or both.
+    alternatives: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         try:
             service = _canonical_ref(self.service)
+            alternatives = tuple(_canonical_ref(ref) for ref in self.alternatives)
         except _Invalid as invalid:
             raise ValueError(str(invalid)) from None
         object.__setattr__(self, "service", service)
+        object.__setattr__(self, "alternatives", alternatives)
+        if alternatives and self.port is None:
+            raise ValueError("a service with alternatives needs a local port")
         if self.port is None and _DIGITS.fullmatch(service):
             object.__setattr__(self, "port", int(service))
         if self.port is None:
@@ -523,8 +533,14 @@ class ExposeSpec:
         if problem is not None:
             raise ValueError(problem)
 
+    @property
+    def refs(self) -> tuple[str, ...]:
+        """Every reference to ask the catalog for, preferred first."""
+        return (self.service, *self.alternatives)
+
     def to_text(self) -> str:
-        """The ``--expose`` value that parses back to this entry."""
+        """The ``--expose`` value that parses back to this entry (its first reference only,
+        when it has alternatives: those come from a link variable, which names a host)."""
         if self.port is None:
             return self.service
         if self.bind is not None:
@@ -541,8 +557,8 @@ class ExposeSpec:
 class SeedLink:
     """A Docker link variable read on the client: the server's host, and what to expose.
 
-    The URL's port is not kept: it is where an old one-port-per-service ambassador
-    listened, while this tunnel reaches every service through one tunnel port.
+    The URL's port is the port at which that host published the service (where the
+    seed's remote ambassador listened); the tunnel itself is reached on the tunnel port.
     """
 
     remote_host: str
@@ -550,11 +566,14 @@ class SeedLink:
 
 
 def parse_seed_variable(name: str, value: str) -> SeedLink:
-    """Read ``REDIS_PORT_6379_TCP=tcp://192.168.1.52:6379`` as "expose 6379 from
-    192.168.1.52"; raises LinkError naming the variable."""
-    _, port = _link_name_parts(name)
+    """Read ``REDIS_PORT_1234_TCP=tcp://192.168.1.52:6379`` as the seed did: "forward local
+    port 1234 to the service 192.168.1.52 published on 6379", asking the server for
+    ``redis:6379``, then ``6379``, then ``redis``. Raises LinkError naming the variable."""
+    alias, local_port = _link_name_parts(name)
     remote = _parse_tcp_url(name, value)
-    return SeedLink(remote.host, ExposeSpec(bind=None, port=port, service=str(port)))
+    published = remote.port
+    spec = ExposeSpec(None, local_port, f"{alias}:{published}", (str(published), alias))
+    return SeedLink(remote.host, spec)
 
 
 def _parse_local(text: str) -> tuple[str | None, int]:
@@ -605,7 +624,30 @@ def _one_host(
             f"link variables point at different hosts: {', '.join(distinct.values())}; "
             "a client tunnels to one server, so keep the variables for one host"
         )
-    return (hosts[0][0] if hosts else None), list(dict.fromkeys(specs))
+    return (hosts[0][0] if hosts else None), _one_per_local_port(specs)
+
+
+def _one_per_local_port(specs: Iterable[ExposeSpec]) -> list[ExposeSpec]:
+    """The specs without repeats, and one link variable per local port.
+
+    Docker writes one variable per alias, so a container linked under two aliases gives
+    two variables for one local port: they are one listener when they name the same
+    published port (the first alias is asked for first), and an error when they do not.
+    """
+    kept: dict[ExposeSpec, None] = {}
+    seeds: dict[tuple[str | None, int | None], ExposeSpec] = {}
+    for spec in specs:
+        if spec.alternatives:
+            earlier = seeds.setdefault((spec.bind, spec.port), spec)
+            if earlier is not spec:
+                if earlier.alternatives[0] != spec.alternatives[0]:
+                    raise LinkError(
+                        f"two link variables want local port {spec.port}, one for "
+                        f"{earlier.service} and one for {spec.service}; keep one of them"
+                    )
+                continue
+        kept.setdefault(spec, None)
+    return list(kept)
 
 
 def seed_links_from(texts: Iterable[str]) -> tuple[str | None, list[ExposeSpec]]:

@@ -46,5 +46,22 @@ def fetch_status(endpoint: str, timeout: float = 5.0) -> dict[str, Any]:
         ) from None
 
 
-def print_status(endpoint: str) -> None:
-    print(render_text(fetch_status(endpoint)), end="")
+def _shown(value: object, limit: int = 64) -> str:
+    # The endpoint may be anything that answers HTTP: what it says is bounded and escaped.
+    text = str(value)
+    return repr(text[:limit] + ("..." if len(text) > limit else ""))[1:-1]
+
+
+def print_status(endpoint: str, role: str) -> None:
+    """Print the status table of the ``role`` process serving at ``endpoint``; ConfigError
+    (one line) when another role, or something else, answers there."""
+    status = fetch_status(endpoint)
+    pid = status.get("pid")
+    process = f"pid {_shown(pid)}" if isinstance(pid, int) else "pid unknown"
+    if status.get("role") != role:
+        other = _shown(status.get("role", "an unknown program"))
+        raise ConfigError(
+            f"{endpoint} is the status endpoint of {other} ({process}), not of {role}; give "
+            f"{role}'s metrics-listen address with --endpoint, or its config file with --config"
+        )
+    print(render_text(status, endpoint), end="")

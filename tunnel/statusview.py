@@ -43,8 +43,12 @@ def _session_columns(status: dict[str, Any]) -> tuple[str, ...]:
     return ("worker", *_SESSION_COLUMNS) if "workers" in status else _SESSION_COLUMNS
 
 
-def render_text(status: dict[str, Any]) -> str:
+def render_text(status: dict[str, Any], endpoint: str | None = None) -> str:
     title = f"{status.get('role', '?')} {status.get('name', '')}".strip()
+    if isinstance(status.get("pid"), int):
+        title += f" (pid {status['pid']})"
+    if endpoint is not None:
+        title += f" at {endpoint}"
     head = f"{title}, up {_cell(status.get('uptime'))}s, ready: {status.get('ready')}"
     which = "remotes" if status.get("role") == "ambassador-client" else "sessions"
     parts = [head, "", which.upper()]

@@ -13,6 +13,7 @@ from collections.abc import Callable, Generator, Iterator, Sequence
 
 import pytest
 
+from tests.integration.netns import TwoHosts, namespaces
 from tests.integration.support import (
     BACKENDS,
     AmbassadorServer,
@@ -152,3 +153,10 @@ def start_pair(
 def redis_pair(redis_server: Redis, start_pair: Callable[..., Pair]) -> Pair:
     """redis-server behind a running pair: ``redis-cli -p pair.port`` reaches it."""
     return start_pair(f"redis=127.0.0.1:{redis_server.port}")
+
+
+@pytest.fixture
+def two_hosts(processes: Processes) -> Iterator[TwoHosts]:
+    """Two network namespaces joined by a veth pair (skipped where they cannot be made)."""
+    with namespaces(processes) as hosts:
+        yield hosts

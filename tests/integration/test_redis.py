@@ -68,8 +68,9 @@ def start_on_fixed_ports(processes: Processes, name: str, argv: list[str], **kw:
 
 @pytest.mark.parametrize("where", ["environment", "command-line"])
 def test_seed_link_variable(where: str, redis_server: Redis, processes: Processes) -> None:
-    # REDIS_PORT_6379_TCP=tcp://127.0.0.1:6379 on the client: the host is the remote, 6379 is
-    # the service to expose (on the same local port), and the tunnel port is the default.
+    # REDIS_PORT_6379_TCP=tcp://127.0.0.1:6379 on the client: the host is the remote, the
+    # name's 6379 is the local port, the URL's 6379 the service's published port (offered here
+    # by port alone), and the tunnel port is the default.
     require_free("127.0.0.1", DEFAULT_TUNNEL_PORT)
     require_free(SEED_BIND, 6379)
     listen = f"--listen=127.0.0.1:{DEFAULT_TUNNEL_PORT}"
@@ -83,7 +84,8 @@ def test_seed_link_variable(where: str, redis_server: Redis, processes: Processe
     argv = [*ambassador("client"), *args, f"--bind={SEED_BIND}"]
     client = start_on_fixed_ports(processes, "ambassador-client", argv, env=env)
     assert f"tunnel up to 127.0.0.1:{DEFAULT_TUNNEL_PORT}" in client.stderr()
-    assert f"exposing '6379' on {SEED_BIND}:6379" in client.stderr()
+    assert f"exposing 'redis:6379' on {SEED_BIND}:6379 (or '6379', or 'redis'" in client.stderr()
+    client.wait_for_stderr("local port 6379: .*; it offers '6379'")
     assert_round_trip(6379, host=SEED_BIND)
 
 

@@ -2,7 +2,8 @@
 
 A client speaking TLS to a plaintext server (and the reverse, in ``test_tls_handshake``) must
 be turned away with a line on each side that says so, and the server must keep serving its
-plaintext clients. A plaintext server without a token listening beyond loopback warns.
+plaintext clients. A server without a token listening beyond loopback warns when it is plaintext
+or when its TLS asks for no client certificate: anyone who reaches the port reaches the backends.
 """
 
 from __future__ import annotations
@@ -12,10 +13,12 @@ import socket
 import struct
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
 from tests.security.conftest import (
+    LOOPBACK,
     Attempt,
     Certificates,
     Client,
@@ -151,3 +154,38 @@ def test_plaintext_without_token_beyond_loopback_warns(
     # The same server on loopback is not exposed, and says nothing of the kind.
     loopback, _ = plain
     assert "plaintext without a token" not in loopback.program.text()
+
+
+@pytest.mark.parametrize(
+    ("mutual", "token", "host", "warns"),
+    [
+        (False, False, "0.0.0.0", True),
+        (True, False, "0.0.0.0", False),  # client certificates required
+        (False, True, "0.0.0.0", False),  # a token required
+        (False, False, LOOPBACK, False),  # not reachable from the network
+    ],
+)
+def test_tls_without_client_authentication_beyond_loopback_warns(
+    programs: Programs,
+    certs: Certificates,
+    echo_port: int,
+    tmp_path: Path,
+    mutual: bool,
+    token: bool,
+    host: str,
+    warns: bool,
+) -> None:
+    args = ["--link", f"echo=127.0.0.1:{echo_port}", *certs.main.server_args(mutual)]
+    if token:
+        tokens = tmp_path / "tokens"
+        tokens.write_text("alice:" + "s3cr3t-" * 6 + "\n")
+        tokens.chmod(0o600)
+        args += ["--token-file", str(tokens)]
+    server = programs.server(*args, host=host, port=pick_free_port())
+    warnings = [line for line in server.program.lines() if " WARNING " in line]
+    if not warns:
+        assert warnings == []
+        return
+    assert len(warnings) == 1, warnings
+    for words in ("TLS", "without client certificates or a token", "echo", "--tls-ca"):
+        assert words in warnings[0], warnings[0]

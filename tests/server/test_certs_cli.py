@@ -21,7 +21,7 @@ import pytest
 from cryptography import x509
 
 from server.cli import main
-from tunnel import certs, pemfiles
+from tunnel import certs, pemfiles, tls
 
 
 @dataclass(frozen=True)
@@ -152,6 +152,7 @@ def test_init_writes_a_private_directory_and_says_what_next(
         "ca-key.pem": 0o600,
         "server.pem": 0o644,
         "server-key.pem": 0o600,
+        "issued.txt": 0o644,
     }
     server_cert = pemfiles.load_cert(directory / "server.pem")
     assert certs.describe(server_cert, datetime.now(UTC)).sans == ("10.0.0.5", "big-server")
@@ -350,3 +351,148 @@ def test_certs_alone_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
     out = ok(capsys, "certs")
     for command in ("init", "client", "show", "renew", "revoke"):
         assert re.search(rf"^  {command} ", out, re.M)
+
+
+def test_renew_and_revoke_say_a_reload_picks_them_up(
+    pki: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = ok(capsys, "certs", "renew", pki / "alice.pem", "--dir", pki)
+    assert "reload the program that uses it" in out
+    assert "`systemctl reload ambassador-client`" in out
+    out = ok(capsys, "certs", "renew", pki / "server.pem", "--dir", pki)
+    assert "`systemctl reload ambassador-server`" in out
+    out = ok(capsys, "certs", "revoke", pki / "alice.pem", "--dir", pki)
+    assert "reload it if it runs (SIGHUP" in out
+    for said in (ok(capsys, "certs", "renew", pki / "alice.pem", "--dir", pki), out):
+        assert "restart the" not in said and "restart it" not in said, said
+
+
+def test_revoking_a_renewed_client_revokes_its_earlier_certificates(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pki = tmp_path / "pki"
+    ok(capsys, "certs", "init", pki, "--san", "127.0.0.1")
+    ok(capsys, "certs", "client", "c1", "--dir", pki)
+    # What the client host still holds (and a live session still uses) after the renewals.
+    first = tmp_path / "c1-first.pem"
+    first.write_bytes((pki / "c1.pem").read_bytes())
+    ok(capsys, "certs", "renew", pki / "c1.pem", "--dir", pki)
+    second = pemfiles.load_cert(pki / "c1.pem")
+    ok(capsys, "certs", "renew", pki / "c1.pem", "--dir", pki)  # c1.pem.old is now `second`
+    newest = pemfiles.load_cert(pki / "c1.pem")
+    old = pemfiles.load_cert(first)
+
+    out = ok(capsys, "certs", "revoke", pki / "c1.pem", "--dir", pki)
+    serials = [old.serial_number, second.serial_number, newest.serial_number]
+    for serial in serials:
+        assert f"{serial:#x}" in out
+    assert "every earlier client certificate issued to 'c1'" in out
+    crl = pemfiles.load_crl(pki / "crl.pem")
+    assert sorted(entry.serial_number for entry in crl) == sorted(serials)
+
+    server = server_context(pki, crl=pki / "crl.pem")
+    for cert in (first, pki / "c1.pem"):
+        refused = handshake(server, client_context(pki / "ca.pem", cert, pki / "c1-key.pem"),
+                            "127.0.0.1")  # fmt: skip
+        assert isinstance(refused.server_error, ssl.SSLCertVerificationError), cert
+        assert "revoked" in refused.server_error.verify_message
+        assert refused.received == b""
+
+
+def test_revoke_says_when_no_earlier_certificate_is_on_record(
+    pki: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (pki / "issued.txt").unlink()  # a directory made before the record was kept
+    out = ok(capsys, "certs", "revoke", pki / "alice.pem", "--dir", pki)
+    assert "records no other client certificate issued to 'alice'" in out
+    assert "revoke any other by its serial" in out
+
+
+def test_renew_finds_the_ca_beside_the_file(
+    pki: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    old = pemfiles.load_cert(pki / "alice.pem")
+    ok(capsys, "certs", "renew", pki / "alice.pem")
+    assert pemfiles.load_cert(pki / "alice.pem").serial_number != old.serial_number
+    assert (pki / "alice.pem.old").exists()
+
+    # A copy away from its CA: the line asks for --dir rather than suggesting a new CA.
+    copy = elsewhere / "alice.pem"
+    copy.write_bytes((pki / "alice.pem").read_bytes())
+    message = one_line_error(ambassador_server(capsys, "certs", "renew", copy))
+    assert "give --dir" in message and "certs init" not in message
+
+
+def test_server_reissues_the_server_certificate_under_the_same_ca(
+    pki: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert handshake(server_context(pki), alice_context(pki), "new-name.example").client_error
+    old = pemfiles.load_cert(pki / "server.pem")
+    ca_before = (pki / "ca.pem").read_bytes()
+    sans = [*certs.describe(old, datetime.now(UTC)).sans, "new-name.example"]
+    out = ok(capsys, "certs", "server", "--dir", pki, *(f"--san={name}" for name in sans))
+    new = pemfiles.load_cert(pki / "server.pem")
+    assert (pki / "ca.pem").read_bytes() == ca_before
+    assert certs.spki_pin(new) == certs.spki_pin(old) and certs.spki_pin(new) in out
+    assert certs.describe(new, datetime.now(UTC)).sans == tuple(sans)
+    assert pemfiles.load_cert(pki / "server.pem.old").serial_number == old.serial_number
+    assert "reload ambassador-server" in out
+
+    # alice's certificate, issued before, still works; the new name verifies, the old ones too.
+    server = server_context(pki)
+    for name in ("new-name.example", "127.0.0.1"):
+        result = handshake(server, alice_context(pki), name)
+        assert result.client_error is None and result.server_error is None, (name, result)
+        assert result.client_cn == "alice"
+
+
+def test_server_without_san_keeps_the_names_and_new_key_changes_the_pin(
+    pki: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    old = pemfiles.load_cert(pki / "server.pem")
+    ok(capsys, "certs", "server", "--dir", pki, "--new-key")
+    new = pemfiles.load_cert(pki / "server.pem")
+    now = datetime.now(UTC)
+    assert certs.describe(new, now).sans == certs.describe(old, now).sans
+    assert certs.spki_pin(new) != certs.spki_pin(old)
+    result = handshake(server_context(pki), alice_context(pki), "127.0.0.1")
+    assert result.server_error is None and result.client_cn == "alice"
+
+
+def test_a_bundle_of_two_cas_in_tls_ca_admits_clients_of_either(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # CA rotation: the old and the new CA trusted side by side, as docs/operations.md says.
+    old, new, stranger = tmp_path / "old", tmp_path / "new", tmp_path / "stranger"
+    for directory, client in ((old, "before"), (new, "after"), (stranger, "mallory")):
+        ok(capsys, "certs", "init", directory, "--san", "127.0.0.1")
+        ok(capsys, "certs", "client", client, "--dir", directory)
+    bundle = tmp_path / "ca-bundle.pem"
+    bundle.write_bytes((old / "ca.pem").read_bytes() + (new / "ca.pem").read_bytes())
+
+    for server_dir in (old, new):  # before and after the server's own certificate moves
+        server = tls.server_context(
+            tls.ServerTls(
+                cert=str(server_dir / "server.pem"),
+                key=str(server_dir / "server-key.pem"),
+                ca=str(bundle),
+            )
+        )
+        for directory, client in ((old, "before"), (new, "after"), (stranger, "mallory")):
+            context = tls.client_context(
+                tls.ClientTls(
+                    ca=str(bundle),
+                    cert=str(directory / f"{client}.pem"),
+                    key=str(directory / f"{client}-key.pem"),
+                )
+            )
+            result = handshake(server, context, "127.0.0.1")
+            if client == "mallory":
+                assert isinstance(result.server_error, ssl.SSLError), result
+                assert result.received == b""
+            else:
+                assert result.server_error is None and result.client_error is None, result
+                assert result.client_cn == client

@@ -530,7 +530,14 @@ def test_links_from_env_malformed_variable(name: str, value: str, reason: str) -
         ("[::1]:16379=redis", ExposeSpec("::1", 16379, "redis")),
         ("0.0.0.0:6379=db:5432", ExposeSpec("0.0.0.0", 6379, "db:5432")),
         ("localhost:6379=Redis", ExposeSpec("localhost", 6379, "redis")),
-        ("REDIS_PORT_6379_TCP=tcp://192.168.1.52:6379", ExposeSpec(None, 6379, "6379")),
+        (
+            "REDIS_PORT_6379_TCP=tcp://192.168.1.52:6379",
+            ExposeSpec(None, 6379, "redis:6379", ("6379", "redis")),
+        ),
+        (
+            "REDIS_PORT_1234_TCP=tcp://192.168.1.52:6379",
+            ExposeSpec(None, 1234, "redis:6379", ("6379", "redis")),
+        ),
     ],
 )
 def test_parse_expose(text: str, expected: ExposeSpec) -> None:
@@ -588,11 +595,16 @@ def test_expose_spec_bare_port_service_listens_on_that_port() -> None:
 
 def test_parse_seed_variable() -> None:
     assert parse_seed_variable("REDIS_PORT_6379_TCP", "tcp://192.168.1.52:6379") == SeedLink(
-        "192.168.1.52", ExposeSpec(None, 6379, "6379")
+        "192.168.1.52", ExposeSpec(None, 6379, "redis:6379", ("6379", "redis"))
     )
-    # The tunnel port is the default, not the URL's port; the name's port is the service.
-    seed = parse_seed_variable("DB_PORT_5432_TCP", "tcp://[fd00::52]:15432")
-    assert seed == SeedLink("fd00::52", ExposeSpec(None, 5432, "5432"))
+    # As the seed's docs put it, -e REDIS_PORT_1234_TCP=tcp://192.168.1.52:6379 "will forward
+    # the local 1234 port to the remote IP and port": the name's port is where we listen, the
+    # URL's port is the service the remote host published.
+    seed = parse_seed_variable("REDIS_PORT_1234_TCP", "tcp://192.168.1.52:6379")
+    assert seed == SeedLink("192.168.1.52", ExposeSpec(None, 1234, "redis:6379", ("6379", "redis")))
+    assert seed.expose.refs == ("redis:6379", "6379", "redis")
+    seed = parse_seed_variable("MY_DB_PORT_5432_TCP", "tcp://[fd00::52]:15432")
+    assert seed == SeedLink("fd00::52", ExposeSpec(None, 5432, "my_db:15432", ("15432", "my_db")))
 
 
 @pytest.mark.parametrize(
@@ -632,7 +644,10 @@ def test_seed_links_from_env() -> None:
     }
     host, specs = seed_links_from_env(environ | KUBERNETES_ENV | AMBASSADOR_ENV)
     assert host == "192.168.1.52"
-    assert specs == [ExposeSpec(None, 5432, "5432"), ExposeSpec(None, 6379, "6379")]
+    assert specs == [
+        ExposeSpec(None, 5432, "db:5432", ("5432", "db")),
+        ExposeSpec(None, 6379, "redis:6379", ("6379", "redis")),
+    ]
 
 
 def test_seed_links_from_env_one_port_under_two_aliases_is_one_listener() -> None:
@@ -642,7 +657,21 @@ def test_seed_links_from_env_one_port_under_two_aliases_is_one_listener() -> Non
             "CACHE_PORT_6379_TCP": "tcp://192.168.1.52:6379",
         }
     )
-    assert (host, specs) == ("192.168.1.52", [ExposeSpec(None, 6379, "6379")])
+    assert (host, specs) == (
+        "192.168.1.52",
+        [ExposeSpec(None, 6379, "cache:6379", ("6379", "cache"))],
+    )
+
+
+def test_seed_links_two_services_for_one_local_port() -> None:
+    with pytest.raises(LinkError) as error:
+        seed_links_from_env(
+            {
+                "REDIS_PORT_6379_TCP": "tcp://192.168.1.52:6379",
+                "CACHE_PORT_6379_TCP": "tcp://192.168.1.52:16379",
+            }
+        )
+    assert "local port 6379" in one_line(error)
 
 
 def test_seed_links_from_env_without_links() -> None:
@@ -675,7 +704,11 @@ def test_seed_links_from_expose_values() -> None:
         ["REDIS_PORT_6379_TCP=tcp://192.168.1.52:6379", "127.0.0.1:15432=db", "6379"]
     )
     assert host == "192.168.1.52"
-    assert specs == [ExposeSpec(None, 6379, "6379"), ExposeSpec("127.0.0.1", 15432, "db")]
+    assert specs == [
+        ExposeSpec(None, 6379, "redis:6379", ("6379", "redis")),
+        ExposeSpec("127.0.0.1", 15432, "db"),
+        ExposeSpec(None, 6379, "6379"),
+    ]
     assert seed_links_from(["redis", "8080"]) == (
         None,
         [ExposeSpec(None, None, "redis"), ExposeSpec(None, 8080, "8080")],

@@ -65,6 +65,7 @@ def test_every_core_module_is_checked() -> None:
         "observe",
         "logonce",
         "pemfiles",  # reads and writes certificate and key files
+        "issued",  # reads and appends the CA directory's record of issued serials
         "workers",  # helper processes: started, handed sockets, scraped
         "load",  # reads /proc, sets the process's CPU priority
     }

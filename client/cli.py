@@ -257,10 +257,16 @@ def effective_settings(
     config_file = watched_config_file(ctx)
     source = source_of(ctx, "expose", config_file)
     seed_host, specs = seed_links_from(params["expose"])
-    items = {spec: Item(spec.to_text(), source) for spec in specs}
+    # A seed form is shown as written: its alternatives (ALIAS:PORT, then PORT, then ALIAS) have
+    # no shorter text that --expose would read back the same way.
+    items = {
+        spec: Item(text if spec.alternatives else spec.to_text(), source)
+        for text, spec in zip(params["expose"], specs, strict=True)
+    }
     variables = named_seed_links_from_env(os.environ) if params["links_from_env"] else []
     for variable, seed in variables:
-        items.setdefault(seed.expose, Item(seed.expose.to_text(), f"link variable {variable}"))
+        text = f"{variable}={os.environ[variable]}"
+        items.setdefault(seed.expose, Item(text, f"link variable {variable}"))
     settings = [Setting("expose", list(items.values()), source)]
     if not params["remote"]:
         named_by = "expose" if seed_host else f"link variable {variables[0][0]}"

@@ -225,11 +225,18 @@ def test_server_shows_the_links_read_from_link_variables(tmp_path: Path) -> None
 def test_client_shows_exposes_and_remote_from_link_variables(tmp_path: Path) -> None:
     env = {"REDIS_PORT_6379_TCP": "tcp://10.0.0.5:6379", "DB_PORT_5432_TCP": "tcp://10.0.0.5:5432"}
     stdout, shown = check_config("client", ["--links-from-env", "--expose=16379=redis"], env)
-    assert shown["expose"] == ["16379=redis", "5432", "6379"]
+    assert shown["expose"] == [
+        "16379=redis",
+        "DB_PORT_5432_TCP=tcp://10.0.0.5:5432",
+        "REDIS_PORT_6379_TCP=tcp://10.0.0.5:6379",
+    ]
     assert shown["remote"] == ["10.0.0.5:7700"]
     said = sources(stdout)
     assert said["remote"] == "the host link variable DB_PORT_5432_TCP names"
-    assert '  "6379",  # link variable REDIS_PORT_6379_TCP' in stdout.splitlines()
+    assert (
+        '  "REDIS_PORT_6379_TCP=tcp://10.0.0.5:6379",  # link variable REDIS_PORT_6379_TCP'
+        in stdout.splitlines()
+    )
     assert_round_trip("client", stdout, tmp_path, env)
     assert_round_trip("client", stdout, tmp_path)
 

@@ -7,6 +7,12 @@ within the handshake timeout is closed, so idle or garbage connections cannot pi
 The client's identity is its certificate's name (mutual TLS), else its token's name once the
 token exchange succeeded (:mod:`tunnel.auth`), else ``anonymous``. The catalog in the welcome
 lists only what the access rules let that identity reach.
+
+The name a client gives itself in its hello is only a remark: it is never its identity, never
+part of how logs and metrics name the peer (its address, and its identity once proven), and is
+shown only escaped and bounded (:mod:`tunnel.peertext`). Before the hello is answered a peer
+can make this module log a bounded number of lines: streams it opens too early are reset, and
+only the first is logged, throttled across all connections.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from tunnel.access import ANONYMOUS
 from tunnel.errors import Reason, RemoteProtocolError
 from tunnel.frames import GoAwayCode
 from tunnel.links import Catalog, Service
+from tunnel.logonce import Throttled
 from tunnel.messages import (
     SUPPORTED_VERSIONS,
     Auth,
@@ -38,6 +45,7 @@ from tunnel.messages import (
     encode_message,
     negotiate_version,
 )
+from tunnel.peertext import NAME_LIMIT, quoted, shown
 from tunnel.session import Role, Session
 from tunnel.transport import StreamHandler, TunnelConnection, clock
 
@@ -45,6 +53,7 @@ if TYPE_CHECKING:
     from server.app import Server
 
 log = logging.getLogger("ambassador.server")
+throttled = Throttled(log)
 
 
 def catalog_info(catalog: Catalog) -> tuple[ServiceInfo, ...]:
@@ -66,7 +75,8 @@ class ServerConnection:
         self.peer_cert: bytes | None = None  # its DER, to check against a reloaded CRL
         self.token_name: str | None = None  # set once the token exchange succeeded
         self.control_id: int | None = None
-        self.client_name = ""
+        self.client_name = ""  # what the hello called the client: a remark, never an identity
+        self._early_streams = 0  # streams opened before the hello was answered (all reset)
         self.welcomed = False
         self.refused = False  # the hello was refused (and logged as such)
         self.tls_done = False  # a TLS handshake completed on this connection
@@ -92,9 +102,15 @@ class ServerConnection:
         return self.server.config.catalog
 
     @property
+    def who(self) -> str:
+        """The identity, escaped and bounded for logs, labels and /status."""
+        return shown(self.identity, NAME_LIMIT)
+
+    @property
     def peer_name(self) -> str:
-        who = self.cert_name or self.token_name or self.client_name
-        return f"{self.tunnel.peer} ({who})" if who else self.tunnel.peer
+        """How logs and metrics name this peer: its address, and its identity once proven."""
+        proven = self.cert_name or self.token_name
+        return f"{self.tunnel.peer} ({self.who})" if proven else self.tunnel.peer
 
     def allows(self, service: Service) -> bool:
         return self.server.config.access.allows(self.identity, service)
@@ -104,9 +120,14 @@ class ServerConnection:
             self.control_id = stream_id
             return ControlChannel(self, stream_id)
         if not self.welcomed:
-            log.warning(
-                "%s opened stream %d before its hello was answered", self.peer_name, stream_id
-            )
+            self._early_streams += 1
+            if self._early_streams == 1:
+                throttled.warning(
+                    "early_stream",
+                    "%s opened stream %d before its hello was answered; it is reset, and "
+                    "further ones on this connection are not logged",
+                    self.peer_name, stream_id,
+                )  # fmt: skip
             return None
         stream = BackendStream(tunnel, stream_id, self)
         self.streams.add(stream)
@@ -191,7 +212,7 @@ class ServerConnection:
         server_nonce, self._server_nonce = self._server_nonce, b""  # one answer per challenge
         expected = auth.client_proof(secret or b"?", name, hello.nonce, server_nonce)
         if secret is None or not auth.proofs_match(expected, message.proof):
-            self.refuse(Reason.AUTH_FAILED, f"wrong or unknown token for {name!r}")
+            self.refuse(Reason.AUTH_FAILED, f"wrong or unknown token for {quoted(name)}")
             return
         self.token_name = name
         self._welcome(auth.server_proof(secret, name, hello.nonce, server_nonce))
@@ -199,7 +220,7 @@ class ServerConnection:
     def _welcome(self, proof: bytes) -> None:
         access = self.server.config.access
         if access.enabled and not access.visible(self.identity, self.catalog):
-            self.refuse(Reason.NOT_ALLOWED, f"{self.identity!r} may reach no service here")
+            self.refuse(Reason.NOT_ALLOWED, f"{quoted(self.identity)} may reach no service here")
             return
         self._hello_timer.cancel()
         self.welcomed = True
@@ -213,14 +234,15 @@ class ServerConnection:
         self.tunnel.on_rtt = rtt.set
         if self.tunnel.session.rtt is not None:
             rtt.set(self.tunnel.session.rtt)
+        calls = f", calls itself {quoted(self.client_name)}" if self.client_name else ""
         log.info(
-            "session up with %s as %s, protocol %d, %d of %d services offered",
-            self.peer_name, self.identity, self._version, len(self.shown), len(self.catalog),
+            "session up with %s as %s, protocol %d, %d of %d services offered%s",
+            self.peer_name, self.who, self._version, len(self.shown), len(self.catalog), calls,
         )  # fmt: skip
 
     def refuse(self, reason: Reason, text: str) -> None:
         """Refuse the hello: say why on the control stream, then go away."""
-        log.warning("refused %s: %s", self.peer_name, text)
+        log.warning("refused %s: %s", self.peer_name, shown(text))
         self.refused = True
         metrics.SESSION_ENDS.labels("server", reason.label).inc()
         self._send(Refusal(reason, text))
@@ -235,7 +257,7 @@ class ServerConnection:
             return
         visible = self.server.config.access.visible(self.identity, self.catalog)
         if self.server.config.access.enabled and not visible:
-            self.close_with(Reason.NOT_ALLOWED, f"access for {self.identity!r} was withdrawn")
+            self.close_with(Reason.NOT_ALLOWED, f"access for {quoted(self.identity)} was withdrawn")
             return
         shown = catalog_info(visible)
         if shown != self.shown:
@@ -243,7 +265,7 @@ class ServerConnection:
             self._send(CatalogChanged(shown))
 
     def close_with(self, reason: Reason, text: str) -> None:
-        log.warning("closing session with %s: %s", self.peer_name, text)
+        log.warning("closing session with %s: %s", self.peer_name, shown(text))
         metrics.SESSION_ENDS.labels("server", reason.label).inc()
         self._send(GoingAway(reason, text))
         self._go_away_after_flush()
@@ -256,6 +278,7 @@ class ServerConnection:
         self._go_away_after_flush()
 
     def protocol_error(self, text: str) -> None:
+        text = shown(text)  # it may quote what the peer sent
         log.warning("closing session with %s: %s", self.peer_name, text)
         metrics.SESSION_ENDS.labels("server", "protocol_error").inc()
         self.tunnel.go_away(GoAwayCode.PROTOCOL_ERROR, text)

@@ -24,12 +24,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tunnel.errors import Reason, RemoteProtocolError
+from tunnel.peertext import quoted
 
 PROTOCOL_VERSION = 1
 SUPPORTED_VERSIONS = (1,)
 HEADER_VERSION = 1
 MAX_MESSAGE = 1024 * 1024
 MAX_ANSWER_TEXT = 1024
+# A name a peer declares (its own, its token's, the server's) and the version list of a hello
+# are bounded here, before anything logs or stores them: one hello could otherwise hold a
+# megabyte of name, or thousands of many-digit version numbers.
+MAX_NAME = 255
+MAX_VERSIONS = 16
+MAX_VERSION = 0xFFFF
 
 _U32 = struct.Struct(">I")
 _ANSWER = struct.Struct(">BH")
@@ -185,19 +192,22 @@ def decode_message(body: bytes) -> Message:
 def _from_json(obj: dict[str, Any]) -> Message:
     kind = obj["type"]
     if kind == "hello":
-        versions = tuple(_int(v) for v in obj["versions"])
+        listed = obj["versions"]
+        if not isinstance(listed, list) or len(listed) > MAX_VERSIONS:
+            raise ValueError(f"versions must be a list of at most {MAX_VERSIONS}")
+        versions = tuple(_version(v) for v in listed)
         token_name = obj.get("token_name")
         return Hello(
             versions,
-            _str(obj["name"]),
-            _str(obj.get("software", "")),
-            None if token_name is None else _str(token_name),
+            _name(obj["name"]),
+            _name(obj.get("software", "")),
+            None if token_name is None else _name(token_name),
             _unb64(obj.get("nonce", "")),
         )
     if kind == "welcome":
         return Welcome(
-            _int(obj["version"]),
-            _str(obj["server"]),
+            _version(obj["version"]),
+            _name(obj["server"]),
             _catalog(obj["catalog"]),
             _unb64(obj.get("proof", "")),
         )
@@ -210,7 +220,7 @@ def _from_json(obj: dict[str, Any]) -> Message:
     if kind in ("refusal", "going_away"):
         cls = Refusal if kind == "refusal" else GoingAway
         return cls(_reason(obj["reason"]), _str(obj.get("text", "")))
-    raise ValueError(f"unknown message type {kind!r}")
+    raise ValueError(f"unknown message type {quoted(str(kind))}")
 
 
 def _catalog(items: Any) -> tuple[ServiceInfo, ...]:
@@ -230,14 +240,29 @@ def _catalog(items: Any) -> tuple[ServiceInfo, ...]:
 
 def _int(value: Any) -> int:
     if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"expected an integer, got {value!r}")
+        # The type, not the value: the value is the peer's, and may be a megabyte long.
+        raise TypeError(f"expected an integer, got {type(value).__name__}")
     return value
+
+
+def _version(value: Any) -> int:
+    version = _int(value)
+    if not 0 <= version <= MAX_VERSION:
+        raise ValueError(f"protocol version out of range (0..{MAX_VERSION})")
+    return version
 
 
 def _str(value: Any) -> str:
     if not isinstance(value, str):
-        raise TypeError(f"expected a string, got {value!r}")
+        raise TypeError(f"expected a string, got {type(value).__name__}")
     return value
+
+
+def _name(value: Any) -> str:
+    name = _str(value)
+    if len(name) > MAX_NAME:
+        raise ValueError(f"a name of {len(name)} characters (at most {MAX_NAME})")
+    return name
 
 
 def _b64(data: bytes) -> str:

@@ -52,7 +52,7 @@ tokens = st.one_of(
 messages: st.SearchStrategy[Message] = st.one_of(
     st.builds(
         lambda versions, name, software, token: Hello(versions, name, software, *token),
-        versions=st.lists(st.integers(0, 2**31), max_size=5).map(tuple),
+        versions=st.lists(st.integers(0, 0xFFFF), max_size=5).map(tuple),
         name=texts,
         software=texts,
         token=tokens,
@@ -435,3 +435,30 @@ def test_stream_answer_overlong_text_is_refused_from_its_length() -> None:
 def test_stream_answer_unknown_reason_reads_as_internal_error() -> None:
     answer, _ = StreamAnswerParser().feed(struct.pack(">BH", 200, 2) + b"hm")
     assert answer == StreamAnswer(Reason.INTERNAL_ERROR, "hm")
+
+
+# ------------------------------------------------------------- bounded peer strings
+
+
+@pytest.mark.parametrize(
+    "hello",
+    [
+        {"type": "hello", "versions": [1], "name": "n" * 256},
+        {"type": "hello", "versions": [1], "name": "n", "software": "s" * 256},
+        {"type": "hello", "versions": [1], "name": "n", "token_name": "t" * 256, "nonce": ""},
+        {"type": "hello", "versions": list(range(17)), "name": "n"},
+        {"type": "hello", "versions": [10**100], "name": "n"},
+        {"type": "welcome", "version": 1, "server": "s" * 256, "catalog": []},
+    ],
+)
+def test_names_and_versions_a_peer_declares_are_bounded(hello: dict[str, object]) -> None:
+    with pytest.raises(RemoteProtocolError) as caught:
+        decode_message(json.dumps(hello).encode())
+    assert len(str(caught.value)) < 200
+
+
+def test_a_malformed_message_does_not_quote_a_huge_value() -> None:
+    body = json.dumps({"type": "hello", "versions": ["v" * 100_000], "name": "n"}).encode()
+    with pytest.raises(RemoteProtocolError) as caught:
+        decode_message(body)
+    assert len(str(caught.value)) < 200

@@ -24,6 +24,7 @@ SANS_IO = [
     "access",
     "auth",
     "statusview",
+    "peertext",
 ]
 FORBIDDEN = {"asyncio", "socket", "ssl", "time", "selectors", "threading", "uvloop"}
 

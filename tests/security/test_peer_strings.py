@@ -1,0 +1,153 @@
+"""Strings a client sends reach the server's log, metrics and status only bounded and escaped.
+
+A hand-driven peer (``tests.reliability.rawpeer``: frames built with ``struct``, the hello as
+the protocol document writes it) talks to a real ambassador-server on loopback. Its hello's
+name tries to forge a log line and to become the identity and metric label of its session;
+streams it opens before its hello is answered try to fill the log. The server's log file, its
+/metrics and its /status are read as an operator would read them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import re
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.reliability.rawpeer import CONTROL_STREAM, RawPeer, data, hello, message, open_stream
+from tests.security.conftest import Programs, Server, pick_free_port
+
+pytestmark = pytest.mark.timeout(60)
+
+FORGED = "INFO ambassador.server: session up with 10.9.9.9:4444 (admin) as admin"
+LINE_START = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [A-Z]+ ambassador\.")
+
+
+def run(coroutine: asyncio.Future[object] | object, timeout: float = 30.0) -> object:
+    async def bounded() -> object:
+        return await asyncio.wait_for(coroutine, timeout)  # type: ignore[arg-type]
+
+    return asyncio.run(bounded())
+
+
+@pytest.fixture
+def metered(programs: Programs, echo_port: int) -> Iterator[tuple[Server, int]]:
+    """A plaintext server offering echo, with its metrics and status endpoint."""
+    metrics_port = pick_free_port()
+    server = programs.server(
+        "--link", f"echo=127.0.0.1:{echo_port}",
+        "--metrics-listen", f"127.0.0.1:{metrics_port}",
+        "--handshake-timeout", "2",
+    )  # fmt: skip
+    yield server, metrics_port
+
+
+def fetch(port: int, path: str) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as answer:
+        return str(answer.read().decode())
+
+
+def test_a_name_with_a_newline_forges_no_log_line_and_is_no_identity_or_label(
+    metered: tuple[Server, int],
+) -> None:
+    server, metrics_port = metered
+    since = server.program.mark()
+    name = f"x\n2030-01-01 00:00:00,000 {FORGED}\x1b[2J"
+
+    async def scenario() -> tuple[dict[str, object], str]:
+        peer = await RawPeer.connect("127.0.0.1", server.port)
+        answer = await peer.say_hello(hello([1], name=name))
+        server.program.wait_for(rf"session up with {re.escape(peer.local)}\b", since)
+        metrics = await asyncio.to_thread(fetch, metrics_port, "/metrics")
+        status = json.loads(await asyncio.to_thread(fetch, metrics_port, "/status"))
+        page = await asyncio.to_thread(fetch, metrics_port, "/")
+        peer.close()
+        return answer, f"{peer.local}\n{metrics}\n{json.dumps(status)}\n{page}"
+
+    answer, seen = run(scenario())  # type: ignore[misc]
+    assert answer["type"] == "welcome", answer
+    local = seen.split("\n", 1)[0]
+    lines = server.program.lines(since)
+    for line in lines:
+        assert LINE_START.match(line), f"a line the server did not write: {line!r}"
+        assert "\x1b" not in line, line
+    ups = [line for line in lines if "session up with" in line]
+    assert len(ups) == 1, ups
+    up = ups[0]
+    # The address is who the peer is; the name it gave itself is not an identity.
+    assert f"session up with {local} as anonymous" in up, up
+    assert "(admin)" not in up.split(" as anonymous")[0], up
+    rtt = re.findall(r'ambassador_rtt_seconds\{peer="([^"]*)"\}', seen)
+    assert rtt == [local], rtt
+    assert "10.9.9.9" not in seen.split("\n", 1)[1], "the peer's name reached metrics or status"
+
+
+def chunked(stream_id: int, payload: bytes, size: int = 16 * 1024) -> bytes:
+    return b"".join(data(stream_id, payload[i : i + size]) for i in range(0, len(payload), size))
+
+
+@pytest.fixture
+def token_server(programs: Programs, echo_port: int, tmp_path: Path) -> Server:
+    tokens = tmp_path / "tokens"
+    tokens.write_text("alice:a3f1c0de9b7e4d2a8c6b5e4f3a2d1c0b\n")
+    tokens.chmod(0o600)
+    return programs.server(
+        "--link", f"echo=127.0.0.1:{echo_port}", "--token-file", str(tokens),
+        "--handshake-timeout", "2",
+    )  # fmt: skip
+
+
+def test_streams_opened_before_the_hello_is_answered_cost_a_bounded_log(
+    token_server: Server,
+) -> None:
+    """The hello names a token and a long name; before proving the token, 300 bare SYNs."""
+    server = token_server
+    since = server.program.mark()
+    before = len(server.program.text())
+    syns = 300
+
+    async def scenario() -> str:
+        peer = await RawPeer.connect("127.0.0.1", server.port)
+        nonce = base64.b64encode(b"n" * 16).decode()
+        answer = await peer.say_hello(hello([1], name="n" * 200, token_name="alice", nonce=nonce))
+        assert answer["type"] == "challenge", answer
+        peer.send(b"".join(open_stream(CONTROL_STREAM + 2 * i) for i in range(1, syns + 1)))
+        await peer.read_for(0.5)
+        peer.close()
+        return peer.local
+
+    local = str(run(scenario()))
+    server.program.wait_for(rf"{re.escape(local)}\b.*before its hello", since, timeout=5)
+    time.sleep(0.3)
+    lines = [line for line in server.program.lines(since) if local in line]
+    assert 1 <= len(lines) <= 3, lines
+    grown = len(server.program.text()) - before
+    assert grown < 4096, f"the log grew by {grown} bytes"
+
+
+def test_a_huge_name_is_refused_in_one_short_line(metered: tuple[Server, int]) -> None:
+    server, _ = metered
+    since = server.program.mark()
+    before = len(server.program.text())
+
+    async def scenario() -> str:
+        peer = await RawPeer.connect("127.0.0.1", server.port)
+        body = message(hello([1], name="N\n" * 100_000))
+        peer.send(open_stream(CONTROL_STREAM) + chunked(CONTROL_STREAM, body))
+        await peer.read_for(1.0)
+        peer.close()
+        return peer.local
+
+    local = str(run(scenario()))
+    server.program.wait_for(rf"{re.escape(local)}\b", since, timeout=5)
+    time.sleep(0.3)
+    lines = server.program.lines(since)
+    assert all(LINE_START.match(line) for line in lines), lines
+    grown = len(server.program.text()) - before
+    assert grown < 4096, f"the log grew by {grown} bytes"

@@ -16,6 +16,7 @@ from tunnel.errors import ConfigError, Reason, RemoteProtocolError
 from tunnel.links import Service
 from tunnel.logonce import Throttled
 from tunnel.messages import CONNECTED, StreamAnswer, StreamHeaderParser
+from tunnel.peertext import quoted, shown
 from tunnel.relay import Relay
 from tunnel.transport import TunnelConnection
 
@@ -59,8 +60,9 @@ class BackendStream(Relay):
             if not self.owner.allows(service):
                 self.refuse(
                     Reason.NOT_ALLOWED,
-                    f"{self.owner.identity!r} may not reach {service.name!r}",
+                    f"{quoted(self.owner.identity)} may not reach {service.name!r}",
                     header.service,
+                    service,
                 )
                 return
             self.service = service
@@ -129,21 +131,30 @@ class BackendStream(Relay):
         self.link.send(self.stream_id, CONNECTED)
         super().connection_made(transport)
 
-    def refuse(self, reason: Reason, text: str, service: str | None = None) -> None:
-        """Answer the stream with a reason, then reset it."""
+    def refuse(
+        self, reason: Reason, text: str, asked: str | None = None, known: Service | None = None
+    ) -> None:
+        """Answer the stream with a reason, then reset it.
+
+        ``asked`` is the name the stream header gave (the client's, shown escaped), ``known``
+        the catalog entry it named, if any. The log is throttled per identity, reason and
+        known service (every unknown name counts as one), never per name a client makes up.
+        """
         if self.closed:
             return
         self.closed = True
-        name = service if service is not None else self._label
+        name = asked if asked is not None else self._label
+        if known is None and self.service is not None:
+            known = self.service
         throttled.warning(
-            f"{self.owner.identity}:{name}:{reason.label}",
-            "stream %s from %s as %s to %r refused (%s): %s",
+            f"{self.owner.who}:{known.name if known else 'unknown'}:{reason.label}",
+            "stream %s from %s as %s to %s refused (%s): %s",
             self.stream_id,
             self.owner.peer_name,
-            self.owner.identity,
-            name,
+            self.owner.who,
+            quoted(name),
             reason.label,
-            text,
+            shown(text),
         )
         metrics.STREAM_REFUSALS.labels("server", name if self.service else "-", reason.label).inc()
         assert self.stream_id is not None

@@ -20,7 +20,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.reliability.rawpeer import CONTROL_STREAM, RawPeer, data, hello, message, open_stream
+from tests.reliability.rawpeer import (
+    CONTROL_STREAM,
+    RST,
+    RawPeer,
+    data,
+    hello,
+    message,
+    open_stream,
+)
 from tests.security.conftest import Programs, Server, pick_free_port
 
 pytestmark = pytest.mark.timeout(60)
@@ -149,5 +157,42 @@ def test_a_huge_name_is_refused_in_one_short_line(metered: tuple[Server, int]) -
     time.sleep(0.3)
     lines = server.program.lines(since)
     assert all(LINE_START.match(line) for line in lines), lines
+    grown = len(server.program.text()) - before
+    assert grown < 4096, f"the log grew by {grown} bytes"
+
+
+def header(name: str) -> bytes:
+    raw = name.encode()
+    return bytes((1, len(raw))) + raw
+
+
+def test_made_up_service_names_do_not_each_get_a_log_line(metered: tuple[Server, int]) -> None:
+    """1000 streams, each naming a different service that does not exist: refused, counted,
+    and logged as one fault (the throttle is keyed on the reason, not on the made-up name)."""
+    server, _ = metered
+    since = server.program.mark()
+    before = len(server.program.text())
+    names = 1000
+
+    async def scenario() -> int:
+        peer = await RawPeer.connect("127.0.0.1", server.port)
+        answer = await peer.say_hello(hello([1], name="prober"))
+        assert answer["type"] == "welcome", answer
+        for batch in range(0, names, 100):
+            burst = b""
+            for i in range(batch, batch + 100):
+                stream = CONTROL_STREAM + 2 * (i + 1)
+                burst += open_stream(stream) + data(stream, header(f"nosuch-{i}\n"))
+            peer.send(burst)
+            await peer.read_for(0.05)
+        await peer.read_for(0.5)
+        resets = {f.stream_id for f in peer.frames if f.flags & RST}
+        peer.close()
+        return len(resets)
+
+    assert run(scenario()) == names
+    lines = [line for line in server.program.lines(since) if "refused" in line]
+    assert 1 <= len(lines) <= 2, lines[:5]
+    assert "\\n" in lines[0] and "'nosuch-0\\n'" in lines[0], lines[0]
     grown = len(server.program.text()) - before
     assert grown < 4096, f"the log grew by {grown} bytes"

@@ -108,8 +108,8 @@ def test_streams_on_the_wire(
 
     lines = server.program.lines(since)
     assert any("as alice to 'db' refused (not_allowed)" in line for line in lines), lines
-    for name in ("127.0.0.1:6379", f"127.0.0.1:{echo_port}"):
-        assert any(f"to '{name}' refused (unknown_service)" in line for line in lines), lines
+    # Unknown names are one fault for the log's throttle: the first is logged.
+    assert any("to '127.0.0.1:6379' refused (unknown_service)" in line for line in lines), lines
 
 
 def test_access_withdrawn_by_reload_closes_the_session(

@@ -116,6 +116,7 @@ class Connector:
         self.catalog: tuple[ServiceInfo, ...] | None = None
         self.remote: Address | None = None
         self.last_error = ""
+        self.identity = ""  # the identity the server says it gave this client, if it says
         self.on_catalog = on_catalog
         self._up = asyncio.Event()
         self.sessions = 0
@@ -239,6 +240,7 @@ class Connector:
         self.remote = remote
         self.tunnel = tunnel
         self.catalog = welcome.catalog
+        self.identity = welcome.identity
         self.last_error = ""
         names = ", ".join(service.name for service in welcome.catalog) or "nothing"
         log.info(

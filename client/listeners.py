@@ -21,6 +21,7 @@ from tunnel.links import ExposeSpec
 from tunnel.logonce import Throttled
 from tunnel.messages import ServiceInfo, StreamAnswerParser, StreamHeader
 from tunnel.oserrors import listen_error
+from tunnel.peertext import quoted
 from tunnel.relay import Relay, abort_with_reset
 from tunnel.workers import Handoff, WorkerPool
 
@@ -217,9 +218,12 @@ class Listeners:
             if catalog is not None and found is None:
                 if strict:
                     offered = ", ".join(s.name for s in catalog) or "nothing"
+                    identity = self.connector.identity
+                    who = f", identity {quoted(identity)}" if identity else ""
                     raise ConfigError(
-                        f"cannot expose {spec.service!r}: the server does not offer it "
-                        f"(offered: {offered}); fix --expose or the server's --link"
+                        f"cannot expose {spec.service!r}: the server does not offer it to this "
+                        f"client{who} (offered: {offered}); fix --expose, or if the server "
+                        "should offer it, check its --link and its access rules"
                     )
                 log.warning("the server does not offer %r (any more)", spec.service)
             if port is None:

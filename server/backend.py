@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from server.connection import ServerConnection
 
 log = logging.getLogger("ambassador.server")
+_MAX_OFFERED = 20  # catalog entries named in a refusal's text
 throttled = Throttled(log)
 
 
@@ -53,17 +54,9 @@ class BackendStream(Relay):
                 return
             self._header = None
             try:
-                service = self.owner.catalog.resolve(header.service)
+                service = self.owner.reachable.resolve(header.service)
             except ConfigError as exc:
-                self.refuse(Reason.UNKNOWN_SERVICE, str(exc), header.service)
-                return
-            if not self.owner.allows(service):
-                self.refuse(
-                    Reason.NOT_ALLOWED,
-                    f"{quoted(self.owner.identity)} may not reach {service.name!r}",
-                    header.service,
-                    service,
-                )
+                self._unreachable(header.service, str(exc))
                 return
             self.service = service
             self._label = service.name
@@ -77,6 +70,42 @@ class BackendStream(Relay):
                 return
         if self.service is not None:
             self.deliver(data)
+
+    def _unreachable(self, asked: str, text: str) -> None:
+        """Refuse a name this client may not reach, telling it only what it may reach.
+
+        A service the access rules hide gets the same answer as a name that does not exist,
+        so a client cannot probe for services beyond its own; the answer says which identity
+        the server saw and points at the access rules. The server's own log says plainly
+        which it was.
+        """
+        owner = self.owner
+        if not owner.server.config.access.enabled:
+            self.refuse(Reason.UNKNOWN_SERVICE, text, asked)
+            return
+        names = [service.full_name for service in owner.reachable]
+        offered = ", ".join(names[:_MAX_OFFERED]) or "nothing"
+        if len(names) > _MAX_OFFERED:
+            offered += f" and {len(names) - _MAX_OFFERED} more"
+        told = StreamAnswer(
+            Reason.UNKNOWN_SERVICE,
+            f"the server does not offer {quoted(asked)} to this client (identity "
+            f"{quoted(owner.identity)}; offered to it: {offered}); if it should, check the "
+            "server's access rules",
+        )
+        try:
+            hidden = owner.catalog.resolve(asked)
+        except ConfigError:
+            self.refuse(Reason.UNKNOWN_SERVICE, text, asked, told=told)
+            return
+        self.refuse(
+            Reason.NOT_ALLOWED,
+            f"{quoted(owner.identity)} may not reach {hidden.name!r}: the access rules hide it "
+            "(the client is told the server does not offer it)",
+            asked,
+            hidden,
+            told=told,
+        )
 
     def dial(self, timeout: float) -> asyncio.Task[object]:
         """Start connecting to the service's backend; the task ends when the attempt is over.
@@ -132,9 +161,15 @@ class BackendStream(Relay):
         super().connection_made(transport)
 
     def refuse(
-        self, reason: Reason, text: str, asked: str | None = None, known: Service | None = None
+        self,
+        reason: Reason,
+        text: str,
+        asked: str | None = None,
+        known: Service | None = None,
+        told: StreamAnswer | None = None,
     ) -> None:
-        """Answer the stream with a reason, then reset it.
+        """Answer the stream with a reason (or with ``told``, when the client is to be told
+        less than the log says), then reset it.
 
         ``asked`` is the name the stream header gave (the client's, shown escaped), ``known``
         the catalog entry it named, if any. The log is throttled per identity, reason and
@@ -158,7 +193,7 @@ class BackendStream(Relay):
         )
         metrics.STREAM_REFUSALS.labels("server", name if self.service else "-", reason.label).inc()
         assert self.stream_id is not None
-        self.link.send(self.stream_id, StreamAnswer(reason, text).encode())
+        self.link.send(self.stream_id, (told or StreamAnswer(reason, text)).encode())
         self.link.reset(self.stream_id, after_data=True)
         self._done()
 

@@ -31,6 +31,7 @@ from tunnel.frames import GoAwayCode
 from tunnel.links import Catalog, Service
 from tunnel.logonce import Throttled
 from tunnel.messages import (
+    MAX_NAME,
     SUPPORTED_VERSIONS,
     Auth,
     CatalogChanged,
@@ -89,6 +90,8 @@ class ServerConnection:
         self._version = 0
         self._server_nonce = b""
         self.shown: tuple[ServiceInfo, ...] = ()
+        self._reachable = Catalog()
+        self._reachable_for: object = None  # the configuration _reachable was computed from
         self._rtt_label = ""  # the peer label of this session's ambassador_rtt_seconds
         self._hello_timer = loop.call_later(server.config.handshake_timeout, self._hello_timeout)
         self.tunnel.closed.add_done_callback(self._closed)
@@ -114,6 +117,20 @@ class ServerConnection:
 
     def allows(self, service: Service) -> bool:
         return self.server.config.access.allows(self.identity, service)
+
+    @property
+    def reachable(self) -> Catalog:
+        """What this client may reach: all it is shown, and all its streams may name.
+
+        Computed once per configuration (a reload brings a new one), not once per stream.
+        """
+        config = self.server.config
+        if self._reachable_for is not config:
+            access = config.access
+            catalog = config.catalog
+            self._reachable = access.visible(self.identity, catalog) if access.enabled else catalog
+            self._reachable_for = config
+        return self._reachable
 
     def _accept(self, tunnel: TunnelConnection, stream_id: int) -> StreamHandler | None:
         if self.control_id is None:
@@ -224,8 +241,10 @@ class ServerConnection:
             return
         self._hello_timer.cancel()
         self.welcomed = True
+        self._reachable_for = None  # the identity is settled now
         self.shown = catalog_info(self.server.config.access.visible(self.identity, self.catalog))
-        self._send(Welcome(self._version, self.server.config.name, self.shown, proof))
+        identity = self.identity[:MAX_NAME]  # the client's to show: which identity we saw
+        self._send(Welcome(self._version, self.server.config.name, self.shown, proof, identity))
         metrics.SESSIONS.labels("server").inc()
         metrics.SESSIONS_OPEN.labels("server").inc()
         # This client's round trip, one series per session, removed when the session ends.

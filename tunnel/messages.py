@@ -76,6 +76,7 @@ class Welcome:
     server: str
     catalog: tuple[ServiceInfo, ...]
     proof: bytes = b""  # the server's token proof, when the client authenticated with one
+    identity: str = ""  # the identity the server gave the client (its access rules use it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +147,8 @@ def _to_json(message: Message) -> dict[str, Any]:
         }
         if message.proof:
             welcome["proof"] = _b64(message.proof)
+        if message.identity:
+            welcome["identity"] = message.identity
         return welcome
     if isinstance(message, Challenge):
         return {"type": "challenge", "nonce": _b64(message.nonce)}
@@ -210,6 +213,7 @@ def _from_json(obj: dict[str, Any]) -> Message:
             _name(obj["server"]),
             _catalog(obj["catalog"]),
             _unb64(obj.get("proof", "")),
+            _name(obj.get("identity", "")),
         )
     if kind == "challenge":
         return Challenge(_unb64(obj["nonce"]))

@@ -1,9 +1,9 @@
 """Per-identity access: each client is shown, and reaches, only what its rules grant.
 
 Identities are the names on the client certificates (mutual TLS). A stream naming a service the
-identity may not reach is answered ``not_allowed`` and reset; one naming a ``host:port`` is
-answered ``unknown_service``: the server never dials anything but its catalog. Rules withdrawn
-by a reload close the sessions that lost everything.
+identity may not reach is answered ``unknown_service``, as if it did not exist, and reset (the
+server's log says ``not_allowed``); so is one naming a ``host:port``: the server never dials
+anything but its catalog. Rules withdrawn by a reload close the sessions that lost everything.
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ def test_streams_on_the_wire(
         assert welcome.catalog == (ServiceInfo("redis", echo_port),)
 
         cases = {
-            "db": Reason.NOT_ALLOWED,
+            "db": Reason.UNKNOWN_SERVICE,  # hidden by the rules: answered as if absent
             "127.0.0.1:6379": Reason.UNKNOWN_SERVICE,
             f"127.0.0.1:{echo_port}": Reason.UNKNOWN_SERVICE,  # the backend's own address
         }

@@ -13,6 +13,8 @@ import asyncio
 import base64
 import json
 import re
+import signal
+import struct
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -30,6 +32,8 @@ from tests.reliability.rawpeer import (
     open_stream,
 )
 from tests.security.conftest import Programs, Server, pick_free_port
+from tunnel import auth
+from tunnel.auth import load_tokens
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -196,3 +200,115 @@ def test_made_up_service_names_do_not_each_get_a_log_line(metered: tuple[Server,
     assert "\\n" in lines[0] and "'nosuch-0\\n'" in lines[0], lines[0]
     grown = len(server.program.text()) - before
     assert grown < 4096, f"the log grew by {grown} bytes"
+
+
+# ------------------------------------------------------------- what a client may learn
+
+SECRET = "a3f1c0de9b7e4d2a8c6b5e4f3a2d1c0b"
+
+
+def stream_answer(peer: RawPeer, stream: int) -> tuple[int, str]:
+    raw = b"".join(f.payload for f in peer.frames if f.stream_id == stream and f.type == 0)
+    assert len(raw) >= 3, (stream, peer.frames[-5:])
+    code, length = struct.unpack_from(">BH", raw)
+    return code, raw[3 : 3 + length].decode()
+
+
+async def authenticated(server: Server, tokens: Path, name: str) -> RawPeer:
+    """A raw peer that proved the token ``name`` and was welcomed."""
+    secret = load_tokens(str(tokens))[0][name]
+    peer = await RawPeer.connect("127.0.0.1", server.port)
+    nonce = b"c" * auth.NONCE_SIZE
+    b64 = base64.b64encode
+    challenge = await peer.say_hello(
+        hello([1], name="raw", token_name=name, nonce=b64(nonce).decode())
+    )
+    assert challenge["type"] == "challenge", challenge
+    server_nonce = base64.b64decode(challenge["nonce"])
+    proof = auth.client_proof(secret, name, nonce, server_nonce)
+    peer.send(data(CONTROL_STREAM, message({"type": "auth", "proof": b64(proof).decode()})))
+    async with asyncio.timeout(5):
+        while len(peer.control_messages()) < 2:
+            await peer.read_for(0.05)
+    welcome = peer.control_messages()[1]
+    assert welcome["type"] == "welcome", welcome
+    return peer
+
+
+@pytest.fixture
+def hidden(programs: Programs, echo_port: int, tmp_path: Path) -> tuple[Server, Path]:
+    """redis and secret (both the echo backend); alice may reach redis only."""
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"alice:{SECRET}\n")
+    tokens.chmod(0o600)
+    server = programs.server(
+        "--link", f"redis=127.0.0.1:{echo_port}",
+        "--link", f"secret=127.0.0.1:{echo_port}",
+        "--access", "alice=redis",
+        "--token-file", str(tokens),
+    )  # fmt: skip
+    return server, tokens
+
+
+def test_a_hidden_service_is_answered_like_one_that_does_not_exist(
+    hidden: tuple[Server, Path], echo_port: int
+) -> None:
+    server, tokens = hidden
+    since = server.program.mark()
+
+    async def scenario() -> tuple[dict[str, object], dict[str, tuple[int, str]]]:
+        peer = await authenticated(server, tokens, "alice")
+        welcome = peer.control_messages()[1]
+        asked = {"secret": 3, "nosuch": 5, "redis": 7}
+        for name, stream in asked.items():
+            peer.send(open_stream(stream) + data(stream, header(name)))
+        await peer.read_for(0.5)
+        answers = {name: stream_answer(peer, stream) for name, stream in asked.items()}
+        peer.close()
+        return welcome, answers
+
+    welcome, answers = run(scenario())  # type: ignore[misc]
+    assert welcome["catalog"] == [{"alias": "redis", "port": echo_port}], welcome
+    assert welcome["identity"] == "alice", welcome
+    assert answers["redis"] == (0, "")
+    (code, text), (other_code, other_text) = answers["secret"], answers["nosuch"]
+    assert code == other_code == 1, answers  # UNKNOWN_SERVICE, both
+    assert text.replace("'secret'", "'nosuch'") == other_text, answers
+    assert "secret" not in other_text and f"offered to it: redis:{echo_port})" in text, text
+    assert "identity 'alice'" in text and "check the server's access rules" in text, text
+    # The operator's log says plainly which it was.
+    lines = server.program.lines(since)
+    assert any(
+        "to 'secret' refused (not_allowed)" in line and "the access rules hide it" in line
+        for line in lines
+    ), lines
+    assert any("to 'nosuch' refused (unknown_service)" in line for line in lines), lines
+
+
+def test_a_client_asking_for_a_hidden_service_is_pointed_at_the_access_rules(
+    programs: Programs, hidden: tuple[Server, Path]
+) -> None:
+    server, tokens = hidden
+    client = programs.client(server, "--token-file", str(tokens), service="secret")
+    assert client.program.popen.wait(timeout=10) == 2
+    errors = [line for line in client.program.lines() if "error:" in line]
+    assert len(errors) == 1, client.program.text()
+    assert "the server does not offer it to this client, identity 'alice'" in errors[0], errors
+    assert "(offered: redis)" in errors[0] and "access rules" in errors[0], errors
+
+
+def test_an_access_rule_naming_no_service_is_warned_about_at_start_and_reload(
+    programs: Programs, echo_port: int, tmp_path: Path
+) -> None:
+    config = tmp_path / "server.toml"
+    links = f'[links]\nredis = "127.0.0.1:{echo_port}"\ndb = "127.0.0.1:{echo_port}"\n\n'
+    config.write_text(links + '[access]\nalice = "redsi"\n')
+    server = programs.server("--config", str(config))
+    server.program.wait_for(
+        r"WARNING .*access rule alice=redsi names no service .*did you mean 'redis'\?"
+    )
+    since = server.program.mark()
+    config.write_text(links + '[access]\nalice = "redis"\nbob = "dbb"\n')
+    server.program.send(signal.SIGHUP)
+    server.program.wait_for(r"WARNING .*access rule bob=dbb .*did you mean 'db'\?", since)
+    assert not any("redsi" in line for line in server.program.lines(since))

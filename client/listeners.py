@@ -21,7 +21,7 @@ from tunnel.links import ExposeSpec
 from tunnel.logonce import Throttled
 from tunnel.messages import ServiceInfo, StreamAnswerParser, StreamHeader
 from tunnel.oserrors import listen_error
-from tunnel.peertext import quoted
+from tunnel.peertext import quoted, shown
 from tunnel.relay import Relay, abort_with_reset
 from tunnel.workers import Handoff, WorkerPool
 
@@ -131,7 +131,7 @@ class ConsumerStream(Relay):
                     "connection to %r refused by the server (%s): %s",
                     self.service,
                     answer.reason.label,
-                    answer.text,
+                    shown(answer.text),
                 )
                 metrics.STREAM_REFUSALS.labels("client", self.service, answer.reason.label).inc()
                 self.refused = True

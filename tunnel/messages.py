@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import struct
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,6 +38,12 @@ MAX_ANSWER_TEXT = 1024
 MAX_NAME = 255
 MAX_VERSIONS = 16
 MAX_VERSION = 0xFFFF
+# What a client takes from a catalog. Entries beyond the first MAX_CATALOG, and entries that are
+# not a port 1..65535 with, optionally, an alias as the server writes them (tunnel.links: a
+# letter, then letters, digits, '-' or '_', at most 63, lower case), are skipped and counted:
+# the client warns once and uses the rest, rather than binding a name it cannot show or crashing.
+MAX_CATALOG = 4096
+_ALIAS = re.compile(r"[a-z][a-z0-9_-]{0,62}")
 
 _U32 = struct.Struct(">I")
 _ANSWER = struct.Struct(">BH")
@@ -77,6 +84,7 @@ class Welcome:
     catalog: tuple[ServiceInfo, ...]
     proof: bytes = b""  # the server's token proof, when the client authenticated with one
     identity: str = ""  # the identity the server gave the client (its access rules use it)
+    skipped: int = 0  # catalog entries the decoder left out (never sent: counted on receipt)
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +114,7 @@ class CatalogChanged:
     """server -> client: the catalog was reloaded."""
 
     catalog: tuple[ServiceInfo, ...]
+    skipped: int = 0  # catalog entries the decoder left out (never sent: counted on receipt)
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,38 +217,44 @@ def _from_json(obj: dict[str, Any]) -> Message:
             _unb64(obj.get("nonce", "")),
         )
     if kind == "welcome":
+        catalog, skipped = _catalog(obj["catalog"])
         return Welcome(
             _version(obj["version"]),
             _name(obj["server"]),
-            _catalog(obj["catalog"]),
+            catalog,
             _unb64(obj.get("proof", "")),
             _name(obj.get("identity", "")),
+            skipped,
         )
     if kind == "challenge":
         return Challenge(_unb64(obj["nonce"]))
     if kind == "auth":
         return Auth(_unb64(obj["proof"]))
     if kind == "catalog":
-        return CatalogChanged(_catalog(obj["catalog"]))
+        return CatalogChanged(*_catalog(obj["catalog"]))
     if kind in ("refusal", "going_away"):
         cls = Refusal if kind == "refusal" else GoingAway
         return cls(_reason(obj["reason"]), _str(obj.get("text", "")))
     raise ValueError(f"unknown message type {quoted(str(kind))}")
 
 
-def _catalog(items: Any) -> tuple[ServiceInfo, ...]:
+def _catalog(items: Any) -> tuple[tuple[ServiceInfo, ...], int]:
+    """The usable entries of a catalog, and how many were skipped (see MAX_CATALOG)."""
     if not isinstance(items, list):
         raise TypeError("catalog is not a list")
-    out = []
-    for item in items:
-        alias = item.get("alias")
-        if alias is not None:
-            alias = _str(alias)
-        port = _int(item["port"])
-        if not 0 < port < 65536:
-            raise ValueError(f"port {port} out of range")
-        out.append(ServiceInfo(alias, port))
-    return tuple(out)
+    out = [info for item in items[:MAX_CATALOG] if (info := _service(item)) is not None]
+    return tuple(out), len(items) - len(out)
+
+
+def _service(item: Any) -> ServiceInfo | None:
+    if not isinstance(item, dict):
+        return None
+    alias, port = item.get("alias"), item.get("port")
+    if alias is not None and not (isinstance(alias, str) and _ALIAS.fullmatch(alias)):
+        return None
+    if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
+        return None
+    return ServiceInfo(alias, port)
 
 
 def _int(value: Any) -> int:

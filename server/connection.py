@@ -80,6 +80,7 @@ class ServerConnection:
         self._early_streams = 0  # streams opened before the hello was answered (all reset)
         self.welcomed = False
         self.refused = False  # the hello was refused (and logged as such)
+        self.broken = False  # the peer broke the protocol: nothing more it says is heard
         self.tls_done = False  # a TLS handshake completed on this connection
         self.streams: set[BackendStream] = set()
         self.tasks: set[asyncio.Task[object]] = set()  # backend dials under way
@@ -297,6 +298,9 @@ class ServerConnection:
         self._go_away_after_flush()
 
     def protocol_error(self, text: str) -> None:
+        if self.broken:  # one line per connection, however many bad messages one frame holds
+            return
+        self.broken = True
         text = shown(text)  # it may quote what the peer sent
         log.warning("closing session with %s: %s", self.peer_name, text)
         metrics.SESSION_ENDS.labels("server", "protocol_error").inc()
@@ -360,6 +364,8 @@ class ControlChannel:
             self.owner.protocol_error(str(exc))
             return
         for message in messages:
+            if self.owner.broken:
+                return
             self._handle(message)
 
     def _handle(self, message: Message) -> None:

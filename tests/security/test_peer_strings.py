@@ -312,3 +312,22 @@ def test_an_access_rule_naming_no_service_is_warned_about_at_start_and_reload(
     server.program.send(signal.SIGHUP)
     server.program.wait_for(r"WARNING .*access rule bob=dbb .*did you mean 'db'\?", since)
     assert not any("redsi" in line for line in server.program.lines(since))
+
+
+def test_a_burst_of_bad_control_messages_costs_one_line(metered: tuple[Server, int]) -> None:
+    server, _ = metered
+    since = server.program.mark()
+
+    async def scenario() -> str:
+        peer = await RawPeer.connect("127.0.0.1", server.port)
+        burst = message(hello([1], name="a")) + message(hello([1], name="b")) * 200
+        peer.send(open_stream(CONTROL_STREAM) + data(CONTROL_STREAM, burst))
+        await peer.read_for(1.0)
+        peer.close()
+        return peer.local
+
+    local = str(run(scenario()))
+    server.program.wait_for(rf"{re.escape(local)}\b.*second hello", since, timeout=5)
+    time.sleep(0.3)
+    lines = [line for line in server.program.lines(since) if local in line]
+    assert len(lines) <= 3, lines[:5]

@@ -116,6 +116,11 @@ class ServerConnection:
         proven = self.cert_name or self.token_name
         return f"{self.tunnel.peer} ({self.who})" if proven else self.tunnel.peer
 
+    @property
+    def calls_itself(self) -> str:
+        """The hello's name, as a remark for a log line: escaped, bounded, never an identity."""
+        return f"calls itself {quoted(self.client_name)}" if self.client_name else ""
+
     def allows(self, service: Service) -> bool:
         return self.server.config.access.allows(self.identity, service)
 
@@ -254,7 +259,7 @@ class ServerConnection:
         self.tunnel.on_rtt = rtt.set
         if self.tunnel.session.rtt is not None:
             rtt.set(self.tunnel.session.rtt)
-        calls = f", calls itself {quoted(self.client_name)}" if self.client_name else ""
+        calls = f", {self.calls_itself}" if self.client_name else ""
         log.info(
             "session up with %s as %s, protocol %d, %d of %d services offered%s",
             self.peer_name, self.who, self._version, len(self.shown), len(self.catalog), calls,
@@ -262,7 +267,8 @@ class ServerConnection:
 
     def refuse(self, reason: Reason, text: str) -> None:
         """Refuse the hello: say why on the control stream, then go away."""
-        log.warning("refused %s: %s", self.peer_name, shown(text))
+        calls = f" ({self.calls_itself})" if self.client_name else ""
+        log.warning("refused %s%s: %s", self.peer_name, calls, shown(text))
         self.refused = True
         metrics.SESSION_ENDS.labels("server", reason.label).inc()
         self._send(Refusal(reason, text))

@@ -22,6 +22,7 @@ from tunnel import __version__, auth, metrics
 from tunnel.errors import Reason, RemoteProtocolError
 from tunnel.links import Address
 from tunnel.messages import (
+    MAX_CATALOG,
     SUPPORTED_VERSIONS,
     Auth,
     CatalogChanged,
@@ -36,6 +37,7 @@ from tunnel.messages import (
     encode_message,
 )
 from tunnel.oserrors import connect_error
+from tunnel.peertext import NAME_LIMIT, shown
 from tunnel.session import Role, Session
 from tunnel.tls import client_context, describe_tls_error, peer_certificate, spki_pin_of_der
 from tunnel.tlslayer import TlsLayer
@@ -76,7 +78,7 @@ class ControlClient:
         try:
             messages = self.reader.feed(data)
         except RemoteProtocolError as exc:
-            self.tunnel.close(f"bad control message: {exc}")
+            self.tunnel.close(f"bad control message: {shown(str(exc))}")
             return
         for message in messages:
             if self.welcomed:
@@ -116,6 +118,7 @@ class Connector:
         self.catalog: tuple[ServiceInfo, ...] | None = None
         self.remote: Address | None = None
         self.last_error = ""
+        self.identity = ""  # the identity the server says it gave this client, if it says
         self.on_catalog = on_catalog
         self._up = asyncio.Event()
         self.sessions = 0
@@ -230,7 +233,7 @@ class Connector:
         notice, self._going_away = self._going_away, None
         if notice is None or notice.reason is Reason.SHUTTING_DOWN:
             return None
-        return f"the server ended it: {notice.text or notice.reason.label}"
+        return f"the server ended it: {shown(notice.text) or notice.reason.label}"
 
     def _drained(self, tunnel: TunnelConnection, _: asyncio.Future[str]) -> None:
         self.draining.discard(tunnel)
@@ -239,15 +242,17 @@ class Connector:
         self.remote = remote
         self.tunnel = tunnel
         self.catalog = welcome.catalog
+        self.identity = welcome.identity
         self.last_error = ""
         names = ", ".join(service.name for service in welcome.catalog) or "nothing"
         log.info(
             "tunnel up to %s (%s), protocol %d, offering %s",
             remote,
-            welcome.server,
+            shown(welcome.server, NAME_LIMIT),
             welcome.version,
             names,
         )
+        self._warn_skipped(remote, welcome.catalog, welcome.skipped)
         metrics.SESSIONS.labels("client").inc()
         metrics.SESSIONS_OPEN.labels("client").inc()
         if self.on_catalog is not None:
@@ -262,8 +267,20 @@ class Connector:
         self.last_error = f"tunnel to {remote} lost: {reason}"
         log.log(level, "%s; reconnecting", self.last_error)
 
+    def _warn_skipped(
+        self, remote: Address | None, catalog: tuple[ServiceInfo, ...], skipped: int
+    ) -> None:
+        if skipped:
+            log.warning(
+                "skipped %d of %d catalog entries from %s: each must be a port 1..65535 with, "
+                "if any, an alias of a letter, then letters, digits, '-' or '_' (at most 63), "
+                "and at most %d entries are taken; using the rest",
+                skipped, skipped + len(catalog), remote, MAX_CATALOG,
+            )  # fmt: skip
+
     def _on_message(self, message: Message) -> None:
         if isinstance(message, CatalogChanged):
+            self._warn_skipped(self.remote, message.catalog, message.skipped)
             self.catalog = message.catalog
             if self.on_catalog is not None:
                 self.on_catalog(message.catalog)
@@ -363,7 +380,7 @@ class Connector:
         tunnel.close("hello refused")
         if isinstance(message, Refusal):
             raise ConnectFailed(
-                f"{remote} refused this client: {message.text}", message.reason.label
+                f"{remote} refused this client: {shown(message.text)}", message.reason.label
             )
         raise ConnectFailed(
             f"{remote} answered the hello with {type(message).__name__}", "protocol_error"

@@ -21,6 +21,7 @@ from tunnel.links import ExposeSpec
 from tunnel.logonce import Throttled
 from tunnel.messages import ServiceInfo, StreamAnswerParser, StreamHeader
 from tunnel.oserrors import listen_error
+from tunnel.peertext import quoted, shown
 from tunnel.relay import Relay, abort_with_reset
 from tunnel.workers import Handoff, WorkerPool
 
@@ -155,7 +156,7 @@ class ConsumerStream(Relay):
                     "connection to %r refused by the server (%s): %s",
                     self.service,
                     answer.reason.label,
-                    answer.text,
+                    shown(answer.text),
                 )
                 metrics.STREAM_REFUSALS.labels("client", self.service, answer.reason.label).inc()
                 self.refused = True
@@ -255,9 +256,12 @@ class Listeners:
                 asked = " or ".join(repr(ref) for ref in spec.refs)
                 if strict:
                     offered = ", ".join(s.name for s in catalog) or "nothing"
+                    identity = self.connector.identity
+                    who = f", identity {quoted(identity)}" if identity else ""
                     raise ConfigError(
-                        f"cannot expose {asked}: the server does not offer it "
-                        f"(offered: {offered}); fix --expose or the server's --link"
+                        f"cannot expose {asked}: the server does not offer it to this "
+                        f"client{who} (offered: {offered}); fix --expose, or if the server "
+                        "should offer it, check its --link and its access rules"
                     )
                 log.warning("the server does not offer %s (any more)", asked)
             if port is None:

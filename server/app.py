@@ -202,7 +202,7 @@ class Server:
         for connection in sorted(self.connections, key=lambda c: c.tunnel.peer):
             stats = connection.tunnel.session.stats()
             sessions.append({
-                "peer": f"{connection.tunnel.peer} ({connection.identity})",
+                "peer": f"{connection.tunnel.peer} ({connection.who})",
                 "state": "up" if connection.welcomed else "hello",
                 "rtt_ms": None if stats.rtt is None else stats.rtt * 1000,
                 "streams": stats.open_streams,

@@ -16,6 +16,7 @@ from tunnel.errors import ConfigError, Reason, RemoteProtocolError
 from tunnel.links import Service
 from tunnel.logonce import Throttled
 from tunnel.messages import CONNECTED, StreamAnswer, StreamHeaderParser
+from tunnel.peertext import quoted, shown
 from tunnel.relay import Relay
 from tunnel.transport import TunnelConnection
 
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
     from server.connection import ServerConnection
 
 log = logging.getLogger("ambassador.server")
+_MAX_OFFERED = 20  # catalog entries named in a refusal's text
 throttled = Throttled(log)
 
 
@@ -52,16 +54,9 @@ class BackendStream(Relay):
                 return
             self._header = None
             try:
-                service = self.owner.catalog.resolve(header.service)
+                service = self.owner.reachable.resolve(header.service)
             except ConfigError as exc:
-                self.refuse(Reason.UNKNOWN_SERVICE, str(exc), header.service)
-                return
-            if not self.owner.allows(service):
-                self.refuse(
-                    Reason.NOT_ALLOWED,
-                    f"{self.owner.identity!r} may not reach {service.name!r}",
-                    header.service,
-                )
+                self._unreachable(header.service, str(exc))
                 return
             self.service = service
             self._label = service.name
@@ -75,6 +70,42 @@ class BackendStream(Relay):
                 return
         if self.service is not None:
             self.deliver(data)
+
+    def _unreachable(self, asked: str, text: str) -> None:
+        """Refuse a name this client may not reach, telling it only what it may reach.
+
+        A service the access rules hide gets the same answer as a name that does not exist,
+        so a client cannot probe for services beyond its own; the answer says which identity
+        the server saw and points at the access rules. The server's own log says plainly
+        which it was.
+        """
+        owner = self.owner
+        if not owner.server.config.access.enabled:
+            self.refuse(Reason.UNKNOWN_SERVICE, text, asked)
+            return
+        names = [service.full_name for service in owner.reachable]
+        offered = ", ".join(names[:_MAX_OFFERED]) or "nothing"
+        if len(names) > _MAX_OFFERED:
+            offered += f" and {len(names) - _MAX_OFFERED} more"
+        told = StreamAnswer(
+            Reason.UNKNOWN_SERVICE,
+            f"the server does not offer {quoted(asked)} to this client (identity "
+            f"{quoted(owner.identity)}; offered to it: {offered}); if it should, check the "
+            "server's access rules",
+        )
+        try:
+            hidden = owner.catalog.resolve(asked)
+        except ConfigError:
+            self.refuse(Reason.UNKNOWN_SERVICE, text, asked, told=told)
+            return
+        self.refuse(
+            Reason.NOT_ALLOWED,
+            f"{quoted(owner.identity)} may not reach {hidden.name!r}: the access rules hide it "
+            "(the client is told the server does not offer it)",
+            asked,
+            hidden,
+            told=told,
+        )
 
     def dial(self, timeout: float) -> asyncio.Task[object]:
         """Start connecting to the service's backend; the task ends when the attempt is over.
@@ -129,25 +160,40 @@ class BackendStream(Relay):
         self.link.send(self.stream_id, CONNECTED)
         super().connection_made(transport)
 
-    def refuse(self, reason: Reason, text: str, service: str | None = None) -> None:
-        """Answer the stream with a reason, then reset it."""
+    def refuse(
+        self,
+        reason: Reason,
+        text: str,
+        asked: str | None = None,
+        known: Service | None = None,
+        told: StreamAnswer | None = None,
+    ) -> None:
+        """Answer the stream with a reason (or with ``told``, when the client is to be told
+        less than the log says), then reset it.
+
+        ``asked`` is the name the stream header gave (the client's, shown escaped), ``known``
+        the catalog entry it named, if any. The log is throttled per identity, reason and
+        known service (every unknown name counts as one), never per name a client makes up.
+        """
         if self.closed:
             return
         self.closed = True
-        name = service if service is not None else self._label
+        name = asked if asked is not None else self._label
+        if known is None and self.service is not None:
+            known = self.service
         throttled.warning(
-            f"{self.owner.identity}:{name}:{reason.label}",
-            "stream %s from %s as %s to %r refused (%s): %s",
+            f"{self.owner.who}:{known.name if known else 'unknown'}:{reason.label}",
+            "stream %s from %s as %s to %s refused (%s): %s",
             self.stream_id,
             self.owner.peer_name,
-            self.owner.identity,
-            name,
+            self.owner.who,
+            quoted(name),
             reason.label,
-            text,
+            shown(text),
         )
         metrics.STREAM_REFUSALS.labels("server", name if self.service else "-", reason.label).inc()
         assert self.stream_id is not None
-        self.link.send(self.stream_id, StreamAnswer(reason, text).encode())
+        self.link.send(self.stream_id, (told or StreamAnswer(reason, text)).encode())
         self.link.reset(self.stream_id, after_data=True)
         self._done()
 

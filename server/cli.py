@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from collections.abc import Mapping
@@ -12,7 +13,7 @@ import click
 from server.app import serve, serve_forwarding
 from server.certs_cli import certs
 from server.config import ServerConfig
-from tunnel.access import parse_access
+from tunnel.access import parse_access, unmatched
 from tunnel.auth import load_tokens
 from tunnel.cli import (
     AutoWorkers,
@@ -50,6 +51,8 @@ from tunnel.reload import Reloader
 from tunnel.runtime import run, setup_logging
 from tunnel.tls import ServerTls, server_context
 from tunnel.workers import helper_channel_fd, helper_command, helper_index, tag_logs
+
+log = logging.getLogger("ambassador.server")
 
 
 @click.group(invoke_without_command=True, context_settings={"max_content_width": 100})
@@ -237,6 +240,8 @@ def build_config(params: dict[str, Any], environ: Mapping[str, str]) -> ServerCo
             "link variables set)"
         )
     access = parse_access(params["access"])
+    for warning in unmatched(access, catalog):  # at start and on every reload
+        log.warning("%s", warning)
     token_file = params["token_file"]
     if token_file is not None:
         load_tokens(token_file)  # a broken file is a one-line error at start

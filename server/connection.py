@@ -7,6 +7,12 @@ within the handshake timeout is closed, so idle or garbage connections cannot pi
 The client's identity is its certificate's name (mutual TLS), else its token's name once the
 token exchange succeeded (:mod:`tunnel.auth`), else ``anonymous``. The catalog in the welcome
 lists only what the access rules let that identity reach.
+
+The name a client gives itself in its hello is only a remark: it is never its identity, never
+part of how logs and metrics name the peer (its address, and its identity once proven), and is
+shown only escaped and bounded (:mod:`tunnel.peertext`). Before the hello is answered a peer
+can make this module log a bounded number of lines: streams it opens too early are reset, and
+only the first is logged, throttled across all connections.
 """
 
 from __future__ import annotations
@@ -23,7 +29,9 @@ from tunnel.access import ANONYMOUS
 from tunnel.errors import Reason, RemoteProtocolError
 from tunnel.frames import GoAwayCode
 from tunnel.links import Catalog, Service
+from tunnel.logonce import Throttled
 from tunnel.messages import (
+    MAX_NAME,
     SUPPORTED_VERSIONS,
     Auth,
     CatalogChanged,
@@ -38,6 +46,7 @@ from tunnel.messages import (
     encode_message,
     negotiate_version,
 )
+from tunnel.peertext import NAME_LIMIT, quoted, shown
 from tunnel.session import Role, Session
 from tunnel.transport import StreamHandler, TunnelConnection, clock
 from tunnel.trust import Untrusted
@@ -46,6 +55,7 @@ if TYPE_CHECKING:
     from server.app import Server
 
 log = logging.getLogger("ambassador.server")
+throttled = Throttled(log)
 
 
 def catalog_info(catalog: Catalog) -> tuple[ServiceInfo, ...]:
@@ -68,10 +78,12 @@ class ServerConnection:
         self.token_name: str | None = None  # set once the token exchange succeeded
         self.token_fingerprint = b""  # of the secret it proved (auth.fingerprint), for reloads
         self.control_id: int | None = None
-        self.client_name = ""
+        self.client_name = ""  # what the hello called the client: a remark, never an identity
+        self._early_streams = 0  # streams opened before the hello was answered (all reset)
         self.welcomed = False
         self.refused = False  # the hello was refused (and logged as such)
         self.closing = False  # close_with was called: said once, counted once
+        self.broken = False  # the peer broke the protocol: nothing more it says is heard
         self.tls_done = False  # a TLS handshake completed on this connection
         self.streams: set[BackendStream] = set()
         self.tasks: set[asyncio.Task[object]] = set()  # backend dials under way
@@ -82,6 +94,8 @@ class ServerConnection:
         self._version = 0
         self._server_nonce = b""
         self.shown: tuple[ServiceInfo, ...] = ()
+        self._reachable = Catalog()
+        self._reachable_for: object = None  # the configuration _reachable was computed from
         self._rtt_label = ""  # the peer label of this session's ambassador_rtt_seconds
         self._hello_timer = loop.call_later(server.config.handshake_timeout, self._hello_timeout)
         self.tunnel.closed.add_done_callback(self._closed)
@@ -95,21 +109,51 @@ class ServerConnection:
         return self.server.config.catalog
 
     @property
+    def who(self) -> str:
+        """The identity, escaped and bounded for logs, labels and /status."""
+        return shown(self.identity, NAME_LIMIT)
+
+    @property
     def peer_name(self) -> str:
-        who = self.cert_name or self.token_name or self.client_name
-        return f"{self.tunnel.peer} ({who})" if who else self.tunnel.peer
+        """How logs and metrics name this peer: its address, and its identity once proven."""
+        proven = self.cert_name or self.token_name
+        return f"{self.tunnel.peer} ({self.who})" if proven else self.tunnel.peer
+
+    @property
+    def calls_itself(self) -> str:
+        """The hello's name, as a remark for a log line: escaped, bounded, never an identity."""
+        return f"calls itself {quoted(self.client_name)}" if self.client_name else ""
 
     def allows(self, service: Service) -> bool:
         return self.server.config.access.allows(self.identity, service)
+
+    @property
+    def reachable(self) -> Catalog:
+        """What this client may reach: all it is shown, and all its streams may name.
+
+        Computed once per configuration (a reload brings a new one), not once per stream.
+        """
+        config = self.server.config
+        if self._reachable_for is not config:
+            access = config.access
+            catalog = config.catalog
+            self._reachable = access.visible(self.identity, catalog) if access.enabled else catalog
+            self._reachable_for = config
+        return self._reachable
 
     def _accept(self, tunnel: TunnelConnection, stream_id: int) -> StreamHandler | None:
         if self.control_id is None:
             self.control_id = stream_id
             return ControlChannel(self, stream_id)
         if not self.welcomed:
-            log.warning(
-                "%s opened stream %d before its hello was answered", self.peer_name, stream_id
-            )
+            self._early_streams += 1
+            if self._early_streams == 1:
+                throttled.warning(
+                    "early_stream",
+                    "%s opened stream %d before its hello was answered; it is reset, and "
+                    "further ones on this connection are not logged",
+                    self.peer_name, stream_id,
+                )  # fmt: skip
             return None
         stream = BackendStream(tunnel, stream_id, self)
         self.streams.add(stream)
@@ -194,7 +238,7 @@ class ServerConnection:
         server_nonce, self._server_nonce = self._server_nonce, b""  # one answer per challenge
         expected = auth.client_proof(secret or b"?", name, hello.nonce, server_nonce)
         if secret is None or not auth.proofs_match(expected, message.proof):
-            self.refuse(Reason.AUTH_FAILED, f"wrong or unknown token for {name!r}")
+            self.refuse(Reason.AUTH_FAILED, f"wrong or unknown token for {quoted(name)}")
             return
         self.token_name = name
         self.token_fingerprint = auth.fingerprint(secret)
@@ -203,12 +247,14 @@ class ServerConnection:
     def _welcome(self, proof: bytes) -> None:
         access = self.server.config.access
         if access.enabled and not access.visible(self.identity, self.catalog):
-            self.refuse(Reason.NOT_ALLOWED, f"{self.identity!r} may reach no service here")
+            self.refuse(Reason.NOT_ALLOWED, f"{quoted(self.identity)} may reach no service here")
             return
         self._hello_timer.cancel()
         self.welcomed = True
+        self._reachable_for = None  # the identity is settled now
         self.shown = catalog_info(self.server.config.access.visible(self.identity, self.catalog))
-        self._send(Welcome(self._version, self.server.config.name, self.shown, proof))
+        identity = self.identity[:MAX_NAME]  # the client's to show: which identity we saw
+        self._send(Welcome(self._version, self.server.config.name, self.shown, proof, identity))
         metrics.SESSIONS.labels("server").inc()
         metrics.SESSIONS_OPEN.labels("server").inc()
         # This client's round trip, one series per session, removed when the session ends.
@@ -217,14 +263,16 @@ class ServerConnection:
         self.tunnel.on_rtt = rtt.set
         if self.tunnel.session.rtt is not None:
             rtt.set(self.tunnel.session.rtt)
+        calls = f", {self.calls_itself}" if self.client_name else ""
         log.info(
-            "session up with %s as %s, protocol %d, %d of %d services offered",
-            self.peer_name, self.identity, self._version, len(self.shown), len(self.catalog),
+            "session up with %s as %s, protocol %d, %d of %d services offered%s",
+            self.peer_name, self.who, self._version, len(self.shown), len(self.catalog), calls,
         )  # fmt: skip
 
     def refuse(self, reason: Reason, text: str) -> None:
         """Refuse the hello: say why on the control stream, then go away."""
-        log.warning("refused %s: %s", self.peer_name, text)
+        calls = f" ({self.calls_itself})" if self.client_name else ""
+        log.warning("refused %s%s: %s", self.peer_name, calls, shown(text))
         self.refused = True
         metrics.SESSION_ENDS.labels("server", reason.label).inc()
         self._send(Refusal(reason, text))
@@ -239,7 +287,7 @@ class ServerConnection:
             return
         visible = self.server.config.access.visible(self.identity, self.catalog)
         if self.server.config.access.enabled and not visible:
-            self.close_with(Reason.NOT_ALLOWED, f"access for {self.identity!r} was withdrawn")
+            self.close_with(Reason.NOT_ALLOWED, f"access for {quoted(self.identity)} was withdrawn")
             return
         shown = catalog_info(visible)
         if shown != self.shown:
@@ -255,7 +303,7 @@ class ServerConnection:
         if self.welcomed and self.tunnel.is_open:
             self.close_with(Reason.NOT_ALLOWED, text)
             return
-        log.warning("closing connection from %s: %s", self.peer_name, text)
+        log.warning("closing connection from %s: %s", self.peer_name, shown(text))
         self.refused = True  # logged: the close needs no second line
         metrics.SESSION_ENDS.labels("server", Reason.NOT_ALLOWED.label).inc()
         self.tunnel.close(text)
@@ -264,7 +312,7 @@ class ServerConnection:
         if self.closing:
             return
         self.closing = True
-        log.warning("closing session with %s: %s", self.peer_name, text)
+        log.warning("closing session with %s: %s", self.peer_name, shown(text))
         metrics.SESSION_ENDS.labels("server", reason.label).inc()
         self._send(GoingAway(reason, text))
         self._go_away_after_flush()
@@ -277,6 +325,10 @@ class ServerConnection:
         self._go_away_after_flush()
 
     def protocol_error(self, text: str) -> None:
+        if self.broken:  # one line per connection, however many bad messages one frame holds
+            return
+        self.broken = True
+        text = shown(text)  # it may quote what the peer sent
         log.warning("closing session with %s: %s", self.peer_name, text)
         metrics.SESSION_ENDS.labels("server", "protocol_error").inc()
         self.tunnel.go_away(GoAwayCode.PROTOCOL_ERROR, text)
@@ -339,6 +391,8 @@ class ControlChannel:
             self.owner.protocol_error(str(exc))
             return
         for message in messages:
+            if self.owner.broken:
+                return
             self._handle(message)
 
     def _handle(self, message: Message) -> None:

@@ -12,6 +12,7 @@ config file as a table: ``[access]`` / ``alice = "redis, db"``. ``*`` as a servi
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -44,6 +45,24 @@ class AccessRules:
     def visible(self, identity: str, catalog: Catalog) -> Catalog:
         """The part of ``catalog`` this identity may reach: all it is ever shown."""
         return Catalog(tuple(s for s in catalog if self.allows(identity, s)))
+
+
+def unmatched(rules: AccessRules, catalog: Catalog) -> list[str]:
+    """One warning for each service a rule names that the catalog does not hold.
+
+    Such a rule is legal (the service may be linked later) but usually a typo, which would
+    otherwise show only as a client told that the server does not offer what it asks for.
+    """
+    names = sorted({n for s in catalog for n in (s.alias, s.full_name, str(s.port)) if n})
+    warnings = []
+    for who, refs in rules.grants:
+        for ref in refs:
+            if ref == EVERYONE or any(service.matches(ref) for service in catalog):
+                continue
+            near = difflib.get_close_matches(ref, names, n=1)
+            hint = f"did you mean {near[0]!r}?" if near else f"offered: {', '.join(names)}"
+            warnings.append(f"access rule {who}={ref} names no service this server offers; {hint}")
+    return warnings
 
 
 def parse_access(texts: Iterable[str]) -> AccessRules:

@@ -19,17 +19,31 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import struct
 from dataclasses import dataclass, field
 from typing import Any
 
 from tunnel.errors import Reason, RemoteProtocolError
+from tunnel.peertext import quoted
 
 PROTOCOL_VERSION = 1
 SUPPORTED_VERSIONS = (1,)
 HEADER_VERSION = 1
 MAX_MESSAGE = 1024 * 1024
 MAX_ANSWER_TEXT = 1024
+# A name a peer declares (its own, its token's, the server's) and the version list of a hello
+# are bounded here, before anything logs or stores them: one hello could otherwise hold a
+# megabyte of name, or thousands of many-digit version numbers.
+MAX_NAME = 255
+MAX_VERSIONS = 16
+MAX_VERSION = 0xFFFF
+# What a client takes from a catalog. Entries beyond the first MAX_CATALOG, and entries that are
+# not a port 1..65535 with, optionally, an alias as the server writes them (tunnel.links: a
+# letter, then letters, digits, '-' or '_', at most 63, lower case), are skipped and counted:
+# the client warns once and uses the rest, rather than binding a name it cannot show or crashing.
+MAX_CATALOG = 4096
+_ALIAS = re.compile(r"[a-z][a-z0-9_-]{0,62}")
 
 _U32 = struct.Struct(">I")
 _ANSWER = struct.Struct(">BH")
@@ -69,6 +83,8 @@ class Welcome:
     server: str
     catalog: tuple[ServiceInfo, ...]
     proof: bytes = b""  # the server's token proof, when the client authenticated with one
+    identity: str = ""  # the identity the server gave the client (its access rules use it)
+    skipped: int = 0  # catalog entries the decoder left out (never sent: counted on receipt)
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +114,7 @@ class CatalogChanged:
     """server -> client: the catalog was reloaded."""
 
     catalog: tuple[ServiceInfo, ...]
+    skipped: int = 0  # catalog entries the decoder left out (never sent: counted on receipt)
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +156,8 @@ def _to_json(message: Message) -> dict[str, Any]:
         }
         if message.proof:
             welcome["proof"] = _b64(message.proof)
+        if message.identity:
+            welcome["identity"] = message.identity
         return welcome
     if isinstance(message, Challenge):
         return {"type": "challenge", "nonce": _b64(message.nonce)}
@@ -185,59 +204,84 @@ def decode_message(body: bytes) -> Message:
 def _from_json(obj: dict[str, Any]) -> Message:
     kind = obj["type"]
     if kind == "hello":
-        versions = tuple(_int(v) for v in obj["versions"])
+        listed = obj["versions"]
+        if not isinstance(listed, list) or len(listed) > MAX_VERSIONS:
+            raise ValueError(f"versions must be a list of at most {MAX_VERSIONS}")
+        versions = tuple(_version(v) for v in listed)
         token_name = obj.get("token_name")
         return Hello(
             versions,
-            _str(obj["name"]),
-            _str(obj.get("software", "")),
-            None if token_name is None else _str(token_name),
+            _name(obj["name"]),
+            _name(obj.get("software", "")),
+            None if token_name is None else _name(token_name),
             _unb64(obj.get("nonce", "")),
         )
     if kind == "welcome":
+        catalog, skipped = _catalog(obj["catalog"])
         return Welcome(
-            _int(obj["version"]),
-            _str(obj["server"]),
-            _catalog(obj["catalog"]),
+            _version(obj["version"]),
+            _name(obj["server"]),
+            catalog,
             _unb64(obj.get("proof", "")),
+            _name(obj.get("identity", "")),
+            skipped,
         )
     if kind == "challenge":
         return Challenge(_unb64(obj["nonce"]))
     if kind == "auth":
         return Auth(_unb64(obj["proof"]))
     if kind == "catalog":
-        return CatalogChanged(_catalog(obj["catalog"]))
+        return CatalogChanged(*_catalog(obj["catalog"]))
     if kind in ("refusal", "going_away"):
         cls = Refusal if kind == "refusal" else GoingAway
         return cls(_reason(obj["reason"]), _str(obj.get("text", "")))
-    raise ValueError(f"unknown message type {kind!r}")
+    raise ValueError(f"unknown message type {quoted(str(kind))}")
 
 
-def _catalog(items: Any) -> tuple[ServiceInfo, ...]:
+def _catalog(items: Any) -> tuple[tuple[ServiceInfo, ...], int]:
+    """The usable entries of a catalog, and how many were skipped (see MAX_CATALOG)."""
     if not isinstance(items, list):
         raise TypeError("catalog is not a list")
-    out = []
-    for item in items:
-        alias = item.get("alias")
-        if alias is not None:
-            alias = _str(alias)
-        port = _int(item["port"])
-        if not 0 < port < 65536:
-            raise ValueError(f"port {port} out of range")
-        out.append(ServiceInfo(alias, port))
-    return tuple(out)
+    out = [info for item in items[:MAX_CATALOG] if (info := _service(item)) is not None]
+    return tuple(out), len(items) - len(out)
+
+
+def _service(item: Any) -> ServiceInfo | None:
+    if not isinstance(item, dict):
+        return None
+    alias, port = item.get("alias"), item.get("port")
+    if alias is not None and not (isinstance(alias, str) and _ALIAS.fullmatch(alias)):
+        return None
+    if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
+        return None
+    return ServiceInfo(alias, port)
 
 
 def _int(value: Any) -> int:
     if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"expected an integer, got {value!r}")
+        # The type, not the value: the value is the peer's, and may be a megabyte long.
+        raise TypeError(f"expected an integer, got {type(value).__name__}")
     return value
+
+
+def _version(value: Any) -> int:
+    version = _int(value)
+    if not 0 <= version <= MAX_VERSION:
+        raise ValueError(f"protocol version out of range (0..{MAX_VERSION})")
+    return version
 
 
 def _str(value: Any) -> str:
     if not isinstance(value, str):
-        raise TypeError(f"expected a string, got {value!r}")
+        raise TypeError(f"expected a string, got {type(value).__name__}")
     return value
+
+
+def _name(value: Any) -> str:
+    name = _str(value)
+    if len(name) > MAX_NAME:
+        raise ValueError(f"a name of {len(name)} characters (at most {MAX_NAME})")
+    return name
 
 
 def _b64(data: bytes) -> str:

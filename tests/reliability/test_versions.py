@@ -54,7 +54,9 @@ def test_client_speaking_only_a_future_version_is_refused_naming_both(
     assert "[99]" in answer["text"] and "[1]" in answer["text"], answer["text"]
     assert go_aways(peer.frames) == [GO_AWAY_NORMAL]
     assert peer.closed
-    server.process.wait_for_stderr(r"refused 127\.0\.0\.1:\d+ \(from-the-future\): no common", 2)
+    server.process.wait_for_stderr(
+        r"refused 127\.0\.0\.1:\d+ \(calls itself 'from-the-future'\): no common", 2
+    )
 
 
 def test_refusal_reaches_the_peer_before_the_go_away(server: AmbassadorServer) -> None:

@@ -1,9 +1,9 @@
 """Per-identity access: each client is shown, and reaches, only what its rules grant.
 
 Identities are the names on the client certificates (mutual TLS). A stream naming a service the
-identity may not reach is answered ``not_allowed`` and reset; one naming a ``host:port`` is
-answered ``unknown_service``: the server never dials anything but its catalog. Rules withdrawn
-by a reload close the sessions that lost everything.
+identity may not reach is answered ``unknown_service``, as if it did not exist, and reset (the
+server's log says ``not_allowed``); so is one naming a ``host:port``: the server never dials
+anything but its catalog. Rules withdrawn by a reload close the sessions that lost everything.
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ def test_streams_on_the_wire(
         assert welcome.catalog == (ServiceInfo("redis", echo_port),)
 
         cases = {
-            "db": Reason.NOT_ALLOWED,
+            "db": Reason.UNKNOWN_SERVICE,  # hidden by the rules: answered as if absent
             "127.0.0.1:6379": Reason.UNKNOWN_SERVICE,
             f"127.0.0.1:{echo_port}": Reason.UNKNOWN_SERVICE,  # the backend's own address
         }
@@ -108,8 +108,8 @@ def test_streams_on_the_wire(
 
     lines = server.program.lines(since)
     assert any("as alice to 'db' refused (not_allowed)" in line for line in lines), lines
-    for name in ("127.0.0.1:6379", f"127.0.0.1:{echo_port}"):
-        assert any(f"to '{name}' refused (unknown_service)" in line for line in lines), lines
+    # Unknown names are one fault for the log's throttle: the first is logged.
+    assert any("to '127.0.0.1:6379' refused (unknown_service)" in line for line in lines), lines
 
 
 def test_access_withdrawn_by_reload_closes_the_session(

@@ -17,6 +17,7 @@ from tunnel.messages import (
     CONNECTED,
     HEADER_VERSION,
     MAX_ANSWER_TEXT,
+    MAX_CATALOG,
     MAX_MESSAGE,
     SUPPORTED_VERSIONS,
     Auth,
@@ -42,7 +43,9 @@ FAST = settings(max_examples=150, deadline=None)
 
 texts = st.text(max_size=40)
 services = st.builds(
-    ServiceInfo, alias=st.none() | st.text(min_size=1, max_size=20), port=st.integers(1, 65535)
+    ServiceInfo,
+    alias=st.none() | st.from_regex(r"[a-z][a-z0-9_-]{0,19}", fullmatch=True),
+    port=st.integers(1, 65535),
 )
 catalogs = st.lists(services, max_size=6).map(tuple)
 tokens = st.one_of(
@@ -52,7 +55,7 @@ tokens = st.one_of(
 messages: st.SearchStrategy[Message] = st.one_of(
     st.builds(
         lambda versions, name, software, token: Hello(versions, name, software, *token),
-        versions=st.lists(st.integers(0, 2**31), max_size=5).map(tuple),
+        versions=st.lists(st.integers(0, 0xFFFF), max_size=5).map(tuple),
         name=texts,
         software=texts,
         token=tokens,
@@ -172,10 +175,6 @@ def test_message_of_the_maximum_size_is_awaited() -> None:
         b'{"type": "hello", "versions": [1], "name": 7}',
         b'{"type": "welcome", "version": 1.5, "server": "s", "catalog": []}',
         b'{"type": "welcome", "version": 1, "server": "s", "catalog": {}}',
-        b'{"type": "catalog", "catalog": [{"alias": "r"}]}',
-        b'{"type": "catalog", "catalog": [{"alias": 5, "port": 1}]}',
-        b'{"type": "catalog", "catalog": [{"port": 0}]}',
-        b'{"type": "catalog", "catalog": [{"port": 65536}]}',
         b'{"type": "refusal", "reason": "no"}',
         b'{"type": "going_away"}',
         b'{"type": "challenge"}',
@@ -191,11 +190,36 @@ def test_malformed_message_is_a_remote_protocol_error(body: bytes) -> None:
         MessageReader().feed(struct.pack(">I", len(body)) + body)
 
 
-@pytest.mark.parametrize("item", ["1", '"redis"', "[6379]", "null"])
-def test_catalog_entry_that_is_not_an_object_is_a_remote_protocol_error(item: str) -> None:
-    body = b'{"type": "catalog", "catalog": [' + item.encode() + b"]}"
-    with pytest.raises(RemoteProtocolError):
-        decode_message(body)
+@pytest.mark.parametrize(
+    "item",
+    [
+        "1",
+        '"redis"',
+        "[6379]",
+        "null",
+        '{"alias": "r"}',
+        '{"alias": 5, "port": 1}',
+        '{"port": 0}',
+        '{"port": 65536}',
+        '{"port": true}',
+        '{"alias": "bad alias", "port": 1}',
+        '{"alias": "x\\n2030-01-01 INFO forged", "port": 1}',
+        '{"alias": "Redis", "port": 1}',
+        '{"alias": "' + "a" * 64 + '", "port": 1}',
+        '{"alias": "", "port": 1}',
+    ],
+)
+def test_a_catalog_entry_the_client_cannot_use_is_skipped_and_counted(item: str) -> None:
+    body = b'{"type": "catalog", "catalog": [' + item.encode() + b', {"alias": "ok", "port": 2}]}'
+    assert decode_message(body) == CatalogChanged((ServiceInfo("ok", 2),), skipped=1)
+
+
+def test_a_catalog_is_taken_up_to_its_bound() -> None:
+    catalog = [{"alias": None, "port": 1 + i % 65535} for i in range(MAX_CATALOG + 10)]
+    body = json.dumps({"type": "welcome", "version": 1, "server": "s", "catalog": catalog})
+    welcome = decode_message(body.encode())
+    assert isinstance(welcome, Welcome)
+    assert len(welcome.catalog) == MAX_CATALOG and welcome.skipped == 10
 
 
 @pytest.mark.parametrize("opener", [b"[", b'{"a":'])
@@ -435,3 +459,30 @@ def test_stream_answer_overlong_text_is_refused_from_its_length() -> None:
 def test_stream_answer_unknown_reason_reads_as_internal_error() -> None:
     answer, _ = StreamAnswerParser().feed(struct.pack(">BH", 200, 2) + b"hm")
     assert answer == StreamAnswer(Reason.INTERNAL_ERROR, "hm")
+
+
+# ------------------------------------------------------------- bounded peer strings
+
+
+@pytest.mark.parametrize(
+    "hello",
+    [
+        {"type": "hello", "versions": [1], "name": "n" * 256},
+        {"type": "hello", "versions": [1], "name": "n", "software": "s" * 256},
+        {"type": "hello", "versions": [1], "name": "n", "token_name": "t" * 256, "nonce": ""},
+        {"type": "hello", "versions": list(range(17)), "name": "n"},
+        {"type": "hello", "versions": [10**100], "name": "n"},
+        {"type": "welcome", "version": 1, "server": "s" * 256, "catalog": []},
+    ],
+)
+def test_names_and_versions_a_peer_declares_are_bounded(hello: dict[str, object]) -> None:
+    with pytest.raises(RemoteProtocolError) as caught:
+        decode_message(json.dumps(hello).encode())
+    assert len(str(caught.value)) < 200
+
+
+def test_a_malformed_message_does_not_quote_a_huge_value() -> None:
+    body = json.dumps({"type": "hello", "versions": ["v" * 100_000], "name": "n"}).encode()
+    with pytest.raises(RemoteProtocolError) as caught:
+        decode_message(body)
+    assert len(str(caught.value)) < 200

@@ -26,6 +26,7 @@ SANS_IO = [
     "statusview",
     "effective",
     "trust",
+    "peertext",
 ]
 FORBIDDEN = {"asyncio", "socket", "ssl", "time", "selectors", "threading", "uvloop"}
 

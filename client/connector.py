@@ -99,6 +99,20 @@ class ControlClient:
         pass
 
 
+def find_service(catalog: tuple[ServiceInfo, ...], ref: str) -> ServiceInfo | None:
+    """The catalog entry ``ref`` names (alias, port or alias:port), if exactly one does."""
+    alias, _, port_text = ref.lower().rpartition(":")
+    if not alias:
+        alias, port_text = (ref.lower(), "") if not ref.isdigit() else ("", ref)
+    port = int(port_text) if port_text.isdigit() else None
+    found = [
+        s for s in catalog if (not alias or s.alias == alias) and (port is None or s.port == port)
+    ]
+    if port is not None and not alias:
+        found = [s for s in found if s.alias is None] or found
+    return found[0] if len(found) == 1 else None
+
+
 def _refuse_server_stream(tunnel: TunnelConnection, stream_id: int) -> StreamHandler | None:
     return None  # the server never opens streams towards the client in this protocol version
 
@@ -120,11 +134,22 @@ class Connector:
         self._up = asyncio.Event()
         self.sessions = 0
         self.draining: set[TunnelConnection] = set()  # old sessions finishing their streams
+        self._offered: dict[str, bool] = {}  # service -> in the catalog; cleared when it changes
         self._last_failure: tuple[Address, str] | None = None
         self._going_away: GoingAway | None = None  # the server's last word on this session
         self.tls_context: ssl.SSLContext | None = (
             client_context(config.tls) if config.tls is not None else None
         )
+
+    def offers(self, service: str) -> bool:
+        """Whether the last catalog holds ``service`` (True before any catalog came): asked
+        once per consumer connection, so the answer is kept until the catalog changes."""
+        known = self._offered.get(service)
+        if known is None:
+            catalog = self.catalog
+            known = catalog is None or find_service(catalog, service) is not None
+            self._offered[service] = known
+        return known
 
     def rotate_if_exhausted(self, tunnel: TunnelConnection) -> None:
         """Move to a fresh session well before this one runs out of stream ids (2**31 of
@@ -239,6 +264,7 @@ class Connector:
         self.remote = remote
         self.tunnel = tunnel
         self.catalog = welcome.catalog
+        self._offered.clear()
         self.last_error = ""
         names = ", ".join(service.name for service in welcome.catalog) or "nothing"
         log.info(
@@ -265,6 +291,7 @@ class Connector:
     def _on_message(self, message: Message) -> None:
         if isinstance(message, CatalogChanged):
             self.catalog = message.catalog
+            self._offered.clear()
             if self.on_catalog is not None:
                 self.on_catalog(message.catalog)
         elif isinstance(message, GoingAway):

@@ -14,10 +14,10 @@ import functools
 import logging
 from dataclasses import dataclass
 
-from client.connector import Connector
+from client.connector import Connector, find_service
 from tunnel import metrics
-from tunnel.errors import ConfigError, RemoteProtocolError
-from tunnel.links import ExposeSpec
+from tunnel.errors import ConfigError, Reason, RemoteProtocolError
+from tunnel.links import ExposeSpec, hostport
 from tunnel.logonce import Throttled
 from tunnel.messages import ServiceInfo, StreamAnswerParser, StreamHeader
 from tunnel.oserrors import listen_error
@@ -26,20 +26,6 @@ from tunnel.workers import Handoff, WorkerPool
 
 log = logging.getLogger("ambassador.client")
 throttled = Throttled(log)
-
-
-def find_service(catalog: tuple[ServiceInfo, ...], ref: str) -> ServiceInfo | None:
-    """The catalog entry ``ref`` names (alias, port or alias:port), if exactly one does."""
-    alias, _, port_text = ref.lower().rpartition(":")
-    if not alias:
-        alias, port_text = (ref.lower(), "") if not ref.isdigit() else ("", ref)
-    port = int(port_text) if port_text.isdigit() else None
-    found = [
-        s for s in catalog if (not alias or s.alias == alias) and (port is None or s.port == port)
-    ]
-    if port is not None and not alias:
-        found = [s for s in found if s.alias is None] or found
-    return found[0] if len(found) == 1 else None
 
 
 @functools.lru_cache(maxsize=256)
@@ -98,6 +84,9 @@ class ConsumerStream(Relay):
     def _open(self) -> None:
         tunnel = self.tunnel
         assert tunnel is not None
+        if not self.connector.offers(self.service):
+            self._refuse_missing()
+            return
         try:
             self.stream_id = tunnel.open_stream(self)
         except Exception as exc:  # the session stopped taking streams a moment ago
@@ -111,6 +100,21 @@ class ConsumerStream(Relay):
         self.connector.rotate_if_exhausted(tunnel)
         tunnel.send(self.stream_id, _header(self.service))
         self.send_held()
+
+    def _refuse_missing(self) -> None:
+        """The server's catalog lacks the service: reset the consumer now, since asking the
+        server would only bring back its refusal one round trip later."""
+        catalog = self.connector.catalog or ()
+        throttled.warning(
+            f"missing:{self.service}",
+            "connection to %r refused: the server does not offer it (offered: %s)",
+            self.service,
+            ", ".join(service.name for service in catalog) or "nothing",
+        )
+        metrics.STREAM_REFUSALS.labels("client", self.service, Reason.UNKNOWN_SERVICE.label).inc()
+        self.closed = True
+        if self.transport is not None:
+            abort_with_reset(self.transport)
 
     def on_stream_data(self, data: bytes | bytearray) -> None:
         if self._answer is not None:
@@ -182,6 +186,7 @@ class Listeners:
         self.bind = bind
         self._servers: dict[tuple[str, int, str], tuple[Listening, asyncio.Server]] = {}
         self.pool: WorkerPool | None = None  # helper processes to share connections with
+        self.missing: tuple[str, ...] = ()  # exposed services the server's catalog lacks
 
     def _protocol(self, service: str) -> asyncio.BaseProtocol:
         """A new consumer connection's protocol: served here, or by a helper less busy."""
@@ -198,48 +203,101 @@ class Listeners:
         return [listening for listening, _ in self._servers.values()]
 
     def wanted(
-        self, catalog: tuple[ServiceInfo, ...] | None, strict: bool = True
-    ) -> dict[tuple[str, int, str], ExposeSpec]:
-        """(host, requested port, service) -> spec for everything that should be listening."""
+        self, catalog: tuple[ServiceInfo, ...] | None, specs: tuple[ExposeSpec, ...], bind: str
+    ) -> tuple[dict[tuple[str, int, str], ExposeSpec], list[str]]:
+        """(host, requested port, service) -> spec for everything that should be listening,
+        and the exposed services the catalog does not hold."""
         wanted: dict[tuple[str, int, str], ExposeSpec] = {}
-        if not self.specs:
+        missing: list[str] = []
+        if not specs:
             for info in catalog or ():
                 ref = (
                     info.name
                     if find_service(catalog or (), info.name)
                     else f"{info.alias}:{info.port}"
                 )
-                wanted[(self.bind, info.port, ref)] = ExposeSpec(None, info.port, ref)
-            return wanted
-        for spec in self.specs:
+                wanted[(bind, info.port, ref)] = ExposeSpec(None, info.port, ref)
+            return wanted, missing
+        for spec in specs:
             port = spec.port
             found = None if catalog is None else find_service(catalog, spec.service)
             if catalog is not None and found is None:
-                if strict:
-                    offered = ", ".join(s.name for s in catalog) or "nothing"
-                    raise ConfigError(
-                        f"cannot expose {spec.service!r}: the server does not offer it "
-                        f"(offered: {offered}); fix --expose or the server's --link"
-                    )
-                log.warning("the server does not offer %r (any more)", spec.service)
+                # Its listener (if it has a fixed port) stays: consumers are refused at once
+                # until the server offers it, and then it works without a restart.
+                missing.append(spec.service)
             if port is None:
                 if found is None:
                     continue  # its port comes from the catalog: nothing to bind yet
                 port = found.port
-            wanted[(spec.bind or self.bind, port, spec.service)] = spec
-        return wanted
+            wanted[(spec.bind or bind, port, spec.service)] = spec
+        return wanted, missing
 
-    async def sync(self, catalog: tuple[ServiceInfo, ...] | None, strict: bool = True) -> None:
-        wanted = self.wanted(catalog, strict)
-        for key in [key for key in self._servers if key not in wanted]:
-            listening, server = self._servers.pop(key)
-            server.close()
-            log.info("no longer exposing %r on %s:%d", listening.service, listening.host,
-                     listening.port)  # fmt: skip
-        for key, spec in wanted.items():
-            if key not in self._servers:
-                host, port, service = key
-                self._servers[key] = await self._listen(spec, host, port, service)
+    async def sync(self, catalog: tuple[ServiceInfo, ...] | None) -> None:
+        """Match the listeners to a new catalog; a port that cannot be bound is logged."""
+        try:
+            await self.reconfigure(self.specs, self.bind, catalog)
+        except ConfigError as exc:
+            log.error("%s", exc)
+
+    async def reconfigure(
+        self,
+        specs: tuple[ExposeSpec, ...],
+        bind: str,
+        catalog: tuple[ServiceInfo, ...] | None,
+        remind: bool = False,
+    ) -> None:
+        """Take a new expose list: bind what is new first, and only when all of it is bound
+        close what is no longer wanted. A port that cannot be bound raises ConfigError and
+        leaves everything as it was."""
+        wanted, missing = self.wanted(catalog, specs, bind)
+        unwanted = [key for key in self._servers if key not in wanted]
+        # A port moving to another service is freed first, or binding it again would fail.
+        moving = {key[:2] for key in wanted if key not in self._servers}
+        for key in [key for key in unwanted if key[:2] in moving]:
+            self._stop(key)
+        added: dict[tuple[str, int, str], tuple[Listening, asyncio.Server]] = {}
+        try:
+            for key, spec in wanted.items():
+                if key not in self._servers:
+                    added[key] = await self._listen(spec, *key)
+        except ConfigError:
+            for _, server in added.values():
+                server.close()
+            raise
+        self.specs, self.bind = specs, bind
+        for key in unwanted:
+            if key in self._servers:
+                self._stop(key)
+        for key, (listening, server) in added.items():
+            self._servers[key] = listening, server
+            log.info("exposing %r on %s", listening.service, hostport(listening.host,
+                                                                      listening.port))  # fmt: skip
+        self._note_missing(missing, catalog or (), remind)
+
+    def _stop(self, key: tuple[str, int, str]) -> None:
+        listening, server = self._servers.pop(key)
+        server.close()
+        log.info("no longer exposing %r on %s", listening.service,
+                 hostport(listening.host, listening.port))  # fmt: skip
+
+    def _note_missing(
+        self, missing: list[str], catalog: tuple[ServiceInfo, ...], remind: bool
+    ) -> None:
+        """One warning when an exposed service goes missing (and on ``remind``), one line
+        when it is back."""
+        offered = ", ".join(service.name for service in catalog) or "nothing"
+        for service in missing:
+            if remind or service not in self.missing:
+                log.warning(
+                    "the server does not offer %r (offered: %s); connections to it are refused "
+                    "until it does; fix --expose or the server's --link",
+                    service,
+                    offered,
+                )
+        for service in self.missing:
+            if service not in missing and any(spec.service == service for spec in self.specs):
+                log.info("the server now offers %r", service)
+        self.missing = tuple(missing)
 
     async def _listen(
         self, spec: ExposeSpec, host: str, port: int, service: str
@@ -254,11 +312,8 @@ class Listeners:
                 backlog=1024,
             )
         except OSError as exc:
-            where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-            raise ConfigError(listen_error(where, exc)) from None
-        listening = Listening(spec, service, host, server.sockets[0].getsockname()[1])
-        log.info("exposing %r on %s:%d", service, host, listening.port)
-        return listening, server
+            raise ConfigError(listen_error(hostport(host, port), exc)) from None
+        return Listening(spec, service, host, server.sockets[0].getsockname()[1]), server
 
     async def close(self) -> None:
         servers = [server for _, server in self._servers.values()]

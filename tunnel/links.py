@@ -50,6 +50,7 @@ __all__ = [
     "SeedLink",
     "Service",
     "UnknownService",
+    "hostport",
     "links_from_env",
     "parse_address",
     "parse_expose",
@@ -165,6 +166,12 @@ def _host_problem(host: str) -> str | None:
     return None
 
 
+def hostport(host: str, port: int) -> str:
+    """``host:port`` as a person or a URL writes it: an IPv6 host in brackets (``[::1]:80``),
+    so that the port cannot be read as part of the address."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 @dataclass(frozen=True, slots=True)
 class Address:
     """A host and port, the host kept as written (a name, IPv4 or bare IPv6)."""
@@ -178,9 +185,7 @@ class Address:
             raise ValueError(problem)
 
     def __str__(self) -> str:
-        if ":" in self.host:
-            return f"[{self.host}]:{self.port}"
-        return f"{self.host}:{self.port}"
+        return hostport(self.host, self.port)
 
 
 def _split_host_port(text: str) -> tuple[str, str | None]:

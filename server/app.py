@@ -315,11 +315,20 @@ async def serve_forwarding(
     config: ServerConfig, bind: str, metrics: tuple[str, int] | None = None
 ) -> None:
     """Drop-in mode: per-port forwarding of every linked service until SIGINT or SIGTERM."""
-    servers = await start_forwarding(config.catalog, bind)
+    servers = await start_forwarding(config.catalog, bind, config.dial_timeout)
     started = time.monotonic()
 
     def status() -> dict[str, Any]:
-        services = [service_stats("forward", s.name) for s in config.catalog]
+        services = []
+        for service in config.catalog:
+            row = service_stats("forward", service.name)
+            row["service"] = f"{service.full_name} -> {service.target}"
+            row["refused"] = sum(
+                int(sample("ambassador_stream_refusals_total", role="forward",
+                           service=service.name, reason=reason.label))
+                for reason in Reason
+            )  # fmt: skip
+            services.append(row)
         return {"role": "ambassador-server", "name": config.name, "mode": "forward",
                 "uptime": round(time.monotonic() - started, 1), "ready": True,
                 "sessions": [], "services": services}  # fmt: skip

@@ -92,7 +92,7 @@ class Client:
             elif tunnels:
                 row["state"] = "draining"
             else:
-                row["last_error"] = connector.last_error
+                row["last_error"] = connector.errors.get(remote, "")
             for tunnel in tunnels:
                 stats = tunnel.session.stats()
                 row["streams"] += stats.open_streams

@@ -3,10 +3,12 @@ an unreachable remote is not a mistake but a wait, and the client keeps trying."
 
 from __future__ import annotations
 
+import json
 import re
 import socket
 import subprocess
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -187,3 +189,37 @@ def test_unreachable_remote_is_retried_with_one_warning(
     client.wait_for_stderr("tunnel up to ", timeout=15)
     assert "Traceback" not in client.stderr()
     assert client.stop() == 0, "SIGTERM should stop the client cleanly"
+
+
+def test_each_dead_remote_is_warned_about_once_and_keeps_its_own_error(
+    start_client: Callable[..., Started],
+    free_port: Callable[..., int],
+    wait_for_port: Callable[..., None],
+) -> None:
+    """Two remotes tried in turn, both closed ports: one warning per remote (not one per
+    attempt), and /status gives each remote its own last error."""
+    first, second, metrics = free_port(), free_port(), free_port()  # nothing listens there
+    client = start_client(
+        f"--remote=127.0.0.1:{first}",
+        f"--remote=127.0.0.1:{second}",
+        f"--metrics-listen=127.0.0.1:{metrics}",
+        "--backoff-max=0.2",  # many attempts within the test's few seconds
+        wait_tunnel=False,
+    )
+    wait_for_port("127.0.0.1", metrics, alive=client.alive)
+    client.wait_for_stderr(f"cannot reach 127.0.0.1:{second}", timeout=5)
+    time.sleep(3.0)
+    attempts = client.stderr()
+    warnings = re.findall(r".* WARNING .*", attempts)
+    for port in (first, second):
+        about = [line for line in warnings if f"127.0.0.1:{port}:" in line]
+        assert len(about) == 1, attempts
+    assert len(warnings) == 2, attempts
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics}/status", timeout=5) as response:
+        remotes = {row["peer"]: row for row in json.load(response)["remotes"]}
+    for port, other in ((first, second), (second, first)):
+        error = remotes[f"127.0.0.1:{port}"]["last_error"]
+        assert f"cannot reach 127.0.0.1:{port}: connection refused" in error, remotes
+        assert str(other) not in error, remotes
+    assert client.alive()

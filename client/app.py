@@ -22,6 +22,7 @@ from tunnel.metrics import services as counted_services
 from tunnel.observe import sample, service_stats
 from tunnel.oserrors import listen_error
 from tunnel.reload import Reloader
+from tunnel.wording import hostport
 from tunnel.workers import HelperChannel, WorkerPool, helper_report, reload_all, serve_handed
 
 HELPER_STOP_TIMEOUT = 5.0  # seconds helpers have to finish after SIGTERM
@@ -184,7 +185,7 @@ async def serve(
             try:
                 await endpoint.start(*metrics)
             except OSError as exc:
-                raise ConfigError(listen_error(f"{metrics[0]}:{metrics[1]}", exc)) from None
+                raise ConfigError(listen_error(hostport(*metrics), exc)) from None
         if load is not None and files is not None:
             # Installed before the tunnel is up: SIGHUP must never end the process.
             reloading = Reloader(load, client.reload, files, config)

@@ -17,11 +17,12 @@ from dataclasses import dataclass
 from client.connector import Connector, find_service
 from tunnel import metrics
 from tunnel.errors import ConfigError, Reason, RemoteProtocolError
-from tunnel.links import ExposeSpec, hostport
+from tunnel.links import ExposeSpec
 from tunnel.logonce import Throttled
 from tunnel.messages import ServiceInfo, StreamAnswerParser, StreamHeader
 from tunnel.oserrors import listen_error
 from tunnel.relay import Relay, abort_with_reset
+from tunnel.wording import hostport
 from tunnel.workers import Handoff, WorkerPool
 
 log = logging.getLogger("ambassador.client")

@@ -25,6 +25,7 @@ from tunnel.observe import sample, service_stats
 from tunnel.oserrors import listen_error
 from tunnel.reload import Reloader
 from tunnel.tls import certificate_serial, revoked_serials, server_context, warn_if_expiring
+from tunnel.wording import counted, hostport
 from tunnel.workers import (
     Handoff,
     HelperChannel,
@@ -152,8 +153,8 @@ class Server:
             else:
                 connection.update_catalog()
         names = ", ".join(service.full_name for service in new.catalog) or "nothing"
-        log.info("configuration reloaded: offering %s to %d sessions", names,
-                 len(self.connections))  # fmt: skip
+        log.info("configuration reloaded: offering %s to %s", names,
+                 counted(len(self.connections), "session"))  # fmt: skip
         warn_if_expiring(new.tls)
 
     async def drain(self, timeout: float, now: asyncio.Event | None = None) -> bool:
@@ -164,8 +165,8 @@ class Server:
         if self._listener is not None:
             self._listener.close()
         open_streams = sum(len(c.streams) for c in self.connections)
-        log.info("draining: %d sessions, %d open streams, up to %gs",
-                 len(self.connections), open_streams, timeout)  # fmt: skip
+        log.info("draining: %s, %s, up to %gs", counted(len(self.connections), "session"),
+                 counted(open_streams, "open stream"), timeout)  # fmt: skip
         for connection in list(self.connections):
             connection.go_away(Reason.SHUTTING_DOWN, "the server is shutting down")
         loop = asyncio.get_running_loop()
@@ -176,7 +177,7 @@ class Server:
             await asyncio.sleep(0.05)
         left = sum(len(c.streams) for c in self.connections)
         if left:
-            log.warning("drain ended with %d streams still open; closing them", left)
+            log.warning("drain ended with %s still open; closing them", counted(left, "stream"))
         return left == 0
 
     @property
@@ -266,7 +267,7 @@ async def serve(
                 await endpoint.start(*metrics)
             except OSError as exc:
                 await server.stop()
-                raise ConfigError(listen_error(f"{metrics[0]}:{metrics[1]}", exc)) from None
+                raise ConfigError(listen_error(hostport(*metrics), exc)) from None
         if helpers is not None:
             pool = server.pool = endpoint.pool = WorkerPool("server", *helpers)
             await pool.start()

@@ -19,11 +19,12 @@ from typing import cast
 
 from tunnel import metrics
 from tunnel.errors import ConfigError
-from tunnel.links import Catalog, Service, hostport
+from tunnel.links import Catalog, Service
 from tunnel.logonce import Throttled
 from tunnel.metrics import ServiceMeters
 from tunnel.oserrors import dial_error, listen_error
 from tunnel.relay import abort_with_reset
+from tunnel.wording import hostport
 
 log = logging.getLogger("ambassador.forward")
 throttled = Throttled(log)

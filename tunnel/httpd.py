@@ -28,6 +28,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from tunnel.metrics import REGISTRY
 from tunnel.statusview import render_html
+from tunnel.wording import hostport
 from tunnel.workers import MergedMetrics, WorkerPool, merge_status
 
 log = logging.getLogger("ambassador.httpd")
@@ -51,7 +52,7 @@ class StatusServer:
     async def start(self, host: str, port: int) -> tuple[str, int]:
         self._server = await asyncio.start_server(self._handle, host, port)
         sockname = self._server.sockets[0].getsockname()
-        log.info("metrics and status on http://%s:%d/", host, sockname[1])
+        log.info("metrics and status on http://%s/", hostport(host, sockname[1]))
         return sockname[0], sockname[1]
 
     async def stop(self) -> None:

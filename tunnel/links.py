@@ -39,6 +39,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from tunnel.errors import ConfigError, Reason
+from tunnel.wording import hostport
 
 __all__ = [
     "DEFAULT_TUNNEL_PORT",
@@ -50,7 +51,6 @@ __all__ = [
     "SeedLink",
     "Service",
     "UnknownService",
-    "hostport",
     "links_from_env",
     "parse_address",
     "parse_expose",
@@ -164,12 +164,6 @@ def _host_problem(host: str) -> str | None:
     if not _HOST_NAME.fullmatch(host):
         return f"{_show(host)} is not a valid host name"
     return None
-
-
-def hostport(host: str, port: int) -> str:
-    """``host:port`` as a person or a URL writes it: an IPv6 host in brackets (``[::1]:80``),
-    so that the port cannot be read as part of the address."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,6 +24,7 @@ SANS_IO = [
     "access",
     "auth",
     "statusview",
+    "wording",
 ]
 FORBIDDEN = {"asyncio", "socket", "ssl", "time", "selectors", "threading", "uvloop"}
 

@@ -24,6 +24,7 @@ from tunnel.metrics import services as counted_services
 from tunnel.observe import sample, service_stats
 from tunnel.oserrors import listen_error
 from tunnel.reload import Reloader
+from tunnel.wording import hostport
 from tunnel.workers import HelperChannel, WorkerPool, helper_report, reload_all, serve_handed
 
 HELPER_STOP_TIMEOUT = 5.0  # seconds helpers have to finish after SIGTERM
@@ -48,43 +49,30 @@ class Client:
 
     async def start(self) -> None:
         """Bind the fixed ports, start connecting, and bind the rest once the catalog is in."""
-        await self.listeners.sync(None)
+        await self.listeners.reconfigure(self.config.expose, self.config.bind, None)
         self._task = asyncio.get_running_loop().create_task(self.connector.run())
         # Fixed ports are bound already (consumers wait there while the tunnel comes up); the
-        # first catalog binds the rest and checks that every exposed service is offered.
+        # first catalog binds the rest and says which exposed services the server lacks.
         catalog = await self._first_catalog()
-        await self.listeners.sync(catalog)
+        await self.listeners.reconfigure(self.config.expose, self.config.bind, catalog)
         self.connector.on_catalog = self._catalog_changed
         self._started = True
 
     def _catalog_changed(self, catalog: tuple[ServiceInfo, ...]) -> None:
         # Later catalogs (a reconnect, or the server's reload) rewire the listeners; a
         # service that disappeared only warns, it never stops the client.
-        task = asyncio.get_running_loop().create_task(self._resync(catalog))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _resync(self, catalog: tuple[ServiceInfo, ...]) -> None:
-        try:
-            await self.listeners.sync(catalog, strict=False)
-        except ConfigError as exc:
-            log.error("%s", exc)
-
-    def apply(self, new: ClientConfig) -> None:
-        """Reloader hook: check the new configuration now, rewire in the background."""
-        task = asyncio.get_running_loop().create_task(self.reload(new))
-        self._tasks.add(task)
-        task.add_done_callback(self._reloaded)
-
-    def _reloaded(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("reload failed, keeping what could not be changed: %s", task.exception())
+        self.track(asyncio.get_running_loop().create_task(self.listeners.sync(catalog)))
 
     @property
     def ready(self) -> bool:
         tunnel = self.connector.tunnel
-        return self._started and tunnel is not None and tunnel.accepts_streams
+        up = self._started and tunnel is not None and tunnel.accepts_streams
+        return up and not self.listeners.missing
+
+    def unready_reason(self) -> str:
+        """Why /readyz says not ready, when it is something the operator must fix."""
+        missing = ", ".join(repr(service) for service in self.listeners.missing)
+        return f"the server does not offer {missing}" if missing else ""
 
     def status(self) -> dict[str, Any]:
         """The live state, for /status and ``ambassador-client status``."""
@@ -107,7 +95,7 @@ class Client:
             elif tunnels:
                 row["state"] = "draining"
             else:
-                row["last_error"] = connector.last_error
+                row["last_error"] = connector.errors.get(remote, "")
             for tunnel in tunnels:
                 stats = tunnel.session.stats()
                 row["streams"] += stats.open_streams
@@ -138,17 +126,19 @@ class Client:
             "name": self.config.name,
             "uptime": round(time.monotonic() - self._born, 1),
             "ready": self.ready,
+            "missing": list(self.listeners.missing),
             "remotes": remotes,
             "services": services,
         }  # fmt: skip
 
     async def reload(self, new: ClientConfig) -> None:
         """Take a new configuration: rewire listeners now, use new remotes and TLS from the
-        next connection on. Open connections are untouched."""
+        next connection on. Open connections are untouched. A port that cannot be bound
+        raises ConfigError before anything changed, so the running configuration stays."""
+        catalog = self.connector.catalog
+        # A reload names again what is still missing: the operator just asked.
+        await self.listeners.reconfigure(new.expose, new.bind, catalog, remind=True)
         self.connector.reconfigure(new)
-        self.listeners.specs = new.expose
-        self.listeners.bind = new.bind
-        await self.listeners.sync(self.connector.catalog, strict=False)
         self.config = new
 
     async def _first_catalog(self) -> tuple[ServiceInfo, ...]:
@@ -192,7 +182,7 @@ async def serve(
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    endpoint = StatusServer(client.status, lambda: client.ready)
+    endpoint = StatusServer(client.status, lambda: client.ready, client.unready_reason)
     watcher: asyncio.Task[None] | None = None
     pool: WorkerPool | None = None
     stopping = asyncio.ensure_future(stop.wait())
@@ -202,10 +192,10 @@ async def serve(
             try:
                 await endpoint.start(*metrics)
             except OSError as exc:
-                raise ConfigError(listen_error(f"{metrics[0]}:{metrics[1]}", exc)) from None
+                raise ConfigError(listen_error(hostport(*metrics), exc)) from None
         if load is not None and files is not None:
             # Installed before the tunnel is up: SIGHUP must never end the process.
-            reloading = Reloader(load, client.apply, files, config)
+            reloading = Reloader(load, client.reload, files, config)
             watcher = reloading.install()
         if helpers is not None:
             pool = client.listeners.pool = endpoint.pool = WorkerPool("client", *helpers)

@@ -185,8 +185,9 @@ def cli(ctx: click.Context, /, **params: Any) -> None:
         return build_config(reparse(cli, "ambassador-client", ctx), os.environ)
 
     def files(config: ClientConfig) -> list[str | None]:
+        # The paths of this configuration, not of the first: a reload may move the files.
         tls = config.tls
-        paths = [config_file, params["token_file"]]
+        paths = [config_file, config.token_file]
         if tls is not None:
             paths += [tls.ca, tls.cert, tls.key]
         return paths
@@ -236,6 +237,7 @@ def build_config(params: dict[str, Any], environ: Mapping[str, str]) -> ClientCo
         token = next(iter(tokens.items()))
     return ClientConfig(
         token=token,
+        token_file=params["token_file"],
         tls=client_tls(params),
         remotes=tuple(remotes),
         expose=tuple(expose),

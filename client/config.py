@@ -26,3 +26,4 @@ class ClientConfig:
     link_wait_timeout: float = 10.0
     tls: ClientTls | None = None  # None: plaintext
     token: tuple[str, bytes] | None = None  # (name, secret) from --token-file
+    token_file: str | None = None  # where ``token`` was read: watched for changes

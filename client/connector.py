@@ -3,8 +3,9 @@
 Reconnecting uses exponential backoff with full jitter (a random delay between zero and a bound
 that doubles per failure up to a cap), so that many clients cut off by the same fault do not all
 come back at the same instant. Names are resolved on every attempt, so a server that moved is
-found. A failure is logged once when it starts (and again only when the reason changes), and
-counted every time.
+found. A failure is logged once per remote when it starts (and again only when that remote's
+reason changes), and counted every time; with several remotes tried in turn, each keeps its
+own last error.
 """
 
 from __future__ import annotations
@@ -101,6 +102,20 @@ class ControlClient:
         pass
 
 
+def find_service(catalog: tuple[ServiceInfo, ...], ref: str) -> ServiceInfo | None:
+    """The catalog entry ``ref`` names (alias, port or alias:port), if exactly one does."""
+    alias, _, port_text = ref.lower().rpartition(":")
+    if not alias:
+        alias, port_text = (ref.lower(), "") if not ref.isdigit() else ("", ref)
+    port = int(port_text) if port_text.isdigit() else None
+    found = [
+        s for s in catalog if (not alias or s.alias == alias) and (port is None or s.port == port)
+    ]
+    if port is not None and not alias:
+        found = [s for s in found if s.alias is None] or found
+    return found[0] if len(found) == 1 else None
+
+
 def _refuse_server_stream(tunnel: TunnelConnection, stream_id: int) -> StreamHandler | None:
     return None  # the server never opens streams towards the client in this protocol version
 
@@ -117,17 +132,29 @@ class Connector:
         self.tunnel: TunnelConnection | None = None
         self.catalog: tuple[ServiceInfo, ...] | None = None
         self.remote: Address | None = None
-        self.last_error = ""
+        self.last_error = ""  # the latest, whichever remote it came from
+        self.errors: dict[Address, str] = {}  # each remote's last error, until it is up
         self.identity = ""  # the identity the server says it gave this client, if it says
         self.on_catalog = on_catalog
         self._up = asyncio.Event()
         self.sessions = 0
         self.draining: set[TunnelConnection] = set()  # old sessions finishing their streams
-        self._last_failure: tuple[Address, str] | None = None
+        self._offered: dict[str, bool] = {}  # service -> in the catalog; cleared when it changes
+        self._failing: dict[Address, str] = {}  # remote -> reason last logged for it
         self._going_away: GoingAway | None = None  # the server's last word on this session
         self.tls_context: ssl.SSLContext | None = (
             client_context(config.tls) if config.tls is not None else None
         )
+
+    def offers(self, service: str) -> bool:
+        """Whether the last catalog holds ``service`` (True before any catalog came): asked
+        once per consumer connection, so the answer is kept until the catalog changes."""
+        known = self._offered.get(service)
+        if known is None:
+            catalog = self.catalog
+            known = catalog is None or find_service(catalog, service) is not None
+            self._offered[service] = known
+        return known
 
     def rotate_if_exhausted(self, tunnel: TunnelConnection) -> None:
         """Move to a fresh session well before this one runs out of stream ids (2**31 of
@@ -183,18 +210,19 @@ class Connector:
                 tunnel, welcome = await self._connect(remote)
             except ConnectFailed as exc:
                 metrics.CONNECT_FAILURES.labels(str(remote), exc.reason).inc()
-                # One line per kind of failure, not per attempt: the wording of the same fault
-                # can vary from one attempt to the next (reset, closed, ...).
-                if (remote, exc.reason) != self._last_failure:
+                # One line per remote and kind of failure, not per attempt: the wording of the
+                # same fault can vary from one attempt to the next (reset, closed, ...), and
+                # the remotes are tried in turn.
+                if self._failing.get(remote) != exc.reason:
                     log.warning("%s; retrying", exc)
-                self._last_failure = (remote, exc.reason)
-                self.last_error = str(exc)
+                self._failing[remote] = exc.reason
+                self.last_error = self.errors[remote] = str(exc)
                 failures += 1
                 index += 1
                 bound = min(self.config.backoff_max, self.config.backoff_min * 2**failures)
                 await asyncio.sleep(random.uniform(0, bound))
                 continue
-            self._last_failure = None
+            self._failing.pop(remote, None)
             self.sessions += 1
             up_since = asyncio.get_running_loop().time()
             self._session_up(remote, tunnel, welcome)
@@ -243,7 +271,9 @@ class Connector:
         self.tunnel = tunnel
         self.catalog = welcome.catalog
         self.identity = welcome.identity
+        self._offered.clear()
         self.last_error = ""
+        self.errors.pop(remote, None)
         names = ", ".join(service.name for service in welcome.catalog) or "nothing"
         log.info(
             "tunnel up to %s (%s), protocol %d, offering %s",
@@ -264,7 +294,7 @@ class Connector:
         self.tunnel = None
         metrics.SESSIONS_OPEN.labels("client").dec()
         metrics.SESSION_ENDS.labels("client", "draining" if level == logging.INFO else "lost").inc()
-        self.last_error = f"tunnel to {remote} lost: {reason}"
+        self.last_error = self.errors[remote] = f"tunnel to {remote} lost: {reason}"
         log.log(level, "%s; reconnecting", self.last_error)
 
     def _warn_skipped(
@@ -282,6 +312,7 @@ class Connector:
         if isinstance(message, CatalogChanged):
             self._warn_skipped(self.remote, message.catalog, message.skipped)
             self.catalog = message.catalog
+            self._offered.clear()
             if self.on_catalog is not None:
                 self.on_catalog(message.catalog)
         elif isinstance(message, GoingAway):

@@ -14,33 +14,20 @@ import functools
 import logging
 from dataclasses import dataclass, replace
 
-from client.connector import Connector
+from client.connector import Connector, find_service
 from tunnel import metrics
-from tunnel.errors import ConfigError, RemoteProtocolError
+from tunnel.errors import ConfigError, Reason, RemoteProtocolError
 from tunnel.links import ExposeSpec
 from tunnel.logonce import Throttled
 from tunnel.messages import ServiceInfo, StreamAnswerParser, StreamHeader
 from tunnel.oserrors import listen_error
 from tunnel.peertext import quoted, shown
 from tunnel.relay import Relay, abort_with_reset
+from tunnel.wording import hostport
 from tunnel.workers import Handoff, WorkerPool
 
 log = logging.getLogger("ambassador.client")
 throttled = Throttled(log)
-
-
-def find_service(catalog: tuple[ServiceInfo, ...], ref: str) -> ServiceInfo | None:
-    """The catalog entry ``ref`` names (alias, port or alias:port), if exactly one does."""
-    alias, _, port_text = ref.lower().rpartition(":")
-    if not alias:
-        alias, port_text = (ref.lower(), "") if not ref.isdigit() else ("", ref)
-    port = int(port_text) if port_text.isdigit() else None
-    found = [
-        s for s in catalog if (not alias or s.alias == alias) and (port is None or s.port == port)
-    ]
-    if port is not None and not alias:
-        found = [s for s in found if s.alias is None] or found
-    return found[0] if len(found) == 1 else None
 
 
 def choose_service(catalog: tuple[ServiceInfo, ...], refs: tuple[str, ...]) -> str | None:
@@ -109,21 +96,14 @@ class ConsumerStream(Relay):
         if self.transport is not None:
             self.transport.resume_reading()
 
-    def _choose(self) -> None:
-        catalog = self.connector.catalog
-        if catalog is None:
-            return
-        chosen = choose_service(catalog, (self.service, *self.alternatives))
-        self.alternatives = ()
-        if chosen is not None and chosen != self.service:
-            self.service = chosen
-            self.meters = metrics.meters("client", chosen)
-
     def _open(self) -> None:
         tunnel = self.tunnel
         assert tunnel is not None
         if self.alternatives:
             self._choose()
+        if not self.connector.offers(self.service):
+            self._refuse_missing()
+            return
         try:
             self.stream_id = tunnel.open_stream(self)
         except Exception as exc:  # the session stopped taking streams a moment ago
@@ -137,6 +117,31 @@ class ConsumerStream(Relay):
         self.connector.rotate_if_exhausted(tunnel)
         tunnel.send(self.stream_id, _header(self.service))
         self.send_held()
+
+    def _choose(self) -> None:
+        catalog = self.connector.catalog
+        if catalog is None:
+            return
+        chosen = choose_service(catalog, (self.service, *self.alternatives))
+        self.alternatives = ()
+        if chosen is not None and chosen != self.service:
+            self.service = chosen
+            self.meters = metrics.meters("client", chosen)
+
+    def _refuse_missing(self) -> None:
+        """The server's catalog lacks the service: reset the consumer now, since asking the
+        server would only bring back its refusal one round trip later."""
+        catalog = self.connector.catalog or ()
+        throttled.warning(
+            f"missing:{self.service}",
+            "connection to %r refused: the server does not offer it (offered: %s)",
+            self.service,
+            ", ".join(service.name for service in catalog) or "nothing",
+        )
+        metrics.STREAM_REFUSALS.labels("client", self.service, Reason.UNKNOWN_SERVICE.label).inc()
+        self.closed = True
+        if self.transport is not None:
+            abort_with_reset(self.transport)
 
     def on_stream_data(self, data: bytes | bytearray) -> None:
         if self._answer is not None:
@@ -213,88 +218,164 @@ class Listeners:
         # catalog has chosen, all of the spec's while it is unknown.
         self._refs: dict[tuple[str, int, str], tuple[str, ...]] = {}
         self.pool: WorkerPool | None = None  # helper processes to share connections with
+        self.missing: tuple[str, ...] = ()  # exposed services the server's catalog lacks
 
     def _protocol(self, key: tuple[str, int, str]) -> asyncio.BaseProtocol:
         """A new consumer connection's protocol: served here, or by a helper less busy."""
-        service, *alternatives = self._refs.get(key, (key[2],))
+        service, *others = self._refs.get(key, (key[2],))
+        alternatives = tuple(others)
         connector = self.connector
         if self.pool is not None:
             helper = self.pool.least_busy()
             if helper is not None:
-                here = functools.partial(ConsumerStream, connector, service)
+                here = functools.partial(ConsumerStream, connector, service, alternatives)
                 return Handoff(self.pool, helper, service, here)
-        return ConsumerStream(connector, service, tuple(alternatives))
+        return ConsumerStream(connector, service, alternatives)
 
     @property
     def bound(self) -> list[Listening]:
         return [listening for listening, _ in self._servers.values()]
 
     def wanted(
-        self, catalog: tuple[ServiceInfo, ...] | None, strict: bool = True
-    ) -> dict[tuple[str, int, str], tuple[ExposeSpec, tuple[str, ...]]]:
+        self, catalog: tuple[ServiceInfo, ...] | None, specs: tuple[ExposeSpec, ...], bind: str
+    ) -> tuple[dict[tuple[str, int, str], tuple[ExposeSpec, tuple[str, ...]]], list[str]]:
         """(host, requested port, service) -> (spec, references to ask for) for everything
-        that should be listening."""
+        that should be listening, and the exposed services the catalog does not hold."""
         wanted: dict[tuple[str, int, str], tuple[ExposeSpec, tuple[str, ...]]] = {}
-        if not self.specs:
+        missing: list[str] = []
+        if not specs:
             for info in catalog or ():
                 ref = (
                     info.name
                     if find_service(catalog or (), info.name)
                     else f"{info.alias}:{info.port}"
                 )
-                wanted[(self.bind, info.port, ref)] = (ExposeSpec(None, info.port, ref), (ref,))
-            return wanted
-        for spec in self.specs:
+                wanted[(bind, info.port, ref)] = (ExposeSpec(None, info.port, ref), (ref,))
+            return wanted, missing
+        for spec in specs:
             port = spec.port
             refs = spec.refs
             found = None
             if catalog is not None:
                 chosen = choose_service(catalog, refs)
-                if chosen is not None:
+                if chosen is None:
+                    # Its listener (if it has a fixed port) stays: consumers are refused at
+                    # once until the server offers it, and then it works without a restart.
+                    missing.append(spec.service)
+                else:
                     found, refs = find_service(catalog, chosen), (chosen,)
-            if catalog is not None and found is None:
-                asked = " or ".join(repr(ref) for ref in spec.refs)
-                if strict:
-                    offered = ", ".join(s.name for s in catalog) or "nothing"
-                    identity = self.connector.identity
-                    who = f", identity {quoted(identity)}" if identity else ""
-                    raise ConfigError(
-                        f"cannot expose {asked}: the server does not offer it to this "
-                        f"client{who} (offered: {offered}); fix --expose, or if the server "
-                        "should offer it, check its --link and its access rules"
-                    )
-                log.warning("the server does not offer %s (any more)", asked)
             if port is None:
                 if found is None:
                     continue  # its port comes from the catalog: nothing to bind yet
                 port = found.port
-            wanted[(spec.bind or self.bind, port, spec.service)] = (spec, refs)
-        return wanted
+            wanted[(spec.bind or bind, port, spec.service)] = (spec, refs)
+        return wanted, missing
 
-    async def sync(self, catalog: tuple[ServiceInfo, ...] | None, strict: bool = True) -> None:
-        wanted = self.wanted(catalog, strict)
-        for key in [key for key in self._servers if key not in wanted]:
-            listening, server = self._servers.pop(key)
-            self._refs.pop(key, None)
-            server.close()
-            log.info("no longer exposing %r on %s:%d", listening.service, listening.host,
-                     listening.port)  # fmt: skip
+    async def sync(self, catalog: tuple[ServiceInfo, ...] | None) -> None:
+        """Match the listeners to a new catalog; a port that cannot be bound is logged."""
+        try:
+            await self.reconfigure(self.specs, self.bind, catalog)
+        except ConfigError as exc:
+            log.error("%s", exc)
+
+    async def reconfigure(
+        self,
+        specs: tuple[ExposeSpec, ...],
+        bind: str,
+        catalog: tuple[ServiceInfo, ...] | None,
+        remind: bool = False,
+    ) -> None:
+        """Take a new expose list: bind what is new first, and only when all of it is bound
+        close what is no longer wanted. A port that cannot be bound raises ConfigError and
+        leaves everything as it was."""
+        wanted, missing = self.wanted(catalog, specs, bind)
+        unwanted = [key for key in self._servers if key not in wanted]
+        # A port moving to another service is freed first, or binding it again would fail.
+        moving = {key[:2] for key in wanted if key not in self._servers}
+        for key in [key for key in unwanted if key[:2] in moving]:
+            self._stop(key)
+        added: dict[tuple[str, int, str], tuple[Listening, asyncio.Server]] = {}
+        try:
+            for key, (spec, refs) in wanted.items():
+                if key not in self._servers:
+                    added[key] = await self._listen(spec, key, refs)
+        except ConfigError:
+            for _, server in added.values():
+                server.close()
+            raise
+        self.specs, self.bind = specs, bind
+        for key in unwanted:
+            if key in self._servers:
+                self._stop(key)
         for key, (spec, refs) in wanted.items():
-            if self._refs.get(key) != refs:
-                self._refs[key] = refs
-                if spec.alternatives and len(refs) == 1:
-                    asked = ", then ".join(repr(ref) for ref in spec.refs)
-                    log.info("local port %d: asked the server for %s; it offers %r",
-                             key[1], asked, refs[0])  # fmt: skip
-            if key not in self._servers:
-                self._servers[key] = await self._listen(spec, key)
-            else:
-                listening, server = self._servers[key]
-                if listening.service != refs[0]:
-                    self._servers[key] = (replace(listening, service=refs[0]), server)
+            self._choose_refs(key, spec, refs)
+        for key, (listening, server) in added.items():
+            self._servers[key] = listening, server
+            self._log_exposing(listening, self._refs[key][1:])
+        self._note_missing(missing, catalog or (), remind)
+
+    def _choose_refs(
+        self, key: tuple[str, int, str], spec: ExposeSpec, refs: tuple[str, ...]
+    ) -> None:
+        """Point a listener's new streams at ``refs``; say which reference a seed form's
+        catalog lookup settled on."""
+        if self._refs.get(key) == refs:
+            return
+        self._refs[key] = refs
+        if spec.alternatives and len(refs) == 1:
+            asked = ", then ".join(repr(ref) for ref in spec.refs)
+            log.info("local port %d: asked the server for %s; it offers %r",
+                     key[1], asked, refs[0])  # fmt: skip
+        if key in self._servers:
+            listening, server = self._servers[key]
+            if listening.service != refs[0]:
+                self._servers[key] = (replace(listening, service=refs[0]), server)
+
+    @staticmethod
+    def _log_exposing(listening: Listening, alternatives: tuple[str, ...]) -> None:
+        where = hostport(listening.host, listening.port)
+        if alternatives:
+            others = ", or ".join(repr(ref) for ref in alternatives)
+            log.info("exposing %r on %s (or %s: the first the server offers)",
+                     listening.service, where, others)  # fmt: skip
+        else:
+            log.info("exposing %r on %s", listening.service, where)
+
+    def _stop(self, key: tuple[str, int, str]) -> None:
+        listening, server = self._servers.pop(key)
+        self._refs.pop(key, None)
+        server.close()
+        log.info("no longer exposing %r on %s", listening.service,
+                 hostport(listening.host, listening.port))  # fmt: skip
+
+    def _note_missing(
+        self, missing: list[str], catalog: tuple[ServiceInfo, ...], remind: bool
+    ) -> None:
+        """One warning when an exposed service goes missing (and on ``remind``), one line
+        when it is back."""
+        offered = ", ".join(service.name for service in catalog) or "nothing"
+        identity = self.connector.identity
+        who = f", identity {quoted(identity)}" if identity else ""
+        for service in missing:
+            if remind or service not in self.missing:
+                asked = " or ".join(
+                    repr(ref) for spec in self.specs if spec.service == service for ref in spec.refs
+                ) or repr(service)
+                log.warning(
+                    "the server does not offer %s to this client%s (offered: %s); connections "
+                    "to it are refused until it does; fix --expose, or if the server should "
+                    "offer it, check its --link and its access rules",
+                    asked,
+                    who,
+                    offered,
+                )
+        for service in self.missing:
+            if service not in missing and any(spec.service == service for spec in self.specs):
+                log.info("the server now offers %r", service)
+        self.missing = tuple(missing)
 
     async def _listen(
-        self, spec: ExposeSpec, key: tuple[str, int, str]
+        self, spec: ExposeSpec, key: tuple[str, int, str], refs: tuple[str, ...]
     ) -> tuple[Listening, asyncio.Server]:
         host, port, _ = key
         loop = asyncio.get_running_loop()
@@ -307,18 +388,8 @@ class Listeners:
                 backlog=1024,
             )
         except OSError as exc:
-            self._refs.pop(key, None)
-            where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-            raise ConfigError(listen_error(where, exc)) from None
-        service, *alternatives = self._refs[key]
-        listening = Listening(spec, service, host, server.sockets[0].getsockname()[1])
-        if alternatives:
-            others = ", or ".join(repr(ref) for ref in alternatives)
-            log.info("exposing %r on %s:%d (or %s: the first the server offers)", service, host,
-                     listening.port, others)  # fmt: skip
-        else:
-            log.info("exposing %r on %s:%d", service, host, listening.port)
-        return listening, server
+            raise ConfigError(listen_error(hostport(host, port), exc)) from None
+        return Listening(spec, refs[0], host, server.sockets[0].getsockname()[1]), server
 
     async def close(self) -> None:
         servers = [server for _, server in self._servers.values()]

@@ -27,7 +27,12 @@ from tunnel.httpd import StatusServer
 from tunnel.observe import sample, service_stats
 from tunnel.oserrors import listen_error
 from tunnel.reload import Reloader
-from tunnel.tls import server_context, warn_about_files, warn_if_expiring
+from tunnel.tls import (
+    server_context,
+    warn_about_files,
+    warn_if_expiring,
+)
+from tunnel.wording import counted, hostport
 from tunnel.workers import (
     Handoff,
     HelperChannel,
@@ -164,8 +169,8 @@ class Server:
             else:
                 connection.update_catalog()
         names = ", ".join(service.full_name for service in new.catalog) or "nothing"
-        log.info("configuration reloaded: offering %s to %d sessions", names,
-                 len(self.connections))  # fmt: skip
+        log.info("configuration reloaded: offering %s to %s", names,
+                 counted(len(self.connections), "session"))  # fmt: skip
         warn_if_expiring(new.tls)
         warn_about_files(new.tls, new.token_file, datetime.now(UTC))
 
@@ -177,8 +182,8 @@ class Server:
         if self._listener is not None:
             self._listener.close()
         open_streams = sum(len(c.streams) for c in self.connections)
-        log.info("draining: %d sessions, %d open streams, up to %gs",
-                 len(self.connections), open_streams, timeout)  # fmt: skip
+        log.info("draining: %s, %s, up to %gs", counted(len(self.connections), "session"),
+                 counted(open_streams, "open stream"), timeout)  # fmt: skip
         for connection in list(self.connections):
             connection.go_away(Reason.SHUTTING_DOWN, "the server is shutting down")
         loop = asyncio.get_running_loop()
@@ -189,7 +194,7 @@ class Server:
             await asyncio.sleep(0.05)
         left = sum(len(c.streams) for c in self.connections)
         if left:
-            log.warning("drain ended with %d streams still open; closing them", left)
+            log.warning("drain ended with %s still open; closing them", counted(left, "stream"))
         return left == 0
 
     @property
@@ -280,7 +285,7 @@ async def serve(
                 await endpoint.start(*metrics)
             except OSError as exc:
                 await server.stop()
-                raise ConfigError(listen_error(f"{metrics[0]}:{metrics[1]}", exc)) from None
+                raise ConfigError(listen_error(hostport(*metrics), exc)) from None
         if helpers is not None:
             pool = server.pool = endpoint.pool = WorkerPool("server", *helpers)
             await pool.start()
@@ -329,11 +334,20 @@ async def serve_forwarding(
     config: ServerConfig, bind: str, metrics: tuple[str, int] | None = None
 ) -> None:
     """Drop-in mode: per-port forwarding of every linked service until SIGINT or SIGTERM."""
-    servers = await start_forwarding(config.catalog, bind)
+    servers = await start_forwarding(config.catalog, bind, config.dial_timeout)
     started = time.monotonic()
 
     def status() -> dict[str, Any]:
-        services = [service_stats("forward", s.name) for s in config.catalog]
+        services = []
+        for service in config.catalog:
+            row = service_stats("forward", service.name)
+            row["service"] = f"{service.full_name} -> {service.target}"
+            row["refused"] = sum(
+                int(sample("ambassador_stream_refusals_total", role="forward",
+                           service=service.name, reason=reason.label))
+                for reason in Reason
+            )  # fmt: skip
+            services.append(row)
         return {"role": "ambassador-server", "pid": os.getpid(), "name": config.name,
                 "mode": "forward",
                 "uptime": round(time.monotonic() - started, 1), "ready": True,

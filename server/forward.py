@@ -4,6 +4,10 @@ With ``--forward`` the server opens no tunnel port: it listens on every linked s
 port and forwards each connection to its backend, byte for byte, like the old socat
 ambassador. Backpressure holds both ways (a side whose peer's buffer is full stops reading),
 and a reset on one side becomes a reset on the other.
+
+It is counted as the tunnel is (role ``forward``): streams and bytes per service in the same
+meters, and a failed dial under the same reason codes (refused, timed out, unreachable) a
+tunnel stream would be refused with, logged once per service and reason, then rate-limited.
 """
 
 from __future__ import annotations
@@ -16,31 +20,48 @@ from typing import cast
 from tunnel import metrics
 from tunnel.errors import ConfigError
 from tunnel.links import Catalog, Service
-from tunnel.oserrors import listen_error
+from tunnel.logonce import Throttled
+from tunnel.metrics import ServiceMeters
+from tunnel.oserrors import dial_error, listen_error
 from tunnel.relay import abort_with_reset
+from tunnel.wording import hostport
 
 log = logging.getLogger("ambassador.forward")
+throttled = Throttled(log)
 
 HIGH_WATER = 256 * 1024
 
 
 class _Side(asyncio.Protocol):
-    """One socket of a forwarded pair; ``peer`` is the other."""
+    """One socket of a forwarded pair; ``peer`` is the other.
 
-    def __init__(self) -> None:
+    ``meters`` counts what the backend side reads as ``read`` and what the consumer side
+    reads (and the backend is sent) as ``written``, as the server counts a stream's backend.
+    """
+
+    def __init__(self, meters: ServiceMeters, backend: bool) -> None:
         self.transport: asyncio.Transport | None = None
         self.peer: _Side | None = None
         self.pending: list[bytes] = []
         self.eof = False
+        self.meters = meters
+        self.backend = backend
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
         self.transport.set_write_buffer_limits(HIGH_WATER)
+        if self.backend:  # counted open from here to connection_lost
+            self.meters.opened += 1
+            self.meters.open_now += 1
         for data in self.pending:
             self.transport.write(data)
         self.pending.clear()
 
     def data_received(self, data: bytes) -> None:
+        if self.backend:
+            self.meters.read += len(data)
+        else:
+            self.meters.written += len(data)
         peer = self.peer
         if peer is None or peer.transport is None:
             if peer is not None:
@@ -64,6 +85,8 @@ class _Side(asyncio.Protocol):
         return True
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.backend:
+            self.meters.open_now -= 1
         peer, self.peer = self.peer, None
         if peer is not None and peer.transport is not None and not peer.transport.is_closing():
             if exc is not None:
@@ -81,13 +104,14 @@ class _Side(asyncio.Protocol):
 
 
 class _Consumer(_Side):
-    def __init__(self, service: Service) -> None:
-        super().__init__()
+    def __init__(self, service: Service, dial_timeout: float) -> None:
+        super().__init__(metrics.meters("forward", service.name), backend=False)
         self.service = service
+        self.dial_timeout = dial_timeout
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        backend = _Side()
+        backend = _Side(self.meters, backend=True)
         backend.peer, self.peer = self, backend
         if self.transport is not None:
             self.transport.pause_reading()  # until the backend is connected
@@ -99,15 +123,17 @@ class _Consumer(_Side):
         target = self.service.target
         loop = asyncio.get_running_loop()
         try:
-            async with asyncio.timeout(5):
+            async with asyncio.timeout(self.dial_timeout):
                 await loop.create_connection(lambda: backend, target.host, target.port)
         except (OSError, TimeoutError) as exc:
-            log.warning("cannot reach %s for %s: %s", target, self.service.name, exc)
-            metrics.STREAM_REFUSALS.labels("forward", self.service.name, "backend_refused").inc()
+            reason, text = dial_error(str(target), exc, self.dial_timeout)
+            name = self.service.name
+            throttled.warning(f"{name}:{reason.label}", "connection to %r refused (%s): %s",
+                              name, reason.label, text)  # fmt: skip
+            metrics.STREAM_REFUSALS.labels("forward", name, reason.label).inc()
             if self.transport is not None:
                 abort_with_reset(self.transport)
             return
-        metrics.meters("forward", self.service.name).opened += 1
         if self.transport is not None:
             self.transport.resume_reading()
 
@@ -115,19 +141,23 @@ class _Consumer(_Side):
 _TASKS: set[asyncio.Task[None]] = set()
 
 
-async def start_forwarding(catalog: Catalog, bind: str) -> list[asyncio.Server]:
-    """One listener per linked service, on its own port."""
+async def start_forwarding(
+    catalog: Catalog, bind: str, dial_timeout: float
+) -> list[asyncio.Server]:
+    """One listener per linked service, on its own port; a backend not reached within
+    ``dial_timeout`` seconds resets its consumer."""
     loop = asyncio.get_running_loop()
     servers: list[asyncio.Server] = []
     for service in catalog:
         try:
             server = await loop.create_server(
-                partial(_Consumer, service), bind, service.port, reuse_address=True
+                partial(_Consumer, service, dial_timeout), bind, service.port, reuse_address=True
             )
         except OSError as exc:
             for started in servers:
                 started.close()
-            raise ConfigError(listen_error(f"{bind}:{service.port}", exc)) from None
+            raise ConfigError(listen_error(hostport(bind, service.port), exc)) from None
         servers.append(server)
-        log.info("forwarding %s:%d to %s (%s)", bind, service.port, service.target, service.name)
+        log.info("forwarding %s to %s (%s)", hostport(bind, service.port), service.target,
+                 service.name)  # fmt: skip
     return servers

@@ -5,8 +5,9 @@ it shares the role's event loop and reads the role's live state without locks:
 
     /metrics   Prometheus text, rendered by prometheus-client from tunnel.metrics.REGISTRY
     /healthz   200 while the process runs
-    /readyz    200 when the role can serve (client: tunnel up and catalog received;
-               server: listening), 503 otherwise
+    /readyz    200 when the role can serve (client: tunnel up, catalog received and every
+               exposed service in it; server: listening), 503 otherwise, saying why when the
+               role knows
     /status    the role's state as JSON (what ``ambassador-* status`` prints)
     /          the same facts as a small HTML page
 
@@ -33,6 +34,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from tunnel.metrics import REGISTRY
 from tunnel.statusview import render_html
+from tunnel.wording import hostport
 from tunnel.workers import MergedMetrics, WorkerPool, merge_status
 
 log = logging.getLogger("ambassador.httpd")
@@ -60,16 +62,22 @@ def is_local_peer(peer: object) -> bool:
 
 
 class StatusServer:
-    def __init__(self, status: Callable[[], dict[str, Any]], ready: Callable[[], bool]) -> None:
+    def __init__(
+        self,
+        status: Callable[[], dict[str, Any]],
+        ready: Callable[[], bool],
+        unready_reason: Callable[[], str] | None = None,
+    ) -> None:
         self._status = status
         self._ready = ready
+        self._unready_reason = unready_reason
         self._server: asyncio.Server | None = None
         self.pool: WorkerPool | None = None  # helpers whose metrics and status are merged in
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
         self._server = await asyncio.start_server(self._handle, host, port)
         sockname = self._server.sockets[0].getsockname()
-        log.info("metrics and status on http://%s:%d/", host, sockname[1])
+        log.info("metrics and status on http://%s/", hostport(host, sockname[1]))
         return sockname[0], sockname[1]
 
     async def stop(self) -> None:
@@ -136,7 +144,9 @@ class StatusServer:
         if path == "/readyz":
             if self._ready():
                 return "200 OK", "text/plain", b"ready\n"
-            return "503 Service Unavailable", "text/plain", b"not ready\n"
+            why = self._unready_reason() if self._unready_reason is not None else ""
+            text = f"not ready: {why}\n" if why else "not ready\n"
+            return "503 Service Unavailable", "text/plain", text.encode()
         if path in STATUS_PATHS:
             facts = self._status()
             if reports is not None:

@@ -42,6 +42,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from tunnel.errors import ConfigError, Reason
+from tunnel.wording import hostport
 
 __all__ = [
     "DEFAULT_TUNNEL_PORT",
@@ -183,9 +184,7 @@ class Address:
             raise ValueError(problem)
 
     def __str__(self) -> str:
-        if ":" in self.host:
-            return f"[{self.host}]:{self.port}"
-        return f"{self.host}:{self.port}"
+        return hostport(self.host, self.port)
 
 
 def _split_host_port(text: str) -> tuple[str, str | None]:

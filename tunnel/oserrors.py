@@ -5,6 +5,8 @@ from __future__ import annotations
 import errno
 import socket
 
+from tunnel.errors import Reason
+
 
 def listen_error(where: str, exc: OSError) -> str:
     """Why a listening socket could not be opened, and what to do about it."""
@@ -43,3 +45,15 @@ def connect_error(where: str, exc: BaseException, timeout: float) -> tuple[str, 
     if isinstance(exc, OSError):
         return f"cannot reach {where}: {exc.strerror or exc}", "unreachable"
     return f"cannot reach {where}: {exc}", "error"
+
+
+def dial_error(target: str, exc: BaseException, timeout: float) -> tuple[Reason, str]:
+    """Why a dial to a backend at ``target`` failed: the reason code the tunnel answers a
+    stream with (and labels metrics with), and one line for the log."""
+    if isinstance(exc, TimeoutError):
+        return Reason.BACKEND_TIMEOUT, f"{target} did not answer within {timeout:g}s"
+    if isinstance(exc, ConnectionRefusedError):
+        return Reason.BACKEND_REFUSED, f"{target} refused the connection"
+    if isinstance(exc, OSError):
+        return Reason.BACKEND_UNREACHABLE, f"cannot reach {target}: {exc.strerror or exc}"
+    return Reason.BACKEND_UNREACHABLE, f"cannot reach {target}: {exc!r}"

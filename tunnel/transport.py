@@ -39,6 +39,7 @@ from tunnel.frames import GoAwayCode
 from tunnel.session import Session
 from tunnel.streams import StreamState
 from tunnel.tls import describe_tls_error
+from tunnel.wording import hostport
 
 log = logging.getLogger("ambassador.tunnel")
 
@@ -84,8 +85,7 @@ def limit_unsent(sock: socket.socket) -> None:
 def format_peer(peername: object) -> str:
     """``host:port`` of a socket address, IPv6 in brackets."""
     if isinstance(peername, tuple) and len(peername) >= 2:
-        host, port = peername[0], peername[1]
-        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+        return hostport(str(peername[0]), peername[1])
     return str(peername or "?")
 
 

@@ -45,6 +45,7 @@ from tunnel import metrics
 from tunnel.errors import ConfigError
 from tunnel.load import BULK_RATE, CPU_WINDOW, BulkPriority, LoadMeter, RateMeter
 from tunnel.reload import Reloader
+from tunnel.wording import counted
 
 log = logging.getLogger("ambassador.workers")
 
@@ -165,7 +166,8 @@ class WorkerPool:
                 await self.stop(5.0)
                 raise ConfigError(f"cannot start helper process {index}: {exc}") from None
         WORKERS_UP.labels(self.role).set(len(self.helpers) + 1)
-        log.info("%d helper processes started: pids %s", len(self.helpers),
+        started = counted(len(self.helpers), "helper process", "helper processes")
+        log.info("%s started: pids %s", started,
                  ", ".join(str(h.process.pid) for h in self.helpers))  # fmt: skip
         if not self.priority.enabled:
             log.info("bulk transfers keep their CPU priority: lowering it could not be undone "

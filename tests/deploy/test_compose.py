@@ -153,3 +153,15 @@ def test_variables_the_files_need_are_documented() -> None:
     for path in FILES:
         for variable in set(re.findall(r"\$\{([A-Z_]+)", path.read_text())):
             assert variable in readme, f"{path.name} uses ${{{variable}}}; README.md must say it"
+
+
+def test_every_compose_up_builds_the_image() -> None:
+    """The compose files build the image from the checkout; an `up -d` without `--build`
+    would start a stale image where one was built before, so every guide says `--build`."""
+    root = COMPOSE.parents[1]
+    for path in (root / "README.md", root / "docs" / "operations.md", README):
+        text = " ".join(path.read_text().split())
+        ups = re.findall(r"docker compose -f compose\.\w+\.yml up -d[^`\n]*", text)
+        assert ups, path
+        for up in ups:
+            assert up.startswith(up.split(" up -d")[0] + " up -d --build"), f"{path}: {up}"

@@ -64,3 +64,15 @@ def test_documented_commands_use_real_flags(program: str, text: str) -> None:
     assert invocations
     for args in invocations:
         assert unknown_flags(ROLES[program], args) == [], f"{program} {' '.join(args)}"
+
+
+def test_the_client_drain_line_is_the_one_the_client_logs(text: str) -> None:
+    """The client's line when its server drains comes from the connector's reason and
+    its "lost ...; reconnecting" wording; the reference gives that line, nothing else."""
+    from pathlib import Path
+
+    source = (Path(__file__).parents[2] / "client" / "connector.py").read_text()
+    assert '"the server is draining"' in source and '"%s; reconnecting"' in source
+    assert 'f"tunnel to {remote} lost: {reason}"' in source
+    assert "lost: the server is draining; reconnecting` |" in text
+    assert "server is going away" not in text

@@ -117,7 +117,8 @@ def start_client(processes: Processes) -> Callable[..., Started]:
     ) -> Started:
         process = processes.start("ambassador-client", [*ambassador("client"), *args], env=env)
         for host, port in listens:
-            process.wait_for_stderr(rf"exposing '[^']*' on {re.escape(host)}:{port}\b")
+            where = re.escape(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+            process.wait_for_stderr(rf"exposing '[^']*' on {where}(?!\d)")
         if wait_tunnel:
             process.wait_for_stderr(r"tunnel up to ")
         return process

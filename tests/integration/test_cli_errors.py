@@ -3,17 +3,18 @@ an unreachable remote is not a mistake but a wait, and the client keeps trying."
 
 from __future__ import annotations
 
+import json
 import re
 import socket
 import subprocess
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 
 import pytest
 
 from tests.integration.support import (
     AmbassadorServer,
-    Processes,
     Started,
     ambassador,
     run_program,
@@ -128,33 +129,25 @@ def test_client_expose_port_in_use_error_comes_first(
     assert_one_line_error(result, "ambassador-client", "already in use", first=True)
 
 
-def test_unknown_service_is_rejected_at_client_start(
-    start_server: Callable[..., AmbassadorServer], free_port: Callable[..., int]
-) -> None:
-    server = start_server(f"redis=127.0.0.1:{free_port()}")
-    argv = [*ambassador("client"), "--remote", f"127.0.0.1:{server.port}", "--expose", "nosuch"]
-    result = run_program(argv)
-    # The client learns the catalog first, so "tunnel up" may be logged before the error.
-    assert_one_line_error(
-        result, "ambassador-client", "'nosuch'", "offered: redis", "fix --expose", first=False
-    )
-
-
-def test_unknown_service_with_local_port_is_rejected_at_client_start(
+@pytest.mark.parametrize("expose", ["nosuch", "LOCAL=nosuch"])
+def test_unknown_service_is_one_warning_and_the_client_keeps_running(
+    expose: str,
     start_server: Callable[..., AmbassadorServer],
-    processes: Processes,
+    start_client: Callable[..., Started],
     free_port: Callable[..., int],
 ) -> None:
+    """Not a usage error: the server may offer it later (its reload, or another server), so
+    a sidecar keeps running and says once what is missing (tests/integration/
+    test_missing_service.py follows what happens next)."""
     server = start_server(f"redis=127.0.0.1:{free_port()}")
-    expose = f"127.0.0.1:{free_port()}=nosuch"
-    argv = [*ambassador("client"), "--remote", f"127.0.0.1:{server.port}", "--expose", expose]
-    client = processes.start("ambassador-client", argv)
-    try:
-        client.popen.wait(timeout=3)
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"--expose {expose} was accepted: the client still runs 3 s later")
-    result = subprocess.CompletedProcess(argv, client.popen.returncode, "", client.stderr())
-    assert_one_line_error(result, "ambassador-client", "'nosuch'", "fix --expose", first=False)
+    expose = expose.replace("LOCAL", f"127.0.0.1:{free_port()}")
+    client = start_client(f"--remote=127.0.0.1:{server.port}", f"--expose={expose}")
+    warning = client.wait_for_stderr(r"WARNING .*'nosuch'.*", 5).group(0)
+    for words in ("does not offer", "offered: redis", "fix --expose"):
+        assert words in warning, warning
+    time.sleep(0.5)
+    assert client.alive()
+    assert "error" not in client.stderr().lower() and "Traceback" not in client.stderr()
 
 
 def test_unreachable_remote_is_retried_with_one_warning(
@@ -196,3 +189,37 @@ def test_unreachable_remote_is_retried_with_one_warning(
     client.wait_for_stderr("tunnel up to ", timeout=15)
     assert "Traceback" not in client.stderr()
     assert client.stop() == 0, "SIGTERM should stop the client cleanly"
+
+
+def test_each_dead_remote_is_warned_about_once_and_keeps_its_own_error(
+    start_client: Callable[..., Started],
+    free_port: Callable[..., int],
+    wait_for_port: Callable[..., None],
+) -> None:
+    """Two remotes tried in turn, both closed ports: one warning per remote (not one per
+    attempt), and /status gives each remote its own last error."""
+    first, second, metrics = free_port(), free_port(), free_port()  # nothing listens there
+    client = start_client(
+        f"--remote=127.0.0.1:{first}",
+        f"--remote=127.0.0.1:{second}",
+        f"--metrics-listen=127.0.0.1:{metrics}",
+        "--backoff-max=0.2",  # many attempts within the test's few seconds
+        wait_tunnel=False,
+    )
+    wait_for_port("127.0.0.1", metrics, alive=client.alive)
+    client.wait_for_stderr(f"cannot reach 127.0.0.1:{second}", timeout=5)
+    time.sleep(3.0)
+    attempts = client.stderr()
+    warnings = re.findall(r".* WARNING .*", attempts)
+    for port in (first, second):
+        about = [line for line in warnings if f"127.0.0.1:{port}:" in line]
+        assert len(about) == 1, attempts
+    assert len(warnings) == 2, attempts
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics}/status", timeout=5) as response:
+        remotes = {row["peer"]: row for row in json.load(response)["remotes"]}
+    for port, other in ((first, second), (second, first)):
+        error = remotes[f"127.0.0.1:{port}"]["last_error"]
+        assert f"cannot reach 127.0.0.1:{port}: connection refused" in error, remotes
+        assert str(other) not in error, remotes
+    assert client.alive()

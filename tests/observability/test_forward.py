@@ -5,15 +5,17 @@ Service variable in the same environment is not a link."""
 from __future__ import annotations
 
 import hashlib
+import json
 import socket
 import socketserver
 import threading
+import time
 from collections.abc import Callable, Iterator
 
 import pytest
 
 from tests.integration.support import Processes, Redis, ambassador, redis_cli
-from tests.observability.support import listening_ports
+from tests.observability.support import http_get, listening_ports, scrape
 
 pytestmark = pytest.mark.integration
 
@@ -128,4 +130,108 @@ def test_forward_mode_keeps_half_closes_and_closes_once_both_sides_are_done(
                 answer += chunk
         assert answer == hashlib.sha256(payload).hexdigest().encode(), n
     assert server.alive()
+    assert server.stop() == 0
+
+
+@pytest.fixture
+def unanswered_port(free_port: Callable[..., int]) -> Iterator[int]:
+    """A loopback port whose listener never accepts and whose backlog is full: a new
+    connection's SYN is dropped, so connecting to it hangs as to a backend that is down."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", free_port()))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    for _ in range(3):
+        filler = socket.socket()
+        filler.setblocking(False)
+        filler.connect_ex(("127.0.0.1", port))
+        fillers.append(filler)
+    try:
+        with socket.socket() as probe:
+            probe.settimeout(0.3)
+            try:
+                probe.connect(("127.0.0.1", port))
+                pytest.skip("this kernel accepts past a full backlog; no way to time out here")
+            except TimeoutError:
+                pass
+        yield port
+    finally:
+        for filler in fillers:
+            filler.close()
+        listener.close()
+
+
+def consumer_ended(port: int, payload: bytes, timeout: float) -> float:
+    """Seconds until a consumer's connection to ``port`` ended without an answer."""
+    started = time.monotonic()
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+            sock.sendall(payload)
+            assert sock.recv(64) == b""
+    except (ConnectionResetError, BrokenPipeError):
+        pass
+    return time.monotonic() - started
+
+
+def test_forward_mode_counts_bytes_and_failures_by_reason_in_metrics_and_status(
+    digest_backend: int,
+    unanswered_port: int,
+    processes: Processes,
+    free_port: Callable[..., int],
+    wait_for_port: Callable[..., None],
+) -> None:
+    digest_port, dead_port, slow_port, metrics = (free_port() for _ in range(4))
+    closed = free_port()  # nothing listens there: the dial is refused
+    server = processes.start(
+        "ambassador-server",
+        [
+            *ambassador("server"),
+            "--link", f"digest:{digest_port}=127.0.0.1:{digest_backend}",
+            "--link", f"dead:{dead_port}=127.0.0.1:{closed}",
+            "--link", f"slow:{slow_port}=127.0.0.1:{unanswered_port}",
+            "--forward", "--forward-bind", "127.0.0.1",
+            "--dial-timeout", "0.5",
+            "--metrics-listen", f"127.0.0.1:{metrics}",
+        ],
+    )  # fmt: skip
+    server.wait_for_stderr(rf"forwarding 127\.0\.0\.1:{slow_port} to ", timeout=10)
+    wait_for_port("127.0.0.1", metrics, alive=server.alive)
+
+    payload = bytes(range(256)) * 400
+    with socket.create_connection(("127.0.0.1", digest_port), timeout=5) as sock:
+        sock.sendall(payload)
+        sock.shutdown(socket.SHUT_WR)
+        answer = b""
+        while chunk := sock.recv(4096):
+            answer += chunk
+    assert answer == hashlib.sha256(payload).hexdigest().encode()
+    assert consumer_ended(dead_port, b"x", 5) < 2
+    waited = consumer_ended(slow_port, b"x", 8)
+    assert 0.4 < waited < 3, f"the dial gave up after {waited:.1f}s, not --dial-timeout 0.5"
+
+    server.wait_for_stderr(r"connection to 'dead' refused \(backend_refused\)", 2)
+    server.wait_for_stderr(r"connection to 'slow' refused \(backend_timeout\): .* 0\.5s", 2)
+    scraped = scrape(metrics)
+
+    def counted(name: str, **labels: str) -> int:
+        return int(scraped.value(name, role="forward", **labels))
+
+    assert counted("ambassador_bytes_total", service="digest", direction="to_backend") == len(
+        payload
+    )
+    assert counted("ambassador_bytes_total", service="digest", direction="to_consumer") == 64
+    assert counted("ambassador_streams_total", service="digest") == 1
+    assert counted("ambassador_streams_open", service="digest") == 0
+    refusals = "ambassador_stream_refusals_total"
+    assert counted(refusals, service="dead", reason="backend_refused") == 1
+    assert counted(refusals, service="slow", reason="backend_timeout") == 1
+    assert counted(refusals, reason="backend_refused") == 1  # the timeout is not "refused"
+
+    status = json.loads(http_get(metrics, "/status").text)
+    rows = {row["service"].split(":")[0]: row for row in status["services"]}
+    assert rows["digest"]["bytes_in"] == len(payload)
+    assert rows["digest"]["bytes_out"] == 64
+    for name in ("digest", "dead", "slow"):
+        assert rows[name]["refused"] == counted(refusals, service=name), rows[name]
     assert server.stop() == 0

@@ -27,6 +27,7 @@ SANS_IO = [
     "effective",
     "trust",
     "peertext",
+    "wording",
 ]
 FORBIDDEN = {"asyncio", "socket", "ssl", "time", "selectors", "threading", "uvloop"}
 

@@ -42,7 +42,8 @@ def status_of(port: int) -> dict[str, object]:
 
 
 def helpers_of(process: Started, count: int) -> list[int]:
-    process.wait_for_stderr(rf"{count} helper processes started")
+    started = "1 helper process" if count == 1 else f"{count} helper processes"
+    process.wait_for_stderr(rf"{started} started")
     return wait_for(
         f"{count} helpers of pid {process.pid}",
         lambda: (found := children_of(process.pid)) and len(found) == count and found,
@@ -333,8 +334,10 @@ def test_sighup_reloads_every_worker(
     config.write_text(f'listen = "127.0.0.1:{tunnel}"\nworkers = 2\n[links]\n{links}')
     os.kill(server.pid, signal.SIGHUP)
     server.wait_for_stderr(r"(?m)^\S+ \S+ INFO ambassador.server: configuration reloaded: "
-                           r"offering redis:\d+ to 1 sessions")  # fmt: skip
-    server.wait_for_stderr(r"worker 1: configuration reloaded: offering redis:\d+ to 1 sessions")
+                           r"offering redis:\d+ to 1 session$")  # fmt: skip
+    server.wait_for_stderr(
+        r"(?m)worker 1: configuration reloaded: offering redis:\d+ to 1 session$"
+    )
     # Both sessions, one in each process, now refuse echo.
     for port in echo_ports:
         wait_for(f"echo refused through {port}", lambda p=port: consumer_refused(p))

@@ -7,7 +7,6 @@ import pytest
 from client.config import ClientConfig
 from client.connector import Connector
 from client.listeners import Listeners, choose_service
-from tunnel.errors import ConfigError
 from tunnel.links import Address, parse_expose
 from tunnel.messages import ServiceInfo
 
@@ -38,21 +37,36 @@ def test_choose_service_takes_the_first_reference_offered(
     assert choose_service(catalog, ("redis:6379", "6379", "redis")) == chosen
 
 
+def wanted(
+    listening: Listeners, catalog: tuple[ServiceInfo, ...] | None
+) -> tuple[list[tuple[tuple[str, int], tuple[str, ...]]], list[str]]:
+    found, missing = listening.wanted(catalog, listening.specs, listening.bind)
+    return [(key[:2], refs) for key, (_, refs) in found.items()], missing
+
+
 def test_the_seed_listens_on_the_port_in_the_variables_name() -> None:
-    wanted = listeners(SEED).wanted((ServiceInfo("redis", 6379),))
-    assert [(key[:2], refs) for key, (_, refs) in wanted.items()] == [
-        (("127.0.0.1", 1234), ("redis:6379",))
-    ]
+    assert wanted(listeners(SEED), (ServiceInfo("redis", 6379),)) == (
+        [(("127.0.0.1", 1234), ("redis:6379",))],
+        [],
+    )
     # Before the catalog is in, the port is bound already and every reference is still open.
-    wanted = listeners(SEED).wanted(None)
-    assert [(key[:2], refs) for key, (_, refs) in wanted.items()] == [
-        (("127.0.0.1", 1234), ("redis:6379", "6379", "redis"))
-    ]
+    assert wanted(listeners(SEED), None) == (
+        [(("127.0.0.1", 1234), ("redis:6379", "6379", "redis"))],
+        [],
+    )
 
 
-def test_a_seed_the_server_does_not_offer_names_every_reference_tried() -> None:
-    with pytest.raises(ConfigError) as error:
-        listeners(SEED).wanted((ServiceInfo("web", 80),))
-    message = str(error.value)
-    assert "cannot expose 'redis:6379' or '6379' or 'redis'" in message
-    assert "offered: web" in message
+def test_a_seed_the_server_does_not_offer_keeps_its_port_and_names_every_reference_tried(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    listening = listeners(SEED)
+    catalog = (ServiceInfo("web", 80),)
+    found, missing = wanted(listening, catalog)
+    # The port stays bound (consumers are refused at once until the server offers it).
+    assert found == [(("127.0.0.1", 1234), ("redis:6379", "6379", "redis"))]
+    assert missing == ["redis:6379"]
+    with caplog.at_level("WARNING", logger="ambassador.client"):
+        listening._note_missing(missing, catalog, remind=False)
+    (line,) = caplog.messages
+    assert "does not offer 'redis:6379' or '6379' or 'redis'" in line
+    assert "(offered: web)" in line

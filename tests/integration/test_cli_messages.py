@@ -148,7 +148,7 @@ def test_helper_processes_do_not_warn_again(
     port = free_port()
     argv = [*ambassador("server"), LINK, f"--listen=127.0.0.1:{port}", "--workers=2"]
     server = processes.start("server", argv, env={"AMBASSADOR_DIAL_TIMOUT": "3"})
-    server.wait_for_stderr("1 helper processes started")
+    server.wait_for_stderr("1 helper process started")
     wait_for_port("127.0.0.1", port, alive=server.alive)
     time.sleep(1.5)  # the helper logs nothing once it has parsed: give it time to start
     assert server.stop() == 0

@@ -184,7 +184,7 @@ def test_server_output_is_a_config_file_giving_the_same_configuration(tmp_path: 
     server, _ = loopback_pki(tmp_path)
     config = tmp_path / "server.toml"
     config.write_text(
-        'handshake-timeout = 3\naccess = ["alice=redis"]\n[links]\nredis = "127.0.0.1:6379"\n'
+        'handshake-timeout = 3\naccess = ["alice=db"]\n[links]\nredis = "127.0.0.1:6379"\n'
     )
     env = {"AMBASSADOR_DIAL_TIMEOUT": "2.5", "AMBASSADOR_LOG_LEVEL": "warning"}
     args = [

@@ -290,11 +290,11 @@ def test_a_client_asking_for_a_hidden_service_is_pointed_at_the_access_rules(
 ) -> None:
     server, tokens = hidden
     client = programs.client(server, "--token-file", str(tokens), service="secret")
-    assert client.program.popen.wait(timeout=10) == 2
-    errors = [line for line in client.program.lines() if "error:" in line]
-    assert len(errors) == 1, client.program.text()
-    assert "the server does not offer it to this client, identity 'alice'" in errors[0], errors
-    assert "(offered: redis)" in errors[0] and "access rules" in errors[0], errors
+    # The listener stays (a sidecar's consumer may come before the rule is fixed); one warning
+    # says why the service is missing without confirming that it exists.
+    client.program.wait_for(r"WARNING .*does not offer 'secret' to this client, identity 'alice'")
+    (line,) = [line for line in client.program.lines() if "does not offer 'secret'" in line]
+    assert "(offered: redis)" in line and "access rules" in line, line
 
 
 def test_an_access_rule_naming_no_service_is_warned_about_at_start_and_reload(

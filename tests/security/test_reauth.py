@@ -9,6 +9,7 @@ and a redis connection open through it carries on, on the same tunnel connection
 
 from __future__ import annotations
 
+import re
 import shutil
 import signal
 import socket
@@ -105,12 +106,8 @@ def reload(server: Server) -> int:
 
 
 def closing_lines(server: Server, since: int, client: Client) -> list[str]:
-    peer = f"127.0.0.1:{client.peer_port} "
-    return [
-        line
-        for line in server.program.lines(since)
-        if "closing session with" in line and peer in line
-    ]
+    peer = re.compile(rf"closing session with 127\.0\.0\.1:{client.peer_port}\b")
+    return [line for line in server.program.lines(since) if peer.search(line)]
 
 
 def start_server(programs: Programs, *args: str) -> tuple[Server, int]:

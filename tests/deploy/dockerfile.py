@@ -94,6 +94,29 @@ def _logical_lines(text: str) -> list[tuple[int, str]]:
     return lines
 
 
+def global_args(text: str) -> dict[str, str | None]:
+    """The ``ARG NAME[=DEFAULT]`` lines before the first ``FROM``, which a ``FROM`` may use."""
+    values: dict[str, str | None] = {}
+    for _, line in _logical_lines(text):
+        keyword, _, args = line.partition(" ")
+        if keyword.upper() == "FROM":
+            break
+        if keyword.upper() == "ARG":
+            name, equals, default = args.strip().partition("=")
+            values[name] = default if equals else None
+    return values
+
+
+def directives(text: str) -> list[str]:
+    """The parser directives at the top (``# syntax=...``, ``# escape=...``)."""
+    found = []
+    for line in text.splitlines():
+        if not _DIRECTIVE.match(line.strip()):
+            break
+        found.append(line.strip())
+    return found
+
+
 def parse(text: str) -> list[Stage]:
     """The stages of a Dockerfile, in order."""
     stages: list[Stage] = []

@@ -64,15 +64,40 @@ def test_reader_joins_continuations_drops_comments_and_splits_stages() -> None:
 def test_builder_and_final_stage_are_python_311_slim(stages: list[dockerfile.Stage]) -> None:
     assert len(stages) >= 2, "the image is built in two stages"
     builder, final = stages[0], stages[-1]
-    assert (builder.base, builder.name) == ("python:3.11-slim", "builder")
-    assert final.base == "python:3.11-slim"
+    # Both stages from the build argument BASE, so that a local image can replace the default
+    # where no registry is reachable; both the same, since the venv points at its Python.
+    assert (builder.base, builder.name) == ("${BASE}", "builder")
+    assert final.base == "${BASE}"
+    assert dockerfile.global_args(DOCKERFILE.read_text()) == {"BASE": "python:3.11-slim"}
+
+
+def test_the_legacy_builder_and_an_offline_buildkit_can_build_it(
+    stages: list[dockerfile.Stage],
+) -> None:
+    # A `# syntax=` line makes BuildKit fetch its frontend from a registry; the legacy builder
+    # refuses COPY --chmod.
+    assert dockerfile.directives(DOCKERFILE.read_text()) == []
+    for stage in stages:
+        for copy in stage.all("COPY"):
+            assert "chmod" not in copy.options()[0], f"line {copy.line}: COPY --chmod"
+
+
+def test_offline_builds_install_only_from_the_wheelhouse(stages: list[dockerfile.Stage]) -> None:
+    builder = stages[0]
+    assert [a.args for a in builder.all("ARG")] == ["OFFLINE="], "off unless asked for"
+    (install,) = [r.args for r in builder.all("RUN") if "requirements.lock" in r.args]
+    assert '[ -n "$OFFLINE" ]' in install
+    assert "--no-index --find-links /src/deploy/wheelhouse" in install
+    copies = [c.words() for c in builder.all("COPY")]
+    assert ["deploy/wheelhouse", "./deploy/wheelhouse"] in copies
+    assert (DEPLOY / "wheelhouse").is_dir(), "the directory exists in a fresh checkout"
 
 
 def test_builder_installs_this_repository_into_a_venv(stages: list[dockerfile.Stage]) -> None:
     builder = stages[0]
     runs = " ".join(i.args for i in builder.all("RUN"))
     assert re.search(r"python3? -m venv (\S+)", runs), "the builder makes a venv"
-    assert re.search(r"/bin/pip install --require-hashes -r requirements\.lock", runs), (
+    assert re.search(r"/bin/pip install (\"\$@\" )?--require-hashes -r requirements\.lock", runs), (
         "the builder installs the locked versions, each checked against its hash"
     )
     assert re.search(r"/bin/pip install --no-deps [^&]*\.(\s|$)", runs), (
@@ -129,12 +154,13 @@ def test_entrypoint_port_and_environment(final: dockerfile.Stage) -> None:
     assert env["AMBASSADOR_BIND"] == "0.0.0.0", "client listeners must be reachable from links"
 
 
-def test_healthcheck_asks_healthz_with_urllib(final: dockerfile.Stage) -> None:
+def test_healthcheck_asks_readyz_with_urllib(final: dockerfile.Stage) -> None:
     argv = healthcheck_argv(final)
     text = " ".join(argv)
     assert "curl" not in text and "wget" not in text, "slim images have neither"
     assert argv[0] == final.env()["PATH"].split(":")[0] + "/python"
-    assert argv[1] == "-c" and "urllib" in argv[2] and "/healthz" in argv[2]
+    # /readyz: a client whose tunnel is down turns unhealthy (tests/containers checks it).
+    assert argv[1] == "-c" and "urllib" in argv[2] and "/readyz" in argv[2]
     assert "AMBASSADOR_METRICS_LISTEN" in argv[2], "it follows the metrics address of the image"
     compile(argv[2], "HEALTHCHECK", "exec")
 

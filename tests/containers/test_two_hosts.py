@@ -27,11 +27,6 @@ CONSUMER = ["run", "--rm", "--network", "client-host", "--link", "redis_ambassad
         pytest.param(
             "REDIS_PORT_1234_TCP=tcp://big-server:6379",
             "1234",
-            marks=pytest.mark.xfail(
-                reason="the client asks the server for '1234' (the port in the variable's name) "
-                "rather than redis:6379, then 6379, then redis",
-                strict=False,
-            ),
         ),
     ],
     ids=["6379", "1234-to-6379"],

@@ -714,6 +714,35 @@ def test_protocol_violation_ends_in_go_away_protocol_error(
     assert seen == ConnectionTerminated(GoAwayCode.PROTOCOL_ERROR, seen.reason, remote=True)
 
 
+def test_window_may_grow_to_exactly_the_largest_length(pair: Pair) -> None:
+    # 2**32-1 is the largest window the 32-bit length field can describe, and so a legal one;
+    # only growing past it is an error.
+    server = pair.server.session
+    stream_id = pair.client.session.open_stream()
+    server.receive_data(raw(UPDATE, Flags.SYN, stream_id, 0), pair.now)
+    # The server's send window on the stream is the initial one: grow it to the limit.
+    events = server.receive_data(raw(UPDATE, Flags.NONE, stream_id, MAX_LENGTH - INITIAL_WINDOW), 0)
+    assert not [e for e in events if isinstance(e, ConnectionTerminated)], (
+        f"stream {stream_id}: a window of exactly 2**32-1 ended the session: {events}"
+    )
+    assert server.send_data(stream_id, b"still open") is False
+    events = server.receive_data(raw(UPDATE, Flags.NONE, stream_id, 1), pair.now)
+    assert isinstance(events[-1], ConnectionTerminated), "one byte past 2**32-1 went unnoticed"
+
+
+def test_ack_on_a_stream_the_peer_opened_is_not_taken_as_an_answer(pair: Pair) -> None:
+    # An ACK answers a SYN: the peer sending one on a stream it opened itself answers nothing,
+    # and must not make us report our own stream accepted.
+    server = pair.server.session
+    stream_id = pair.client.session.open_stream()
+    events = server.receive_data(raw(UPDATE, Flags.SYN, stream_id, 0), pair.now)
+    assert events == [StreamOpened(stream_id)]
+    events = server.receive_data(raw(UPDATE, Flags.ACK, stream_id, 0), pair.now)
+    assert StreamAccepted(stream_id) not in events, (
+        f"stream {stream_id}, opened by the peer, was reported accepted by the peer's own ACK"
+    )
+
+
 def test_violation_split_across_reads_is_still_caught(pair: Pair) -> None:
     server = pair.server.session
     stream_id = open_established(pair)

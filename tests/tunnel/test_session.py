@@ -429,7 +429,7 @@ def test_response_longer_than_the_window_after_the_request_half_closed(
     pair.flush()
     while pair.consume(pair.client, stream_id):
         pair.flush()
-    assert pair.client.received(stream_id) == reply
+    pair.client.assert_finished(stream_id, reply)
     assert pair.client.events[-1] == StreamEnded(stream_id)
     assert client.open_streams == server.open_streams == 0
 
@@ -446,7 +446,7 @@ def test_peer_fin_while_our_data_and_fin_wait_for_window(make_pair: Callable[...
     pair.flush()
     while pair.consume(pair.client, stream_id):
         pair.flush()
-    assert pair.client.received(stream_id) == reply
+    pair.client.assert_finished(stream_id, reply)
     assert pair.client.events[-1] == StreamEnded(stream_id)
     assert client.open_streams == server.open_streams == 0
 

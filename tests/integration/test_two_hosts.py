@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from tests.environment import missing
 from tests.integration.support import (
     Processes,
     ambassador,
@@ -74,7 +75,7 @@ def two_hosts(processes: Processes) -> Iterator[TwoHosts]:
         result = run_program(["ip", "netns", "add", server_ns])
         if result.returncode != 0:
             reason = result.stderr.strip()
-            pytest.skip(f"cannot create a network namespace (needs CAP_SYS_ADMIN): {reason}")
+            missing(f"cannot create a network namespace (needs CAP_SYS_ADMIN): {reason}")
         created.append(server_ns)
         ip("netns", "add", client_ns)
         created.append(client_ns)

@@ -743,6 +743,46 @@ def test_ack_on_a_stream_the_peer_opened_is_not_taken_as_an_answer(pair: Pair) -
     )
 
 
+@pytest.mark.parametrize(
+    ("bad", "reason"),
+    [
+        (VIOLATIONS["data past the window"], "bytes of window left"),
+        (VIOLATIONS["data after FIN"], "after the peer's FIN"),
+    ],
+    ids=["past the window", "after FIN"],
+)
+def test_a_data_violation_says_which_it_was_and_takes_no_new_stream(
+    pair: Pair, bad: Callable[[int], bytes], reason: str
+) -> None:
+    server = pair.server.session
+    stream_id = open_established(pair)
+    terminated = server.receive_data(bad(stream_id), pair.now)[-1]
+    assert isinstance(terminated, ConnectionTerminated)
+    assert reason in terminated.reason and f"stream {stream_id}" in terminated.reason
+    assert server.goaway_sent, "the Go Away that says why was not recorded as sent"
+
+
+@pytest.mark.parametrize(
+    ("fields", "complaint"),
+    [
+        ({"stream_window": INITIAL_WINDOW - 1}, "stream_window must be at least"),
+        ({"stream_window": MIB, "max_stream_window": MIB - 1}, "max_stream_window must be"),
+        ({"max_frame_size": 1023}, "max_frame_size must be at least 1024"),
+        ({"max_streams": 0}, "max_streams must be at least 1"),
+    ],
+)
+def test_limits_refuse_what_cannot_work_and_say_which(
+    fields: dict[str, int], complaint: str
+) -> None:
+    with pytest.raises(ValueError, match=complaint):
+        Limits(**fields)  # type: ignore[arg-type]
+
+
+def test_limits_accept_each_bound_itself() -> None:
+    Limits(stream_window=INITIAL_WINDOW, max_stream_window=INITIAL_WINDOW)
+    Limits(max_frame_size=1024, max_streams=1)
+
+
 def test_violation_split_across_reads_is_still_caught(pair: Pair) -> None:
     server = pair.server.session
     stream_id = open_established(pair)

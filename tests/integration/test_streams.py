@@ -138,7 +138,7 @@ def test_refused_backend_resets_the_consumer_promptly(
     with socket.create_connection(("127.0.0.1", pair.ports["echo"]), timeout=5) as sock:
         sock.sendall(b"still here")
         sock.shutdown(socket.SHUT_WR)
-        assert read_to_eof(sock) == b"still here"
+        assert recv_to_eof(sock, "echo stream beside the refused one") == b"still here"
 
 
 def test_iperf3_through_the_pair(

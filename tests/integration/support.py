@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.environment import missing as lacking
+
 ROOT = Path(__file__).resolve().parents[2]
 BACKENDS = Path(__file__).with_name("backends.py")
 STOP_GRACE = 5.0
@@ -54,11 +56,11 @@ _DEBIAN_PACKAGE = {"redis-server": "redis-server", "redis-cli": "redis-tools", "
 
 
 def require_programs(*names: str) -> None:
-    """Skip the test unless every named program is on PATH."""
+    """Skip the test (fail it under CI) unless every named program is on PATH."""
     missing = [name for name in names if shutil.which(name) is None]
     if missing:
         packages = " ".join(dict.fromkeys(_DEBIAN_PACKAGE.get(name, name) for name in missing))
-        pytest.skip(f"{', '.join(missing)} not installed (Debian: apt-get install {packages})")
+        lacking(f"{', '.join(missing)} not installed (Debian: apt-get install {packages})")
 
 
 @dataclass

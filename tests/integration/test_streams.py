@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 import pytest
 
+from tests.bounded import drain, read_to_eof, recv_to_eof
 from tests.integration.support import Pair, Processes, require_programs, run_program
 
 pytestmark = pytest.mark.integration
@@ -24,24 +25,24 @@ CHUNK = 256 * 1024
 # bytes, so bytes delivered to the wrong stream or out of order change the digest.
 STRIDE = 4099
 LOAD_DEADLINE = 75.0
+STUCK = 20.0  # seconds one stream may go without moving a byte while 99 others share the link
 
 
 async def echo_one(port: int, data: memoryview) -> tuple[int, str]:
     """Send ``data`` and EOF on one connection while reading the echo; (count, sha256) read."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=4 * CHUNK)
+    stream = f"echo stream from local port {writer.get_extra_info('sockname')[1]}"
 
     async def send() -> None:
         for offset in range(0, len(data), CHUNK):
             writer.write(data[offset : offset + CHUNK])
-            await writer.drain()
+            # A stuck stream fails naming itself, not at the whole test's deadline.
+            await drain(writer, stream, offset, idle=STUCK)
         writer.write_eof()
 
     async def receive() -> tuple[int, str]:
-        digest, count = hashlib.sha256(), 0
-        while chunk := await reader.read(4 * CHUNK):
-            digest.update(chunk)
-            count += len(chunk)
-        return count, digest.hexdigest()
+        echoed = await read_to_eof(reader, stream, expected=len(data), idle=STUCK)
+        return len(echoed), hashlib.sha256(echoed).hexdigest()
 
     try:
         async with asyncio.TaskGroup() as group:
@@ -86,13 +87,6 @@ def test_hundred_concurrent_streams_are_byte_exact_both_ways(
         assert " WARNING " not in program.stderr(), f"{program.name} warned under load"
 
 
-def read_to_eof(sock: socket.socket) -> bytes:
-    parts = []
-    while chunk := sock.recv(65536):
-        parts.append(chunk)
-    return b"".join(parts)
-
-
 @pytest.mark.parametrize("size", [0, 1, 3 * MIB], ids=["empty", "one-byte", "3MiB"])
 def test_half_closed_stream_still_receives_its_answer(
     size: int, start_backend: Callable[[str], int], start_pair: Callable[..., Pair]
@@ -105,7 +99,8 @@ def test_half_closed_stream_still_receives_its_answer(
     with socket.create_connection(("127.0.0.1", pair.port), timeout=10) as sock:
         sock.sendall(request)
         sock.shutdown(socket.SHUT_WR)
-        answer = read_to_eof(sock)
+        # The backend answers once the consumer's FIN has reached it.
+        answer = recv_to_eof(sock, f"digest stream with a {size}-byte request, half-closed")
     assert answer == f"{size} {hashlib.sha256(request).hexdigest()}\n".encode()
 
 
@@ -143,7 +138,7 @@ def test_refused_backend_resets_the_consumer_promptly(
     with socket.create_connection(("127.0.0.1", pair.ports["echo"]), timeout=5) as sock:
         sock.sendall(b"still here")
         sock.shutdown(socket.SHUT_WR)
-        assert read_to_eof(sock) == b"still here"
+        assert recv_to_eof(sock, "echo stream beside the refused one") == b"still here"
 
 
 def test_iperf3_through_the_pair(

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.environment import missing
+
 GOPATH = Path("/usr/share/gocode")
 YAMUX_SOURCES = GOPATH / "src/github.com/hashicorp/yamux"
 PEER_SOURCE = Path(__file__).with_name("yamuxpeer") / "main.go"
@@ -26,9 +28,9 @@ def yamuxpeer(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The path of the built reference peer."""
     go = shutil.which("go")
     if go is None:
-        pytest.skip("go is not installed (Debian: apt-get install golang-go)")
+        missing("go is not installed (Debian: apt-get install golang-go)")
     if not (YAMUX_SOURCES / "session.go").is_file():
-        pytest.skip(
+        missing(
             f"hashicorp/yamux sources not found in {YAMUX_SOURCES} "
             "(Debian: apt-get install golang-github-hashicorp-yamux-dev)"
         )
@@ -50,7 +52,7 @@ def yamuxpeer(tmp_path_factory: pytest.TempPathFactory) -> Path:
             timeout=BUILD_TIMEOUT,
         )
     except subprocess.TimeoutExpired:
-        pytest.skip(f"building the yamux reference peer took over {BUILD_TIMEOUT:g}s")
+        missing(f"building the yamux reference peer took over {BUILD_TIMEOUT:g}s")
     if built.returncode != 0:
-        pytest.skip(f"building the yamux reference peer failed: {built.stderr.strip()[-2000:]}")
+        missing(f"building the yamux reference peer failed: {built.stderr.strip()[-2000:]}")
     return binary

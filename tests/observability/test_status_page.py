@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.environment import missing
 from tests.observability.conftest import CLIENT_NAME, SERVER_NAME, MeteredPair
 from tests.observability.support import http_get
 
@@ -145,8 +146,9 @@ def png_size(path: Path) -> tuple[int, int]:
     return width, height
 
 
-@pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} is not installed")
 def test_status_page_in_headless_chromium(metered_pair: MeteredPair, tmp_path: Path) -> None:
+    if not CHROMIUM.exists():
+        missing(f"{CHROMIUM} is not installed (Debian: apt-get install chromium)")
     url = f"http://127.0.0.1:{metered_pair.client_metrics}/"
     screenshot = tmp_path / "status.png"
     # The DOM and the screenshot are taken by two browsers at once.

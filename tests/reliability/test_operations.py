@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.environment import missing
 from tests.integration.support import AmbassadorServer, Processes, Started, ambassador
 from tests.reliability.backends import EchoBackend
 from tests.reliability.support import (
@@ -161,7 +162,7 @@ def test_pair_over_ipv6_loopback(
     wait_for_port: Callable[..., None],
 ) -> None:
     if not ipv6_loopback():
-        pytest.skip("::1 is not available here")
+        missing("::1 is not available here")
     backend = start_backend("echo")
     tunnel, local = free_port("::1"), free_port("::1")
     server = processes.start(

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.environment import missing
 from tests.security.conftest import ROOT, Programs, environ, pick_free_port
 
 README = ROOT / "README.md"
@@ -33,10 +34,10 @@ def quickstart_block() -> str:
     text = README.read_text()
     section = re.search(r"^## Secure quickstart\s*$(.*?)(?=^## |\Z)", text, re.M | re.S)
     if section is None:
-        pytest.skip("README.md has no 'Secure quickstart' section yet")
+        missing("README.md has no 'Secure quickstart' section")
     blocks = re.findall(r"```(?:sh|bash|shell)\n(.*?)```", section.group(1), re.S)
     if not blocks:
-        pytest.skip("the 'Secure quickstart' section has no shell block")
+        missing("the README's 'Secure quickstart' section has no shell block")
     return "\n".join(blocks)
 
 
@@ -83,7 +84,7 @@ def test_secure_quickstart(programs: Programs, tmp_path: Path) -> None:
     steps = commands(quickstart_block())
     for program in ("redis-server", "redis-cli"):
         if shutil.which(program) is None:
-            pytest.skip(f"{program} is not installed (Debian: redis-server, redis-tools)")
+            missing(f"{program} is not installed (Debian: redis-server, redis-tools)")
     ports = {"redis": pick_free_port(), "tunnel": pick_free_port(), "local": pick_free_port()}
     redis = programs.start(
         "redis-server",

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import pytest
 
-from tunnel.events import DataReceived, Event
+from tunnel.events import DataReceived, Event, StreamEnded
 from tunnel.frames import MAX_LENGTH, Frame, FrameDecoder
 from tunnel.limits import Limits
 from tunnel.session import Role, Session
@@ -47,6 +47,23 @@ class Side:
 
     def frames_sent(self) -> list[Frame]:
         return decode_all(bytes(self.sent))
+
+    def assert_finished(self, stream_id: int, expected: bytes) -> None:
+        """All of ``expected`` and then the FIN arrived on ``stream_id``, else say which not."""
+        got = self.received(stream_id)
+        name = self.session.role.name.lower()
+        assert got == expected, (
+            f"stream {stream_id}: the {name} received {len(got)} of {len(expected)} bytes"
+            + (
+                f"; missing: a window update for the other {len(expected) - len(got)}"
+                if expected.startswith(got)
+                else " (different bytes)"
+            )
+        )
+        assert StreamEnded(stream_id) in self.events, (
+            f"stream {stream_id}: missing: the FIN to the {name} after all its bytes"
+            f" (its events: {[type(e).__name__ for e in self.events[-5:]]})"
+        )
 
 
 class Pair:

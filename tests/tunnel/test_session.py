@@ -429,7 +429,7 @@ def test_response_longer_than_the_window_after_the_request_half_closed(
     pair.flush()
     while pair.consume(pair.client, stream_id):
         pair.flush()
-    assert pair.client.received(stream_id) == reply
+    pair.client.assert_finished(stream_id, reply)
     assert pair.client.events[-1] == StreamEnded(stream_id)
     assert client.open_streams == server.open_streams == 0
 
@@ -446,7 +446,7 @@ def test_peer_fin_while_our_data_and_fin_wait_for_window(make_pair: Callable[...
     pair.flush()
     while pair.consume(pair.client, stream_id):
         pair.flush()
-    assert pair.client.received(stream_id) == reply
+    pair.client.assert_finished(stream_id, reply)
     assert pair.client.events[-1] == StreamEnded(stream_id)
     assert client.open_streams == server.open_streams == 0
 
@@ -712,6 +712,75 @@ def test_protocol_violation_ends_in_go_away_protocol_error(
     # The peer learns why.
     (seen,) = [e for e in pair.client.session.receive_data(out, pair.now)]
     assert seen == ConnectionTerminated(GoAwayCode.PROTOCOL_ERROR, seen.reason, remote=True)
+
+
+def test_window_may_grow_to_exactly_the_largest_length(pair: Pair) -> None:
+    # 2**32-1 is the largest window the 32-bit length field can describe, and so a legal one;
+    # only growing past it is an error.
+    server = pair.server.session
+    stream_id = pair.client.session.open_stream()
+    server.receive_data(raw(UPDATE, Flags.SYN, stream_id, 0), pair.now)
+    # The server's send window on the stream is the initial one: grow it to the limit.
+    events = server.receive_data(raw(UPDATE, Flags.NONE, stream_id, MAX_LENGTH - INITIAL_WINDOW), 0)
+    assert not [e for e in events if isinstance(e, ConnectionTerminated)], (
+        f"stream {stream_id}: a window of exactly 2**32-1 ended the session: {events}"
+    )
+    assert server.send_data(stream_id, b"still open") is False
+    events = server.receive_data(raw(UPDATE, Flags.NONE, stream_id, 1), pair.now)
+    assert isinstance(events[-1], ConnectionTerminated), "one byte past 2**32-1 went unnoticed"
+
+
+def test_ack_on_a_stream_the_peer_opened_is_not_taken_as_an_answer(pair: Pair) -> None:
+    # An ACK answers a SYN: the peer sending one on a stream it opened itself answers nothing,
+    # and must not make us report our own stream accepted.
+    server = pair.server.session
+    stream_id = pair.client.session.open_stream()
+    events = server.receive_data(raw(UPDATE, Flags.SYN, stream_id, 0), pair.now)
+    assert events == [StreamOpened(stream_id)]
+    events = server.receive_data(raw(UPDATE, Flags.ACK, stream_id, 0), pair.now)
+    assert StreamAccepted(stream_id) not in events, (
+        f"stream {stream_id}, opened by the peer, was reported accepted by the peer's own ACK"
+    )
+
+
+@pytest.mark.parametrize(
+    ("bad", "reason"),
+    [
+        (VIOLATIONS["data past the window"], "bytes of window left"),
+        (VIOLATIONS["data after FIN"], "after the peer's FIN"),
+    ],
+    ids=["past the window", "after FIN"],
+)
+def test_a_data_violation_says_which_it_was_and_takes_no_new_stream(
+    pair: Pair, bad: Callable[[int], bytes], reason: str
+) -> None:
+    server = pair.server.session
+    stream_id = open_established(pair)
+    terminated = server.receive_data(bad(stream_id), pair.now)[-1]
+    assert isinstance(terminated, ConnectionTerminated)
+    assert reason in terminated.reason and f"stream {stream_id}" in terminated.reason
+    assert server.goaway_sent, "the Go Away that says why was not recorded as sent"
+
+
+@pytest.mark.parametrize(
+    ("fields", "complaint"),
+    [
+        ({"stream_window": INITIAL_WINDOW - 1}, "stream_window must be at least"),
+        ({"stream_window": MIB, "max_stream_window": MIB - 1}, "max_stream_window must be"),
+        ({"max_frame_size": 1023}, "max_frame_size must be at least 1024"),
+        ({"max_streams": 0}, "max_streams must be at least 1"),
+    ],
+)
+def test_limits_refuse_what_cannot_work_and_say_which(
+    fields: dict[str, int], complaint: str
+) -> None:
+    with pytest.raises(ValueError, match=complaint):
+        Limits(**fields)  # type: ignore[arg-type]
+
+
+def test_limits_accept_each_bound_itself() -> None:
+    Limits(stream_window=INITIAL_WINDOW, max_stream_window=INITIAL_WINDOW)
+    Limits(max_frame_size=1024, max_streams=1)
 
 
 def test_violation_split_across_reads_is_still_caught(pair: Pair) -> None:

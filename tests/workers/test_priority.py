@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.environment import missing
 from tunnel import metrics
 from tunnel.load import BULK_RATE, PRIORITY_STEP, BulkPriority, RateMeter, can_raise_priority
 
@@ -37,7 +38,7 @@ def lowered_gauge(role: str) -> float | None:
 
 def test_bulk_lowers_the_priority_and_a_pause_restores_it(sleeper: int) -> None:
     if not can_raise_priority(os.getpriority(os.PRIO_PROCESS, sleeper)):
-        pytest.skip("needs CAP_SYS_NICE or RLIMIT_NICE to restore a priority")
+        missing("needs CAP_SYS_NICE or RLIMIT_NICE to restore a priority")
     relayed = [0]
     priority = BulkPriority("test-bulk", RateMeter(lambda: relayed[0]), pid=sleeper)
     base = priority.base

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.environment import missing
 from tests.integration.support import (
     AmbassadorServer,
     Redis,
@@ -199,7 +200,7 @@ def test_processes_relaying_bulk_data_yield_the_cpu_until_it_stops(
     echo_pair: EchoPair, free_port: Callable[..., int]
 ) -> None:
     if not can_raise_priority(nice_of(0)):
-        pytest.skip("needs CAP_SYS_NICE or RLIMIT_NICE to restore a priority")
+        missing("needs CAP_SYS_NICE or RLIMIT_NICE to restore a priority")
     server_metrics = free_port()
     server, client, port, metrics = echo_pair(f"--metrics-listen=127.0.0.1:{server_metrics}")
     (client_helper,) = helpers_of(client, 1)

@@ -14,6 +14,7 @@ stripping version 2 from the hello would, is refused with a line telling it to u
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import os
 import ssl
@@ -37,6 +38,7 @@ from tests.security.conftest import (
     tls_connect,
     tls_context,
 )
+from tests.security.hostileserver import HostileServer
 from tunnel import auth
 from tunnel.errors import Reason
 from tunnel.messages import Hello, Refusal, Welcome, encode_message
@@ -46,9 +48,10 @@ SECRET = "5be1d0c4a9e84f6b8d2c7a3e1f0b9d8c"
 
 class TlsRelay:
     """A TLS-terminating relay on loopback: it presents its own certificate to whoever dials
-    it, opens a TLS connection of its own to ``target``, and copies the plaintext both ways."""
+    it, opens a connection of its own to ``target`` (TLS with ``back``, else plaintext), and
+    copies the plaintext both ways."""
 
-    def __init__(self, target: int, front: ssl.SSLContext, back: ssl.SSLContext) -> None:
+    def __init__(self, target: int, front: ssl.SSLContext, back: ssl.SSLContext | None) -> None:
         self.target, self.front, self.back = target, front, back
         self.relayed = 0  # connections whose both TLS handshakes completed
         self.thread = LoopThread("tls-relay")
@@ -67,8 +70,9 @@ class TlsRelay:
         try:
             async with asyncio.timeout(5):
                 up_reader, up_writer = await asyncio.open_connection(
-                    LOOPBACK, self.target, ssl=self.back, server_hostname=LOOPBACK
-                )
+                    LOOPBACK, self.target, ssl=self.back,
+                    server_hostname=LOOPBACK if self.back else None,
+                )  # fmt: skip
         except (OSError, TimeoutError):
             writer.close()
             return
@@ -197,3 +201,27 @@ def test_a_version_1_client_with_a_certificate_and_no_token_is_still_welcomed(
         answer = raw.next_message()
     assert isinstance(answer, Welcome), answer
     assert answer.version == 1 and answer.identity == "alice", answer
+
+
+def test_a_client_refuses_an_unbound_challenge_over_tls(
+    programs: Programs, certs: Certificates, tmp_path: Path
+) -> None:
+    """The other half of a downgrade: something in the path answers the client's hello (which
+    lists only version 2) with a version 1 challenge, to get an unbound proof it can relay."""
+    nonce = base64.b64encode(os.urandom(auth.NONCE_SIZE)).decode()
+    hostile = HostileServer([{"type": "challenge", "nonce": nonce, "version": 1}])
+    front = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    front.load_cert_chain(str(certs.main.server.cert), str(certs.main.server.key))
+    relay = TlsRelay(int(hostile.address.rsplit(":", 1)[1]), front, None)
+    token = tmp_path / "alice-token"
+    token.write_text(f"alice:{SECRET}\n")
+    token.chmod(0o600)
+    try:
+        args = ["--tls-ca", str(certs.main.ca), "--token-file", str(token)]
+        attempt = bad_attempt(programs, relay.address, *args)
+    finally:
+        relay.close()
+        hostile.stop()
+    assert hostile.hellos >= 1
+    assert_not_let_in(attempt)
+    assert_one_client_line(attempt, "asked for a token proof of protocol 1", "did not offer ([2])")

@@ -20,6 +20,7 @@ from functools import partial
 
 from client.config import ClientConfig
 from tunnel import __version__, auth, metrics
+from tunnel.binding import UNBOUND, server_end_point
 from tunnel.errors import Reason, RemoteProtocolError
 from tunnel.links import Address
 from tunnel.messages import (
@@ -373,32 +374,53 @@ class Connector:
         except (OSError, TimeoutError) as exc:
             text, reason = connect_error(str(remote), exc, self.config.connect_timeout)
             raise ConnectFailed(text, reason) from None
+        binding = UNBOUND
         if layer is not None:
             await self._tls_handshake(remote, layer, tunnel)
+            binding = server_end_point(peer_certificate(layer.ssl_object))
         tunnel.on_rtt = metrics.RTT.labels(str(remote)).set
         control = ControlClient(self._on_message)
         control.tunnel = tunnel
         control.stream_id = tunnel.open_stream(control)
         token = self.config.token
         nonce = os.urandom(auth.NONCE_SIZE) if token else b""
+        versions: tuple[int, ...] = SUPPORTED_VERSIONS
+        if token and layer is not None:
+            # A token over TLS is proved only bound to it: offering version 1 as well would
+            # let a man in the middle pick it (docs/protocol.md).
+            versions = tuple(v for v in SUPPORTED_VERSIONS if v >= auth.BOUND_SINCE)
         hello = Hello(
-            SUPPORTED_VERSIONS, self.config.name, f"ambassador/{__version__}",
+            versions, self.config.name, f"ambassador/{__version__}",
             token[0] if token else None, nonce,
         )  # fmt: skip
         tunnel.send(control.stream_id, encode_message(hello))
         message = await self._next(remote, control, tunnel)
         if isinstance(message, Challenge) and token is not None:
-            proof = auth.client_proof(token[1], token[0], nonce, message.nonce)
+            version = message.version
+            if version not in versions:
+                tunnel.close("challenge of a version not offered")
+                raise ConnectFailed(
+                    f"{remote} asked for a token proof of protocol {version}, which this client "
+                    f"did not offer ({list(versions)}); is something in the path rewriting "
+                    "the hello?", "protocol_error",
+                )  # fmt: skip
+            secret, name = token[1], token[0]
+            proof = auth.client_proof(
+                secret, name, nonce, message.nonce, version=version, binding=binding
+            )
             tunnel.send(control.stream_id, encode_message(Auth(proof)))
             server_nonce = message.nonce
             message = await self._next(remote, control, tunnel)
             if isinstance(message, Welcome):
-                expected = auth.server_proof(token[1], token[0], nonce, server_nonce)
-                if not auth.proofs_match(expected, message.proof):
+                expected = auth.server_proof(
+                    secret, name, nonce, server_nonce, version=version, binding=binding
+                )
+                if message.version != version or not auth.proofs_match(expected, message.proof):
                     tunnel.close("server proof mismatch")
+                    relayed = " (or is the connection relayed?)" if binding else ""
                     raise ConnectFailed(
                         f"{remote} did not prove it knows the token {token[0]!r}; "
-                        "is it the right server?", "auth_failed",
+                        f"is it the right server{relayed}?", "auth_failed",
                     )  # fmt: skip
         elif isinstance(message, Welcome) and token is not None:
             tunnel.close("server skipped the token exchange")

@@ -21,6 +21,7 @@ from server.forward import start_forwarding
 from server.reauth import Admission
 from server.tls_accept import accept_tls
 from tunnel.auth import load_tokens, plaintext_warning
+from tunnel.binding import UNBOUND
 from tunnel.errors import ConfigError, Reason
 from tunnel.frames import GoAwayCode
 from tunnel.httpd import StatusServer
@@ -28,7 +29,7 @@ from tunnel.observe import sample, service_stats
 from tunnel.oserrors import listen_error
 from tunnel.reload import Reloader
 from tunnel.tls import (
-    server_context,
+    bound_server_context,
     warn_about_files,
     warn_if_expiring,
 )
@@ -50,9 +51,10 @@ class Server:
         self.config = config
         self.connections: set[ServerConnection] = set()
         self._listener: asyncio.Server | None = None
-        self.tls_context: ssl.SSLContext | None = (
-            server_context(config.tls) if config.tls is not None else None
-        )
+        self.tls_context: ssl.SSLContext | None = None
+        self.tls_binding = UNBOUND  # the channel binding of the certificate it presents
+        if config.tls is not None:
+            self.tls_context, self.tls_binding = bound_server_context(config.tls)
         self._tasks: set[asyncio.Task[None]] = set()
         self.tokens: dict[str, bytes] | None = None
         self._started = time.monotonic()
@@ -115,7 +117,7 @@ class Server:
 
     def _serve_here(self) -> asyncio.BaseProtocol:
         if self.tls_context is not None:
-            return accept_tls(self, self.tls_context)
+            return accept_tls(self, self.tls_context, self.tls_binding)
         return self.make_connection().tunnel
 
     def make_connection(self, peer: str = "") -> ServerConnection:
@@ -154,13 +156,13 @@ class Server:
             log.warning("--listen changed to %s; restart to move the listener", new.listen)
         if (new.tls is None) != (old.tls is None):
             raise ConfigError("turning TLS on or off needs a restart")
-        context = server_context(new.tls) if new.tls is not None else None
+        context, binding = bound_server_context(new.tls) if new.tls else (None, UNBOUND)
         tokens: dict[str, bytes] | None = None
         if new.token_file is not None:
             tokens, _ = load_tokens(new.token_file)
         admission = Admission.of(new, tokens, datetime.now(UTC))
         self.config = replace(new, listen=old.listen)
-        self.tls_context = context
+        self.tls_context, self.tls_binding = context, binding
         self.tokens = tokens
         for connection in list(self.connections):
             refused = admission.refuses(connection)

@@ -85,6 +85,7 @@ class ServerConnection:
         self.closing = False  # close_with was called: said once, counted once
         self.broken = False  # the peer broke the protocol: nothing more it says is heard
         self.tls_done = False  # a TLS handshake completed on this connection
+        self.channel_binding = b""  # its binding (tunnel.binding), which token proofs cover
         self.streams: set[BackendStream] = set()
         self.tasks: set[asyncio.Task[object]] = set()  # backend dials under way
         self._dials = 0  # how many: at most max_pending_dials
@@ -216,8 +217,17 @@ class ServerConnection:
         self._hello, self._version = hello, version
         tokens = self.server.tokens
         if hello.token_name is not None and tokens is not None:
+            if self.tls_done and version < auth.BOUND_SINCE:
+                # Never an unbound proof over TLS: a man in the middle could strip the newer
+                # versions from the hello to get one it can relay (docs/protocol.md).
+                self.refuse(
+                    Reason.VERSION_MISMATCH,
+                    f"a token over TLS needs protocol {auth.BOUND_SINCE}, which binds it to the "
+                    f"TLS connection; the client speaks {list(hello.versions)}: upgrade the client",
+                )
+                return
             self._server_nonce = os.urandom(auth.NONCE_SIZE)
-            self._send(Challenge(self._server_nonce))
+            self._send(Challenge(self._server_nonce, version))
             return
         if tokens is not None and self.cert_name is None:
             self.refuse(
@@ -236,13 +246,28 @@ class ServerConnection:
         name = hello.token_name
         secret = tokens.get(name)
         server_nonce, self._server_nonce = self._server_nonce, b""  # one answer per challenge
-        expected = auth.client_proof(secret or b"?", name, hello.nonce, server_nonce)
+        version, binding = self._version, self.channel_binding
+        expected = auth.client_proof(
+            secret or b"?", name, hello.nonce, server_nonce, version=version, binding=binding
+        )
         if secret is None or not auth.proofs_match(expected, message.proof):
-            self.refuse(Reason.AUTH_FAILED, f"wrong or unknown token for {quoted(name)}")
+            # A right token proved on another TLS connection fails here too: the server cannot
+            # tell the two apart, so the line names both.
+            relayed = (
+                ", or the client proved it to another TLS endpoint that relays this connection "
+                "(channel binding mismatch: a man in the middle?)"
+                if binding
+                else ""
+            )
+            self.refuse(Reason.AUTH_FAILED, f"wrong or unknown token for {quoted(name)}{relayed}")
             return
         self.token_name = name
         self.token_fingerprint = auth.fingerprint(secret)
-        self._welcome(auth.server_proof(secret, name, hello.nonce, server_nonce))
+        self._welcome(
+            auth.server_proof(
+                secret, name, hello.nonce, server_nonce, version=version, binding=binding
+            )
+        )
 
     def _welcome(self, proof: bytes) -> None:
         access = self.server.config.access

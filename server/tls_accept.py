@@ -24,8 +24,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("ambassador.server")
 
 
-def accept_tls(server: Server, context: ssl.SSLContext) -> TlsLayer:
-    """The protocol for one accepted socket: TLS first, then the tunnel session."""
+def accept_tls(server: Server, context: ssl.SSLContext, binding: bytes) -> TlsLayer:
+    """The protocol for one accepted socket: TLS first, then the tunnel session.
+
+    ``binding`` is the channel binding of the certificate ``context`` presents; both are taken
+    together at accept time, so a reload in the middle of a handshake cannot mix them up.
+    """
     connection = server.make_connection()
     timeout = server.config.handshake_timeout
 
@@ -35,6 +39,7 @@ def accept_tls(server: Server, context: ssl.SSLContext) -> TlsLayer:
             connection.tls_done = True
             connection.cert_name = peer_common_name(layer.ssl_object)
             connection.peer_cert = peer_certificate(layer.ssl_object)
+            connection.channel_binding = binding
             return
         _refused(connection, layer, exc)
 

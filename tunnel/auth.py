@@ -8,9 +8,16 @@ For links where certificates are too much, client and server share a secret per 
     client -> server   auth       HMAC(secret, "client", name, client nonce, server nonce)
     server -> client   welcome    HMAC(secret, "server", name, client nonce, server nonce)
 
-Over plaintext this proves who the client is, and nothing more: the exchange is not bound to
-any channel, so an active man in the middle can relay the challenge and the proofs and then keep
-the authenticated connection for itself. Both roles say so in one warning line at start
+From protocol version 2 on, both proofs also cover the channel binding (:mod:`tunnel.binding`):
+over TLS, a hash of the server's certificate, so a proof made on a man in the middle's TLS
+connection does not match on the server's. Version 1 proofs cover no binding; the roles of this
+release make them only over plaintext, never over TLS (see ``docs/protocol.md``), so a
+downgrade to version 1 cannot strip the binding. The two versions' proofs use different
+context strings: one is never valid as the other.
+
+Over plaintext the binding is empty and this proves who the client is, and nothing more: an
+active man in the middle can relay the challenge and the proofs and then keep the authenticated
+connection for itself. Both roles say so in one warning line at start
 (:func:`plaintext_warning`); TLS is what protects the path.
 
 The secret never crosses the wire. A recorded proof is useless on another connection because
@@ -31,24 +38,50 @@ from pathlib import Path
 from tunnel.errors import ConfigError
 
 NONCE_SIZE = 32
-_CONTEXT = b"ambassador token v1"
+BOUND_SINCE = 2  # the first protocol version whose proofs cover the channel binding
+_CONTEXTS = {1: b"ambassador token v1", 2: b"ambassador token v2"}
 
 
 def _proof(
-    secret: bytes, role: bytes, name: str, client_nonce: bytes, server_nonce: bytes
+    secret: bytes,
+    role: bytes,
+    name: str,
+    client_nonce: bytes,
+    server_nonce: bytes,
+    version: int,
+    binding: bytes,
 ) -> bytes:
-    message = b"\0".join(
-        (_CONTEXT, role, name.encode(), client_nonce.hex().encode(), server_nonce.hex().encode())
-    )
-    return hmac.new(secret, message, hashlib.sha256).digest()
+    parts = [_CONTEXTS[version], role, name.encode(), client_nonce.hex().encode(),
+             server_nonce.hex().encode()]  # fmt: skip
+    if version >= BOUND_SINCE:
+        parts.append(binding.hex().encode())  # hex: no byte of it can be a separator
+    elif binding:
+        raise ValueError(f"a version {version} proof cannot carry a channel binding")
+    return hmac.new(secret, b"\0".join(parts), hashlib.sha256).digest()
 
 
-def client_proof(secret: bytes, name: str, client_nonce: bytes, server_nonce: bytes) -> bytes:
-    return _proof(secret, b"client", name, client_nonce, server_nonce)
+def client_proof(
+    secret: bytes,
+    name: str,
+    client_nonce: bytes,
+    server_nonce: bytes,
+    *,
+    version: int,
+    binding: bytes,
+) -> bytes:
+    return _proof(secret, b"client", name, client_nonce, server_nonce, version, binding)
 
 
-def server_proof(secret: bytes, name: str, client_nonce: bytes, server_nonce: bytes) -> bytes:
-    return _proof(secret, b"server", name, client_nonce, server_nonce)
+def server_proof(
+    secret: bytes,
+    name: str,
+    client_nonce: bytes,
+    server_nonce: bytes,
+    *,
+    version: int,
+    binding: bytes,
+) -> bytes:
+    return _proof(secret, b"server", name, client_nonce, server_nonce, version, binding)
 
 
 def plaintext_warning(hosts: list[str]) -> str | None:

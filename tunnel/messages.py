@@ -27,8 +27,10 @@ from typing import Any
 from tunnel.errors import Reason, RemoteProtocolError
 from tunnel.peertext import quoted
 
-PROTOCOL_VERSION = 1
-SUPPORTED_VERSIONS = (1,)
+# Version 2 binds token proofs to the TLS channel (tunnel.auth, tunnel.binding); version 1 is
+# still spoken where it is safe: without a token, and with a token over plaintext.
+PROTOCOL_VERSION = 2
+SUPPORTED_VERSIONS = (1, 2)
 HEADER_VERSION = 1
 MAX_MESSAGE = 1024 * 1024
 MAX_ANSWER_TEXT = 1024
@@ -92,6 +94,7 @@ class Challenge:
     """server -> client: prove you hold the token (see tunnel.auth)."""
 
     nonce: bytes
+    version: int = 1  # the version chosen, which says how to make the proof (absent: 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,7 +163,7 @@ def _to_json(message: Message) -> dict[str, Any]:
             welcome["identity"] = message.identity
         return welcome
     if isinstance(message, Challenge):
-        return {"type": "challenge", "nonce": _b64(message.nonce)}
+        return {"type": "challenge", "nonce": _b64(message.nonce), "version": message.version}
     if isinstance(message, Auth):
         return {"type": "auth", "proof": _b64(message.proof)}
     if isinstance(message, CatalogChanged):
@@ -227,7 +230,7 @@ def _from_json(obj: dict[str, Any]) -> Message:
             skipped,
         )
     if kind == "challenge":
-        return Challenge(_unb64(obj["nonce"]))
+        return Challenge(_unb64(obj["nonce"]), _version(obj.get("version", 1)))
     if kind == "auth":
         return Auth(_unb64(obj["proof"]))
     if kind == "catalog":

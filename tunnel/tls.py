@@ -22,6 +22,7 @@ from typing import Any
 
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from tunnel.binding import server_end_point_of_chain
 from tunnel.certs import spki_pin
 from tunnel.errors import ConfigError
 from tunnel.trust import CRL_REFRESH, crl_expired, load_crl
@@ -155,6 +156,31 @@ def server_context(tls: ServerTls) -> ssl.SSLContext:
             _load_ca(context, tls.crl)  # load_verify_locations also takes CRLs
             context.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
     return context
+
+
+def bound_server_context(tls: ServerTls) -> tuple[ssl.SSLContext, bytes]:
+    """The server's context, and the channel binding of the certificate it presents
+    (:mod:`tunnel.binding`), which the token proofs of its connections cover.
+
+    ``ssl`` takes the certificate by path and does not show it back, so the file is read
+    again for the binding: before and after the load, to be sure both saw the same certificate
+    (a renewal being written at that moment would otherwise make every token proof fail).
+    """
+    for _ in range(3):
+        before = _binding_of(tls.cert)
+        context = server_context(tls)  # refuses a broken file in words
+        after = _binding_of(tls.cert)
+        if before is not None and before == after:
+            return context, after
+    raise ConfigError(f"--tls-cert {tls.cert} changed while it was loaded; load it again")
+
+
+def _binding_of(cert: str) -> bytes | None:
+    try:
+        with open(cert, "rb") as file:
+            return server_end_point_of_chain(file.read())
+    except (OSError, ValueError):
+        return None
 
 
 def client_context(tls: ClientTls) -> ssl.SSLContext:

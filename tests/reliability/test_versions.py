@@ -1,7 +1,7 @@
 """Peers of other versions, by hand-written hellos: a client from the future is refused with a
-message naming both sides' versions, and an older or newer client of version 1 is welcomed
+message naming both sides' versions, an older or newer client of version 1 is welcomed
 whatever optional or unknown fields its hello carries (docs/protocol.md, "Compatible
-changes")."""
+changes"), and a client listing several is welcomed with the highest both speak."""
 
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ def test_client_speaking_only_a_future_version_is_refused_naming_both(
     peer, answer = run(scenario())
     assert answer["type"] == "refusal", answer
     assert answer["reason"] == VERSION_MISMATCH
-    assert "[99]" in answer["text"] and "[1]" in answer["text"], answer["text"]
+    assert "[99]" in answer["text"] and "[1, 2]" in answer["text"], answer["text"]
     assert go_aways(peer.frames) == [GO_AWAY_NORMAL]
     assert peer.closed
     server.process.wait_for_stderr(
@@ -85,7 +85,6 @@ def test_refusal_reaches_the_peer_before_the_go_away(server: AmbassadorServer) -
             ),
             id="unknown-fields",
         ),
-        pytest.param(hello([2, 1, 3], name="multi"), id="several-versions"),
     ],
 )
 def test_compatible_hello_is_welcomed_with_version_one(
@@ -107,3 +106,16 @@ def test_compatible_hello_is_welcomed_with_version_one(
     }
     assert any(f.type == PING and f.flags & ACK and f.length == 4242 for f in peer.frames)
     assert go_aways(peer.frames) == []
+
+
+def test_several_versions_are_answered_with_the_highest_both_speak(
+    server: AmbassadorServer,
+) -> None:
+    async def scenario() -> dict[str, Any]:
+        peer, answer = await greet(server, hello([2, 1, 3], name="multi"))
+        peer.close()
+        return answer
+
+    answer = run(scenario())
+    assert answer["type"] == "welcome", answer
+    assert answer["version"] == 2

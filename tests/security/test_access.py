@@ -55,8 +55,8 @@ def test_each_identity_sees_only_its_services(ruled: tuple[Server, Client, Clien
     assert "offering redis\n" in alice.program.text()
     assert "offering db\n" in bob.program.text()
     log = server.program.text()
-    assert f"127.0.0.1:{alice.peer_port} (alice) as alice, protocol 1, 1 of 2 services" in log
-    assert f"127.0.0.1:{bob.peer_port} (bob) as bob, protocol 1, 1 of 2 services" in log
+    assert f"127.0.0.1:{alice.peer_port} (alice) as alice, protocol 2, 1 of 2 services" in log
+    assert f"127.0.0.1:{bob.peer_port} (bob) as bob, protocol 2, 1 of 2 services" in log
     assert echo(alice.port, b"alice\n") == b"alice\n"
     assert echo(bob.port, b"bob\n") == b"bob\n"
 

@@ -225,7 +225,7 @@ async def authenticated(server: Server, tokens: Path, name: str) -> RawPeer:
     )
     assert challenge["type"] == "challenge", challenge
     server_nonce = base64.b64decode(challenge["nonce"])
-    proof = auth.client_proof(secret, name, nonce, server_nonce)
+    proof = auth.client_proof(secret, name, nonce, server_nonce, version=1, binding=b"")
     peer.send(data(CONTROL_STREAM, message({"type": "auth", "proof": b64(proof).decode()})))
     async with asyncio.timeout(5):
         while len(peer.control_messages()) < 2:

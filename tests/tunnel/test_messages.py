@@ -335,7 +335,7 @@ def test_unknown_reason_code_reads_as_internal_error() -> None:
 
 @pytest.mark.parametrize(
     ("offered", "expected"),
-    [((1,), 1), ((0, 1, 7), 1), ((2, 3), None), ((), None)],
+    [((1,), 1), ((0, 1, 7), 1), ((1, 2), 2), ((2, 3), 2), ((3, 4), None), ((), None)],
 )
 def test_negotiate_version(offered: tuple[int, ...], expected: int | None) -> None:
     assert negotiate_version(offered) == expected
@@ -486,3 +486,11 @@ def test_a_malformed_message_does_not_quote_a_huge_value() -> None:
     with pytest.raises(RemoteProtocolError) as caught:
         decode_message(body)
     assert len(str(caught.value)) < 200
+
+
+def test_a_challenge_names_the_version_that_says_how_to_prove() -> None:
+    # A server of version 1 sends no version: its challenge asks for a version 1 proof.
+    assert decode_message(b'{"type":"challenge","nonce":"AAE="}') == Challenge(b"\x00\x01", 1)
+    encoded = encode_message(Challenge(b"\x00\x01", 2))
+    assert b'"version":2' in encoded
+    assert decode_message(encoded[4:]) == Challenge(b"\x00\x01", 2)

@@ -23,6 +23,7 @@ SANS_IO = [
     "certs",
     "access",
     "auth",
+    "binding",
     "statusview",
     "effective",
     "trust",

@@ -46,6 +46,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("ambassador.server")
 
+CLIENT_MESSAGE = 16 * 1024  # the largest control message a client sends (hello, auth)
+
 
 def catalog_info(catalog: Catalog) -> tuple[ServiceInfo, ...]:
     return tuple(ServiceInfo(service.alias, service.port) for service in catalog)
@@ -58,7 +60,7 @@ class ServerConnection:
         self.server = server
         self.loop = loop = asyncio.get_running_loop()
         self.tunnel = TunnelConnection(
-            Session(Role.SERVER, server.config.limits, clock()),
+            Session(Role.SERVER, server.config.limits, clock(), guarded=True),
             self._accept,
             peer,
         )
@@ -203,6 +205,7 @@ class ServerConnection:
             return
         self._hello_timer.cancel()
         self.welcomed = True
+        self.tunnel.session.unguard()
         self.shown = catalog_info(self.server.config.access.visible(self.identity, self.catalog))
         self._send(Welcome(self._version, self.server.config.name, self.shown, proof))
         metrics.SESSIONS.labels("server").inc()
@@ -308,7 +311,8 @@ class ControlChannel:
     def __init__(self, owner: ServerConnection, stream_id: int) -> None:
         self.owner = owner
         self.stream_id = stream_id
-        self.reader = MessageReader()
+        # A client sends a hello and perhaps an auth message, each a few hundred bytes.
+        self.reader = MessageReader(max_message=CLIENT_MESSAGE)
 
     def on_data(self, data: bytes | bytearray) -> None:
         self.owner.tunnel.consumed(self.stream_id, len(data))

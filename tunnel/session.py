@@ -16,7 +16,13 @@ therefore never holds the connection for long, and the socket's own buffer (whic
 keeps small) is the only queue in which frames wait behind each other.
 
 Receiving is *credited*: a Data frame may not exceed the window granted on its stream, and the
-window is only given back when the driver reports the bytes consumed (:meth:`consumed`).
+window is only given back when the driver reports the bytes consumed (:meth:`consumed`). A frame
+over its stream's window is refused as soon as its header is read, before its payload is kept.
+
+A server's session starts *guarded* (``guarded=True``) until the driver calls :meth:`unguard`
+(once the peer has authenticated): no Data frame may exceed ``GUARD_FRAME`` bytes and the receive
+buffer stays within ``GUARD_BUFFER``, so an unauthenticated peer costs a few KiB whatever it
+announces.
 
 Anything the peer does against the spec or the limits ends the session: a Go Away with a
 protocol-error code is queued, and a :class:`~tunnel.events.ConnectionTerminated` event tells the
@@ -45,10 +51,12 @@ from tunnel.events import (
     StreamReset,
 )
 from tunnel.frames import (
+    FIRST_SIZE,
     HEADER,
     HEADER_SIZE,
     MAX_LENGTH,
     MAX_STREAM_ID,
+    READ_SIZE,
     Flags,
     FrameDecoder,
     FrameType,
@@ -63,6 +71,11 @@ from tunnel.windows import ReceiveWindow
 _pack_header = HEADER.pack  # version, type, flags, stream id, length
 _DATA, _WINDOW_UPDATE, _PING = FrameType.DATA, FrameType.WINDOW_UPDATE, FrameType.PING
 _T = TypeVar("_T")
+
+# Before the peer has authenticated: the largest Data frame it may send (a hello is a few hundred
+# bytes) and the most the receive buffer grows to (room for one such frame and the next header).
+GUARD_FRAME = 16 * 1024
+GUARD_BUFFER = 2 * GUARD_FRAME
 
 # Flag bits as plain ints: IntFlag arithmetic is slow enough to show in profiles.
 _SYN, _ACK, _FIN, _RST = int(Flags.SYN), int(Flags.ACK), int(Flags.FIN), int(Flags.RST)
@@ -235,10 +248,17 @@ class _Stream:
 class Session:
     """One end of a yamux connection."""
 
-    def __init__(self, role: Role, limits: Limits | None = None, now: float = 0.0) -> None:
+    def __init__(
+        self, role: Role, limits: Limits | None = None, now: float = 0.0, guarded: bool = False
+    ) -> None:
         self.role = role
         self.limits = limits or Limits()
-        self._decoder = FrameDecoder(max_data_length=self.limits.max_stream_window)
+        self._decoder = FrameDecoder(self.limits.max_stream_window, self._admit)
+        self.guarded = guarded
+        if guarded:
+            self._decoder.max_data_length = GUARD_FRAME
+            self._decoder.max_buffer = max(FIRST_SIZE, GUARD_BUFFER)
+        self._peak_window = INITIAL_WINDOW  # the largest receive window granted on any stream
         self._streams: dict[int, _Stream] = {}
         self._ready: deque[_Stream] = deque()
         self._control: list[bytes] = []
@@ -315,6 +335,34 @@ class Session:
         except RemoteProtocolError as exc:
             self._fail(GoAwayCode.PROTOCOL_ERROR, str(exc))
         return self.take_events()
+
+    def unguard(self) -> None:
+        """The peer has authenticated: frames up to the stream windows, buffers to match."""
+        if self.guarded:
+            self.guarded = False
+            self._decoder.max_data_length = self.limits.max_stream_window
+            self._decoder.max_buffer = READ_SIZE
+
+    def release(self) -> None:
+        """The connection is over: give the receive buffer back now, not when collected."""
+        self._decoder.release()
+
+    def _admit(self, stream_id: int, flags: int, length: int) -> None:
+        # The decoder asks before it keeps a payload that spans reads. Frames decoded before
+        # this one in the same read are not applied yet, so a stream it does not know may have
+        # been opened by one of them: such a frame may be as large as any window granted.
+        stream = self._streams.get(stream_id)
+        if stream is not None:
+            window = stream.recv.available if stream.can_receive else 0
+        elif flags & _SYN:
+            window = INITIAL_WINDOW
+        else:
+            window = self._peak_window
+        if length > window:
+            raise RemoteProtocolError(
+                f"data frame of {length} bytes on stream {stream_id} exceeds its "
+                f"{window} byte window"
+            )
 
     def take_events(self) -> list[Event]:
         """Events produced outside ``receive_data`` (by sending or by the timer)."""
@@ -511,7 +559,9 @@ class Session:
         room = max(0, self.limits.session_memory - self._granted_growth)
         before = stream.recv.target
         delta = stream.recv.consume(length, now, self.min_rtt, room)
-        self._granted_growth += stream.recv.target - before
+        if stream.recv.target != before:
+            self._granted_growth += stream.recv.target - before
+            self._peak_window = max(self._peak_window, stream.recv.target)
         if delta:
             self._control.append(
                 encode_header(FrameType.WINDOW_UPDATE, Flags.NONE, stream_id, delta)
@@ -660,6 +710,8 @@ class Session:
         target = min(self.limits.stream_window, INITIAL_WINDOW + room)
         self._granted_growth += target - INITIAL_WINDOW
         recv = ReceiveWindow(target, self.limits.max_stream_window, available=target)
+        if target > self._peak_window:
+            self._peak_window = target
         stream = _Stream(stream_id, recv)
         self._streams[stream_id] = stream
         return stream

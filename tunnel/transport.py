@@ -101,6 +101,10 @@ class StreamHandler(Protocol):
 AcceptStream = Callable[["TunnelConnection", int], StreamHandler | None]
 
 
+def _refuse_stream(tunnel: TunnelConnection, stream_id: int) -> StreamHandler | None:
+    return None  # the connection is closed
+
+
 class TunnelConnection(asyncio.BufferedProtocol):
     """One yamux session over one stream socket.
 
@@ -378,3 +382,10 @@ class TunnelConnection(asyncio.BufferedProtocol):
         self._ping_waiters.clear()
         if self._transport is not None and not self._transport.is_closing():
             self._transport.close()
+        # Free the receive buffer now, and drop what points back at the owner and the
+        # transport: a closed connection's memory is given back at once, not at the next
+        # cyclic garbage collection (which a busy server may run rarely).
+        self.session.release()
+        self._accept_stream = _refuse_stream
+        self.on_go_away = self.on_rtt = None
+        self._transport = None

@@ -1300,3 +1300,65 @@ def test_two_well_behaved_peers_never_break_the_protocol(make_pair: Callable[...
             suppress_health_check=[HealthCheck.too_slow],
         ),
     )
+
+
+# ------------------------------------------------- what a frame header may make us hold
+
+
+def read_in(session: Session, data: bytes) -> list[Event]:
+    """Hand ``data`` to ``session`` as the transport does: read into its buffer."""
+    events: list[Event] = []
+    view = memoryview(data)
+    while view:
+        room = session.get_buffer()
+        count = min(len(room), len(view))
+        room[:count] = view[:count]
+        view = view[count:]
+        events += session.buffer_updated(count, 0.0)
+        if session.terminated:
+            break
+    return events
+
+
+def test_a_frame_over_the_streams_window_is_refused_before_its_payload_is_read(
+    pair: Pair,
+) -> None:
+    stream_id = open_established(pair)
+    server = pair.server.session
+    # The header and the first bytes of a frame twice the window: refused at once, not when
+    # (if ever) the rest arrives.
+    events = server.receive_data(raw(DATA, Flags.NONE, stream_id, 2 * WINDOW) + bytes(1000), 0)
+    ended = [e for e in events if isinstance(e, ConnectionTerminated)]
+    assert ended and "exceeds its" in ended[0].reason
+
+
+def test_a_frame_within_the_window_is_buffered_only_as_it_arrives() -> None:
+    server = Session(Role.SERVER, Limits(stream_window=64 * MIB, max_stream_window=64 * MIB))
+    read_in(server, raw(DATA, Flags.SYN, 1, 5) + b"hello")  # granted a 64 MiB window
+    announced = 60 * MIB
+    read_in(server, raw(DATA, Flags.NONE, 1, announced) + bytes(300 * KIB))
+    assert not server.terminated
+    # Room for twice what arrived at most, never for the 60 MiB announced.
+    assert len(server._decoder._buffer) <= 2 * (300 * KIB + HEADER_SIZE)
+
+
+def test_a_guarded_session_takes_only_small_frames_until_unguarded() -> None:
+    server = Session(Role.SERVER, guarded=True)
+    events = read_in(server, raw(DATA, Flags.SYN, 1, 64 * KIB) + bytes(64 * KIB))
+    assert server.terminated
+    assert any(isinstance(e, ConnectionTerminated) for e in events)
+
+    server = Session(Role.SERVER, guarded=True)
+    read_in(server, raw(DATA, Flags.SYN, 1, 100) + bytes(100))
+    assert not server.terminated
+    # The peer fills the buffer as fast as it can: it stays small while guarded.
+    for _ in range(100):
+        read_in(server, raw(UPDATE, Flags.NONE, 1, 1) * 1000)
+    assert len(server._decoder._buffer) <= 32 * KIB
+    server.unguard()
+    read_in(server, raw(DATA, Flags.NONE, 1, 200 * KIB) + bytes(200 * KIB))
+    assert not server.terminated
+
+
+def test_a_new_session_holds_a_few_kib() -> None:
+    assert len(Session(Role.SERVER)._decoder._buffer) <= 4 * KIB

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
+from server.admission import Admission
 from server.config import ServerConfig
 from server.connection import ServerConnection
 from server.forward import start_forwarding
@@ -24,6 +25,7 @@ from tunnel.httpd import StatusServer
 from tunnel.observe import sample, service_stats
 from tunnel.oserrors import listen_error
 from tunnel.reload import Reloader
+from tunnel.runtime import give_back_heap
 from tunnel.tls import certificate_serial, revoked_serials, server_context, warn_if_expiring
 from tunnel.workers import (
     Handoff,
@@ -41,6 +43,8 @@ class Server:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         self.connections: set[ServerConnection] = set()
+        self.admission = Admission()  # connections not authenticated yet, by source
+        self._trim: asyncio.TimerHandle | None = None
         self._listener: asyncio.Server | None = None
         self.tls_context: ssl.SSLContext | None = (
             server_context(config.tls) if config.tls is not None else None
@@ -97,10 +101,14 @@ class Server:
             return accept_tls(self, self.tls_context)
         return self.make_connection().tunnel
 
-    def make_connection(self, peer: str = "") -> ServerConnection:
-        connection = ServerConnection(self, peer)
+    def make_connection(self, peer: str = "", tls: bool = False) -> ServerConnection:
+        connection = ServerConnection(self, peer, tls)
         self.connections.add(connection)
         return connection
+
+    def _give_back_heap(self) -> None:
+        self._trim = None
+        give_back_heap()
 
     def track(self, task: asyncio.Task[None]) -> None:
         self._tasks.add(task)
@@ -108,6 +116,9 @@ class Server:
 
     def connection_closed(self, connection: ServerConnection) -> None:
         self.connections.discard(connection)
+        if not connection.welcomed and self._trim is None:
+            # What strangers held goes back to the kernel, once a second at most.
+            self._trim = asyncio.get_running_loop().call_later(1.0, self._give_back_heap)
         if self.on_closed is not None:
             self.on_closed()
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from server.admission import UNAUTHENTICATED, UNAUTHENTICATED_PER_ADDRESS, AdmissionLimits
 from server.app import serve, serve_forwarding
 from server.certs_cli import certs
 from server.config import ServerConfig
@@ -138,6 +139,19 @@ from tunnel.workers import helper_channel_fd, helper_command, helper_index, tag_
     "Backend dials one session may have in progress; more wait (up to --dial-timeout).",
 )
 @setting(
+    "--max-unauthenticated",
+    click.IntRange(1),
+    UNAUTHENTICATED,
+    "Connections that have not completed their hello the server holds at once; more are "
+    "closed as soon as they are accepted.",
+)
+@setting(
+    "--max-unauthenticated-per-address",
+    click.IntRange(1),
+    UNAUTHENTICATED_PER_ADDRESS,
+    "Of those, how many may come from one address (an IPv6 /64).",
+)
+@setting(
     "--workers",
     WorkerCount(),
     1,
@@ -230,6 +244,9 @@ def build_config(params: dict[str, Any], environ: Mapping[str, str]) -> ServerCo
         dial_timeout=params["dial_timeout"],
         max_pending_dials=params["max_pending_dials"],
         handshake_timeout=params["handshake_timeout"],
+        admission=AdmissionLimits(
+            params["max_unauthenticated"], params["max_unauthenticated_per_address"]
+        ),
     )
 
 

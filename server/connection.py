@@ -17,6 +17,7 @@ import logging
 import os
 from typing import TYPE_CHECKING
 
+from server.admission import address_key, stranger_log
 from server.backend import BackendStream
 from tunnel import auth, metrics
 from tunnel.access import ANONYMOUS
@@ -39,7 +40,7 @@ from tunnel.messages import (
     negotiate_version,
 )
 from tunnel.session import Role, Session
-from tunnel.transport import StreamHandler, TunnelConnection, clock
+from tunnel.transport import StreamHandler, TunnelConnection, clock, format_peer
 
 if TYPE_CHECKING:
     from server.app import Server
@@ -56,14 +57,16 @@ def catalog_info(catalog: Catalog) -> tuple[ServiceInfo, ...]:
 class ServerConnection:
     """Everything the server knows about one tunnel connection."""
 
-    def __init__(self, server: Server, peer: str = "") -> None:
+    def __init__(self, server: Server, peer: str = "", tls: bool = False) -> None:
         self.server = server
         self.loop = loop = asyncio.get_running_loop()
         self.tunnel = TunnelConnection(
             Session(Role.SERVER, server.config.limits, clock(), guarded=True),
             self._accept,
             peer,
+            on_connect=None if tls else self.admit,  # under TLS, the TLS layer asks
         )
+        self._admitted: str | None = None  # the source it counts against while unauthenticated
         self.cert_name: str | None = None  # the client certificate's name, under mutual TLS
         self.peer_cert: bytes | None = None  # its DER, to check against a reloaded CRL
         self.token_name: str | None = None  # set once the token exchange succeeded
@@ -97,6 +100,36 @@ class ServerConnection:
     def peer_name(self) -> str:
         who = self.cert_name or self.token_name or self.client_name
         return f"{self.tunnel.peer} ({who})" if who else self.tunnel.peer
+
+    def admit(self, transport: asyncio.BaseTransport) -> bool:
+        """Count the new socket as unauthenticated, or refuse it (closing this connection)
+        when a bound is reached."""
+        peername = transport.get_extra_info("peername")
+        key = address_key(peername)
+        admission = self.server.config.admission
+        bound = self.server.admission.admit(key, admission)
+        if bound is None:
+            self._admitted = key
+            return True
+        self.refused = True  # said here: the close needs no line of its own
+        metrics.CONNECTIONS_REJECTED.labels(bound).inc()
+        limit = (
+            admission.unauthenticated
+            if bound == "max_unauthenticated"
+            else admission.unauthenticated_per_address
+        )
+        stranger_log.warning(
+            "refused connection from %s: %d connections that have not authenticated yet "
+            "(--%s); raise it if clients wait for this",
+            format_peer(peername), limit, bound.replace("_", "-"),
+        )  # fmt: skip
+        self.tunnel.close(bound)
+        return False
+
+    def _authenticated(self) -> None:
+        if self._admitted is not None:
+            self.server.admission.release(self._admitted)
+            self._admitted = None
 
     def allows(self, service: Service) -> bool:
         return self.server.config.access.allows(self.identity, service)
@@ -206,6 +239,7 @@ class ServerConnection:
         self._hello_timer.cancel()
         self.welcomed = True
         self.tunnel.session.unguard()
+        self._authenticated()
         self.shown = catalog_info(self.server.config.access.visible(self.identity, self.catalog))
         self._send(Welcome(self._version, self.server.config.name, self.shown, proof))
         metrics.SESSIONS.labels("server").inc()
@@ -275,13 +309,14 @@ class ServerConnection:
     def _hello_timeout(self) -> None:
         if not self.welcomed and self.tunnel.is_open:
             reason = f"no hello within {self.server.config.handshake_timeout:g}s"
-            log.warning("closing connection from %s: %s", self.tunnel.peer, reason)
+            stranger_log.warning("closing connection from %s: %s", self.tunnel.peer, reason)
             self.refused = True  # logged: the close needs no second line
             metrics.SESSION_ENDS.labels("server", "handshake_timeout").inc()
             self.tunnel.close(reason)
 
     def _closed(self, future: asyncio.Future[str]) -> None:
         self._hello_timer.cancel()
+        self._authenticated()  # or never will: either way it no longer counts
         for task in list(self.tasks):
             task.cancel()
         for expiry in self._waiting.values():
@@ -298,7 +333,7 @@ class ServerConnection:
             # A connection that closes without a byte is a port probe (a load balancer's
             # health check, a port scanner): not worth a warning. Anything else is.
             said_something = self.tls_done or self.tunnel.session.stats().bytes_received > 0
-            log.log(
+            stranger_log.log(
                 logging.WARNING if said_something else logging.DEBUG,
                 "connection from %s ended before its hello: %s",
                 self.tunnel.peer, future.result(),

@@ -12,6 +12,7 @@ import logging
 import ssl
 from typing import TYPE_CHECKING
 
+from server.admission import stranger_log
 from tunnel import metrics
 from tunnel.tls import describe_tls_error, peer_certificate, peer_common_name
 from tunnel.tlslayer import TlsLayer
@@ -26,7 +27,7 @@ log = logging.getLogger("ambassador.server")
 
 def accept_tls(server: Server, context: ssl.SSLContext) -> TlsLayer:
     """The protocol for one accepted socket: TLS first, then the tunnel session."""
-    connection = server.make_connection()
+    connection = server.make_connection(tls=True)
     timeout = server.config.handshake_timeout
 
     def on_handshake(layer: TlsLayer, exc: BaseException | None) -> None:
@@ -36,9 +37,13 @@ def accept_tls(server: Server, context: ssl.SSLContext) -> TlsLayer:
             connection.cert_name = peer_common_name(layer.ssl_object)
             connection.peer_cert = peer_certificate(layer.ssl_object)
             return
-        _refused(connection, layer, exc)
+        if not connection.refused:  # else refused before the handshake, and said so
+            _refused(connection, layer, exc)
 
-    layer = TlsLayer(context, connection.tunnel, server_side=True, on_handshake=on_handshake)
+    layer = TlsLayer(
+        context, connection.tunnel, server_side=True, on_handshake=on_handshake,
+        on_connect=connection.admit,
+    )  # fmt: skip
     timer = asyncio.get_running_loop().call_later(
         timeout, _expire, layer, f"no TLS handshake within {timeout:g}s"
     )
@@ -58,7 +63,7 @@ def _refused(connection: ServerConnection, layer: TlsLayer, exc: BaseException) 
         why = "the peer closed the connection during the TLS handshake"
     else:
         why = describe_tls_error(exc)
-    log.warning("refused connection from %s: %s", peer, why)
+    stranger_log.warning("refused connection from %s: %s", peer, why)
     connection.refused = True
     metrics.SESSION_ENDS.labels("server", "tls_handshake").inc()
     connection.tunnel.close(why)

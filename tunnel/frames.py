@@ -13,10 +13,11 @@ hostile peer cannot make it buffer a payload it was never going to accept. A Dat
 payload is still on its way is also shown to the owner's ``admit`` check (the session compares it
 with the stream's window) before a byte of it is kept.
 
-Memory follows what arrived, never what a header announced: a new decoder holds a few KiB, the
-buffer doubles only when reads fill it (up to ``READ_SIZE`` for ordinary traffic), and a frame
-larger than that grows it to at most twice the part of the frame already received. A header
-that announces 128 MiB and is followed by nothing costs nothing.
+Memory follows what arrived, never what a header announced: a new decoder holds nothing, its
+first read gets ``FIRST_SIZE`` bytes of room, the buffer doubles only when reads fill it (up to
+``READ_SIZE`` for ordinary traffic), and a frame larger than that grows it to at most twice the
+part of the frame already received. A header that announces 128 MiB and is followed by nothing
+costs nothing.
 """
 
 from __future__ import annotations
@@ -87,7 +88,9 @@ def encode(frame: Frame) -> bytes:
 RawFrame = tuple[FrameType, int, int, int, bytes | bytearray]
 
 READ_SIZE = 256 * 1024  # the receive buffer of a busy connection; one read takes at most this
-FIRST_SIZE = 4 * 1024  # a new connection's buffer: a hello fits, and a silent peer costs little
+# A connection's buffer at its first read (none before it: a TLS handshake that never completes
+# costs nothing here). A hello fits, and so does a burst of small frames, which is read whole.
+FIRST_SIZE = 16 * 1024
 _MIN_READ = 64 * 1024  # less room than this at the buffer's end: move the unparsed tail first
 
 # Called with (stream id, flags, length) for a Data frame whose payload has not all arrived;
@@ -104,20 +107,20 @@ class FrameDecoder:
     the buffer once, so a bulk transfer costs one copy between the socket and its frames.
 
     ``max_data_length`` bounds a single Data frame's payload; anything larger is refused
-    before a byte of it is buffered (it may be lowered and raised again: :attr:`max_data_length`).
-    The buffer starts at ``FIRST_SIZE``, doubles while reads fill it, grows past ``READ_SIZE``
-    only while a frame larger than that is being received (to at most twice what has arrived
-    of it), and shrinks back once that frame is out.
+    before a byte of it is buffered (it may be lowered and raised again: ``max_data_length``).
+    The buffer is made at the first read (``FIRST_SIZE``), doubles while reads fill it, grows
+    past ``READ_SIZE`` only while a frame larger than that is being received (to at most twice
+    what has arrived of it), and shrinks back once that frame is out.
     """
 
     def __init__(self, max_data_length: int, admit: Admit | None = None) -> None:
-        self._buffer = bytearray(FIRST_SIZE)
+        self._buffer = bytearray()
         self._start = 0  # first byte not yet parsed
         self._end = 0  # end of the bytes received
         self.max_data_length = max_data_length
         self.max_buffer = READ_SIZE  # the most the buffer grows to for frames that fit in it
         self._admit = admit
-        self._hungry = False  # the last read filled the buffer: the socket had more to give
+        self._hungry = True  # the last read filled the buffer (or there is none yet): grow it
         self._header: tuple[FrameType, int, int, int] | None = None
 
     @property

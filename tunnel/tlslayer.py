@@ -34,6 +34,7 @@ class TlsLayer(asyncio.BufferedProtocol):
         server_side: bool,
         server_hostname: str | None = None,
         on_handshake: Callable[[TlsLayer, BaseException | None], None] | None = None,
+        on_connect: Callable[[asyncio.BaseTransport], bool] | None = None,
     ) -> None:
         self._incoming = ssl.MemoryBIO()
         self._outgoing = ssl.MemoryBIO()
@@ -43,6 +44,7 @@ class TlsLayer(asyncio.BufferedProtocol):
         )  # fmt: skip
         self.inner = inner
         self._on_handshake = on_handshake
+        self._on_connect = on_connect  # False from it: refused, before any handshake
         self.handshake_done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.transport: asyncio.Transport | None = None
         self._established = False
@@ -57,6 +59,10 @@ class TlsLayer(asyncio.BufferedProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
+        on_connect, self._on_connect = self._on_connect, None
+        if on_connect is not None and not on_connect(transport):
+            self.fail(ConnectionRefusedError("refused before the TLS handshake"))
+            return
         self._handshake()
 
     def get_buffer(self, sizehint: int) -> memoryview:

@@ -117,10 +117,14 @@ class TunnelConnection(asyncio.BufferedProtocol):
         session: Session,
         accept_stream: AcceptStream,
         peer: str = "",
+        on_connect: Callable[[asyncio.BaseTransport], bool] | None = None,
     ) -> None:
         self.session = session
         self.peer = peer
         self._accept_stream = accept_stream
+        # Asked first when the socket is connected; False: the connection is refused (the
+        # callee has closed it and said why), and nothing more happens here.
+        self._on_connect = on_connect
         self._handlers: dict[int, StreamHandler] = {}
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
@@ -139,6 +143,11 @@ class TunnelConnection(asyncio.BufferedProtocol):
     # ------------------------------------------------------------ asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self._on_connect is not None:
+            on_connect, self._on_connect = self._on_connect, None
+            if not on_connect(transport):
+                transport.close()
+                return
         self._transport = transport = cast(asyncio.Transport, transport)
         if not self.peer:
             self.peer = format_peer(transport.get_extra_info("peername"))

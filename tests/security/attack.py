@@ -34,6 +34,8 @@ HOST = "127.0.0.1"
 
 # A yamux Data frame's header: SYN on stream 1, announcing 128 MiB (the largest stream window).
 HUGE_FRAME_HEADER = struct.pack(">BBHII", 0, 0, 1, 1, 128 * MIB)
+# The start of a hello: a Data frame opening the control stream, announcing 200 bytes, with 8.
+HELLO_START = struct.pack(">BBHII", 0, 0, 1, 1, 200) + b'\x00\x00\x00\xc4{"ty'
 # The first five bytes of a TLS ClientHello: a handshake record header, and nothing after it.
 CLIENT_HELLO_START = bytes((0x16, 0x03, 0x01, 0x02, 0x00))
 
@@ -49,6 +51,14 @@ def rss(pid: int) -> int:
 def descriptors(pid: int) -> int:
     """Open descriptors of a process."""
     return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def wait_for_descriptors(pid: int, at_most: int, timeout: float = 5.0) -> int:
+    """Wait (bounded) until the process holds at most ``at_most`` descriptors; how many."""
+    deadline = time.monotonic() + timeout
+    while (count := descriptors(pid)) > at_most and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return count
 
 
 def settled_rss(pid: int, seconds: float = 1.0) -> int:

@@ -62,6 +62,7 @@ def test_every_core_module_is_checked() -> None:
         "httpd",
         "observe",
         "logonce",
+        "loglimit",  # a budget of log lines, on the clock
         "pemfiles",  # reads and writes certificate and key files
         "workers",  # helper processes: started, handed sockets, scraped
         "load",  # reads /proc, sets the process's CPU priority

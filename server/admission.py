@@ -25,6 +25,10 @@ stranger_log = LogBudget(logging.getLogger("ambassador.server"))
 
 UNAUTHENTICATED = 256
 UNAUTHENTICATED_PER_ADDRESS = 32
+STREAMS_PER_IDENTITY = 1024
+# Descriptors kept free of backend streams, so that a new session can always be accepted (and
+# refused with a reason when even these run short: at half of them).
+DESCRIPTOR_RESERVE = 64
 
 
 @dataclass(frozen=True, slots=True)

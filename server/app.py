@@ -5,15 +5,18 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import os
+import resource
 import signal
 import socket
 import ssl
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from server.admission import Admission
+from server.admission import DESCRIPTOR_RESERVE, Admission
 from server.config import ServerConfig
 from server.connection import ServerConnection
 from server.forward import start_forwarding
@@ -22,6 +25,7 @@ from tunnel.auth import load_tokens
 from tunnel.errors import ConfigError, Reason
 from tunnel.frames import GoAwayCode
 from tunnel.httpd import StatusServer
+from tunnel.metrics import LIMIT_HITS
 from tunnel.observe import sample, service_stats
 from tunnel.oserrors import listen_error
 from tunnel.reload import Reloader
@@ -44,6 +48,9 @@ class Server:
         self.config = config
         self.connections: set[ServerConnection] = set()
         self.admission = Admission()  # connections not authenticated yet, by source
+        self.streams_by_identity: Counter[str] = Counter()  # backend streams dialed or open
+        self.stream_count = 0
+        self.descriptor_limit, self._descriptors_base = descriptor_budget()
         self._trim: asyncio.TimerHandle | None = None
         self._listener: asyncio.Server | None = None
         self.tls_context: ssl.SSLContext | None = (
@@ -105,6 +112,36 @@ class Server:
         connection = ServerConnection(self, peer, tls)
         self.connections.add(connection)
         return connection
+
+    def descriptors_left(self) -> int:
+        """Descriptors still free: the limit, less those held at start, by tunnel connections
+        and by backend streams (a stream's own socket, from its dial)."""
+        used = self._descriptors_base + len(self.connections) + self.stream_count
+        return self.descriptor_limit - used
+
+    def stream_opened(self, identity: str) -> str | None:
+        """Count a backend stream of ``identity``; or why it may not have one."""
+        limit = self.config.max_streams_per_identity
+        if self.streams_by_identity[identity] >= limit:
+            LIMIT_HITS.labels("max_streams_per_identity").inc()
+            return f"{identity!r} has {limit} streams open (--max-streams-per-identity)"
+        if self.descriptors_left() <= DESCRIPTOR_RESERVE:
+            LIMIT_HITS.labels("descriptors").inc()
+            return (
+                f"the server is out of file descriptors (its limit is {self.descriptor_limit}, "
+                f"{DESCRIPTOR_RESERVE} kept for new sessions)"
+            )
+        self.streams_by_identity[identity] += 1
+        self.stream_count += 1
+        return None
+
+    def stream_closed(self, identity: str) -> None:
+        self.stream_count -= 1
+        left = self.streams_by_identity[identity] - 1
+        if left > 0:
+            self.streams_by_identity[identity] = left
+        else:
+            del self.streams_by_identity[identity]
 
     def _give_back_heap(self) -> None:
         self._trim = None
@@ -239,6 +276,24 @@ class Server:
             connection.tunnel.close("server shutting down")
         if self._listener is not None:
             await self._listener.wait_closed()
+
+
+def descriptor_budget() -> tuple[int, int]:
+    """The process's descriptor limit (soft RLIMIT_NOFILE), and how many are open now."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        open_now = len(os.listdir("/proc/self/fd"))
+    except OSError:  # pragma: no cover - no /proc
+        open_now = 16
+    if soft == resource.RLIM_INFINITY:
+        soft = 1 << 20
+    if soft < 4 * DESCRIPTOR_RESERVE:
+        log.warning(
+            "this process may open only %d files; sessions and streams will be refused early: "
+            "raise the limit (ulimit -n, LimitNOFILE=)",
+            soft,
+        )
+    return soft, open_now
 
 
 def is_loopback(host: str) -> bool:

@@ -9,7 +9,12 @@ from typing import Any
 
 import click
 
-from server.admission import UNAUTHENTICATED, UNAUTHENTICATED_PER_ADDRESS, AdmissionLimits
+from server.admission import (
+    STREAMS_PER_IDENTITY,
+    UNAUTHENTICATED,
+    UNAUTHENTICATED_PER_ADDRESS,
+    AdmissionLimits,
+)
 from server.app import serve, serve_forwarding
 from server.certs_cli import certs
 from server.config import ServerConfig
@@ -152,6 +157,12 @@ from tunnel.workers import helper_channel_fd, helper_command, helper_index, tag_
     "Of those, how many may come from one address (an IPv6 /64).",
 )
 @setting(
+    "--max-streams-per-identity",
+    click.IntRange(1),
+    STREAMS_PER_IDENTITY,
+    "Backend streams one client identity may hold open, over all its sessions (per process).",
+)
+@setting(
     "--workers",
     WorkerCount(),
     1,
@@ -244,6 +255,7 @@ def build_config(params: dict[str, Any], environ: Mapping[str, str]) -> ServerCo
         dial_timeout=params["dial_timeout"],
         max_pending_dials=params["max_pending_dials"],
         handshake_timeout=params["handshake_timeout"],
+        max_streams_per_identity=params["max_streams_per_identity"],
         admission=AdmissionLimits(
             params["max_unauthenticated"], params["max_unauthenticated_per_address"]
         ),

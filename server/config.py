@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from server.admission import AdmissionLimits
+from server.admission import STREAMS_PER_IDENTITY, AdmissionLimits
 from tunnel.access import AccessRules
 from tunnel.limits import Limits
 from tunnel.links import DEFAULT_TUNNEL_PORT, Address, Catalog
@@ -24,3 +24,4 @@ class ServerConfig:
     access: AccessRules = field(default_factory=AccessRules)  # empty: everyone reaches all
     token_file: str | None = None  # NAME:SECRET lines; set: clients must prove a token
     admission: AdmissionLimits = field(default_factory=AdmissionLimits)
+    max_streams_per_identity: int = STREAMS_PER_IDENTITY  # backend streams, all its sessions

@@ -17,7 +17,7 @@ import logging
 import os
 from typing import TYPE_CHECKING
 
-from server.admission import address_key, stranger_log
+from server.admission import DESCRIPTOR_RESERVE, address_key, stranger_log
 from server.backend import BackendStream
 from tunnel import auth, metrics
 from tunnel.access import ANONYMOUS
@@ -67,6 +67,8 @@ class ServerConnection:
             on_connect=None if tls else self.admit,  # under TLS, the TLS layer asks
         )
         self._admitted: str | None = None  # the source it counts against while unauthenticated
+        self._headerless: dict[BackendStream, float] = {}  # streams yet to name a service
+        self._sweep: asyncio.TimerHandle | None = None  # refuses those past the timeout
         self.cert_name: str | None = None  # the client certificate's name, under mutual TLS
         self.peer_cert: bytes | None = None  # its DER, to check against a reloaded CRL
         self.token_name: str | None = None  # set once the token exchange succeeded
@@ -108,21 +110,31 @@ class ServerConnection:
         key = address_key(peername)
         admission = self.server.config.admission
         bound = self.server.admission.admit(key, admission)
+        if bound is None and self.server.descriptors_left() < DESCRIPTOR_RESERVE // 2:
+            self.server.admission.release(key)
+            bound = "descriptors"
         if bound is None:
             self._admitted = key
             return True
         self.refused = True  # said here: the close needs no line of its own
         metrics.CONNECTIONS_REJECTED.labels(bound).inc()
-        limit = (
-            admission.unauthenticated
-            if bound == "max_unauthenticated"
-            else admission.unauthenticated_per_address
-        )
-        stranger_log.warning(
-            "refused connection from %s: %d connections that have not authenticated yet "
-            "(--%s); raise it if clients wait for this",
-            format_peer(peername), limit, bound.replace("_", "-"),
-        )  # fmt: skip
+        if bound == "descriptors":
+            stranger_log.warning(
+                "refused connection from %s: this process is out of file descriptors (its "
+                "limit is %d); raise it (ulimit -n, LimitNOFILE=)",
+                format_peer(peername), self.server.descriptor_limit,
+            )  # fmt: skip
+        else:
+            limit = (
+                admission.unauthenticated
+                if bound == "max_unauthenticated"
+                else admission.unauthenticated_per_address
+            )
+            stranger_log.warning(
+                "refused connection from %s: %d connections that have not authenticated yet "
+                "(--%s); raise it if clients wait for this",
+                format_peer(peername), limit, bound.replace("_", "-"),
+            )  # fmt: skip
         self.tunnel.close(bound)
         return False
 
@@ -139,13 +151,34 @@ class ServerConnection:
             self.control_id = stream_id
             return ControlChannel(self, stream_id)
         if not self.welcomed:
-            log.warning(
+            stranger_log.warning(
                 "%s opened stream %d before its hello was answered", self.peer_name, stream_id
             )
             return None
         stream = BackendStream(tunnel, stream_id, self)
         self.streams.add(stream)
+        # Until it names its service, a stream holds what the client sent behind it: it has
+        # the handshake timeout to do so.
+        self._headerless[stream] = self.loop.time()
+        if self._sweep is None:
+            timeout = self.server.config.handshake_timeout
+            self._sweep = self.loop.call_later(timeout, self._sweep_headerless)
         return stream
+
+    def header_read(self, stream: BackendStream) -> None:
+        self._headerless.pop(stream, None)
+
+    def _sweep_headerless(self) -> None:
+        self._sweep = None
+        timeout = self.server.config.handshake_timeout
+        now = self.loop.time()
+        for stream, opened in list(self._headerless.items()):
+            if now - opened >= timeout:
+                del self._headerless[stream]
+                stream.refuse(Reason.BAD_HEADER, f"no stream header within {timeout:g}s", "-")
+        if self._headerless and self.tunnel.is_open:
+            oldest = min(self._headerless.values())
+            self._sweep = self.loop.call_later(oldest + timeout - now, self._sweep_headerless)
 
     def start_dial(self, stream: BackendStream) -> None:
         """Dial the stream's backend now, or once a dial slot is free.
@@ -188,6 +221,7 @@ class ServerConnection:
 
     def stream_done(self, stream: BackendStream) -> None:
         self.streams.discard(stream)
+        self._headerless.pop(stream, None)
 
     # ------------------------------------------------------------ the hello
 
@@ -316,6 +350,9 @@ class ServerConnection:
 
     def _closed(self, future: asyncio.Future[str]) -> None:
         self._hello_timer.cancel()
+        if self._sweep is not None:
+            self._sweep.cancel()
+        self._headerless.clear()
         self._authenticated()  # or never will: either way it no longer counts
         for task in list(self.tasks):
             task.cancel()

@@ -267,6 +267,7 @@ class Session:
         self._peer_parity = 0 if role is Role.CLIENT else 1
         self._last_peer_id = 0
         self._granted_growth = 0  # window bytes granted beyond INITIAL_WINDOW, all streams
+        self._queued = 0  # bytes in every stream's outbox: they count in session_memory too
         self._pings: dict[int, float] = {}
         self._next_ping = 1
         self._last_received = now
@@ -520,10 +521,16 @@ class Session:
             raise LocalProtocolError(f"send on stream {stream_id} in state {stream.state.name}")
         outbox = stream.outbox
         outbox.append(data)
+        self._queued += len(data)
         if stream.send_window > 0 and not stream.ready:
             stream.ready = True
             self._ready.append(stream)
-        if outbox.size > self.limits.stream_send_buffer:
+        if outbox.size > self.limits.stream_send_buffer or (
+            # Bytes waiting to be sent count in the session's memory budget with the windows
+            # granted: a peer that opens streams and never reads their answers fills it, and
+            # from then on every stream that queues more is paused until its bytes leave.
+            self._queued + self._granted_growth > self.limits.session_memory and outbox.size
+        ):
             stream.paused = True
         return stream.paused
 
@@ -566,6 +573,15 @@ class Session:
             self._control.append(
                 encode_header(FrameType.WINDOW_UPDATE, Flags.NONE, stream_id, delta)
             )
+
+    @property
+    def queued(self) -> int:
+        """Bytes queued on every stream, not yet sent."""
+        return self._queued
+
+    def memory_used(self) -> int:
+        """What counts in ``session_memory``: windows grown beyond the initial, bytes queued."""
+        return self._queued + self._granted_growth
 
     def send_buffer_size(self, stream_id: int) -> int:
         stream = self._streams.get(stream_id)
@@ -623,6 +639,7 @@ class Session:
                 out.small += outbox.chunks.pop()
                 out.size += HEADER_SIZE + size
                 outbox.size = 0
+                self._queued -= size
                 stream.send_window -= size
                 continue
             if stream.state is closed and not stream.has_pending():
@@ -645,6 +662,7 @@ class Session:
         if size > 0:
             out.add_header(_pack_header(0, _DATA, 0, stream.id, size))
             outbox.move_to(out, size)
+            self._queued -= size
             stream.send_window -= size
             if outbox.size:
                 if stream.paused and outbox.size <= self.limits.stream_send_buffer // 2:
@@ -732,6 +750,7 @@ class Session:
 
     def _close(self, stream: _Stream) -> None:
         stream.set_state(StreamState.CLOSED)
+        self._queued -= stream.outbox.size
         stream.outbox.clear()
         stream.fin_queued = stream.rst_queued = False
         self._forget(stream)
@@ -753,6 +772,7 @@ class Session:
     def _terminate(self, code: GoAwayCode, reason: str, remote: bool) -> None:
         self.terminated = True
         self._streams.clear()
+        self._queued = 0
         self._ready.clear()
         self._pings.clear()
         self._events.append(ConnectionTerminated(code, reason, remote))

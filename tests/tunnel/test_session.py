@@ -1362,3 +1362,22 @@ def test_a_guarded_session_takes_only_small_frames_until_unguarded() -> None:
 
 def test_a_new_session_holds_a_few_kib() -> None:
     assert len(Session(Role.SERVER)._decoder._buffer) <= 4 * KIB
+
+
+def test_bytes_queued_for_a_peer_that_never_reads_count_in_the_session_memory() -> None:
+    # 400 streams whose answers are never read used to queue 256 KiB each (100 MiB) whatever
+    # --session-memory said. Now every stream that queues past the budget is told to pause
+    # (and the transport pauses every producer of the session: tests/security).
+    limits = Limits(stream_window=INITIAL_WINDOW, session_memory=4 * MIB)
+    server = Session(Role.SERVER, limits)
+    client = Session(Role.CLIENT, limits)
+    streams = [client.open_stream() for _ in range(100)]
+    server.receive_data(client.data_to_send(), 0.0)
+    paused = [server.send_data(stream_id, bytes(100 * KIB)) for stream_id in streams]
+    assert not any(paused[:40]) and all(paused[40:])
+    # The bytes leave as the peer's windows allow, and the paused streams are woken.
+    wire = server.data_to_send(limit=1 << 30)
+    assert len(wire) >= 100 * INITIAL_WINDOW // 3  # the first 256 KiB window of each
+    drained = [e for e in server.take_events() if isinstance(e, StreamDrained)]
+    assert {e.stream_id for e in drained} == set(streams[40:])
+    assert server.queued == 0

@@ -69,8 +69,6 @@ class Relay(asyncio.Protocol):
         self.transport = transport = cast(asyncio.Transport, transport)
         # No TCP_NODELAY here: asyncio and uvloop both set it on every TCP transport.
         transport.set_write_buffer_limits(LOCAL_HIGH_WATER, LOCAL_LOW_WATER)
-        if self.tunnel is not None and self.tunnel.full:
-            transport.pause_reading()  # resumed by on_drained, once the session has room
         pending, self._pending = self._pending, []
         for data in pending:
             self.deliver(data)
@@ -177,11 +175,6 @@ class Relay(asyncio.Protocol):
     def on_drained(self) -> None:
         if self.transport is not None and not self.closed:
             self.transport.resume_reading()
-
-    def on_full(self) -> None:
-        """The session's memory budget is full: read nothing more until ``on_drained``."""
-        if self.transport is not None and not self.closed:
-            self.transport.pause_reading()
 
     # ---------------------------------------------------------------- hooks
 

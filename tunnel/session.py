@@ -525,11 +525,16 @@ class Session:
         if stream.send_window > 0 and not stream.ready:
             stream.ready = True
             self._ready.append(stream)
-        if outbox.size > self.limits.stream_send_buffer or (
-            # Bytes waiting to be sent count in the session's memory budget with the windows
-            # granted: a peer that opens streams and never reads their answers fills it, and
-            # from then on every stream that queues more is paused until its bytes leave.
-            self._queued + self._granted_growth > self.limits.session_memory and outbox.size
+        limits = self.limits
+        if outbox.size > limits.stream_send_buffer or (
+            # Bytes waiting to be sent count in the session's memory budget, in what the grown
+            # windows leave of it (at least one stream's buffer, so that streams always move):
+            # a peer that opens streams and never reads their answers fills it, and from then
+            # on a stream that queues more is paused until its own bytes leave. Only that
+            # stream: a session-wide pause would let one unread stream stall all the others.
+            self._queued
+            > max(limits.stream_send_buffer, limits.session_memory - self._granted_growth)
+            and outbox.size
         ):
             stream.paused = True
         return stream.paused

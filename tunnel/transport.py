@@ -139,9 +139,6 @@ class TunnelConnection(asyncio.BufferedProtocol):
         self.on_rtt: Callable[[float], None] | None = None
         self._ping_waiters: list[asyncio.Future[float]] = []
         self.close_reason = ""
-        # The session's memory budget is full of queued bytes: every stream's producer is
-        # paused (on_full), not only the streams that queued the most, until half is free.
-        self.full = False
 
     # ------------------------------------------------------------ asyncio.Protocol
 
@@ -216,22 +213,8 @@ class TunnelConnection(asyncio.BufferedProtocol):
     def send(self, stream_id: int, data: bytes) -> bool:
         """Queue data on a stream; True means pause the producer until ``on_drained``."""
         full = self.session.send_data(stream_id, data)
-        if (
-            full
-            and not self.full
-            and self.session.memory_used() > self.session.limits.session_memory
-        ):
-            self._fill()
         self._schedule_flush()
         return full
-
-    def _fill(self) -> None:
-        self.full = True
-        metrics.LIMIT_HITS.labels("session_memory").inc()
-        for handler in list(self._handlers.values()):
-            on_full = getattr(handler, "on_full", None)  # producers have it; others need not
-            if on_full is not None:
-                on_full()
 
     def end(self, stream_id: int) -> None:
         self.session.end_stream(stream_id)
@@ -356,10 +339,6 @@ class TunnelConnection(asyncio.BufferedProtocol):
             if not buffers:
                 break
             transport.writelines(buffers)
-        if self.full and session.memory_used() <= session.limits.session_memory // 2:
-            self.full = False
-            for handler in list(self._handlers.values()):
-                handler.on_drained()
         events = session.take_events()
         if events:
             self._dispatch(events)

@@ -6,28 +6,33 @@ import asyncio
 import ipaddress
 import logging
 import os
+import resource
 import signal
 import socket
 import ssl
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
+from server.admission import DESCRIPTOR_RESERVE, Admission
 from server.config import ServerConfig
 from server.connection import ServerConnection
 from server.forward import start_forwarding
-from server.reauth import Admission
+from server.reauth import AdmissionPolicy
 from server.tls_accept import accept_tls
 from tunnel.auth import load_tokens, plaintext_warning
 from tunnel.binding import UNBOUND
 from tunnel.errors import ConfigError, Reason
 from tunnel.frames import GoAwayCode
 from tunnel.httpd import StatusServer
+from tunnel.metrics import LIMIT_HITS
 from tunnel.observe import sample, service_stats
 from tunnel.oserrors import listen_error
 from tunnel.reload import Reloader
+from tunnel.runtime import give_back_heap
 from tunnel.tls import (
     bound_server_context,
     warn_about_files,
@@ -50,6 +55,11 @@ class Server:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         self.connections: set[ServerConnection] = set()
+        self.admission = Admission()  # connections not authenticated yet, by source
+        self.streams_by_identity: Counter[str] = Counter()  # backend streams dialed or open
+        self.stream_count = 0
+        self.descriptor_limit, self._descriptors_base = descriptor_budget()
+        self._trim: asyncio.TimerHandle | None = None
         self._listener: asyncio.Server | None = None
         self.tls_context: ssl.SSLContext | None = None
         self.tls_binding = UNBOUND  # the channel binding of the certificate it presents
@@ -120,10 +130,44 @@ class Server:
             return accept_tls(self, self.tls_context, self.tls_binding)
         return self.make_connection().tunnel
 
-    def make_connection(self, peer: str = "") -> ServerConnection:
-        connection = ServerConnection(self, peer)
+    def make_connection(self, peer: str = "", tls: bool = False) -> ServerConnection:
+        connection = ServerConnection(self, peer, tls)
         self.connections.add(connection)
         return connection
+
+    def descriptors_left(self) -> int:
+        """Descriptors still free: the limit, less those held at start, by tunnel connections
+        and by backend streams (a stream's own socket, from its dial)."""
+        used = self._descriptors_base + len(self.connections) + self.stream_count
+        return self.descriptor_limit - used
+
+    def stream_opened(self, identity: str) -> str | None:
+        """Count a backend stream of ``identity``; or why it may not have one."""
+        limit = self.config.max_streams_per_identity
+        if self.streams_by_identity[identity] >= limit:
+            LIMIT_HITS.labels("max_streams_per_identity").inc()
+            return f"{identity!r} has {limit} streams open (--max-streams-per-identity)"
+        if self.descriptors_left() <= DESCRIPTOR_RESERVE:
+            LIMIT_HITS.labels("descriptors").inc()
+            return (
+                f"the server is out of file descriptors (its limit is {self.descriptor_limit}, "
+                f"{DESCRIPTOR_RESERVE} kept for new sessions)"
+            )
+        self.streams_by_identity[identity] += 1
+        self.stream_count += 1
+        return None
+
+    def stream_closed(self, identity: str) -> None:
+        self.stream_count -= 1
+        left = self.streams_by_identity[identity] - 1
+        if left > 0:
+            self.streams_by_identity[identity] = left
+        else:
+            del self.streams_by_identity[identity]
+
+    def _give_back_heap(self) -> None:
+        self._trim = None
+        give_back_heap()
 
     def track(self, task: asyncio.Task[None]) -> None:
         self._tasks.add(task)
@@ -131,6 +175,9 @@ class Server:
 
     def connection_closed(self, connection: ServerConnection) -> None:
         self.connections.discard(connection)
+        if not connection.welcomed and self._trim is None:
+            # What strangers held goes back to the kernel, once a second at most.
+            self._trim = asyncio.get_running_loop().call_later(1.0, self._give_back_heap)
         if self.on_closed is not None:
             self.on_closed()
 
@@ -160,7 +207,7 @@ class Server:
         tokens: dict[str, bytes] | None = None
         if new.token_file is not None:
             tokens, _ = load_tokens(new.token_file)
-        admission = Admission.of(new, tokens, datetime.now(UTC))
+        admission = AdmissionPolicy.of(new, tokens, datetime.now(UTC))
         self.config = replace(new, listen=old.listen)
         self.tls_context, self.tls_binding = context, binding
         self.tokens = tokens
@@ -249,6 +296,24 @@ class Server:
             connection.tunnel.close("server shutting down")
         if self._listener is not None:
             await self._listener.wait_closed()
+
+
+def descriptor_budget() -> tuple[int, int]:
+    """The process's descriptor limit (soft RLIMIT_NOFILE), and how many are open now."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        open_now = len(os.listdir("/proc/self/fd"))
+    except OSError:  # pragma: no cover - no /proc
+        open_now = 16
+    if soft == resource.RLIM_INFINITY:
+        soft = 1 << 20
+    if soft < 4 * DESCRIPTOR_RESERVE:
+        log.warning(
+            "this process may open only %d files; sessions and streams will be refused early: "
+            "raise the limit (ulimit -n, LimitNOFILE=)",
+            soft,
+        )
+    return soft, open_now
 
 
 def is_loopback(host: str) -> bool:

@@ -40,6 +40,7 @@ class BackendStream(Relay):
         self._expiry: asyncio.TimerHandle | None = None  # the dial's timeout
         self._timed_out: float | None = None  # the timeout, once it cut the dial short
         self.preamble = True  # the stream header comes first
+        self.counted = False  # counts in its identity's streams and the process's descriptors
 
     def on_stream_data(self, data: bytes | bytearray) -> None:
         if self._header is not None:
@@ -53,11 +54,17 @@ class BackendStream(Relay):
             if header is None:
                 return
             self._header = None
+            self.owner.header_read(self)
             try:
                 service = self.owner.reachable.resolve(header.service)
             except ConfigError as exc:
                 self._unreachable(header.service, str(exc))
                 return
+            over = self.owner.server.stream_opened(self.owner.identity)
+            if over is not None:
+                self.refuse(Reason.LIMIT_EXCEEDED, over, header.service)
+                return
+            self.counted = True
             self.service = service
             self._label = service.name
             self.meters = metrics.meters("server", self._label)
@@ -206,4 +213,6 @@ class BackendStream(Relay):
         self._finished = True
         if self.service is not None:
             self.meters.open_now -= 1
+        if self.counted:
+            self.owner.server.stream_closed(self.owner.identity)
         self.owner.stream_done(self)

@@ -10,6 +10,12 @@ from typing import Any
 
 import click
 
+from server.admission import (
+    STREAMS_PER_IDENTITY,
+    UNAUTHENTICATED,
+    UNAUTHENTICATED_PER_ADDRESS,
+    AdmissionLimits,
+)
 from server.app import serve, serve_forwarding
 from server.certs_cli import certs
 from server.config import ServerConfig
@@ -156,6 +162,25 @@ log = logging.getLogger("ambassador.server")
     "Backend dials one session may have in progress; more wait (up to --dial-timeout).",
 )
 @setting(
+    "--max-unauthenticated",
+    click.IntRange(1),
+    UNAUTHENTICATED,
+    "Connections that have not completed their hello the server holds at once; more are "
+    "closed as soon as they are accepted.",
+)
+@setting(
+    "--max-unauthenticated-per-address",
+    click.IntRange(1),
+    UNAUTHENTICATED_PER_ADDRESS,
+    "Of those, how many may come from one address (an IPv6 /64).",
+)
+@setting(
+    "--max-streams-per-identity",
+    click.IntRange(1),
+    STREAMS_PER_IDENTITY,
+    "Backend streams one client identity may hold open, over all its sessions (per process).",
+)
+@setting(
     "--workers",
     WorkerCount(),
     1,
@@ -256,6 +281,10 @@ def build_config(params: dict[str, Any], environ: Mapping[str, str]) -> ServerCo
         dial_timeout=params["dial_timeout"],
         max_pending_dials=params["max_pending_dials"],
         handshake_timeout=params["handshake_timeout"],
+        max_streams_per_identity=params["max_streams_per_identity"],
+        admission=AdmissionLimits(
+            params["max_unauthenticated"], params["max_unauthenticated_per_address"]
+        ),
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from server.admission import STREAMS_PER_IDENTITY, AdmissionLimits
 from tunnel.access import AccessRules
 from tunnel.limits import Limits
 from tunnel.links import DEFAULT_TUNNEL_PORT, Address, Catalog
@@ -22,3 +23,5 @@ class ServerConfig:
     tls: ServerTls | None = None  # None: plaintext
     access: AccessRules = field(default_factory=AccessRules)  # empty: everyone reaches all
     token_file: str | None = None  # NAME:SECRET lines; set: clients must prove a token
+    admission: AdmissionLimits = field(default_factory=AdmissionLimits)
+    max_streams_per_identity: int = STREAMS_PER_IDENTITY  # backend streams, all its sessions

@@ -23,6 +23,7 @@ import logging
 import os
 from typing import TYPE_CHECKING
 
+from server.admission import DESCRIPTOR_RESERVE, address_key, stranger_log
 from server.backend import BackendStream
 from tunnel import auth, metrics
 from tunnel.access import ANONYMOUS
@@ -48,7 +49,7 @@ from tunnel.messages import (
 )
 from tunnel.peertext import NAME_LIMIT, quoted, shown
 from tunnel.session import Role, Session
-from tunnel.transport import StreamHandler, TunnelConnection, clock
+from tunnel.transport import StreamHandler, TunnelConnection, clock, format_peer
 from tunnel.trust import Untrusted
 
 if TYPE_CHECKING:
@@ -56,6 +57,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("ambassador.server")
 throttled = Throttled(log)
+
+CLIENT_MESSAGE = 16 * 1024  # the largest control message a client sends (hello, auth)
 
 
 def catalog_info(catalog: Catalog) -> tuple[ServiceInfo, ...]:
@@ -65,14 +68,18 @@ def catalog_info(catalog: Catalog) -> tuple[ServiceInfo, ...]:
 class ServerConnection:
     """Everything the server knows about one tunnel connection."""
 
-    def __init__(self, server: Server, peer: str = "") -> None:
+    def __init__(self, server: Server, peer: str = "", tls: bool = False) -> None:
         self.server = server
         self.loop = loop = asyncio.get_running_loop()
         self.tunnel = TunnelConnection(
-            Session(Role.SERVER, server.config.limits, clock()),
+            Session(Role.SERVER, server.config.limits, clock(), guarded=True),
             self._accept,
             peer,
+            on_connect=None if tls else self.admit,  # under TLS, the TLS layer asks
         )
+        self._admitted: str | None = None  # the source it counts against while unauthenticated
+        self._headerless: dict[BackendStream, float] = {}  # streams yet to name a service
+        self._sweep: asyncio.TimerHandle | None = None  # refuses those past the timeout
         self.cert_name: str | None = None  # the client certificate's name, under mutual TLS
         self.peer_cert: bytes | None = None  # its DER, to check against a reloaded CRL
         self.token_name: str | None = None  # set once the token exchange succeeded
@@ -125,6 +132,46 @@ class ServerConnection:
         """The hello's name, as a remark for a log line: escaped, bounded, never an identity."""
         return f"calls itself {quoted(self.client_name)}" if self.client_name else ""
 
+    def admit(self, transport: asyncio.BaseTransport) -> bool:
+        """Count the new socket as unauthenticated, or refuse it (closing this connection)
+        when a bound is reached."""
+        peername = transport.get_extra_info("peername")
+        key = address_key(peername)
+        admission = self.server.config.admission
+        bound = self.server.admission.admit(key, admission)
+        if bound is None and self.server.descriptors_left() < DESCRIPTOR_RESERVE // 2:
+            self.server.admission.release(key)
+            bound = "descriptors"
+        if bound is None:
+            self._admitted = key
+            return True
+        self.refused = True  # said here: the close needs no line of its own
+        metrics.CONNECTIONS_REJECTED.labels(bound).inc()
+        if bound == "descriptors":
+            stranger_log.warning(
+                "refused connection from %s: this process is out of file descriptors (its "
+                "limit is %d); raise it (ulimit -n, LimitNOFILE=)",
+                format_peer(peername), self.server.descriptor_limit,
+            )  # fmt: skip
+        else:
+            limit = (
+                admission.unauthenticated
+                if bound == "max_unauthenticated"
+                else admission.unauthenticated_per_address
+            )
+            stranger_log.warning(
+                "refused connection from %s: %d connections that have not authenticated yet "
+                "(--%s); raise it if clients wait for this",
+                format_peer(peername), limit, bound.replace("_", "-"),
+            )  # fmt: skip
+        self.tunnel.close(bound)
+        return False
+
+    def _authenticated(self) -> None:
+        if self._admitted is not None:
+            self.server.admission.release(self._admitted)
+            self._admitted = None
+
     def allows(self, service: Service) -> bool:
         return self.server.config.access.allows(self.identity, service)
 
@@ -149,8 +196,7 @@ class ServerConnection:
         if not self.welcomed:
             self._early_streams += 1
             if self._early_streams == 1:
-                throttled.warning(
-                    "early_stream",
+                stranger_log.warning(
                     "%s opened stream %d before its hello was answered; it is reset, and "
                     "further ones on this connection are not logged",
                     self.peer_name, stream_id,
@@ -158,7 +204,28 @@ class ServerConnection:
             return None
         stream = BackendStream(tunnel, stream_id, self)
         self.streams.add(stream)
+        # Until it names its service, a stream holds what the client sent behind it: it has
+        # the handshake timeout to do so.
+        self._headerless[stream] = self.loop.time()
+        if self._sweep is None:
+            timeout = self.server.config.handshake_timeout
+            self._sweep = self.loop.call_later(timeout, self._sweep_headerless)
         return stream
+
+    def header_read(self, stream: BackendStream) -> None:
+        self._headerless.pop(stream, None)
+
+    def _sweep_headerless(self) -> None:
+        self._sweep = None
+        timeout = self.server.config.handshake_timeout
+        now = self.loop.time()
+        for stream, opened in list(self._headerless.items()):
+            if now - opened >= timeout:
+                del self._headerless[stream]
+                stream.refuse(Reason.BAD_HEADER, f"no stream header within {timeout:g}s", "-")
+        if self._headerless and self.tunnel.is_open:
+            oldest = min(self._headerless.values())
+            self._sweep = self.loop.call_later(oldest + timeout - now, self._sweep_headerless)
 
     def start_dial(self, stream: BackendStream) -> None:
         """Dial the stream's backend now, or once a dial slot is free.
@@ -201,6 +268,7 @@ class ServerConnection:
 
     def stream_done(self, stream: BackendStream) -> None:
         self.streams.discard(stream)
+        self._headerless.pop(stream, None)
 
     # ------------------------------------------------------------ the hello
 
@@ -277,6 +345,8 @@ class ServerConnection:
         self._hello_timer.cancel()
         self.welcomed = True
         self._reachable_for = None  # the identity is settled now
+        self.tunnel.session.unguard()
+        self._authenticated()
         self.shown = catalog_info(self.server.config.access.visible(self.identity, self.catalog))
         identity = self.identity[:MAX_NAME]  # the client's to show: which identity we saw
         self._send(Welcome(self._version, self.server.config.name, self.shown, proof, identity))
@@ -370,13 +440,17 @@ class ServerConnection:
     def _hello_timeout(self) -> None:
         if not self.welcomed and self.tunnel.is_open:
             reason = f"no hello within {self.server.config.handshake_timeout:g}s"
-            log.warning("closing connection from %s: %s", self.tunnel.peer, reason)
+            stranger_log.warning("closing connection from %s: %s", self.tunnel.peer, reason)
             self.refused = True  # logged: the close needs no second line
             metrics.SESSION_ENDS.labels("server", "handshake_timeout").inc()
             self.tunnel.close(reason)
 
     def _closed(self, future: asyncio.Future[str]) -> None:
         self._hello_timer.cancel()
+        if self._sweep is not None:
+            self._sweep.cancel()
+        self._headerless.clear()
+        self._authenticated()  # or never will: either way it no longer counts
         for task in list(self.tasks):
             task.cancel()
         for expiry in self._waiting.values():
@@ -393,7 +467,7 @@ class ServerConnection:
             # A connection that closes without a byte is a port probe (a load balancer's
             # health check, a port scanner): not worth a warning. Anything else is.
             said_something = self.tls_done or self.tunnel.session.stats().bytes_received > 0
-            log.log(
+            stranger_log.log(
                 logging.WARNING if said_something else logging.DEBUG,
                 "connection from %s ended before its hello: %s",
                 self.tunnel.peer, future.result(),
@@ -406,7 +480,8 @@ class ControlChannel:
     def __init__(self, owner: ServerConnection, stream_id: int) -> None:
         self.owner = owner
         self.stream_id = stream_id
-        self.reader = MessageReader()
+        # A client sends a hello and perhaps an auth message, each a few hundred bytes.
+        self.reader = MessageReader(max_message=CLIENT_MESSAGE)
 
     def on_data(self, data: bytes | bytearray) -> None:
         self.owner.tunnel.consumed(self.stream_id, len(data))

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
-class Admission:
+class AdmissionPolicy:
     """What a configuration admits: its tokens and the trust behind its client certificates."""
 
     tokens: dict[str, bytes] | None
@@ -42,7 +42,9 @@ class Admission:
     now: datetime
 
     @classmethod
-    def of(cls, config: ServerConfig, tokens: dict[str, bytes] | None, now: datetime) -> Admission:
+    def of(
+        cls, config: ServerConfig, tokens: dict[str, bytes] | None, now: datetime
+    ) -> AdmissionPolicy:
         tls = config.tls
         trust = load_trust(tls.ca, tls.crl) if tls is not None and tls.ca is not None else None
         return cls(tokens, trust, now)

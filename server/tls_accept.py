@@ -12,6 +12,7 @@ import logging
 import ssl
 from typing import TYPE_CHECKING
 
+from server.admission import stranger_log
 from tunnel import metrics
 from tunnel.tls import describe_tls_error, peer_certificate, peer_common_name
 from tunnel.tlslayer import TlsLayer
@@ -30,7 +31,7 @@ def accept_tls(server: Server, context: ssl.SSLContext, binding: bytes) -> TlsLa
     ``binding`` is the channel binding of the certificate ``context`` presents; both are taken
     together at accept time, so a reload in the middle of a handshake cannot mix them up.
     """
-    connection = server.make_connection()
+    connection = server.make_connection(tls=True)
     timeout = server.config.handshake_timeout
 
     def on_handshake(layer: TlsLayer, exc: BaseException | None) -> None:
@@ -41,9 +42,13 @@ def accept_tls(server: Server, context: ssl.SSLContext, binding: bytes) -> TlsLa
             connection.peer_cert = peer_certificate(layer.ssl_object)
             connection.channel_binding = binding
             return
-        _refused(connection, layer, exc)
+        if not connection.refused:  # else refused before the handshake, and said so
+            _refused(connection, layer, exc)
 
-    layer = TlsLayer(context, connection.tunnel, server_side=True, on_handshake=on_handshake)
+    layer = TlsLayer(
+        context, connection.tunnel, server_side=True, on_handshake=on_handshake,
+        on_connect=connection.admit,
+    )  # fmt: skip
     timer = asyncio.get_running_loop().call_later(
         timeout, _expire, layer, f"no TLS handshake within {timeout:g}s"
     )
@@ -63,7 +68,7 @@ def _refused(connection: ServerConnection, layer: TlsLayer, exc: BaseException) 
         why = "the peer closed the connection during the TLS handshake"
     else:
         why = describe_tls_error(exc, server_side=True)
-    log.warning("refused connection from %s: %s", peer, why)
+    stranger_log.warning("refused connection from %s: %s", peer, why)
     connection.refused = True
     metrics.SESSION_ENDS.labels("server", "tls_handshake").inc()
     connection.tunnel.close(why)

@@ -9,12 +9,21 @@ For Data frames ``length`` bytes of payload follow; for the other types ``length
 
 :class:`FrameDecoder` is incremental: feed it whatever the socket gave, take frames out. It checks
 the version, the type and, for Data frames, the length as soon as a header is complete, so a
-hostile peer cannot make it buffer a payload it was never going to accept.
+hostile peer cannot make it buffer a payload it was never going to accept. A Data frame whose
+payload is still on its way is also shown to the owner's ``admit`` check (the session compares it
+with the stream's window) before a byte of it is kept.
+
+Memory follows what arrived, never what a header announced: a new decoder holds nothing, its
+first read gets ``FIRST_SIZE`` bytes of room, the buffer doubles only when reads fill it (up to
+``READ_SIZE`` for ordinary traffic), and a frame larger than that grows it to at most twice the
+part of the frame already received. A header that announces 128 MiB and is followed by nothing
+costs nothing.
 """
 
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from enum import IntEnum, IntFlag
 from typing import NamedTuple
 
@@ -78,8 +87,15 @@ def encode(frame: Frame) -> bytes:
 # is a bytearray that nothing else holds; treat it as immutable.
 RawFrame = tuple[FrameType, int, int, int, bytes | bytearray]
 
-READ_SIZE = 256 * 1024  # the receive buffer; one read takes at most this much
+READ_SIZE = 256 * 1024  # the receive buffer of a busy connection; one read takes at most this
+# A connection's buffer at its first read (none before it: a TLS handshake that never completes
+# costs nothing here). A hello fits, and so does a burst of small frames, which is read whole.
+FIRST_SIZE = 16 * 1024
 _MIN_READ = 64 * 1024  # less room than this at the buffer's end: move the unparsed tail first
+
+# Called with (stream id, flags, length) for a Data frame whose payload has not all arrived;
+# raises RemoteProtocolError to refuse it before any of it is buffered.
+Admit = Callable[[int, int, int], None]
 
 
 class FrameDecoder:
@@ -91,15 +107,20 @@ class FrameDecoder:
     the buffer once, so a bulk transfer costs one copy between the socket and its frames.
 
     ``max_data_length`` bounds a single Data frame's payload; anything larger is refused
-    before a byte of it is buffered. The buffer grows only while a frame larger than it is
-    being received, and shrinks back once that frame is out.
+    before a byte of it is buffered (it may be lowered and raised again: ``max_data_length``).
+    The buffer is made at the first read (``FIRST_SIZE``), doubles while reads fill it, grows
+    past ``READ_SIZE`` only while a frame larger than that is being received (to at most twice
+    what has arrived of it), and shrinks back once that frame is out.
     """
 
-    def __init__(self, max_data_length: int) -> None:
-        self._buffer = bytearray(READ_SIZE)
+    def __init__(self, max_data_length: int, admit: Admit | None = None) -> None:
+        self._buffer = bytearray()
         self._start = 0  # first byte not yet parsed
         self._end = 0  # end of the bytes received
-        self._max_data_length = max_data_length
+        self.max_data_length = max_data_length
+        self.max_buffer = READ_SIZE  # the most the buffer grows to for frames that fit in it
+        self._admit = admit
+        self._hungry = True  # the last read filled the buffer (or there is none yet): grow it
         self._header: tuple[FrameType, int, int, int] | None = None
 
     @property
@@ -111,7 +132,8 @@ class FrameDecoder:
 
     def get_buffer(self) -> memoryview:
         """Room at the end of the receive buffer: read into it, then call buffer_updated."""
-        if len(self._buffer) - self._end < _MIN_READ:
+        size = len(self._buffer)
+        if self._hungry or size - self._end < (_MIN_READ if size >= READ_SIZE else size >> 2):
             self._make_room()
         return memoryview(self._buffer)[self._end :]
 
@@ -120,14 +142,33 @@ class FrameDecoder:
         frame now complete. A bad header raises :class:`RemoteProtocolError` (frames decoded
         before it in this call are dropped: the session ends anyway)."""
         self._end += nbytes
+        if self._end == len(self._buffer):
+            self._hungry = True
         return self._parse()
 
-    def _make_room(self) -> None:
+    def release(self) -> None:
+        """Give the buffer back (the connection is over); the decoder takes nothing more."""
+        self._buffer = bytearray()
+        self._start = self._end = 0
+        self._header = None
+        self._admit = None  # a method of the owner: a cycle through it would outlive the close
+
+    def _make_room(self, in_hand: int = 0) -> None:
+        """Move the unparsed tail to the start, growing the buffer if reads keep filling it.
+
+        ``in_hand``: bytes the caller holds for it already (:meth:`feed`), room for which is
+        room for bytes that have arrived."""
         pending = self._end - self._start
-        wanted = pending + _MIN_READ
-        if self._header is not None and self._header[0] is FrameType.DATA:
-            wanted = max(wanted, self._header[3])  # the whole payload of the frame under way
-        size = max(READ_SIZE, wanted)
+        size = len(self._buffer)
+        largest = max(self.max_buffer, pending + in_hand)
+        header = self._header
+        if header is not None and header[0] is FrameType.DATA:
+            # The frame under way may need more, but room is only ever made for twice what has
+            # arrived of it: its header alone (a promise of 128 MiB, say) allocates nothing.
+            largest = max(largest, min(header[3], 2 * pending))
+        if self._hungry or pending > size >> 1:
+            size = min(largest, max(size * 2, FIRST_SIZE))  # reads fill it: double it
+            self._hungry = False
         old = memoryview(self._buffer)
         if size != len(self._buffer):
             self._buffer = bytearray(size)
@@ -140,7 +181,7 @@ class FrameDecoder:
         start, end, header = self._start, self._end, self._header
         frames: list[RawFrame] = []
         append = frames.append
-        max_data = self._max_data_length
+        max_data = self.max_data_length
         unpack = HEADER.unpack_from
         data_type = FrameType.DATA
         while True:
@@ -159,6 +200,11 @@ class FrameDecoder:
                 type_ = _TYPES[raw_type]
                 flags &= 0xF
                 body = start + HEADER_SIZE
+                if type_ is data_type and body + length > end and self._admit is not None:
+                    # The payload is still on its way: the owner says now whether it may be
+                    # kept. Once per frame, and only for one that spans reads.
+                    self._header = None
+                    self._admit(stream_id, flags, length)
             else:
                 type_, flags, stream_id, length = header
                 header = None
@@ -189,7 +235,9 @@ class FrameDecoder:
         """Append ``data`` to the buffer; take frames out with :meth:`next_frame`."""
         with memoryview(data) as source, source.cast("B") as source:
             while source:
-                room = self.get_buffer()
+                if len(self._buffer) - self._end < len(source):
+                    self._make_room(len(source))
+                room = memoryview(self._buffer)[self._end :]
                 taken = min(len(room), len(source))
                 room[:taken] = source[:taken]
                 room.release()
@@ -215,7 +263,7 @@ class FrameDecoder:
             )
             self._start += HEADER_SIZE
             self._header = _check_header(
-                version, raw_type, raw_flags, stream_id, length, self._max_data_length
+                version, raw_type, raw_flags, stream_id, length, self.max_data_length
             )
         type_, flags, stream_id, length = self._header
         payload = b""

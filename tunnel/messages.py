@@ -177,13 +177,14 @@ class MessageReader:
     """Splits the control stream into messages."""
 
     _buffer: bytearray = field(default_factory=bytearray)
+    max_message: int = MAX_MESSAGE  # larger is a protocol error, before any of it is kept
 
     def feed(self, data: bytes | bytearray) -> list[Message]:
         self._buffer += data
         messages: list[Message] = []
         while len(self._buffer) >= 4:
             (length,) = _U32.unpack_from(self._buffer)
-            if length > MAX_MESSAGE:
+            if length > self.max_message:
                 raise RemoteProtocolError(f"control message of {length} bytes is too large")
             if len(self._buffer) < 4 + length:
                 break

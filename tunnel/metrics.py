@@ -50,6 +50,12 @@ CONNECT_FAILURES = Counter(
 RTT = Gauge(
     "ambassador_rtt_seconds", "Last measured tunnel round trip", ["peer"], registry=REGISTRY
 )
+CONNECTIONS_REJECTED = Counter(
+    "ambassador_connections_rejected",
+    "Tunnel connections closed as soon as they were accepted, by the bound they exceeded",
+    ["reason"],
+    registry=REGISTRY,
+)
 LIMIT_HITS = Counter(
     "ambassador_limit_hits", "Times a peer hit a limit, by limit", ["limit"], registry=REGISTRY
 )

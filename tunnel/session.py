@@ -16,7 +16,13 @@ therefore never holds the connection for long, and the socket's own buffer (whic
 keeps small) is the only queue in which frames wait behind each other.
 
 Receiving is *credited*: a Data frame may not exceed the window granted on its stream, and the
-window is only given back when the driver reports the bytes consumed (:meth:`consumed`).
+window is only given back when the driver reports the bytes consumed (:meth:`consumed`). A frame
+over its stream's window is refused as soon as its header is read, before its payload is kept.
+
+A server's session starts *guarded* (``guarded=True``) until the driver calls :meth:`unguard`
+(once the peer has authenticated): no Data frame may exceed ``GUARD_FRAME`` bytes and the receive
+buffer stays within ``GUARD_BUFFER``, so an unauthenticated peer costs a few KiB whatever it
+announces.
 
 Anything the peer does against the spec or the limits ends the session: a Go Away with a
 protocol-error code is queued, and a :class:`~tunnel.events.ConnectionTerminated` event tells the
@@ -45,10 +51,12 @@ from tunnel.events import (
     StreamReset,
 )
 from tunnel.frames import (
+    FIRST_SIZE,
     HEADER,
     HEADER_SIZE,
     MAX_LENGTH,
     MAX_STREAM_ID,
+    READ_SIZE,
     Flags,
     FrameDecoder,
     FrameType,
@@ -63,6 +71,11 @@ from tunnel.windows import ReceiveWindow
 _pack_header = HEADER.pack  # version, type, flags, stream id, length
 _DATA, _WINDOW_UPDATE, _PING = FrameType.DATA, FrameType.WINDOW_UPDATE, FrameType.PING
 _T = TypeVar("_T")
+
+# Before the peer has authenticated: the largest Data frame it may send (a hello is a few hundred
+# bytes) and the most the receive buffer grows to (room for one such frame and the next header).
+GUARD_FRAME = 16 * 1024
+GUARD_BUFFER = 2 * GUARD_FRAME
 
 # Flag bits as plain ints: IntFlag arithmetic is slow enough to show in profiles.
 _SYN, _ACK, _FIN, _RST = int(Flags.SYN), int(Flags.ACK), int(Flags.FIN), int(Flags.RST)
@@ -235,10 +248,17 @@ class _Stream:
 class Session:
     """One end of a yamux connection."""
 
-    def __init__(self, role: Role, limits: Limits | None = None, now: float = 0.0) -> None:
+    def __init__(
+        self, role: Role, limits: Limits | None = None, now: float = 0.0, guarded: bool = False
+    ) -> None:
         self.role = role
         self.limits = limits or Limits()
-        self._decoder = FrameDecoder(max_data_length=self.limits.max_stream_window)
+        self._decoder = FrameDecoder(self.limits.max_stream_window, self._admit)
+        self.guarded = guarded
+        if guarded:
+            self._decoder.max_data_length = GUARD_FRAME
+            self._decoder.max_buffer = max(FIRST_SIZE, GUARD_BUFFER)
+        self._peak_window = INITIAL_WINDOW  # the largest receive window granted on any stream
         self._streams: dict[int, _Stream] = {}
         self._ready: deque[_Stream] = deque()
         self._control: list[bytes] = []
@@ -247,6 +267,7 @@ class Session:
         self._peer_parity = 0 if role is Role.CLIENT else 1
         self._last_peer_id = 0
         self._granted_growth = 0  # window bytes granted beyond INITIAL_WINDOW, all streams
+        self._queued = 0  # bytes in every stream's outbox: they count in session_memory too
         self._pings: dict[int, float] = {}
         self._next_ping = 1
         self._last_received = now
@@ -315,6 +336,34 @@ class Session:
         except RemoteProtocolError as exc:
             self._fail(GoAwayCode.PROTOCOL_ERROR, str(exc))
         return self.take_events()
+
+    def unguard(self) -> None:
+        """The peer has authenticated: frames up to the stream windows, buffers to match."""
+        if self.guarded:
+            self.guarded = False
+            self._decoder.max_data_length = self.limits.max_stream_window
+            self._decoder.max_buffer = READ_SIZE
+
+    def release(self) -> None:
+        """The connection is over: give the receive buffer back now, not when collected."""
+        self._decoder.release()
+
+    def _admit(self, stream_id: int, flags: int, length: int) -> None:
+        # The decoder asks before it keeps a payload that spans reads. Frames decoded before
+        # this one in the same read are not applied yet, so a stream it does not know may have
+        # been opened by one of them: such a frame may be as large as any window granted.
+        stream = self._streams.get(stream_id)
+        if stream is not None:
+            window = stream.recv.available if stream.can_receive else 0
+        elif flags & _SYN:
+            window = INITIAL_WINDOW
+        else:
+            window = self._peak_window
+        if length > window:
+            raise RemoteProtocolError(
+                f"data frame of {length} bytes on stream {stream_id} exceeds its "
+                f"{window} byte window"
+            )
 
     def take_events(self) -> list[Event]:
         """Events produced outside ``receive_data`` (by sending or by the timer)."""
@@ -472,10 +521,21 @@ class Session:
             raise LocalProtocolError(f"send on stream {stream_id} in state {stream.state.name}")
         outbox = stream.outbox
         outbox.append(data)
+        self._queued += len(data)
         if stream.send_window > 0 and not stream.ready:
             stream.ready = True
             self._ready.append(stream)
-        if outbox.size > self.limits.stream_send_buffer:
+        limits = self.limits
+        if outbox.size > limits.stream_send_buffer or (
+            # Bytes waiting to be sent count in the session's memory budget, in what the grown
+            # windows leave of it (at least one stream's buffer, so that streams always move):
+            # a peer that opens streams and never reads their answers fills it, and from then
+            # on a stream that queues more is paused until its own bytes leave. Only that
+            # stream: a session-wide pause would let one unread stream stall all the others.
+            self._queued
+            > max(limits.stream_send_buffer, limits.session_memory - self._granted_growth)
+            and outbox.size
+        ):
             stream.paused = True
         return stream.paused
 
@@ -511,11 +571,22 @@ class Session:
         room = max(0, self.limits.session_memory - self._granted_growth)
         before = stream.recv.target
         delta = stream.recv.consume(length, now, self.min_rtt, room)
-        self._granted_growth += stream.recv.target - before
+        if stream.recv.target != before:
+            self._granted_growth += stream.recv.target - before
+            self._peak_window = max(self._peak_window, stream.recv.target)
         if delta:
             self._control.append(
                 encode_header(FrameType.WINDOW_UPDATE, Flags.NONE, stream_id, delta)
             )
+
+    @property
+    def queued(self) -> int:
+        """Bytes queued on every stream, not yet sent."""
+        return self._queued
+
+    def memory_used(self) -> int:
+        """What counts in ``session_memory``: windows grown beyond the initial, bytes queued."""
+        return self._queued + self._granted_growth
 
     def send_buffer_size(self, stream_id: int) -> int:
         stream = self._streams.get(stream_id)
@@ -573,6 +644,7 @@ class Session:
                 out.small += outbox.chunks.pop()
                 out.size += HEADER_SIZE + size
                 outbox.size = 0
+                self._queued -= size
                 stream.send_window -= size
                 continue
             if stream.state is closed and not stream.has_pending():
@@ -595,6 +667,7 @@ class Session:
         if size > 0:
             out.add_header(_pack_header(0, _DATA, 0, stream.id, size))
             outbox.move_to(out, size)
+            self._queued -= size
             stream.send_window -= size
             if outbox.size:
                 if stream.paused and outbox.size <= self.limits.stream_send_buffer // 2:
@@ -660,6 +733,8 @@ class Session:
         target = min(self.limits.stream_window, INITIAL_WINDOW + room)
         self._granted_growth += target - INITIAL_WINDOW
         recv = ReceiveWindow(target, self.limits.max_stream_window, available=target)
+        if target > self._peak_window:
+            self._peak_window = target
         stream = _Stream(stream_id, recv)
         self._streams[stream_id] = stream
         return stream
@@ -680,6 +755,7 @@ class Session:
 
     def _close(self, stream: _Stream) -> None:
         stream.set_state(StreamState.CLOSED)
+        self._queued -= stream.outbox.size
         stream.outbox.clear()
         stream.fin_queued = stream.rst_queued = False
         self._forget(stream)
@@ -701,6 +777,7 @@ class Session:
     def _terminate(self, code: GoAwayCode, reason: str, remote: bool) -> None:
         self.terminated = True
         self._streams.clear()
+        self._queued = 0
         self._ready.clear()
         self._pings.clear()
         self._events.append(ConnectionTerminated(code, reason, remote))

@@ -19,7 +19,9 @@ import ssl
 from collections.abc import Callable
 from typing import Any, cast
 
-READ_SIZE = 256 * 1024
+READ_SIZE = 256 * 1024  # the most one read of the socket takes
+FIRST_SIZE = 4 * 1024  # until the handshake is done: a ClientHello fits, a silent peer costs little
+_EMPTY = memoryview(b"")
 
 
 class TlsLayer(asyncio.BufferedProtocol):
@@ -32,6 +34,7 @@ class TlsLayer(asyncio.BufferedProtocol):
         server_side: bool,
         server_hostname: str | None = None,
         on_handshake: Callable[[TlsLayer, BaseException | None], None] | None = None,
+        on_connect: Callable[[asyncio.BaseTransport], bool] | None = None,
     ) -> None:
         self._incoming = ssl.MemoryBIO()
         self._outgoing = ssl.MemoryBIO()
@@ -41,25 +44,35 @@ class TlsLayer(asyncio.BufferedProtocol):
         )  # fmt: skip
         self.inner = inner
         self._on_handshake = on_handshake
+        self._on_connect = on_connect  # False from it: refused, before any handshake
         self.handshake_done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.transport: asyncio.Transport | None = None
         self._established = False
         self._closing = False
         self._inner_lost = False
         self.error: BaseException | None = None
-        self._received = memoryview(bytearray(READ_SIZE))  # the socket reads into this
+        # The socket reads into this. It starts small and doubles while reads fill it, up to
+        # READ_SIZE once the handshake is done: a connection that sent five bytes costs 4 KiB.
+        self._received = memoryview(bytearray(FIRST_SIZE))
 
     # ----------------------------------------------------------- socket side
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
+        on_connect, self._on_connect = self._on_connect, None
+        if on_connect is not None and not on_connect(transport):
+            self.fail(ConnectionRefusedError("refused before the TLS handshake"))
+            return
         self._handshake()
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self._received
 
     def buffer_updated(self, nbytes: int) -> None:
-        self.data_received(self._received[:nbytes])
+        received = self._received
+        self.data_received(received[:nbytes])
+        if nbytes == len(received) and nbytes < READ_SIZE and self._established:
+            self._received = memoryview(bytearray(2 * nbytes))  # reads fill it: double it
 
     def data_received(self, data: bytes | memoryview) -> None:
         self._incoming.write(data)
@@ -83,6 +96,16 @@ class TlsLayer(asyncio.BufferedProtocol):
         if not self._established:
             self._finish_handshake(exc or ConnectionResetError("connection closed"))
         self._lose_inner(exc or self._error_as_exception())
+        self._release()
+
+    def _release(self) -> None:
+        # Give the buffers back at once, whoever still holds this object.
+        self._received = _EMPTY
+        self._closing = True
+        self._on_handshake = None
+        if self.error is not None:
+            # Its traceback holds the frames that raised it, and so this layer: a cycle.
+            self.error.__traceback__ = None
 
     def pause_writing(self) -> None:
         if self._established:
@@ -199,10 +222,13 @@ class TlsLayer(asyncio.BufferedProtocol):
         if exc is None:
             self.handshake_done.set_result(None)
         else:
-            self.handshake_done.set_exception(exc)
+            # Without its traceback: the future would keep the frames that raised it, and with
+            # them this layer, its buffers and its session, until a cyclic collection.
+            self.handshake_done.set_exception(exc.with_traceback(None))
             self.handshake_done.exception()  # retrieved: callers may not be waiting
-        if self._on_handshake is not None:
-            self._on_handshake(self, exc)
+        on_handshake, self._on_handshake = self._on_handshake, None
+        if on_handshake is not None:
+            on_handshake(self, exc)
 
     def _read_plaintext(self) -> None:
         # The plaintext is decrypted straight into the inner protocol's receive buffer, as many
@@ -217,6 +243,8 @@ class TlsLayer(asyncio.BufferedProtocol):
         incoming = self._incoming
         while not self._closing:
             room = memoryview(inner.get_buffer(READ_SIZE))
+            if not room:
+                break  # the inner protocol is closed and gave its buffer back
             filled, ended = 0, False
             try:
                 while filled < len(room):

@@ -101,6 +101,10 @@ class StreamHandler(Protocol):
 AcceptStream = Callable[["TunnelConnection", int], StreamHandler | None]
 
 
+def _refuse_stream(tunnel: TunnelConnection, stream_id: int) -> StreamHandler | None:
+    return None  # the connection is closed
+
+
 class TunnelConnection(asyncio.BufferedProtocol):
     """One yamux session over one stream socket.
 
@@ -113,10 +117,14 @@ class TunnelConnection(asyncio.BufferedProtocol):
         session: Session,
         accept_stream: AcceptStream,
         peer: str = "",
+        on_connect: Callable[[asyncio.BaseTransport], bool] | None = None,
     ) -> None:
         self.session = session
         self.peer = peer
         self._accept_stream = accept_stream
+        # Asked first when the socket is connected; False: the connection is refused (the
+        # callee has closed it and said why), and nothing more happens here.
+        self._on_connect = on_connect
         self._handlers: dict[int, StreamHandler] = {}
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
@@ -135,6 +143,11 @@ class TunnelConnection(asyncio.BufferedProtocol):
     # ------------------------------------------------------------ asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self._on_connect is not None:
+            on_connect, self._on_connect = self._on_connect, None
+            if not on_connect(transport):
+                transport.close()
+                return
         self._transport = transport = cast(asyncio.Transport, transport)
         if not self.peer:
             self.peer = format_peer(transport.get_extra_info("peername"))
@@ -378,3 +391,10 @@ class TunnelConnection(asyncio.BufferedProtocol):
         self._ping_waiters.clear()
         if self._transport is not None and not self._transport.is_closing():
             self._transport.close()
+        # Free the receive buffer now, and drop what points back at the owner and the
+        # transport: a closed connection's memory is given back at once, not at the next
+        # cyclic garbage collection (which a busy server may run rarely).
+        self.session.release()
+        self._accept_stream = _refuse_stream
+        self.on_go_away = self.on_rtt = None
+        self._transport = None

@@ -67,6 +67,7 @@ def test_every_core_module_is_checked() -> None:
         "httpd",
         "observe",
         "logonce",
+        "loglimit",  # a budget of log lines, on the clock
         "pemfiles",  # reads and writes certificate and key files
         "issued",  # reads and appends the CA directory's record of issued serials
         "workers",  # helper processes: started, handed sockets, scraped

@@ -1369,3 +1369,84 @@ def test_two_well_behaved_peers_never_break_the_protocol(make_pair: Callable[...
             suppress_health_check=[HealthCheck.too_slow],
         ),
     )
+
+
+# ------------------------------------------------- what a frame header may make us hold
+
+
+def read_in(session: Session, data: bytes) -> list[Event]:
+    """Hand ``data`` to ``session`` as the transport does: read into its buffer."""
+    events: list[Event] = []
+    view = memoryview(data)
+    while view:
+        room = session.get_buffer()
+        count = min(len(room), len(view))
+        room[:count] = view[:count]
+        view = view[count:]
+        events += session.buffer_updated(count, 0.0)
+        if session.terminated:
+            break
+    return events
+
+
+def test_a_frame_over_the_streams_window_is_refused_before_its_payload_is_read(
+    pair: Pair,
+) -> None:
+    stream_id = open_established(pair)
+    server = pair.server.session
+    # The header and the first bytes of a frame twice the window: refused at once, not when
+    # (if ever) the rest arrives.
+    events = server.receive_data(raw(DATA, Flags.NONE, stream_id, 2 * WINDOW) + bytes(1000), 0)
+    ended = [e for e in events if isinstance(e, ConnectionTerminated)]
+    assert ended and "exceeds its" in ended[0].reason
+
+
+def test_a_frame_within_the_window_is_buffered_only_as_it_arrives() -> None:
+    server = Session(Role.SERVER, Limits(stream_window=64 * MIB, max_stream_window=64 * MIB))
+    read_in(server, raw(DATA, Flags.SYN, 1, 5) + b"hello")  # granted a 64 MiB window
+    announced = 60 * MIB
+    read_in(server, raw(DATA, Flags.NONE, 1, announced) + bytes(300 * KIB))
+    assert not server.terminated
+    # Room for twice what arrived at most, never for the 60 MiB announced.
+    assert len(server._decoder._buffer) <= 2 * (300 * KIB + HEADER_SIZE)
+
+
+def test_a_guarded_session_takes_only_small_frames_until_unguarded() -> None:
+    server = Session(Role.SERVER, guarded=True)
+    events = read_in(server, raw(DATA, Flags.SYN, 1, 64 * KIB) + bytes(64 * KIB))
+    assert server.terminated
+    assert any(isinstance(e, ConnectionTerminated) for e in events)
+
+    server = Session(Role.SERVER, guarded=True)
+    read_in(server, raw(DATA, Flags.SYN, 1, 100) + bytes(100))
+    assert not server.terminated
+    # The peer fills the buffer as fast as it can: it stays small while guarded.
+    for _ in range(100):
+        read_in(server, raw(UPDATE, Flags.NONE, 1, 1) * 1000)
+    assert len(server._decoder._buffer) <= 32 * KIB
+    server.unguard()
+    read_in(server, raw(DATA, Flags.NONE, 1, 200 * KIB) + bytes(200 * KIB))
+    assert not server.terminated
+
+
+def test_a_new_session_holds_a_few_kib() -> None:
+    assert len(Session(Role.SERVER)._decoder._buffer) <= 4 * KIB
+
+
+def test_bytes_queued_for_a_peer_that_never_reads_count_in_the_session_memory() -> None:
+    # 400 streams whose answers are never read used to queue 256 KiB each (100 MiB) whatever
+    # --session-memory said. Now every stream that queues past the budget is told to pause
+    # (and the transport pauses every producer of the session: tests/security).
+    limits = Limits(stream_window=INITIAL_WINDOW, session_memory=4 * MIB)
+    server = Session(Role.SERVER, limits)
+    client = Session(Role.CLIENT, limits)
+    streams = [client.open_stream() for _ in range(100)]
+    server.receive_data(client.data_to_send(), 0.0)
+    paused = [server.send_data(stream_id, bytes(100 * KIB)) for stream_id in streams]
+    assert not any(paused[:40]) and all(paused[40:])
+    # The bytes leave as the peer's windows allow, and the paused streams are woken.
+    wire = server.data_to_send(limit=1 << 30)
+    assert len(wire) >= 100 * INITIAL_WINDOW // 3  # the first 256 KiB window of each
+    drained = [e for e in server.take_events() if isinstance(e, StreamDrained)]
+    assert {e.stream_id for e in drained} == set(streams[40:])
+    assert server.queued == 0

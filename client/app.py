@@ -17,11 +17,11 @@ from client.config import ClientConfig
 from client.connector import Connector
 from client.listeners import ConsumerStream, Listeners
 from tunnel.auth import plaintext_warning
-from tunnel.errors import ConfigError, Reason
+from tunnel.errors import ConfigError
 from tunnel.httpd import StatusServer
 from tunnel.messages import ServiceInfo
 from tunnel.metrics import services as counted_services
-from tunnel.observe import sample, service_stats
+from tunnel.observe import service_stats
 from tunnel.oserrors import listen_error
 from tunnel.reload import Reloader
 from tunnel.wording import hostport
@@ -30,7 +30,6 @@ from tunnel.workers import HelperChannel, WorkerPool, helper_report, reload_all,
 HELPER_STOP_TIMEOUT = 5.0  # seconds helpers have to finish after SIGTERM
 
 log = logging.getLogger("ambassador.client")
-REFUSAL_LABELS = [reason.label for reason in Reason] + ["link_down", "tunnel_lost"]
 
 
 class Client:
@@ -108,17 +107,6 @@ class Client:
         for listening in self.listeners.bound:
             row = service_stats("client", listening.service)
             row["service"] = f"{listening.service} on {listening.host}:{listening.port}"
-            row["refused"] = int(
-                sum(
-                    sample(
-                        "ambassador_stream_refusals_total",
-                        role="client",
-                        service=listening.service,
-                        reason=reason,
-                    )
-                    for reason in REFUSAL_LABELS
-                )
-            )
             services.append(row)
         return {
             "role": "ambassador-client",

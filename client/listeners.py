@@ -86,7 +86,7 @@ class ConsumerStream(Relay):
                 timeout,
                 self.connector.last_error or "connecting",
             )
-            metrics.STREAM_REFUSALS.labels("client", self.service, "link_down").inc()
+            metrics.refused("client", self.service, "link_down")
             self.closed = True
             if self.transport is not None:
                 abort_with_reset(self.transport)
@@ -138,7 +138,7 @@ class ConsumerStream(Relay):
             self.service,
             ", ".join(service.name for service in catalog) or "nothing",
         )
-        metrics.STREAM_REFUSALS.labels("client", self.service, Reason.UNKNOWN_SERVICE.label).inc()
+        metrics.refused("client", self.service, Reason.UNKNOWN_SERVICE.label)
         self.closed = True
         if self.transport is not None:
             abort_with_reset(self.transport)
@@ -163,7 +163,7 @@ class ConsumerStream(Relay):
                     answer.reason.label,
                     shown(answer.text),
                 )
-                metrics.STREAM_REFUSALS.labels("client", self.service, answer.reason.label).inc()
+                metrics.refused("client", self.service, answer.reason.label)
                 self.refused = True
                 return  # the server's RST follows and resets the consumer
             self.preamble = False
@@ -174,7 +174,7 @@ class ConsumerStream(Relay):
 
     def _fail(self, text: str, reason: str) -> None:
         log.warning("connection to %r failed: %s", self.service, text)
-        metrics.STREAM_REFUSALS.labels("client", self.service, reason).inc()
+        metrics.refused("client", self.service, reason)
         if self.stream_id is not None and self.tunnel is not None:
             self.tunnel.reset(self.stream_id)
         self.on_reset(text)
@@ -188,7 +188,7 @@ class ConsumerStream(Relay):
                 # Reset before the server answered: the tunnel went away under the stream.
                 throttled.warning(f"reset:{self.service}", "connection to %r reset: %s",
                                   self.service, exc)  # fmt: skip
-                metrics.STREAM_REFUSALS.labels("client", self.service, "tunnel_lost").inc()
+                metrics.refused("client", self.service, "tunnel_lost")
 
 
 @dataclass(frozen=True, slots=True)

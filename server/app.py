@@ -29,7 +29,7 @@ from tunnel.errors import ConfigError, Reason
 from tunnel.frames import GoAwayCode
 from tunnel.httpd import StatusServer
 from tunnel.metrics import LIMIT_HITS
-from tunnel.observe import sample, service_stats
+from tunnel.observe import service_stats
 from tunnel.oserrors import listen_error
 from tunnel.reload import Reloader
 from tunnel.runtime import give_back_heap
@@ -268,11 +268,6 @@ class Server:
         for service in self.config.catalog:
             row = service_stats("server", service.name)
             row["service"] = f"{service.full_name} -> {service.target}"
-            row["refused"] = sum(
-                int(sample("ambassador_stream_refusals_total", role="server",
-                           service=service.name, reason=reason.label))
-                for reason in Reason
-            )  # fmt: skip
             services.append(row)
         return {
             "role": "ambassador-server",
@@ -397,30 +392,26 @@ def _report(server: Server) -> Callable[[], dict[str, Any]]:
     return lambda: helper_report(server.status())
 
 
+def forward_status(config: ServerConfig, started: float) -> dict[str, Any]:
+    """The live state in forward mode (``started``: time.monotonic() then), for /status."""
+    services = []
+    for service in config.catalog:
+        row = service_stats("forward", service.name)
+        row["service"] = f"{service.full_name} -> {service.target}"
+        services.append(row)
+    return {"role": "ambassador-server", "pid": os.getpid(), "name": config.name,
+            "mode": "forward",
+            "uptime": round(time.monotonic() - started, 1), "ready": True,
+            "sessions": [], "services": services}  # fmt: skip
+
+
 async def serve_forwarding(
     config: ServerConfig, bind: str, metrics: tuple[str, int] | None = None
 ) -> None:
     """Drop-in mode: per-port forwarding of every linked service until SIGINT or SIGTERM."""
     servers = await start_forwarding(config.catalog, bind, config.dial_timeout)
     started = time.monotonic()
-
-    def status() -> dict[str, Any]:
-        services = []
-        for service in config.catalog:
-            row = service_stats("forward", service.name)
-            row["service"] = f"{service.full_name} -> {service.target}"
-            row["refused"] = sum(
-                int(sample("ambassador_stream_refusals_total", role="forward",
-                           service=service.name, reason=reason.label))
-                for reason in Reason
-            )  # fmt: skip
-            services.append(row)
-        return {"role": "ambassador-server", "pid": os.getpid(), "name": config.name,
-                "mode": "forward",
-                "uptime": round(time.monotonic() - started, 1), "ready": True,
-                "sessions": [], "services": services}  # fmt: skip
-
-    endpoint = StatusServer(status, lambda: True)
+    endpoint = StatusServer(lambda: forward_status(config, started), lambda: True)
     if metrics is not None:
         await endpoint.start(*metrics)
     stop = asyncio.Event()

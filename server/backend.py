@@ -198,7 +198,7 @@ class BackendStream(Relay):
             reason.label,
             shown(text),
         )
-        metrics.STREAM_REFUSALS.labels("server", name if self.service else "-", reason.label).inc()
+        metrics.refused("server", name if self.service else "-", reason.label)
         assert self.stream_id is not None
         self.link.send(self.stream_id, (told or StreamAnswer(reason, text)).encode())
         self.link.reset(self.stream_id, after_data=True)

@@ -130,7 +130,7 @@ class _Consumer(_Side):
             name = self.service.name
             throttled.warning(f"{name}:{reason.label}", "connection to %r refused (%s): %s",
                               name, reason.label, text)  # fmt: skip
-            metrics.STREAM_REFUSALS.labels("forward", name, reason.label).inc()
+            metrics.refused("forward", name, reason.label)
             if self.transport is not None:
                 abort_with_reset(self.transport)
             return

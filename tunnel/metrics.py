@@ -6,6 +6,7 @@ reason label, so a dashboard shows the same reasons the logs name.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Metric
@@ -26,12 +27,55 @@ SESSION_ENDS = Counter(
     ["role", "reason"],
     registry=REGISTRY,
 )
-STREAM_REFUSALS = Counter(
-    "ambassador_stream_refusals",
-    "Streams refused or failed, by reason",
-    ["role", "service", "reason"],
-    registry=REGISTRY,
-)
+
+
+class _Refusals(Collector):
+    """Streams refused or failed, by (role, service, reason): plain counts, read directly by
+    /status (:func:`refusals`) and exported here as ``ambassador_stream_refusals``, with the
+    ``_created`` series prometheus_client's own counters have, so /metrics is as it was.
+
+    The labels are bounded: a service is one the configuration names (``-`` for one the server
+    does not know), a reason one of :class:`tunnel.errors.Reason`'s labels or the client's few.
+    """
+
+    def __init__(self) -> None:
+        self.counts: dict[tuple[str, str, str], int] = {}
+        self.created: dict[tuple[str, str, str], float] = {}
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(
+            "ambassador_stream_refusals",
+            "Streams refused or failed, by reason",
+            labels=["role", "service", "reason"],
+        )
+        for key, count in list(self.counts.items()):
+            family.add_metric(key, count, created=self.created[key])
+        yield family
+
+
+_REFUSALS = _Refusals()
+REGISTRY.register(_REFUSALS)
+
+
+def refused(role: str, service: str, reason: str) -> None:
+    """Count one stream of ``service`` refused or failed in ``role``, for ``reason``."""
+    key = (role, service, reason)
+    counts = _REFUSALS.counts
+    if key not in counts:
+        _REFUSALS.created[key] = time.time()
+        counts[key] = 0
+    counts[key] += 1
+
+
+def refusals(role: str, service: str) -> int:
+    """Streams of ``service`` refused or failed in ``role``, every reason."""
+    return sum(
+        count
+        for (owner, name, _), count in list(_REFUSALS.counts.items())
+        if owner == role and name == service
+    )
+
+
 RELOAD_CLOSES = Counter(
     "ambassador_reload_closed_sessions",
     "Sessions a reload closed because the new configuration would not admit them, by reason",
@@ -101,6 +145,12 @@ def meters(role: str, service: str) -> ServiceMeters:
     if found is None:
         found = _METERS[key] = ServiceMeters(role, service)
     return found
+
+
+def counted(role: str, service: str) -> ServiceMeters:
+    """The meters of (role, service) to read, zeros when it has none; unlike :func:`meters`
+    it adds no series to /metrics."""
+    return _METERS.get((role, service)) or ServiceMeters(role, service)
 
 
 def relayed_bytes() -> int:

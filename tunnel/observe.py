@@ -1,4 +1,4 @@
-"""Shared pieces of the roles' observability: reading metrics back, and the status command."""
+"""Shared pieces of the roles' observability: a service's status row, and the status command."""
 
 from __future__ import annotations
 
@@ -7,28 +7,25 @@ import urllib.error
 import urllib.request
 from typing import Any
 
+from tunnel import metrics
 from tunnel.errors import ConfigError
-from tunnel.metrics import REGISTRY
 from tunnel.statusview import render_text
 
 DEFAULT_METRICS_PORT = 9700
 
 
-def sample(name: str, **labels: str) -> float:
-    """The current value of one metric series (0 when it has not been touched)."""
-    return REGISTRY.get_sample_value(name, labels) or 0.0
-
-
 def service_stats(role: str, service: str) -> dict[str, Any]:
+    """The /status row of one service, read from the counts themselves (never back through
+    the Prometheus registry, which would cost a whole collection per number)."""
+    found = metrics.counted(role, service)
     return {
         "service": service,
-        "open_streams": int(sample("ambassador_streams_open", role=role, service=service)),
-        "streams_total": int(sample("ambassador_streams_total", role=role, service=service)),
-        "bytes_in": int(sample("ambassador_bytes_total", role=role, service=service,
-                               direction="to_backend")),
-        "bytes_out": int(sample("ambassador_bytes_total", role=role, service=service,
-                                direction="to_consumer")),
-    }  # fmt: skip
+        "open_streams": found.open_now,
+        "streams_total": found.opened,
+        "bytes_in": found.to_backend,
+        "bytes_out": found.to_consumer,
+        "refused": metrics.refusals(role, service),
+    }
 
 
 def fetch_status(endpoint: str, timeout: float = 5.0) -> dict[str, Any]:

@@ -113,3 +113,35 @@ def test_reconnects_are_counted_after_the_server_restarts(
     assert scrape(metered_pair.server_metrics).value("ambassador_sessions_open") == 1
     # And the new session carries traffic.
     assert redis_cli(metered_pair.redis_port, "PING") == "PONG"
+
+
+def test_status_and_metrics_agree_on_streams_bytes_and_refusals(
+    metered_pair: MeteredPair,
+) -> None:
+    # /status reads the counts themselves and /metrics exports them: the two programs' pages
+    # must say the same of every service, refusals by any reason included.
+    def both_counted() -> bool:
+        return all(
+            scrape(port).value("ambassador_stream_refusals_total", service="dead") == 1
+            for port in (metered_pair.server_metrics, metered_pair.client_metrics)
+        )
+
+    wait_for("the refusal counted on both sides", both_counted, 5)
+    for side, port in (("server", metered_pair.server_metrics),
+                       ("client", metered_pair.client_metrics)):  # fmt: skip
+        rows = json.loads(http_get(port, "/status").body)["services"]
+        page = scrape(port)
+        assert {row["service"].split(":")[0].split(" ")[0] for row in rows} == {"redis", "dead"}
+        for row in rows:
+            labels = {"role": side, "service": row["service"].split(":")[0].split(" ")[0]}
+            assert row["refused"] == page.value("ambassador_stream_refusals_total", **labels)
+            assert row["streams_total"] == page.value("ambassador_streams_total", **labels)
+            assert row["open_streams"] == page.value("ambassador_streams_open", **labels)
+            assert row["bytes_in"] == page.value(
+                "ambassador_bytes_total", direction="to_backend", **labels
+            ), (side, row)
+            assert row["bytes_out"] == page.value(
+                "ambassador_bytes_total", direction="to_consumer", **labels
+            ), (side, row)
+        redis = next(row for row in rows if row["service"].startswith("redis"))
+        assert redis["bytes_in"] > 0 and redis["bytes_out"] > 0, side

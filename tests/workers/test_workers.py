@@ -58,21 +58,25 @@ def test_server_workers_serve_one_client_each_and_report_as_one(
     free_port: Callable[..., int],
     wait_for_port: Callable[..., None],
 ) -> None:
-    metrics = free_port()
+    metrics, closed = free_port(), free_port()  # nothing listens on closed: "dead" refuses
     server = start_server(
         f"redis=127.0.0.1:{redis_server.port}",
+        f"dead=127.0.0.1:{closed}",
         args=["--workers", "2", f"--metrics-listen=127.0.0.1:{metrics}"],
     )
     wait_for_port("127.0.0.1", metrics, alive=server.process.alive)
     (helper,) = helpers_of(server.process, 1)
     ports = [free_port(), free_port()]
     for port in ports:
+        dead = free_port()
         start_client(
             f"--remote=127.0.0.1:{server.port}",
             f"--expose=127.0.0.1:{port}=redis",
-            listens=[("127.0.0.1", port)],
+            f"--expose=127.0.0.1:{dead}=dead",
+            listens=[("127.0.0.1", port), ("127.0.0.1", dead)],
         )
         assert redis_cli(port, "PING") == "PONG"
+        assert consumer_refused(dead)
 
     # One session in each process, and the main process reports both.
     server.process.wait_for_stderr(r"worker 1: session up with ")
@@ -82,9 +86,16 @@ def test_server_workers_serve_one_client_each_and_report_as_one(
     assert isinstance(sessions, list)
     assert sorted(row["worker"] for row in sessions) == [0, 1]
     assert all(row["state"] == "up" for row in sessions)
-    (service,) = status["services"]  # type: ignore[misc]
+    service, dead_row = status["services"]  # type: ignore[misc]
     assert service["streams_total"] >= 2  # one PING through each client, summed over workers
     page = scrape(metrics)
+    # A refusal in each process: /status sums them as /metrics does, worker by worker.
+    refusals = "ambassador_stream_refusals_total"
+    assert dead_row["refused"] == page.value(refusals, service="dead") == 2
+    for worker in ("0", "1"):
+        assert page.value(refusals, service="dead", worker=worker) == 1
+    assert service["bytes_in"] == page.value("ambassador_bytes_total", service="redis",
+                                             direction="to_backend")  # fmt: skip
     for worker in ("0", "1"):
         assert page.value("ambassador_sessions_open", role="server", worker=worker) == 1
         assert page.value("ambassador_streams_total", service="redis", worker=worker) >= 1
@@ -238,9 +249,10 @@ def test_a_helper_that_dies_is_started_again_and_its_client_comes_back(
     wait_for_port: Callable[..., None],
     stray_helpers: list[int],
 ) -> None:
-    metrics = free_port()
+    metrics, closed = free_port(), free_port()  # nothing listens on closed: "dead" refuses
     server = start_server(
         f"redis=127.0.0.1:{redis_server.port}",
+        f"dead=127.0.0.1:{closed}",
         args=["--workers", "2", f"--metrics-listen=127.0.0.1:{metrics}"],
     )
     (helper,) = helpers_of(server.process, 1)

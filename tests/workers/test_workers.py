@@ -421,6 +421,12 @@ def test_auto_runs_one_process_per_cpu_and_one_in_drop_in_mode(
     assert children_of(forward.pid) == []
 
 
+def process_state(pid: int) -> str:
+    """The one-letter scheduler state of ``pid`` (R running, S sleeping, ...)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().rpartition(")")[2].split()[0]
+
+
 def test_load_meter_tells_a_busy_process_from_an_idle_one() -> None:
     from tunnel.load import LoadMeter
 
@@ -435,6 +441,11 @@ def test_load_meter_tells_a_busy_process_from_an_idle_one() -> None:
         time.sleep(1.0)
         os._exit(0)
     try:
+        # The idle child's own start (the rest of fork, the call into sleep) is CPU it wanted;
+        # on a loaded machine it also waits for a core. Measure only once it sleeps.
+        deadline = time.monotonic() + 5.0
+        while process_state(idle) != "S" and time.monotonic() < deadline:
+            time.sleep(0.01)
         meters = {busy: LoadMeter(busy), idle: LoadMeter(idle)}
         time.sleep(0.3)
         rates = {pid: meter.update(time.monotonic()) for pid, meter in meters.items()}

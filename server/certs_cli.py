@@ -28,10 +28,10 @@ import click
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 
-from tunnel import certs as c
-from tunnel import issued
-from tunnel import pemfiles as pem
 from tunnel.errors import ConfigError
+from tunnel.security import certs as c
+from tunnel.security import issued
+from tunnel.security import pemfiles as pem
 
 CA_CERT = "ca.pem"
 CA_KEY = "ca-key.pem"

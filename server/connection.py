@@ -25,13 +25,12 @@ from typing import TYPE_CHECKING
 
 from server.admission import DESCRIPTOR_RESERVE, address_key, stranger_log
 from server.backend import BackendStream
-from tunnel import auth, metrics
-from tunnel.access import ANONYMOUS
+from tunnel.aio.transport import StreamHandler, TunnelConnection, clock, format_peer
 from tunnel.errors import Reason, RemoteProtocolError
-from tunnel.frames import GoAwayCode
-from tunnel.links import Catalog, Service
-from tunnel.logonce import Throttled
-from tunnel.messages import (
+from tunnel.operations import metrics
+from tunnel.operations.logonce import Throttled
+from tunnel.protocol.frames import GoAwayCode
+from tunnel.protocol.messages import (
     MAX_NAME,
     SUPPORTED_VERSIONS,
     Auth,
@@ -47,10 +46,12 @@ from tunnel.messages import (
     encode_message,
     negotiate_version,
 )
-from tunnel.peertext import NAME_LIMIT, quoted, shown
-from tunnel.session import Role, Session
-from tunnel.transport import StreamHandler, TunnelConnection, clock, format_peer
-from tunnel.trust import Untrusted
+from tunnel.protocol.peertext import NAME_LIMIT, quoted, shown
+from tunnel.protocol.session import Role, Session
+from tunnel.security import auth
+from tunnel.security.access import ANONYMOUS
+from tunnel.security.trust import Untrusted
+from tunnel.settings.links import Catalog, Service
 
 if TYPE_CHECKING:
     from server.app import Server

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from tunnel import auth
-from tunnel.trust import Trust, Untrusted, load_trust
+from tunnel.security import auth
+from tunnel.security.trust import Trust, Untrusted, load_trust
 
 if TYPE_CHECKING:
     from server.config import ServerConfig

@@ -13,10 +13,10 @@ import ssl
 from typing import TYPE_CHECKING
 
 from server.admission import stranger_log
-from tunnel import metrics
-from tunnel.tls import describe_tls_error, peer_certificate, peer_common_name
-from tunnel.tlslayer import TlsLayer
-from tunnel.transport import format_peer
+from tunnel.aio.tlslayer import TlsLayer
+from tunnel.aio.transport import format_peer
+from tunnel.operations import metrics
+from tunnel.security.tls import describe_tls_error, peer_certificate, peer_common_name
 
 if TYPE_CHECKING:
     from server.app import Server

@@ -10,9 +10,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
-from tunnel.certs import issue_server_cert, make_ca
-from tunnel.pemfiles import cert_pem, key_pem, write_private, write_public
-from tunnel.tls import ClientTls, ServerTls
+from tunnel.security.certs import issue_server_cert, make_ca
+from tunnel.security.pemfiles import cert_pem, key_pem, write_private, write_public
+from tunnel.security.tls import ClientTls, ServerTls
 
 HOST = "127.0.0.1"
 

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tests.pki import HOST, loopback_pki
-from tunnel.tls import ServerTls, client_context, server_context
+from tunnel.security.tls import ServerTls, client_context, server_context
 
 CHUNK = 256 * 1024  # what the tunnel hands the TLS layer at a time
 RECORD = 16 * 1024  # the largest plaintext of one TLS record

@@ -25,12 +25,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tunnel.aio.transport import StreamHandler, TunnelConnection
 from tunnel.errors import RemoteProtocolError
-from tunnel.events import DataReceived, Event
-from tunnel.frames import MAX_LENGTH, FrameDecoder, FrameType
-from tunnel.limits import Limits
-from tunnel.session import Role, Session
-from tunnel.transport import StreamHandler, TunnelConnection
+from tunnel.protocol.events import DataReceived, Event
+from tunnel.protocol.frames import MAX_LENGTH, FrameDecoder, FrameType
+from tunnel.protocol.limits import Limits
+from tunnel.protocol.session import Role, Session
 
 KIB = 1024
 MIB = 1024 * KIB

@@ -25,7 +25,7 @@ from server.admission import AdmissionLimits
 from server.app import Server
 from server.config import ServerConfig
 from tests.interop.support import run
-from tunnel.links import Address, Catalog, ExposeSpec, Service
+from tunnel.settings.links import Address, Catalog, ExposeSpec, Service
 
 pytestmark = pytest.mark.timeout(60)
 

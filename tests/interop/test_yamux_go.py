@@ -30,9 +30,9 @@ from tests.interop.support import (
     tapped,
 )
 from tunnel.errors import LocalProtocolError
-from tunnel.events import GoAwayReceived
-from tunnel.frames import Flags, FrameType, GoAwayCode
-from tunnel.limits import INITIAL_WINDOW, Limits
+from tunnel.protocol.events import GoAwayReceived
+from tunnel.protocol.frames import Flags, FrameType, GoAwayCode
+from tunnel.protocol.limits import INITIAL_WINDOW, Limits
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -19,10 +19,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from tunnel.events import ConnectionTerminated, DataReceived
-from tunnel.limits import Limits
-from tunnel.messages import MessageReader
-from tunnel.session import Role, Session
+from tunnel.protocol.events import ConnectionTerminated, DataReceived
+from tunnel.protocol.limits import Limits
+from tunnel.protocol.messages import MessageReader
+from tunnel.protocol.session import Role, Session
 
 JOIN_WITHIN = 5.0
 

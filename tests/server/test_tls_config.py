@@ -8,7 +8,7 @@ import pytest
 
 from server.cli import main
 from tunnel.errors import ConfigError
-from tunnel.tls import ServerTls, server_context
+from tunnel.security.tls import ServerTls, server_context
 
 
 @pytest.fixture

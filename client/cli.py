@@ -16,7 +16,7 @@ from tunnel.errors import ConfigError
 from tunnel.operations.observe import print_status
 from tunnel.operations.runtime import run, setup_logging
 from tunnel.operations.workers import helper_channel_fd, helper_command, helper_index, tag_logs
-from tunnel.security.auth import load_tokens
+from tunnel.security.auth import load_tokens, token_names
 from tunnel.security.certs import parse_pin
 from tunnel.security.tls import ClientTls, client_context
 from tunnel.settings.cli import (
@@ -177,7 +177,7 @@ def cli(ctx: click.Context, /, **params: Any) -> None:
     metrics = metrics_address(params["metrics_listen"])
     if params["check_config"]:
         settings = effective_settings(ctx, params, config)
-        print_effective(ctx, params, settings, params["token_file"])
+        print_effective(ctx, params, settings, token_names(params["token_file"]))
         return
     config_file = watched_config_file(ctx)
 

@@ -46,10 +46,10 @@ from tunnel.security import auth
 from tunnel.security.binding import UNBOUND, server_end_point
 from tunnel.security.tls import (
     client_context,
-    describe_tls_error,
     peer_certificate,
     spki_pin_of_der,
 )
+from tunnel.security.tlserrors import describe_tls_error
 from tunnel.settings.links import Address
 
 log = logging.getLogger("ambassador.client")

@@ -25,7 +25,7 @@ from tunnel.operations.reload import Reloader
 from tunnel.operations.runtime import run, setup_logging
 from tunnel.operations.workers import helper_channel_fd, helper_command, helper_index, tag_logs
 from tunnel.security.access import parse_access, unmatched
-from tunnel.security.auth import load_tokens
+from tunnel.security.auth import load_tokens, token_names
 from tunnel.security.tls import ServerTls, server_context
 from tunnel.settings.cli import (
     AutoWorkers,
@@ -211,7 +211,7 @@ def cli(ctx: click.Context, /, **params: Any) -> None:
     if params["check_config"]:
         notes = [tls_note(config.tls)]
         settings = effective_settings(ctx, params, config)
-        print_effective(ctx, params, settings, config.token_file, notes)
+        print_effective(ctx, params, settings, token_names(config.token_file), notes)
         return
     if params["forward"]:
         if params["workers"] > 1 and not isinstance(params["workers"], AutoWorkers):

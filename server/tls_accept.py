@@ -16,7 +16,8 @@ from server.admission import stranger_log
 from tunnel.aio.tlslayer import TlsLayer
 from tunnel.aio.transport import format_peer
 from tunnel.operations import metrics
-from tunnel.security.tls import describe_tls_error, peer_certificate, peer_common_name
+from tunnel.security.tls import peer_certificate, peer_common_name
+from tunnel.security.tlserrors import describe_tls_error
 
 if TYPE_CHECKING:
     from server.app import Server

@@ -4,8 +4,8 @@
 decrypts what the socket delivers and hands the plaintext on, and encrypts what the inner
 protocol writes. Doing this here rather than through the event loop's own TLS support gives the
 same behaviour on every loop, and puts every handshake failure in our hands: it is described in
-one line (:func:`tunnel.tls.describe_tls_error`), logged by the role and counted, and no tunnel
-frame is read before the handshake has completed.
+one line (:func:`tunnel.security.tlserrors.describe_tls_error`), logged by the role and counted,
+and no tunnel frame is read before the handshake has completed.
 
 Flow control passes straight through: the socket's pause/resume_writing reach the inner
 protocol, and pausing the inner protocol's reading pauses the socket's.

@@ -38,7 +38,7 @@ from tunnel.protocol.events import (
 from tunnel.protocol.frames import GoAwayCode
 from tunnel.protocol.session import Session
 from tunnel.protocol.streams import StreamState
-from tunnel.security.tls import describe_tls_error
+from tunnel.security.tlserrors import describe_tls_error
 from tunnel.settings.wording import hostport
 
 log = logging.getLogger("ambassador.tunnel")

@@ -45,12 +45,11 @@ from tunnel.errors import ConfigError
 from tunnel.operations import metrics
 from tunnel.operations.load import BULK_RATE, CPU_WINDOW, BulkPriority, LoadMeter, RateMeter
 from tunnel.operations.reload import Reloader
+from tunnel.settings.cli import WORKER_FD_ENV, WORKER_INDEX_ENV
 from tunnel.settings.wording import counted
 
 log = logging.getLogger("ambassador.workers")
 
-WORKER_FD_ENV = "AMBASSADOR_WORKER_FD"
-WORKER_INDEX_ENV = "AMBASSADOR_WORKER_INDEX"
 MAX_MESSAGE = 60_000  # one report chunk; well under a socket pair's buffer
 RESTART_DELAY = 1.0  # seconds before a helper that exited is started again
 MAX_RESTART_DELAY = 30.0  # ... doubling up to this while it keeps exiting sooner than this

@@ -151,3 +151,8 @@ def load_tokens(path: str) -> tuple[dict[str, bytes], str | None]:
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         warning = f"token file {path} can be read by other users; chmod 600 {path}"
     return parse_tokens(text, path), warning
+
+
+def token_names(path: str | None) -> list[str] | None:
+    """The names of a token file's tokens (never their secrets); None without a file."""
+    return None if path is None else list(load_tokens(path)[0])

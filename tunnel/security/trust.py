@@ -24,12 +24,9 @@ from cryptography.x509.verification import PolicyBuilder, Store, VerificationErr
 
 from tunnel.errors import ConfigError
 from tunnel.security.certs import issued_by
+from tunnel.security.tlserrors import CRL_REFRESH
 
 # How to refresh a CRL: revoking any serial it lists again re-signs it with a new validity.
-CRL_REFRESH = (
-    "re-sign it with `ambassador-server certs revoke SERIAL --dir CA_DIR` (any serial it "
-    "lists; --days sets how long it lasts), then reload"
-)
 
 
 @dataclass(frozen=True, slots=True)

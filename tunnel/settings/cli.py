@@ -18,7 +18,6 @@ import click
 from click.core import ParameterSource
 
 from tunnel.errors import ConfigError
-from tunnel.operations.workers import WORKER_FD_ENV
 from tunnel.protocol.limits import KIB, Limits
 from tunnel.settings.config import Kind, apply_config_file
 from tunnel.settings.effective import Setting, comment, render, settings_of, source_of
@@ -130,18 +129,16 @@ def print_effective(
     ctx: click.Context,
     params: dict[str, Any],
     effective: Iterable[Setting],
-    token_file: str | None,
+    token_names: Iterable[str] | None,
     notes: Iterable[str] = (),
 ) -> None:
     """The effective configuration as a config file this command accepts back, each value
-    with its source; a token file's names shown, its secrets never."""
-    from tunnel.security.auth import load_tokens
-
+    with its source; a token file's names shown (``token_names``, None without a file), its
+    secrets never."""
     config_file = watched_config_file(ctx)
     notes = list(notes)
-    if token_file is not None:
-        tokens, _ = load_tokens(token_file)
-        names = ", ".join(f"{name}:***" for name in tokens)
+    if token_names is not None:
+        names = ", ".join(f"{name}:***" for name in token_names)
         notes.append(f"token-file holds the tokens {names} (secrets not shown)")
     effective = list(effective)
     workers = params.get("workers")
@@ -161,8 +158,12 @@ def effective_name(ctx: click.Context, params: dict[str, Any], name: str) -> Set
 
 # AMBASSADOR_* variables read by something other than an option: the config file's name, the
 # worker processes' hand-over, and the compose files' .env (user, group, image).
+# A helper process learns from these that it is one, which descriptor leads back to the main
+# process, and its number (tunnel.operations.workers).
+WORKER_FD_ENV = "AMBASSADOR_WORKER_FD"
+WORKER_INDEX_ENV = "AMBASSADOR_WORKER_INDEX"
 OTHER_VARIABLES = frozenset(
-    {"AMBASSADOR_CONFIG", "AMBASSADOR_WORKER_FD", "AMBASSADOR_WORKER_INDEX", "AMBASSADOR_UID",
+    {"AMBASSADOR_CONFIG", WORKER_FD_ENV, WORKER_INDEX_ENV, "AMBASSADOR_UID",
      "AMBASSADOR_GID", "AMBASSADOR_IMAGE"}
 )  # fmt: skip
 # What a container linked as "ambassador" (Docker links) or a Kubernetes Service called

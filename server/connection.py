@@ -60,6 +60,13 @@ log = logging.getLogger("ambassador.server")
 throttled = Throttled(log)
 
 CLIENT_MESSAGE = 16 * 1024  # the largest control message a client sends (hello, auth)
+# Seconds the connection stays open after the server has said why it ends (a Refusal of the
+# hello, a GoingAway while running) and queued a Go Away: time for both to be written and read,
+# so that the client logs the server's reason rather than a dropped connection (a client that
+# read them closes first). The connection is closed then whatever the client does, so a client
+# that never reads cannot hold it. No measurement chose either value.
+REFUSAL_GRACE = 1.0
+GOING_AWAY_GRACE = 0.5
 
 
 def catalog_info(catalog: Catalog) -> tuple[ServiceInfo, ...]:
@@ -373,7 +380,7 @@ class ServerConnection:
         metrics.SESSION_ENDS.labels("server", reason.label).inc()
         self._send(Refusal(reason, text))
         self._go_away_after_flush()
-        asyncio.get_running_loop().call_later(1.0, self.tunnel.close, reason.label)
+        asyncio.get_running_loop().call_later(REFUSAL_GRACE, self.tunnel.close, reason.label)
 
     # ------------------------------------------------------- while running
 
@@ -412,7 +419,7 @@ class ServerConnection:
         metrics.SESSION_ENDS.labels("server", reason.label).inc()
         self._send(GoingAway(reason, text))
         self._go_away_after_flush()
-        asyncio.get_running_loop().call_later(0.5, self.tunnel.close, text)
+        asyncio.get_running_loop().call_later(GOING_AWAY_GRACE, self.tunnel.close, text)
 
     def go_away(self, reason: Reason, text: str) -> None:
         """Take no new streams (they get an RST); open ones carry on."""

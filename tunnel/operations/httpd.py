@@ -39,7 +39,6 @@ from tunnel.settings.wording import hostport
 
 log = logging.getLogger("ambassador.httpd")
 
-MAX_REQUEST = 8192
 STATUS_PATHS = ("/status", "/", "/index.html")
 NOT_LOCAL = (
     b"the status names backends, client addresses and identities, so it is served to loopback "
@@ -88,6 +87,7 @@ class StatusServer:
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             async with asyncio.timeout(5):
+                # At most the reader's limit (asyncio's 64 KiB): past it, LimitOverrunError.
                 head = await reader.readuntil(b"\r\n\r\n")
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError):
             writer.close()

@@ -11,8 +11,6 @@ from tunnel.errors import ConfigError
 from tunnel.operations.metrics import REGISTRY
 from tunnel.operations.statusview import render_text
 
-DEFAULT_METRICS_PORT = 9700
-
 
 def sample(name: str, **labels: str) -> float:
     """The current value of one metric series (0 when it has not been touched)."""

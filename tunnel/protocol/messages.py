@@ -29,7 +29,6 @@ from tunnel.protocol.peertext import quoted
 
 # Version 2 binds token proofs to the TLS channel (tunnel.auth, tunnel.binding); version 1 is
 # still spoken where it is safe: without a token, and with a token over plaintext.
-PROTOCOL_VERSION = 2
 SUPPORTED_VERSIONS = (1, 2)
 HEADER_VERSION = 1
 MAX_MESSAGE = 1024 * 1024

@@ -51,7 +51,21 @@ BACKDATE = timedelta(hours=1)
 
 _IssuerKey = CertificateIssuerPrivateKeyTypes
 PathLike = str | os.PathLike[str]
-_ISSUER_PUBLIC_KEYS = (
+# The keys that can sign a certificate here, private and public. DSA is left out: TLS 1.3 has
+# no DSA, and cryptography deprecates it (importing its key classes warns).
+IssuerKey = (
+    ec.EllipticCurvePrivateKey
+    | ed25519.Ed25519PrivateKey
+    | ed448.Ed448PrivateKey
+    | rsa.RSAPrivateKey
+)
+ISSUER_PRIVATE_KEYS = (
+    ec.EllipticCurvePrivateKey,
+    ed25519.Ed25519PrivateKey,
+    ed448.Ed448PrivateKey,
+    rsa.RSAPrivateKey,
+)
+ISSUER_PUBLIC_KEYS = (
     ec.EllipticCurvePublicKey,
     ed25519.Ed25519PublicKey,
     ed448.Ed448PublicKey,
@@ -461,7 +475,7 @@ def issued_by(cert: x509.Certificate, ca_cert: x509.Certificate) -> bool:
 
 def crl_issued_by(crl: x509.CertificateRevocationList, ca_cert: x509.Certificate) -> bool:
     public_key = ca_cert.public_key()
-    if crl.issuer != ca_cert.subject or not isinstance(public_key, _ISSUER_PUBLIC_KEYS):
+    if crl.issuer != ca_cert.subject or not isinstance(public_key, ISSUER_PUBLIC_KEYS):
         return False
     return crl.is_signature_valid(public_key)
 
@@ -514,7 +528,7 @@ def _spki_of(public_key: CertificatePublicKeyTypes) -> bytes:
 
 def _issuer_public_key(cert: x509.Certificate) -> CertificateIssuerPublicKeyTypes:
     public_key = cert.public_key()
-    if not isinstance(public_key, _ISSUER_PUBLIC_KEYS):
+    if not isinstance(public_key, ISSUER_PUBLIC_KEYS):
         raise ConfigError(
             f"unsupported key type in the certificate for {common_name(cert.subject)!r}"
         )

@@ -15,26 +15,9 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
 from tunnel.errors import ConfigError
-from tunnel.security.certs import check_key_matches
-
-# The keys that can sign a certificate here. DSA is left out: TLS 1.3 has no DSA, and
-# cryptography deprecates it (importing its key classes warns).
-IssuerKey = (
-    ec.EllipticCurvePrivateKey
-    | ed25519.Ed25519PrivateKey
-    | ed448.Ed448PrivateKey
-    | rsa.RSAPrivateKey
-)
-PathLike = str | os.PathLike[str]
-_ISSUER_PRIVATE_KEYS = (
-    ec.EllipticCurvePrivateKey,
-    ed25519.Ed25519PrivateKey,
-    ed448.Ed448PrivateKey,
-    rsa.RSAPrivateKey,
-)
+from tunnel.security.certs import ISSUER_PRIVATE_KEYS, IssuerKey, PathLike, check_key_matches
 
 
 def cert_pem(cert: x509.Certificate) -> bytes:
@@ -71,7 +54,7 @@ def load_key(path: PathLike) -> IssuerKey:
         raise ConfigError(f"{path}: the key is encrypted; give an unencrypted key") from None
     except (ValueError, UnsupportedAlgorithm) as exc:
         raise ConfigError(f"{path}: damaged private key ({_first_line(exc)})") from None
-    if not isinstance(key, _ISSUER_PRIVATE_KEYS):
+    if not isinstance(key, ISSUER_PRIVATE_KEYS):
         raise ConfigError(f"{path}: a {type(key).__name__} cannot sign; expected an EC or RSA key")
     return key
 

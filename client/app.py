@@ -22,13 +22,10 @@ from tunnel.operations.metrics import services as counted_services
 from tunnel.operations.observe import sample, service_stats
 from tunnel.operations.oserrors import listen_error
 from tunnel.operations.reload import Reloader
-from tunnel.operations.workers import (
-    HelperChannel,
-    WorkerPool,
-    helper_report,
-    reload_all,
-    serve_handed,
-)
+from tunnel.operations.workers.channel import HelperChannel
+from tunnel.operations.workers.handoff import serve_handed
+from tunnel.operations.workers.pool import WorkerPool, reload_all
+from tunnel.operations.workers.report import helper_report
 from tunnel.protocol.messages import ServiceInfo
 from tunnel.security.auth import plaintext_warning
 from tunnel.settings.wording import hostport

@@ -15,7 +15,9 @@ from client.config import ClientConfig
 from tunnel.errors import ConfigError
 from tunnel.operations.observe import print_status
 from tunnel.operations.runtime import run, setup_logging
-from tunnel.operations.workers import helper_channel_fd, helper_command, helper_index, tag_logs
+from tunnel.operations.workers.channel import helper_channel_fd, helper_index
+from tunnel.operations.workers.logtag import tag_logs
+from tunnel.operations.workers.pool import helper_command
 from tunnel.security.auth import load_tokens, token_names
 from tunnel.security.certs import parse_pin
 from tunnel.security.tls import ClientTls, client_context

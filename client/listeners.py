@@ -20,7 +20,8 @@ from tunnel.errors import ConfigError, Reason, RemoteProtocolError
 from tunnel.operations import metrics
 from tunnel.operations.logonce import Throttled
 from tunnel.operations.oserrors import listen_error
-from tunnel.operations.workers import Handoff, WorkerPool
+from tunnel.operations.workers.handoff import Handoff
+from tunnel.operations.workers.pool import WorkerPool
 from tunnel.protocol.messages import ServiceInfo, StreamAnswerParser, StreamHeader
 from tunnel.protocol.peertext import quoted, shown
 from tunnel.settings.links import ExposeSpec

@@ -30,14 +30,10 @@ from tunnel.operations.observe import sample, service_stats
 from tunnel.operations.oserrors import listen_error
 from tunnel.operations.reload import Reloader
 from tunnel.operations.runtime import give_back_heap
-from tunnel.operations.workers import (
-    Handoff,
-    HelperChannel,
-    WorkerPool,
-    helper_report,
-    reload_all,
-    serve_handed,
-)
+from tunnel.operations.workers.channel import HelperChannel
+from tunnel.operations.workers.handoff import Handoff, serve_handed
+from tunnel.operations.workers.pool import WorkerPool, reload_all
+from tunnel.operations.workers.report import helper_report
 from tunnel.protocol.frames import GoAwayCode
 from tunnel.security.auth import load_tokens, plaintext_warning
 from tunnel.security.binding import UNBOUND

@@ -23,7 +23,9 @@ from tunnel.errors import ConfigError
 from tunnel.operations.observe import print_status
 from tunnel.operations.reload import Reloader
 from tunnel.operations.runtime import run, setup_logging
-from tunnel.operations.workers import helper_channel_fd, helper_command, helper_index, tag_logs
+from tunnel.operations.workers.channel import helper_channel_fd, helper_index
+from tunnel.operations.workers.logtag import tag_logs
+from tunnel.operations.workers.pool import helper_command
 from tunnel.security.access import parse_access, unmatched
 from tunnel.security.auth import load_tokens, token_names
 from tunnel.security.tls import ServerTls, server_context

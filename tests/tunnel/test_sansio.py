@@ -38,7 +38,7 @@ def imported_modules(path: Path) -> set[str]:
 
 
 def modules_of(folder: str) -> list[Path]:
-    return sorted((ROOT / folder).glob("*.py"))
+    return sorted((ROOT / folder).rglob("*.py"))
 
 
 @pytest.mark.parametrize("path", modules_of("protocol"), ids=lambda p: p.name)

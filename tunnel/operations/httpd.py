@@ -34,7 +34,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from tunnel.operations.metrics import REGISTRY
 from tunnel.operations.statusview import render_html
-from tunnel.operations.workers import MergedMetrics, WorkerPool, merge_status
+from tunnel.operations.workers.merge import MergedMetrics, merge_status
+from tunnel.operations.workers.pool import WorkerPool
 from tunnel.settings.wording import hostport
 
 log = logging.getLogger("ambassador.httpd")

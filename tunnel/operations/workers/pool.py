@@ -1,27 +1,4 @@
-"""Worker processes: a role on more than one core, and bulk traffic kept apart from the rest.
-
-With ``--workers N`` the role's main process runs exactly as it does alone (it listens, serves
-the metrics endpoint, reloads, drains) and starts N-1 helpers: the same program with the same
-arguments, told by ``AMBASSADOR_WORKER_FD`` that it is a helper and which descriptor leads back
-to the main process. The main process accepts every connection, then keeps it or hands the
-socket to a helper over that channel (a ``SOCK_SEQPACKET`` pair carrying the descriptor), and
-the helper serves it from then on with its own tunnel connection.
-
-Which process takes a connection is the role's choice:
-
-- the server spreads tunnel connections by how many each process holds (few, long-lived);
-- the client keeps a new consumer connection in the main process unless that one is busy
-  with bulk data, and then sends it to the helper wanting the least CPU, so that a PING does
-  not queue behind a bulk transfer's reads and writes. One event loop cannot answer quickly
-  while it moves bulk data; another process can.
-
-The channel carries scrapes too: the main process asks every helper for its metrics and status
-and serves them merged, each series labelled with the ``worker`` it came from.
-
-Messages, main to helper: ``C<tag>`` with one descriptor (a connection; the tag names what it is
-for), ``?`` (report). Helper to main: ``-`` (a connection handed over has ended), then report
-chunks ``+<json>``... ending with ``.<json>``.
-"""
+"""The main process's helpers: started, chosen between, scraped, stopped, restarted."""
 
 from __future__ import annotations
 
@@ -34,23 +11,21 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
-from prometheus_client import Counter, Gauge, Metric
-from prometheus_client.registry import Collector
+from prometheus_client import Counter, Gauge
 
 from tunnel.errors import ConfigError
 from tunnel.operations import metrics
 from tunnel.operations.load import BULK_RATE, CPU_WINDOW, BulkPriority, LoadMeter, RateMeter
 from tunnel.operations.reload import Reloader
+from tunnel.operations.workers.channel import MAX_MESSAGE
 from tunnel.settings.cli import WORKER_FD_ENV, WORKER_INDEX_ENV
 from tunnel.settings.wording import counted
 
 log = logging.getLogger("ambassador.workers")
 
-MAX_MESSAGE = 60_000  # one report chunk; well under a socket pair's buffer
 RESTART_DELAY = 1.0  # seconds before a helper that exited is started again
 MAX_RESTART_DELAY = 30.0  # ... doubling up to this while it keeps exiting sooner than this
 BUSY = 0.5  # of a core wanted (and BULK_RATE relayed): a client passes new connections on
@@ -63,21 +38,6 @@ WORKER_EXITS = Counter(
     "ambassador_worker_exits", "Helper processes that exited unasked, by how",
     ["role", "reason"], registry=metrics.REGISTRY,
 )  # fmt: skip
-HANDOVERS = Counter(
-    "ambassador_handovers", "Connections handed to a helper process", ["role"],
-    registry=metrics.REGISTRY,
-)  # fmt: skip
-
-
-def helper_channel_fd(environ: dict[str, str] | os._Environ[str] = os.environ) -> int | None:
-    """The channel descriptor when this process is a helper, else None."""
-    text = environ.get(WORKER_FD_ENV)
-    return int(text) if text and text.isdigit() else None
-
-
-def helper_index(environ: dict[str, str] | os._Environ[str] = os.environ) -> int:
-    text = environ.get(WORKER_INDEX_ENV, "0")
-    return int(text) if text.isdigit() else 0
 
 
 @dataclass(eq=False)
@@ -299,196 +259,12 @@ class WorkerPool:
         WORKERS_UP.labels(self.role).set(1)
 
 
-class Handoff(asyncio.Protocol):
-    """An accepted connection on its way to a helper; served here if the helper cannot take it."""
-
-    def __init__(
-        self, pool: WorkerPool, helper: Helper, tag: str, local: Callable[[], asyncio.BaseProtocol]
-    ) -> None:
-        self.pool, self.helper, self.tag, self.local = pool, helper, tag, local
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
-        transport.pause_reading()  # not one byte is read here: the helper reads it all
-        sock = transport.get_extra_info("socket")
-        if sock is not None and self.helper.hand_over(sock.fileno(), self.tag.encode()):
-            HANDOVERS.labels(self.pool.role).inc()
-            transport.abort()  # closes this process's descriptor; the helper holds its own
-            return
-        protocol = self.local()
-        transport.set_protocol(protocol)
-        protocol.connection_made(transport)
-        transport.resume_reading()
-
-
 def reload_all(reloading: Reloader[Any], pool: WorkerPool) -> None:
     """SIGHUP in a main process: reload it, then pass the signal on to its helpers."""
     reloading.reload("SIGHUP")
     pool.signal_all(signal.SIGHUP)
 
 
-async def serve_handed(sock: socket.socket, protocol: Callable[[], asyncio.BaseProtocol]) -> bool:
-    """Serve a connection the main process handed over; False (logged) if it was lost first."""
-    try:
-        await asyncio.get_running_loop().connect_accepted_socket(protocol, sock)
-    except OSError as exc:
-        log.warning("a connection handed over was lost before it started: %s", exc)
-        sock.close()
-        return False
-    return True
-
-
-def helper_report(status: dict[str, Any]) -> dict[str, Any]:
-    """What a helper answers the main process's ``?``: its metrics and its status."""
-    return {"metrics": registry_families(), "status": status}
-
-
-class HelperChannel:
-    """A helper's side of the channel: connections arrive, reports leave."""
-
-    def __init__(
-        self,
-        fd: int,
-        on_connection: Callable[[socket.socket, str], None],
-        report: Callable[[], dict[str, Any]],
-        on_lost: Callable[[], None],
-        role: str,
-    ) -> None:
-        self.sock = socket.socket(fileno=fd)
-        self.sock.setblocking(False)
-        self._on_connection = on_connection
-        self._report = report
-        self._on_lost = on_lost
-        self.priority = BulkPriority(role, RateMeter(metrics.relayed_bytes))
-        self._following: asyncio.Task[None] | None = None
-
-    def install(self) -> None:
-        loop = asyncio.get_running_loop()
-        loop.add_reader(self.sock.fileno(), self._readable)
-        self._following = loop.create_task(self.priority.follow())
-
-    def close(self) -> None:
-        if self._following is not None:
-            self._following.cancel()
-        with contextlib.suppress(Exception):
-            asyncio.get_running_loop().remove_reader(self.sock.fileno())
-        self.sock.close()
-
-    def ended(self) -> None:
-        """Tell the main process that one connection it handed over has ended."""
-        with contextlib.suppress(OSError):
-            self.sock.send(b"-")
-
-    def _readable(self) -> None:
-        for _ in range(64):
-            try:
-                message, fds, _, _ = socket.recv_fds(self.sock, 1024, 4)
-            except BlockingIOError:
-                return
-            except OSError:
-                message, fds = b"", []
-            if not message and not fds:
-                self.close()
-                self._on_lost()  # the main process is gone
-                return
-            if message[:1] == b"C" and fds:
-                for extra in fds[1:]:
-                    os.close(extra)
-                self._on_connection(socket.socket(fileno=fds[0]), message[1:].decode())
-            elif message == b"?":
-                self._send_report()
-            else:
-                for fd in fds:
-                    os.close(fd)
-
-    def _send_report(self) -> None:
-        body = json.dumps(self._report(), default=str).encode()
-        chunks = [body[i : i + MAX_MESSAGE] for i in range(0, len(body), MAX_MESSAGE)] or [b""]
-        self.sock.setblocking(True)  # the main process is reading; a report is small
-        try:
-            for chunk in chunks[:-1]:
-                self.sock.sendall(b"+" + chunk)
-            self.sock.sendall(b"." + chunks[-1])
-        except OSError:
-            pass
-        finally:
-            self.sock.setblocking(False)
-
-
-def registry_families() -> list[dict[str, Any]]:
-    """This process's metrics as plain data, for a report."""
-    return [
-        {"name": family.name, "documentation": family.documentation, "type": family.type,
-         "samples": [[s.name, s.labels, s.value] for s in family.samples]}
-        for family in metrics.REGISTRY.collect()
-    ]  # fmt: skip
-
-
-class MergedMetrics(Collector):
-    """The main process's metrics and its helpers', each series labelled with its worker."""
-
-    def __init__(self, reports: Iterable[tuple[int, dict[str, Any]]]) -> None:
-        self._reports = list(reports)
-
-    def collect(self) -> Iterator[Metric]:
-        merged: dict[str, Metric] = {}
-        sources = [(0, registry_families())]
-        sources += [(index, report.get("metrics", [])) for index, report in self._reports]
-        for index, families in sources:
-            for family in families:
-                name = family["name"]
-                if name in merged:
-                    target = merged[name]
-                else:
-                    target = merged[name] = Metric(name, family["documentation"], family["type"])
-                for sample_name, labels, value in family["samples"]:
-                    labels = dict(labels, worker=str(index))
-                    target.add_sample(sample_name, labels, value)
-        yield from merged.values()
-
-
-def merge_status(main: dict[str, Any], reports: list[tuple[int, dict[str, Any]]]) -> dict[str, Any]:
-    """One status for the role: sessions (or remotes) of every worker, services summed."""
-    merged = dict(main)
-    merged["workers"] = 1 + len(reports)
-    for key in ("sessions", "remotes"):
-        if key in main:
-            rows = [dict(row, worker=0) for row in main[key]]
-            for index, report in reports:
-                rows += [dict(row, worker=index) for row in report["status"].get(key, [])]
-            merged[key] = rows
-    services = [dict(row) for row in main.get("services", [])]
-    for _, report in reports:
-        for extra in report["status"].get("services", []):
-            for row in services:
-                if row["service"] == extra["service"] or row["service"].startswith(
-                    extra["service"] + " "
-                ):
-                    for name, value in extra.items():
-                        if name != "service" and isinstance(value, int | float):
-                            row[name] = row.get(name, 0) + value
-                    break
-    merged["services"] = services
-    return merged
-
-
 def helper_command(module: str, argv: list[str]) -> list[str]:
     """How the main process starts a helper: the same program, the same arguments."""
     return [sys.executable, "-m", module, *argv]
-
-
-class _WorkerTag(logging.Filter):
-    def __init__(self, index: int) -> None:
-        super().__init__()
-        self.prefix = f"worker {index}: "
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.msg, str) and not record.msg.startswith(self.prefix):
-            record.msg = self.prefix + record.msg
-        return True
-
-
-def tag_logs(index: int) -> None:
-    """Start every log line of this helper with its worker number."""
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(_WorkerTag(index))

@@ -5,13 +5,13 @@ answered with a :class:`Welcome`, no other stream is accepted; a connection that
 within the handshake timeout is closed, so idle or garbage connections cannot pile up.
 
 The client's identity is its certificate's name (mutual TLS), else its token's name once the
-token exchange succeeded (:mod:`tunnel.auth`), else ``anonymous``. The catalog in the welcome
-lists only what the access rules let that identity reach.
+token exchange succeeded (:mod:`tunnel.security.auth`), else ``anonymous``. The catalog in the
+welcome lists only what the access rules let that identity reach.
 
 The name a client gives itself in its hello is only a remark: it is never its identity, never
 part of how logs and metrics name the peer (its address, and its identity once proven), and is
-shown only escaped and bounded (:mod:`tunnel.peertext`). Before the hello is answered a peer
-can make this module log a bounded number of lines: streams it opens too early are reset, and
+shown only escaped and bounded (:mod:`tunnel.protocol.peertext`). Before the hello is answered a
+peer can make this module log a bounded number of lines: streams it opens too early are reset, and
 only the first is logged, throttled across all connections.
 """
 
@@ -100,7 +100,7 @@ class ServerConnection:
         self.closing = False  # close_with was called: said once, counted once
         self.broken = False  # the peer broke the protocol: nothing more it says is heard
         self.tls_done = False  # a TLS handshake completed on this connection
-        self.channel_binding = b""  # its binding (tunnel.binding), which token proofs cover
+        self.channel_binding = b""  # its tunnel.security.binding, which token proofs cover
         self.streams: set[BackendStream] = set()
         self.tasks: set[asyncio.Task[object]] = set()  # backend dials under way
         self._dials = 0  # how many: at most max_pending_dials

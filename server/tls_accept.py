@@ -1,6 +1,6 @@
 """Accepting a TLS tunnel connection: the handshake, its failures, then the session.
 
-Each accepted socket gets a :class:`~tunnel.tlslayer.TlsLayer` in front of its session. A failed
+Each accepted socket gets a :class:`~tunnel.aio.tlslayer.TlsLayer` in front of its session. A failed
 handshake is logged once here, in words a person can act on, and counted; only a completed
 handshake reaches the session, which then learns the client's identity (its certificate's name).
 """

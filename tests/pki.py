@@ -1,8 +1,9 @@
 """A CA and a server certificate for loopback, written as the roles' TLS files.
 
 Shared by the TLS layer's tests and ``tests.bench.tlspath``; it needs no pytest. The files
-come from the project's own issuing code (``tunnel.certs``) and writers (``tunnel.pemfiles``),
-and the settings returned are those the roles build their ``ssl`` contexts from.
+come from the project's own issuing code (``tunnel.security.certs``) and writers
+(``tunnel.security.pemfiles``), and the settings returned are those the roles build their ``ssl``
+contexts from.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The Python end of the interop tests, and the Go reference peer as an asyncio subprocess.
 
-The Python end is the project's own yamux core, :class:`tunnel.session.Session`, driven by
-:class:`tunnel.transport.TunnelConnection` over a real loopback socket, without the ambassador
+The Python end is the project's own yamux core, :class:`tunnel.protocol.session.Session`, driven by
+:class:`tunnel.aio.transport.TunnelConnection` over a real loopback socket, without the ambassador
 application layer (the Go peer speaks plain yamux: no hello, no catalog). Its streams are
 handled by :class:`EchoStream` (the server end: everything read is written back) or
 :class:`SendingStream` (the client end: send a payload, FIN, collect the echo).

@@ -1,8 +1,8 @@
 """A hostile tunnel server: speaks the protocol, says whatever a test tells it to.
 
 It accepts connections on loopback in a background thread and drives each with the project's
-sans-IO session (:class:`tunnel.session.Session`, server role) over a blocking socket. To the
-client's hello it answers with the control messages it was given, as raw JSON objects (so they
+sans-IO session (:class:`tunnel.protocol.session.Session`, server role) over a blocking socket. To
+the client's hello it answers with the control messages it was given, as raw JSON objects (so they
 may hold what our own encoder would never produce: an alias with a newline, a megabyte of
 refusal text). Every data stream gets the stream answer it was given, then an RST. It stops,
 and joins its threads, within a bounded time.

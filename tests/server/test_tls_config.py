@@ -1,4 +1,4 @@
-"""Tests for tunnel.tls: a certificate or key that cannot be read is named in one line."""
+"""Tests for tunnel.security.tls: a certificate or key that cannot be read is named in one line."""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 A deliberately small HTTP/1.1 server on asyncio (GET only, one request per connection), so that
 it shares the role's event loop and reads the role's live state without locks:
 
-    /metrics   Prometheus text, rendered by prometheus-client from tunnel.metrics.REGISTRY
+    /metrics   Prometheus text, rendered by prometheus-client from metrics.REGISTRY
     /healthz   200 while the process runs
     /readyz    200 when the role can serve (client: tunnel up, catalog received and every
                exposed service in it; server: listening), 503 otherwise, saying why when the
@@ -12,7 +12,8 @@ it shares the role's event loop and reads the role's live state without locks:
     /          the same facts as a small HTML page
 
 With helper processes (``--workers``), /metrics and /status first ask each helper for its own
-(:mod:`tunnel.workers`) and serve everything merged, each series labelled with its worker.
+(:mod:`tunnel.operations.workers`) and serve everything merged, each series labelled with its
+worker.
 
 /status and the page name backends, client addresses and identities, with no authentication, so
 they are served only to loopback peers: a port bound beyond loopback (the kubelet's probes need

@@ -1,7 +1,7 @@
 """How busy a process is, and the CPU priority of one busy moving bulk data.
 
 :class:`LoadMeter` and :class:`RateMeter` average a process's CPU demand and its relayed bytes
-over the last ``CPU_WINDOW``; worker processes choose by them (:mod:`tunnel.workers`).
+over the last ``CPU_WINDOW``; worker processes choose by them (:mod:`tunnel.operations.workers`).
 
 :class:`BulkPriority` lowers the priority of a process while it relays bulk data (nice +5,
 a third of the weight) and restores it once the transfer has stopped. With worker processes,

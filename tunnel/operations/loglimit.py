@@ -2,8 +2,8 @@
 
 Every connection that fails its TLS handshake or never says hello may be worth a line, but an
 attacker can open thousands a second, from as many addresses: keyed suppression
-(:mod:`tunnel.logonce`) does not bound that. :class:`LogBudget` is one token bucket for a whole
-class of lines: ``burst`` at once, then ``rate`` a second; the lines it drops are counted, and
+(:mod:`tunnel.operations.logonce`) does not bound that. :class:`LogBudget` is one token bucket for a
+whole class of lines: ``burst`` at once, then ``rate`` a second; the lines it drops are counted, and
 the next line it lets through says how many. Metrics count every occurrence regardless.
 """
 

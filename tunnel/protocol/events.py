@@ -1,4 +1,4 @@
-"""What a :class:`tunnel.session.Session` reports to the code driving it.
+"""What a :class:`tunnel.protocol.session.Session` reports to the code driving it.
 
 Events are past-tense facts, as in h2: the session has already updated its state when it hands
 one out. The driver reacts (writes data to a socket, dials a backend) and never has to ask the

@@ -27,8 +27,8 @@ from typing import Any
 from tunnel.errors import Reason, RemoteProtocolError
 from tunnel.protocol.peertext import quoted
 
-# Version 2 binds token proofs to the TLS channel (tunnel.auth, tunnel.binding); version 1 is
-# still spoken where it is safe: without a token, and with a token over plaintext.
+# Version 2 binds token proofs to the TLS channel (tunnel.security.auth, tunnel.security.binding);
+# version 1 is still spoken where it is safe: without a token, and with a token over plaintext.
 SUPPORTED_VERSIONS = (1, 2)
 HEADER_VERSION = 1
 MAX_MESSAGE = 1024 * 1024
@@ -40,7 +40,7 @@ MAX_NAME = 255
 MAX_VERSIONS = 16
 MAX_VERSION = 0xFFFF
 # What a client takes from a catalog. Entries beyond the first MAX_CATALOG, and entries that are
-# not a port 1..65535 with, optionally, an alias as the server writes them (tunnel.links: a
+# not a port 1..65535 with, optionally, an alias as the server writes them (tunnel.settings.links: a
 # letter, then letters, digits, '-' or '_', at most 63, lower case), are skipped and counted:
 # the client warns once and uses the rest, rather than binding a name it cannot show or crashing.
 MAX_CATALOG = 4096
@@ -90,7 +90,7 @@ class Welcome:
 
 @dataclass(frozen=True, slots=True)
 class Challenge:
-    """server -> client: prove you hold the token (see tunnel.auth)."""
+    """server -> client: prove you hold the token (see tunnel.security.auth)."""
 
     nonce: bytes
     version: int = 1  # the version chosen, which says how to make the proof (absent: 1)

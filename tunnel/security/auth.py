@@ -8,12 +8,12 @@ For links where certificates are too much, client and server share a secret per 
     client -> server   auth       HMAC(secret, "client", name, client nonce, server nonce)
     server -> client   welcome    HMAC(secret, "server", name, client nonce, server nonce)
 
-From protocol version 2 on, both proofs also cover the channel binding (:mod:`tunnel.binding`):
-over TLS, a hash of the server's certificate, so a proof made on a man in the middle's TLS
-connection does not match on the server's. Version 1 proofs cover no binding; the roles of this
-release make them only over plaintext, never over TLS (see ``docs/protocol.md``), so a
-downgrade to version 1 cannot strip the binding. The two versions' proofs use different
-context strings: one is never valid as the other.
+From protocol version 2 on, both proofs also cover the channel binding
+(:mod:`tunnel.security.binding`): over TLS, a hash of the server's certificate, so a proof made on a
+man in the middle's TLS connection does not match on the server's. Version 1 proofs cover no
+binding; the roles of this release make them only over plaintext, never over TLS (see
+``docs/protocol.md``), so a downgrade to version 1 cannot strip the binding. The two versions'
+proofs use different context strings: one is never valid as the other.
 
 Over plaintext the binding is empty and this proves who the client is, and nothing more: an
 active man in the middle can relay the challenge and the proofs and then keep the authenticated

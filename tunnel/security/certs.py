@@ -13,7 +13,7 @@ by the standard base64 (with padding, 44 characters) of the SHA-256 digest of th
 SubjectPublicKeyInfo, the same digest HPKP used. That is the only pin format we read or write.
 
 Nothing here reads the clock: whoever calls passes ``now`` (a timezone-aware datetime), and
-nothing here touches a file: :mod:`tunnel.pemfiles` reads and writes them.
+nothing here touches a file: :mod:`tunnel.security.pemfiles` reads and writes them.
 """
 
 from __future__ import annotations

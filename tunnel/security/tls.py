@@ -161,7 +161,7 @@ def server_context(tls: ServerTls) -> ssl.SSLContext:
 
 def bound_server_context(tls: ServerTls) -> tuple[ssl.SSLContext, bytes]:
     """The server's context, and the channel binding of the certificate it presents
-    (:mod:`tunnel.binding`), which the token proofs of its connections cover.
+    (:mod:`tunnel.security.binding`), which the token proofs of its connections cover.
 
     ``ssl`` takes the certificate by path and does not show it back, so the file is read
     again for the binding: before and after the load, to be sure both saw the same certificate
@@ -204,7 +204,7 @@ def client_context(tls: ClientTls) -> ssl.SSLContext:
 
 
 def spki_pin_of_der(certificate_der: bytes) -> str:
-    """``sha256:<base64>`` of the certificate's SubjectPublicKeyInfo (see tunnel.certs)."""
+    """``sha256:<base64>`` of the certificate's SubjectPublicKeyInfo (see tunnel.security.certs)."""
     from cryptography import x509
 
     return spki_pin(x509.load_der_x509_certificate(certificate_der))

@@ -1,4 +1,4 @@
-"""tunnel.logonce: a repeating fault is one line, and the throttle's table stays bounded."""
+"""logonce: a repeating fault is one line, and the throttle's table stays bounded."""
 
 from __future__ import annotations
 

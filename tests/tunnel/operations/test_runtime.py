@@ -1,4 +1,4 @@
-"""Tests for tunnel.runtime: the process settings a role runs with."""
+"""Tests for tunnel.operations.runtime: the process settings a role runs with."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests for tunnel.frames: the yamux version 0 codec, byte for byte and under any chunking."""
+"""Tests for protocol.frames: the yamux version 0 codec, byte for byte and under any chunking."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests for tunnel.messages: control messages, stream headers and stream answers."""
+"""Tests for tunnel.protocol.messages: control messages, stream headers and stream answers."""
 
 from __future__ import annotations
 

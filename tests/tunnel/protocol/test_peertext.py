@@ -1,4 +1,4 @@
-"""tunnel.peertext: whatever a peer sends, what we show of it is one bounded, unambiguous line."""
+"""peertext: whatever a peer sends, what we show of it is one bounded, unambiguous line."""
 
 from __future__ import annotations
 

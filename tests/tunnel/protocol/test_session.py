@@ -1,4 +1,4 @@
-"""Tests for tunnel.session: two sessions joined in memory, time from a fake clock.
+"""Tests for tunnel.protocol.session: two sessions joined in memory, time from a fake clock.
 
 The ``pair`` and ``make_pair`` fixtures (conftest.py) join a client and a server session and
 move bytes between them; tests that need to see or forge the wire use the frame codec directly.

@@ -1,4 +1,4 @@
-"""Tests for tunnel.windows: credit batching and auto-tuning of one stream's receive window."""
+"""Tests for protocol.windows: credit batching and auto-tuning of one stream's receive window."""
 
 from __future__ import annotations
 

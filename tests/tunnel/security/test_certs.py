@@ -1,4 +1,4 @@
-"""Tests for tunnel.certs: the private CA, its certificates, pins, CRLs and key files.
+"""Tests for tunnel.security.certs: the private CA, its certificates, pins, CRLs and key files.
 
 Everything is real: certificates are built and checked with cryptography, files are written in
 ``tmp_path``. Time is the fixed ``NOW`` passed in, as the module never reads a clock.

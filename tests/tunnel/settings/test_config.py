@@ -1,4 +1,4 @@
-"""Tests for tunnel.config: TOML files as click default maps, under flags and environment."""
+"""Tests for settings.config: TOML files as click default maps, under flags and environment."""
 
 from __future__ import annotations
 

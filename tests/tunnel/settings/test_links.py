@@ -1,4 +1,4 @@
-"""Tests for tunnel.links: --link, --expose, Docker link variables and the catalog."""
+"""Tests for tunnel.settings.links: --link, --expose, Docker link variables and the catalog."""
 
 from __future__ import annotations
 

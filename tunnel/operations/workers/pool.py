@@ -194,7 +194,8 @@ class WorkerPool:
     def watch_load(self) -> None:
         """Sample every process's load while the pool runs, so that :meth:`least_busy` sees
         the last 0.1 s even after a quiet minute (a sample is one small read per process), and
-        this process's relayed bytes, for its CPU priority (:class:`tunnel.load.BulkPriority`)."""
+        this process's relayed bytes, for its CPU priority
+        (:class:`tunnel.operations.load.BulkPriority`)."""
         task = asyncio.get_running_loop().create_task(self._sample_load())
         self._watchers.add(task)
         task.add_done_callback(self._watchers.discard)

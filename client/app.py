@@ -16,16 +16,19 @@ from typing import Any
 from client.config import ClientConfig
 from client.connector import Connector
 from client.listeners import ConsumerStream, Listeners
-from tunnel.auth import plaintext_warning
 from tunnel.errors import ConfigError
-from tunnel.httpd import StatusServer
-from tunnel.messages import ServiceInfo
-from tunnel.metrics import services as counted_services
-from tunnel.observe import service_stats
-from tunnel.oserrors import listen_error
-from tunnel.reload import Reloader
-from tunnel.wording import hostport
-from tunnel.workers import HelperChannel, WorkerPool, helper_report, reload_all, serve_handed
+from tunnel.operations.httpd import StatusServer
+from tunnel.operations.metrics import services as counted_services
+from tunnel.operations.observe import service_stats
+from tunnel.operations.oserrors import listen_error
+from tunnel.operations.reload import Reloader
+from tunnel.operations.workers.channel import HelperChannel
+from tunnel.operations.workers.handoff import serve_handed
+from tunnel.operations.workers.pool import WorkerPool, reload_all
+from tunnel.operations.workers.report import helper_report
+from tunnel.protocol.messages import ServiceInfo
+from tunnel.security.auth import plaintext_warning
+from tunnel.settings.wording import hostport
 
 HELPER_STOP_TIMEOUT = 5.0  # seconds helpers have to finish after SIGTERM
 

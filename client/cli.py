@@ -12,9 +12,16 @@ import click
 
 from client.app import serve, serve_helper
 from client.config import ClientConfig
-from tunnel.auth import load_tokens
-from tunnel.certs import parse_pin
-from tunnel.cli import (
+from tunnel.errors import ConfigError
+from tunnel.operations.observe import print_status
+from tunnel.operations.runtime import run, setup_logging
+from tunnel.operations.workers.channel import helper_channel_fd, helper_index
+from tunnel.operations.workers.logtag import tag_logs
+from tunnel.operations.workers.pool import helper_command
+from tunnel.security.auth import load_tokens, token_names
+from tunnel.security.certs import parse_pin
+from tunnel.security.tls import ClientTls, client_context
+from tunnel.settings.cli import (
     WorkerCount,
     config_option,
     effective_name,
@@ -32,9 +39,8 @@ from tunnel.cli import (
     warn_unknown_variables,
     watched_config_file,
 )
-from tunnel.effective import Item, Setting, source_of
-from tunnel.errors import ConfigError
-from tunnel.links import (
+from tunnel.settings.effective import Item, Setting, source_of
+from tunnel.settings.links import (
     DEFAULT_TUNNEL_PORT,
     Address,
     LinkError,
@@ -43,10 +49,6 @@ from tunnel.links import (
     seed_links_from,
     seed_links_from_env,
 )
-from tunnel.observe import print_status
-from tunnel.runtime import run, setup_logging
-from tunnel.tls import ClientTls, client_context
-from tunnel.workers import helper_channel_fd, helper_command, helper_index, tag_logs
 
 
 @click.group(invoke_without_command=True, context_settings={"max_content_width": 100})
@@ -177,7 +179,7 @@ def cli(ctx: click.Context, /, **params: Any) -> None:
     metrics = metrics_address(params["metrics_listen"])
     if params["check_config"]:
         settings = effective_settings(ctx, params, config)
-        print_effective(ctx, params, settings, params["token_file"])
+        print_effective(ctx, params, settings, token_names(params["token_file"]))
         return
     config_file = watched_config_file(ctx)
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from tunnel.limits import Limits
-from tunnel.links import Address, ExposeSpec
-from tunnel.tls import ClientTls
+from tunnel.protocol.limits import Limits
+from tunnel.security.tls import ClientTls
+from tunnel.settings.links import Address, ExposeSpec
 
 
 @dataclass(frozen=True, slots=True)

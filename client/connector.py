@@ -19,11 +19,13 @@ from collections.abc import Callable
 from functools import partial
 
 from client.config import ClientConfig
-from tunnel import __version__, auth, metrics
-from tunnel.binding import UNBOUND, server_end_point
+from tunnel import __version__
+from tunnel.aio.tlslayer import TlsLayer
+from tunnel.aio.transport import StreamHandler, TunnelConnection, clock
 from tunnel.errors import Reason, RemoteProtocolError
-from tunnel.links import Address
-from tunnel.messages import (
+from tunnel.operations import metrics
+from tunnel.operations.oserrors import connect_error
+from tunnel.protocol.messages import (
     MAX_CATALOG,
     SUPPORTED_VERSIONS,
     Auth,
@@ -38,12 +40,17 @@ from tunnel.messages import (
     Welcome,
     encode_message,
 )
-from tunnel.oserrors import connect_error
-from tunnel.peertext import NAME_LIMIT, shown
-from tunnel.session import Role, Session
-from tunnel.tls import client_context, describe_tls_error, peer_certificate, spki_pin_of_der
-from tunnel.tlslayer import TlsLayer
-from tunnel.transport import StreamHandler, TunnelConnection, clock
+from tunnel.protocol.peertext import NAME_LIMIT, shown
+from tunnel.protocol.session import Role, Session
+from tunnel.security import auth
+from tunnel.security.binding import UNBOUND, server_end_point
+from tunnel.security.tls import (
+    client_context,
+    peer_certificate,
+    spki_pin_of_der,
+)
+from tunnel.security.tlserrors import describe_tls_error
+from tunnel.settings.links import Address
 
 log = logging.getLogger("ambassador.client")
 

@@ -15,16 +15,17 @@ import logging
 from dataclasses import dataclass, replace
 
 from client.connector import Connector, find_service
-from tunnel import metrics
+from tunnel.aio.relay import Relay, abort_with_reset
 from tunnel.errors import ConfigError, Reason, RemoteProtocolError
-from tunnel.links import ExposeSpec
-from tunnel.logonce import Throttled
-from tunnel.messages import ServiceInfo, StreamAnswerParser, StreamHeader
-from tunnel.oserrors import listen_error
-from tunnel.peertext import quoted, shown
-from tunnel.relay import Relay, abort_with_reset
-from tunnel.wording import hostport
-from tunnel.workers import Handoff, WorkerPool
+from tunnel.operations import metrics
+from tunnel.operations.logonce import Throttled
+from tunnel.operations.oserrors import listen_error
+from tunnel.operations.workers.handoff import Handoff
+from tunnel.operations.workers.pool import WorkerPool
+from tunnel.protocol.messages import ServiceInfo, StreamAnswerParser, StreamHeader
+from tunnel.protocol.peertext import quoted, shown
+from tunnel.settings.links import ExposeSpec
+from tunnel.settings.wording import hostport
 
 log = logging.getLogger("ambassador.client")
 throttled = Throttled(log)

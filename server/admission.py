@@ -16,7 +16,7 @@ import logging
 from collections import Counter
 from dataclasses import dataclass
 
-from tunnel.loglimit import LogBudget
+from tunnel.operations.loglimit import LogBudget
 
 # Every line a connection that has not authenticated can cause (a refused or failed handshake,
 # a missing hello) comes out of this one budget: 20 at once, then one a second.

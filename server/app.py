@@ -23,30 +23,26 @@ from server.connection import ServerConnection
 from server.forward import start_forwarding
 from server.reauth import AdmissionPolicy
 from server.tls_accept import accept_tls
-from tunnel.auth import load_tokens, plaintext_warning
-from tunnel.binding import UNBOUND
 from tunnel.errors import ConfigError, Reason
-from tunnel.frames import GoAwayCode
-from tunnel.httpd import StatusServer
-from tunnel.metrics import LIMIT_HITS
-from tunnel.observe import service_stats
-from tunnel.oserrors import listen_error
-from tunnel.reload import Reloader
-from tunnel.runtime import give_back_heap
-from tunnel.tls import (
+from tunnel.operations.httpd import StatusServer
+from tunnel.operations.metrics import LIMIT_HITS
+from tunnel.operations.observe import service_stats
+from tunnel.operations.oserrors import listen_error
+from tunnel.operations.reload import Reloader
+from tunnel.operations.runtime import give_back_heap
+from tunnel.operations.workers.channel import HelperChannel
+from tunnel.operations.workers.handoff import Handoff, serve_handed
+from tunnel.operations.workers.pool import WorkerPool, reload_all
+from tunnel.operations.workers.report import helper_report
+from tunnel.protocol.frames import GoAwayCode
+from tunnel.security.auth import load_tokens, plaintext_warning
+from tunnel.security.binding import UNBOUND
+from tunnel.security.tls import (
     bound_server_context,
     warn_about_files,
     warn_if_expiring,
 )
-from tunnel.wording import counted, hostport
-from tunnel.workers import (
-    Handoff,
-    HelperChannel,
-    WorkerPool,
-    helper_report,
-    reload_all,
-    serve_handed,
-)
+from tunnel.settings.wording import counted, hostport
 
 log = logging.getLogger("ambassador.server")
 

@@ -11,14 +11,14 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
-from tunnel import metrics
+from tunnel.aio.relay import Relay
+from tunnel.aio.transport import TunnelConnection
 from tunnel.errors import ConfigError, Reason, RemoteProtocolError
-from tunnel.links import Service
-from tunnel.logonce import Throttled
-from tunnel.messages import CONNECTED, StreamAnswer, StreamHeaderParser
-from tunnel.peertext import quoted, shown
-from tunnel.relay import Relay
-from tunnel.transport import TunnelConnection
+from tunnel.operations import metrics
+from tunnel.operations.logonce import Throttled
+from tunnel.protocol.messages import CONNECTED, StreamAnswer, StreamHeaderParser
+from tunnel.protocol.peertext import quoted, shown
+from tunnel.settings.links import Service
 
 if TYPE_CHECKING:
     from server.connection import ServerConnection

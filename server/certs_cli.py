@@ -1,7 +1,7 @@
 """``ambassador-server certs``: a private CA with the server's and the clients' certificates.
 
-Each command reads its flags and files, reads the clock once, lets :mod:`tunnel.certs` do the
-work and says what it wrote and what to run next. Every problem a user can cause (no CA yet, a
+Each command reads its flags and files, reads the clock once, lets :mod:`tunnel.security.certs` do
+the work and says what it wrote and what to run next. Every problem a user can cause (no CA yet, a
 file that exists, a file that is not what it should be) ends as one line from ``run_cli``.
 
 Layout of a certificate directory, as ``certs init`` makes it:
@@ -28,10 +28,10 @@ import click
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 
-from tunnel import certs as c
-from tunnel import issued
-from tunnel import pemfiles as pem
 from tunnel.errors import ConfigError
+from tunnel.security import certs as c
+from tunnel.security import issued
+from tunnel.security import pemfiles as pem
 
 CA_CERT = "ca.pem"
 CA_KEY = "ca-key.pem"

@@ -19,9 +19,17 @@ from server.admission import (
 from server.app import serve, serve_forwarding
 from server.certs_cli import certs
 from server.config import ServerConfig
-from tunnel.access import parse_access, unmatched
-from tunnel.auth import load_tokens
-from tunnel.cli import (
+from tunnel.errors import ConfigError
+from tunnel.operations.observe import print_status
+from tunnel.operations.reload import Reloader
+from tunnel.operations.runtime import run, setup_logging
+from tunnel.operations.workers.channel import helper_channel_fd, helper_index
+from tunnel.operations.workers.logtag import tag_logs
+from tunnel.operations.workers.pool import helper_command
+from tunnel.security.access import parse_access, unmatched
+from tunnel.security.auth import load_tokens, token_names
+from tunnel.security.tls import ServerTls, server_context
+from tunnel.settings.cli import (
     AutoWorkers,
     WorkerCount,
     config_option,
@@ -40,9 +48,8 @@ from tunnel.cli import (
     warn_unknown_variables,
     watched_config_file,
 )
-from tunnel.effective import Item, Setting, source_of
-from tunnel.errors import ConfigError
-from tunnel.links import (
+from tunnel.settings.effective import Item, Setting, source_of
+from tunnel.settings.links import (
     DEFAULT_TUNNEL_PORT,
     Catalog,
     LinkError,
@@ -52,11 +59,6 @@ from tunnel.links import (
     parse_address,
     parse_link,
 )
-from tunnel.observe import print_status
-from tunnel.reload import Reloader
-from tunnel.runtime import run, setup_logging
-from tunnel.tls import ServerTls, server_context
-from tunnel.workers import helper_channel_fd, helper_command, helper_index, tag_logs
 
 log = logging.getLogger("ambassador.server")
 
@@ -211,7 +213,7 @@ def cli(ctx: click.Context, /, **params: Any) -> None:
     if params["check_config"]:
         notes = [tls_note(config.tls)]
         settings = effective_settings(ctx, params, config)
-        print_effective(ctx, params, settings, config.token_file, notes)
+        print_effective(ctx, params, settings, token_names(config.token_file), notes)
         return
     if params["forward"]:
         if params["workers"] > 1 and not isinstance(params["workers"], AutoWorkers):

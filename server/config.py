@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from server.admission import STREAMS_PER_IDENTITY, AdmissionLimits
-from tunnel.access import AccessRules
-from tunnel.limits import Limits
-from tunnel.links import DEFAULT_TUNNEL_PORT, Address, Catalog
-from tunnel.tls import ServerTls
+from tunnel.protocol.limits import Limits
+from tunnel.security.access import AccessRules
+from tunnel.security.tls import ServerTls
+from tunnel.settings.links import DEFAULT_TUNNEL_PORT, Address, Catalog
 
 
 @dataclass(frozen=True, slots=True)

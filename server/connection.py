@@ -5,13 +5,13 @@ answered with a :class:`Welcome`, no other stream is accepted; a connection that
 within the handshake timeout is closed, so idle or garbage connections cannot pile up.
 
 The client's identity is its certificate's name (mutual TLS), else its token's name once the
-token exchange succeeded (:mod:`tunnel.auth`), else ``anonymous``. The catalog in the welcome
-lists only what the access rules let that identity reach.
+token exchange succeeded (:mod:`tunnel.security.auth`), else ``anonymous``. The catalog in the
+welcome lists only what the access rules let that identity reach.
 
 The name a client gives itself in its hello is only a remark: it is never its identity, never
 part of how logs and metrics name the peer (its address, and its identity once proven), and is
-shown only escaped and bounded (:mod:`tunnel.peertext`). Before the hello is answered a peer
-can make this module log a bounded number of lines: streams it opens too early are reset, and
+shown only escaped and bounded (:mod:`tunnel.protocol.peertext`). Before the hello is answered a
+peer can make this module log a bounded number of lines: streams it opens too early are reset, and
 only the first is logged, throttled across all connections.
 """
 
@@ -25,13 +25,12 @@ from typing import TYPE_CHECKING
 
 from server.admission import DESCRIPTOR_RESERVE, address_key, stranger_log
 from server.backend import BackendStream
-from tunnel import auth, metrics
-from tunnel.access import ANONYMOUS
+from tunnel.aio.transport import StreamHandler, TunnelConnection, clock, format_peer
 from tunnel.errors import Reason, RemoteProtocolError
-from tunnel.frames import GoAwayCode
-from tunnel.links import Catalog, Service
-from tunnel.logonce import Throttled
-from tunnel.messages import (
+from tunnel.operations import metrics
+from tunnel.operations.logonce import Throttled
+from tunnel.protocol.frames import GoAwayCode
+from tunnel.protocol.messages import (
     MAX_NAME,
     SUPPORTED_VERSIONS,
     Auth,
@@ -47,10 +46,12 @@ from tunnel.messages import (
     encode_message,
     negotiate_version,
 )
-from tunnel.peertext import NAME_LIMIT, quoted, shown
-from tunnel.session import Role, Session
-from tunnel.transport import StreamHandler, TunnelConnection, clock, format_peer
-from tunnel.trust import Untrusted
+from tunnel.protocol.peertext import NAME_LIMIT, quoted, shown
+from tunnel.protocol.session import Role, Session
+from tunnel.security import auth
+from tunnel.security.access import ANONYMOUS
+from tunnel.security.trust import Untrusted
+from tunnel.settings.links import Catalog, Service
 
 if TYPE_CHECKING:
     from server.app import Server
@@ -59,6 +60,13 @@ log = logging.getLogger("ambassador.server")
 throttled = Throttled(log)
 
 CLIENT_MESSAGE = 16 * 1024  # the largest control message a client sends (hello, auth)
+# Seconds the connection stays open after the server has said why it ends (a Refusal of the
+# hello, a GoingAway while running) and queued a Go Away: time for both to be written and read,
+# so that the client logs the server's reason rather than a dropped connection (a client that
+# read them closes first). The connection is closed then whatever the client does, so a client
+# that never reads cannot hold it. No measurement chose either value.
+REFUSAL_GRACE = 1.0
+GOING_AWAY_GRACE = 0.5
 
 
 def catalog_info(catalog: Catalog) -> tuple[ServiceInfo, ...]:
@@ -92,7 +100,7 @@ class ServerConnection:
         self.closing = False  # close_with was called: said once, counted once
         self.broken = False  # the peer broke the protocol: nothing more it says is heard
         self.tls_done = False  # a TLS handshake completed on this connection
-        self.channel_binding = b""  # its binding (tunnel.binding), which token proofs cover
+        self.channel_binding = b""  # its tunnel.security.binding, which token proofs cover
         self.streams: set[BackendStream] = set()
         self.tasks: set[asyncio.Task[object]] = set()  # backend dials under way
         self._dials = 0  # how many: at most max_pending_dials
@@ -372,7 +380,7 @@ class ServerConnection:
         metrics.SESSION_ENDS.labels("server", reason.label).inc()
         self._send(Refusal(reason, text))
         self._go_away_after_flush()
-        asyncio.get_running_loop().call_later(1.0, self.tunnel.close, reason.label)
+        asyncio.get_running_loop().call_later(REFUSAL_GRACE, self.tunnel.close, reason.label)
 
     # ------------------------------------------------------- while running
 
@@ -411,7 +419,7 @@ class ServerConnection:
         metrics.SESSION_ENDS.labels("server", reason.label).inc()
         self._send(GoingAway(reason, text))
         self._go_away_after_flush()
-        asyncio.get_running_loop().call_later(0.5, self.tunnel.close, text)
+        asyncio.get_running_loop().call_later(GOING_AWAY_GRACE, self.tunnel.close, text)
 
     def go_away(self, reason: Reason, text: str) -> None:
         """Take no new streams (they get an RST); open ones carry on."""

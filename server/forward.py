@@ -17,14 +17,14 @@ import logging
 from functools import partial
 from typing import cast
 
-from tunnel import metrics
+from tunnel.aio.relay import abort_with_reset
 from tunnel.errors import ConfigError
-from tunnel.links import Catalog, Service
-from tunnel.logonce import Throttled
-from tunnel.metrics import ServiceMeters
-from tunnel.oserrors import dial_error, listen_error
-from tunnel.relay import abort_with_reset
-from tunnel.wording import hostport
+from tunnel.operations import metrics
+from tunnel.operations.logonce import Throttled
+from tunnel.operations.metrics import ServiceMeters
+from tunnel.operations.oserrors import dial_error, listen_error
+from tunnel.settings.links import Catalog, Service
+from tunnel.settings.wording import hostport
 
 log = logging.getLogger("ambassador.forward")
 throttled = Throttled(log)

@@ -9,11 +9,12 @@ configuration refuses; the client reconnects and is judged by the new rules like
 Each session is judged as a new connection presenting the same credentials would be:
 
 * under mutual TLS (``--tls-ca``), its certificate must verify against the new CA bundle and
-  CRL (:mod:`tunnel.trust`); a session that presented none (mutual TLS was just turned on) is out;
+  CRL (:mod:`tunnel.security.trust`); a session that presented none (mutual TLS was just turned on)
+  is out;
 * a certificate is no longer an identity once mutual TLS is off, so such a session is out too;
 * with a token file, a token session's name must still be there with the same secret (the
-  session kept a fingerprint of the secret it proved, :func:`tunnel.auth.fingerprint`); a session
-  with neither token nor certificate name is out, as its hello would be refused now;
+  session kept a fingerprint of the secret it proved, :func:`tunnel.security.auth.fingerprint`); a
+  session with neither token nor certificate name is out, as its hello would be refused now;
 * a token session is out when the token file is gone (its identity would be another now).
 
 Access rules are checked afterwards, as before, by sending each remaining session its catalog.
@@ -25,8 +26,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from tunnel import auth
-from tunnel.trust import Trust, Untrusted, load_trust
+from tunnel.security import auth
+from tunnel.security.trust import Trust, Untrusted, load_trust
 
 if TYPE_CHECKING:
     from server.config import ServerConfig

@@ -1,6 +1,6 @@
 """Accepting a TLS tunnel connection: the handshake, its failures, then the session.
 
-Each accepted socket gets a :class:`~tunnel.tlslayer.TlsLayer` in front of its session. A failed
+Each accepted socket gets a :class:`~tunnel.aio.tlslayer.TlsLayer` in front of its session. A failed
 handshake is logged once here, in words a person can act on, and counted; only a completed
 handshake reaches the session, which then learns the client's identity (its certificate's name).
 """
@@ -13,10 +13,11 @@ import ssl
 from typing import TYPE_CHECKING
 
 from server.admission import stranger_log
-from tunnel import metrics
-from tunnel.tls import describe_tls_error, peer_certificate, peer_common_name
-from tunnel.tlslayer import TlsLayer
-from tunnel.transport import format_peer
+from tunnel.aio.tlslayer import TlsLayer
+from tunnel.aio.transport import format_peer
+from tunnel.operations import metrics
+from tunnel.security.tls import peer_certificate, peer_common_name
+from tunnel.security.tlserrors import describe_tls_error
 
 if TYPE_CHECKING:
     from server.app import Server

@@ -1,8 +1,9 @@
 """A CA and a server certificate for loopback, written as the roles' TLS files.
 
 Shared by the TLS layer's tests and ``tests.bench.tlspath``; it needs no pytest. The files
-come from the project's own issuing code (``tunnel.certs``) and writers (``tunnel.pemfiles``),
-and the settings returned are those the roles build their ``ssl`` contexts from.
+come from the project's own issuing code (``tunnel.security.certs``) and writers
+(``tunnel.security.pemfiles``), and the settings returned are those the roles build their ``ssl``
+contexts from.
 """
 
 from __future__ import annotations
@@ -10,9 +11,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
-from tunnel.certs import issue_server_cert, make_ca
-from tunnel.pemfiles import cert_pem, key_pem, write_private, write_public
-from tunnel.tls import ClientTls, ServerTls
+from tunnel.security.certs import issue_server_cert, make_ca
+from tunnel.security.pemfiles import cert_pem, key_pem, write_private, write_public
+from tunnel.security.tls import ClientTls, ServerTls
 
 HOST = "127.0.0.1"
 

@@ -66,12 +66,3 @@ class LimitExceeded(RemoteProtocolError):
     def __init__(self, text: str, limit: str = "") -> None:
         super().__init__(text)
         self.limit = limit  # which limit, as named in Limits (for logs and metrics)
-
-
-class StreamRefused(TunnelError):
-    """The server answered a stream with a reason instead of "connected"."""
-
-    def __init__(self, reason: Reason, text: str) -> None:
-        super().__init__(f"{reason.label}: {text}" if text else reason.label)
-        self.reason = reason
-        self.text = text

@@ -12,8 +12,8 @@ from __future__ import annotations
 import argparse
 import time
 
-from tunnel.events import DataReceived, Event
-from tunnel.session import Role, Session
+from tunnel.protocol.events import DataReceived, Event
+from tunnel.protocol.session import Role, Session
 
 REQUEST = b"*1\r\n$4\r\nPING\r\n"
 ANSWER = b"+PONG\r\n"

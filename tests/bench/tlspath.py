@@ -1,9 +1,9 @@
 """The TLS path alone: what ``ssl.MemoryBIO`` costs per GiB, step by step, against the cipher.
 
 ``python -m tests.bench.tlspath`` joins two ``ssl.SSLObject`` in memory, made from the contexts
-the roles build (``tunnel.tls``; TLS 1.3, a P-256 certificate issued on the spot, see
+the roles build (``tunnel.security.tls``; TLS 1.3, a P-256 certificate issued on the spot, see
 ``tests.pki``), and moves bulk data from one to the other the way
-:class:`tunnel.tlslayer.TlsLayer` does: the sender writes a 256 KiB chunk and takes the
+:class:`tunnel.aio.tlslayer.TlsLayer` does: the sender writes a 256 KiB chunk and takes the
 ciphertext out of its outgoing BIO; the receiver puts it into its incoming BIO and decrypts it
 into a buffer, one record per read. It prints the CPU seconds per GiB of each step, and of the
 negotiated cipher alone over 16 KiB blocks (``openssl speed``, on the same libcrypto).
@@ -29,7 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tests.pki import HOST, loopback_pki
-from tunnel.tls import ServerTls, client_context, server_context
+from tunnel.security.tls import ServerTls, client_context, server_context
 
 CHUNK = 256 * 1024  # what the tunnel hands the TLS layer at a time
 RECORD = 16 * 1024  # the largest plaintext of one TLS record

@@ -7,8 +7,8 @@ import pytest
 from client.config import ClientConfig
 from client.connector import Connector
 from client.listeners import Listeners, choose_service
-from tunnel.links import Address, parse_expose
-from tunnel.messages import ServiceInfo
+from tunnel.protocol.messages import ServiceInfo
+from tunnel.settings.links import Address, parse_expose
 
 SEED = "REDIS_PORT_1234_TCP=tcp://192.168.1.52:6379"
 

@@ -10,8 +10,8 @@ from client.config import ClientConfig
 from client.connector import ROTATE_BEFORE_EXHAUSTION
 from server.app import Server
 from server.config import ServerConfig
-from tunnel.frames import MAX_STREAM_ID
-from tunnel.links import Address, Catalog, ExposeSpec, parse_link
+from tunnel.protocol.frames import MAX_STREAM_ID
+from tunnel.settings.links import Address, Catalog, ExposeSpec, parse_link
 
 
 async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -13,8 +13,8 @@ import pytest
 from client.cli import cli as client_cli
 from server.cli import cli as server_cli
 from tests.deploy.support import DEPLOY, OPERATIONS, REPO, ROLES
-from tunnel.cli import run_cli
-from tunnel.config import default_map_for
+from tunnel.settings.cli import run_cli
+from tunnel.settings.config import default_map_for
 
 EXAMPLES = {
     "server": DEPLOY / "systemd" / "server.toml",

@@ -21,7 +21,7 @@ from tests.deploy.support import (
     last_line,
     run_healthcheck,
 )
-from tunnel.links import DEFAULT_TUNNEL_PORT
+from tunnel.settings.links import DEFAULT_TUNNEL_PORT
 
 BUILD_TOOLS = re.compile(
     r"\b(build-essential|gcc|g\+\+|clang|make|python3?-dev|libssl-dev|libffi-dev|cargo|rustc)\b"

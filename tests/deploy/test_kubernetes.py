@@ -18,7 +18,7 @@ from tests.deploy.support import (
     option_value,
     unknown_flags,
 )
-from tunnel.config import default_map_for
+from tunnel.settings.config import default_map_for
 
 MANIFESTS = sorted((DEPLOY / "kubernetes").glob("*.yaml"))
 WORKLOADS = ("Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job")

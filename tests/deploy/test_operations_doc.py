@@ -7,8 +7,8 @@ import click
 import pytest
 
 from tests.deploy.support import OPERATIONS, ROLES, ambassador_invocations, unknown_flags
-from tunnel.config import params_of
-from tunnel.metrics import REGISTRY
+from tunnel.operations.metrics import REGISTRY
+from tunnel.settings.config import params_of
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from pathlib import Path, PurePosixPath
 import pytest
 
 from tests.deploy.support import DEPLOY, ROLES, console_scripts, echo_server, unknown_flags
-from tunnel.config import default_map_for
+from tunnel.settings.config import default_map_for
 
 SYSTEMD = DEPLOY / "systemd"
 UNITS = {

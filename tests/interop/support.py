@@ -1,7 +1,7 @@
 """The Python end of the interop tests, and the Go reference peer as an asyncio subprocess.
 
-The Python end is the project's own yamux core, :class:`tunnel.session.Session`, driven by
-:class:`tunnel.transport.TunnelConnection` over a real loopback socket, without the ambassador
+The Python end is the project's own yamux core, :class:`tunnel.protocol.session.Session`, driven by
+:class:`tunnel.aio.transport.TunnelConnection` over a real loopback socket, without the ambassador
 application layer (the Go peer speaks plain yamux: no hello, no catalog). Its streams are
 handled by :class:`EchoStream` (the server end: everything read is written back) or
 :class:`SendingStream` (the client end: send a payload, FIN, collect the echo).
@@ -25,12 +25,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tunnel.aio.transport import StreamHandler, TunnelConnection
 from tunnel.errors import RemoteProtocolError
-from tunnel.events import DataReceived, Event
-from tunnel.frames import MAX_LENGTH, FrameDecoder, FrameType
-from tunnel.limits import Limits
-from tunnel.session import Role, Session
-from tunnel.transport import StreamHandler, TunnelConnection
+from tunnel.protocol.events import DataReceived, Event
+from tunnel.protocol.frames import MAX_LENGTH, FrameDecoder, FrameType
+from tunnel.protocol.limits import Limits
+from tunnel.protocol.session import Role, Session
 
 KIB = 1024
 MIB = 1024 * KIB

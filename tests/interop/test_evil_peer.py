@@ -3,8 +3,8 @@
 Each test runs, in-process on 127.0.0.1, an echo backend, a ``server.app.Server`` whose
 catalog links it as ``echo``, and a ``client.app.Client`` exposing ``echo`` on a local port.
 The hostile peer is a plain TCP connection to the tunnel port that writes frames built by hand
-(``struct`` ``>BBHII``, independent of ``tunnel.frames``). For every violation the server must
-answer with one Go Away carrying code 1 (protocol error), close the connection within a
+(``struct`` ``>BBHII``, independent of ``tunnel.protocol.frames``). For every violation the server
+must answer with one Go Away carrying code 1 (protocol error), close the connection within a
 second, and log the violation; the real client's echo keeps working on its one session.
 """
 
@@ -25,7 +25,7 @@ from server.admission import AdmissionLimits
 from server.app import Server
 from server.config import ServerConfig
 from tests.interop.support import run
-from tunnel.links import Address, Catalog, ExposeSpec, Service
+from tunnel.settings.links import Address, Catalog, ExposeSpec, Service
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -173,7 +173,8 @@ CASES = [
     pytest.param(HEADER.pack(1, DATA, 0, 0, 0), "unsupported yamux version 1", id="bad-version"),
     pytest.param(frame(4, 0, 0, 0), "unknown frame type 0x4", id="unknown-type"),
     # Before its hello is answered a peer may send Data frames of 16 KiB at most: refused at the
-    # header, long before the window (tests/tunnel/test_session.py checks windows after it).
+    # header, long before the window (tests/tunnel/protocol/test_session.py checks windows after
+    # it).
     pytest.param(open_stream(1) + frame(DATA, 0, 1, SERVER_WINDOW + 1, bytes(100)),
                  f"data frame of {SERVER_WINDOW + 1} bytes on stream 1 exceeds the 16384 byte",
                  id="data-beyond-hello-limit"),
@@ -194,7 +195,7 @@ CASES = [
     pytest.param(bytes.fromhex("160301020001") + bytes(506), "TLS handshake", id="tls-hello"),
     pytest.param(open_stream(1) + frame(DATA, 0, 1, 1 << 30), "1073741824 bytes on stream 1",
                  id="1gib-data-header"),
-    # Floods of frames that cost work and move no data (the budgets in tunnel/limits.py).
+    # Floods of frames that cost work and move no data (the budgets in tunnel/protocol/limits.py).
     pytest.param(b"".join(frame(PING, SYN, 0, i) for i in range(1, 202)), "a ping flood",
                  id="ping-flood"),
     pytest.param(open_stream(1) + frame(WINDOW_UPDATE, 0, 1, 0) * 1200, "empty frames a second",

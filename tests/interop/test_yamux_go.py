@@ -1,9 +1,9 @@
 """Our yamux session against hashicorp/yamux itself, over real loopback TCP.
 
 The Go side is ``yamuxpeer`` (see ``yamuxpeer/main.go``), built from the yamux sources Debian
-packages; the Python side is the project's own core, ``tunnel.session.Session`` driven by
-``tunnel.transport.TunnelConnection``. Every stream carries a deterministic pattern both ways and
-is checked byte for byte on both ends. The wire taps (``TappedSession``) check what the two
+packages; the Python side is the project's own core, ``tunnel.protocol.session.Session`` driven by
+``tunnel.aio.transport.TunnelConnection``. Every stream carries a deterministic pattern both ways
+and is checked byte for byte on both ends. The wire taps (``TappedSession``) check what the two
 implementations told each other: window deltas beyond the spec's 256 KiB, pings and their
 answers, Go Away.
 """
@@ -30,9 +30,9 @@ from tests.interop.support import (
     tapped,
 )
 from tunnel.errors import LocalProtocolError
-from tunnel.events import GoAwayReceived
-from tunnel.frames import Flags, FrameType, GoAwayCode
-from tunnel.limits import INITIAL_WINDOW, Limits
+from tunnel.protocol.events import GoAwayReceived
+from tunnel.protocol.frames import Flags, FrameType, GoAwayCode
+from tunnel.protocol.limits import INITIAL_WINDOW, Limits
 
 pytestmark = pytest.mark.timeout(60)
 

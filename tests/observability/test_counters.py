@@ -27,10 +27,10 @@ from server.app import Server, forward_status
 from server.config import ServerConfig
 from server.forward import start_forwarding
 from tests.observability.support import Metrics
-from tunnel import metrics
-from tunnel.httpd import StatusServer
-from tunnel.links import Address, Catalog, ExposeSpec, parse_link
-from tunnel.observe import service_stats
+from tunnel.operations import metrics
+from tunnel.operations.httpd import StatusServer
+from tunnel.operations.observe import service_stats
+from tunnel.settings.links import Address, Catalog, ExposeSpec, parse_link
 
 OPERATIONS = Path(__file__).resolve().parents[2] / "docs" / "operations.md"
 ROW = re.compile(r"^\| `(ambassador_[a-z_]+)` \| (counter|gauge) \| ([^|]*) \|", re.MULTILINE)

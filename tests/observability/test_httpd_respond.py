@@ -10,8 +10,8 @@ import pytest
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from tests.observability.support import Metrics
-from tunnel.httpd import StatusServer
-from tunnel.statusview import render_text
+from tunnel.operations.httpd import StatusServer
+from tunnel.operations.statusview import render_text
 
 STATUS: dict[str, Any] = {
     "role": "ambassador-client",

@@ -1,7 +1,7 @@
 """A hand-driven tunnel client on a plain socket, for floods and protocol versions.
 
 Frames are built with ``struct`` from the yamux layout (``>BBHII``: version, type, flags,
-stream id, length), independently of ``tunnel.frames``, and the hello is written as the
+stream id, length), independently of ``tunnel.protocol.frames``, and the hello is written as the
 protocol document describes it: a 4-byte big-endian length, then a JSON object, as Data on
 stream 1.
 """

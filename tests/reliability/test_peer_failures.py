@@ -32,8 +32,8 @@ from tests.reliability.support import (
     wait_for_log_sync,
     wait_until,
 )
-from tunnel.limits import Limits
-from tunnel.links import Address, ExposeSpec
+from tunnel.protocol.limits import Limits
+from tunnel.settings.links import Address, ExposeSpec
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 

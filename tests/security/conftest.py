@@ -41,9 +41,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from tests.conftest import pick_free_port as shared_pick_free_port
-from tunnel.events import ConnectionTerminated, DataReceived, StreamEnded, StreamReset
-from tunnel.limits import Limits
-from tunnel.messages import (
+from tunnel.protocol.events import ConnectionTerminated, DataReceived, StreamEnded, StreamReset
+from tunnel.protocol.limits import Limits
+from tunnel.protocol.messages import (
     SUPPORTED_VERSIONS,
     Hello,
     Message,
@@ -52,7 +52,7 @@ from tunnel.messages import (
     StreamAnswerParser,
     encode_message,
 )
-from tunnel.session import Role, Session
+from tunnel.protocol.session import Role, Session
 
 ROOT = Path(__file__).resolve().parents[2]
 STOP_GRACE = 3.0

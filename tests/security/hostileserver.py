@@ -1,8 +1,8 @@
 """A hostile tunnel server: speaks the protocol, says whatever a test tells it to.
 
 It accepts connections on loopback in a background thread and drives each with the project's
-sans-IO session (:class:`tunnel.session.Session`, server role) over a blocking socket. To the
-client's hello it answers with the control messages it was given, as raw JSON objects (so they
+sans-IO session (:class:`tunnel.protocol.session.Session`, server role) over a blocking socket. To
+the client's hello it answers with the control messages it was given, as raw JSON objects (so they
 may hold what our own encoder would never produce: an alias with a newline, a megabyte of
 refusal text). Every data stream gets the stream answer it was given, then an RST. It stops,
 and joins its threads, within a bounded time.
@@ -19,10 +19,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from tunnel.events import ConnectionTerminated, DataReceived
-from tunnel.limits import Limits
-from tunnel.messages import MessageReader
-from tunnel.session import Role, Session
+from tunnel.protocol.events import ConnectionTerminated, DataReceived
+from tunnel.protocol.limits import Limits
+from tunnel.protocol.messages import MessageReader
+from tunnel.protocol.session import Role, Session
 
 JOIN_WITHIN = 5.0
 

@@ -28,7 +28,7 @@ from tests.security.conftest import (
     wait_up,
 )
 from tunnel.errors import Reason
-from tunnel.messages import ServiceInfo, Welcome
+from tunnel.protocol.messages import ServiceInfo, Welcome
 
 
 @pytest.fixture(scope="module")

@@ -39,9 +39,9 @@ from tests.security.conftest import (
     tls_context,
 )
 from tests.security.hostileserver import HostileServer
-from tunnel import auth
 from tunnel.errors import Reason
-from tunnel.messages import Hello, Refusal, Welcome, encode_message
+from tunnel.protocol.messages import Hello, Refusal, Welcome, encode_message
+from tunnel.security import auth
 
 SECRET = "5be1d0c4a9e84f6b8d2c7a3e1f0b9d8c"
 

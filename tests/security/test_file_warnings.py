@@ -13,8 +13,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from tests.security.conftest import Certificates, Programs, Server, bad_attempt
-from tunnel.certs import make_crl
-from tunnel.pemfiles import crl_pem
+from tunnel.security.certs import make_crl
+from tunnel.security.pemfiles import crl_pem
 
 SECRET = "a3f1c0de9b7e4d2a8c6b5e4f3a2d1c0b"
 

@@ -32,8 +32,8 @@ from tests.reliability.rawpeer import (
     open_stream,
 )
 from tests.security.conftest import Programs, Server, pick_free_port
-from tunnel import auth
-from tunnel.auth import load_tokens
+from tunnel.security import auth
+from tunnel.security.auth import load_tokens
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -16,7 +16,7 @@ import pytest
 
 from tests.security.conftest import LOOPBACK, Programs, RawTunnel, Server, stream_header
 from tunnel.errors import Reason
-from tunnel.messages import Welcome
+from tunnel.protocol.messages import Welcome
 
 
 @pytest.fixture

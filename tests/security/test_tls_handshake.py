@@ -27,7 +27,7 @@ from tests.security.conftest import (
     echo,
     tls_connect,
 )
-from tunnel.tls import describe_tls_error
+from tunnel.security.tlserrors import describe_tls_error
 
 
 @pytest.fixture(scope="module")

@@ -30,7 +30,7 @@ from tests.security.conftest import (
     bad_attempt,
     pick_free_port,
 )
-from tunnel.session import Role, Session
+from tunnel.protocol.session import Role, Session
 
 
 @pytest.fixture(scope="module")

@@ -33,7 +33,7 @@ from tests.security.conftest import (
     tls_context,
     wait_up,
 )
-from tunnel.messages import Welcome
+from tunnel.protocol.messages import Welcome
 
 STREAMS = 10
 SIZE = 16 * 1024 * 1024

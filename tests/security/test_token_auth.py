@@ -29,8 +29,8 @@ from tests.security.conftest import (
     bad_attempt,
 )
 from tunnel.errors import Reason
-from tunnel.frames import FrameDecoder, FrameType
-from tunnel.messages import Auth, Challenge, Hello, Refusal, Welcome, decode_message
+from tunnel.protocol.frames import FrameDecoder, FrameType
+from tunnel.protocol.messages import Auth, Challenge, Hello, Refusal, Welcome, decode_message
 
 SECRET = "a3f1c0de9b7e4d2a8c6b5e4f3a2d1c0b"
 

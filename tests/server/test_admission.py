@@ -7,7 +7,7 @@ import logging
 import pytest
 
 from server.admission import Admission, AdmissionLimits, address_key
-from tunnel.loglimit import LogBudget
+from tunnel.operations.loglimit import LogBudget
 
 
 def test_an_ipv6_peer_counts_by_its_64_and_a_mapped_ipv4_by_its_address() -> None:

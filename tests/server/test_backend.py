@@ -19,8 +19,8 @@ from client.config import ClientConfig
 from server.app import Server
 from server.backend import BackendStream
 from server.config import ServerConfig
-from tunnel.links import Address, Catalog, ExposeSpec, parse_link
-from tunnel.relay import abort_with_reset
+from tunnel.aio.relay import abort_with_reset
+from tunnel.settings.links import Address, Catalog, ExposeSpec, parse_link
 
 
 @contextlib.asynccontextmanager

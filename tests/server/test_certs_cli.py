@@ -21,7 +21,7 @@ import pytest
 from cryptography import x509
 
 from server.cli import main
-from tunnel import certs, pemfiles, tls
+from tunnel.security import certs, pemfiles, tls
 
 
 @dataclass(frozen=True)

@@ -21,8 +21,8 @@ import pytest
 from server.app import Server
 from server.config import ServerConfig
 from tests.pki import loopback_pki
-from tunnel.links import Address, Catalog, parse_link
-from tunnel.runtime import loop_factory
+from tunnel.operations.runtime import loop_factory
+from tunnel.settings.links import Address, Catalog, parse_link
 
 HUGE_HEADER = bytes((0, 0, 0, 1, 0, 0, 0, 1, 0x08, 0, 0, 0))  # SYN, stream 1, 128 MiB of data
 

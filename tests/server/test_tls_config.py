@@ -1,4 +1,4 @@
-"""Tests for tunnel.tls: a certificate or key that cannot be read is named in one line."""
+"""Tests for tunnel.security.tls: a certificate or key that cannot be read is named in one line."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 
 from server.cli import main
 from tunnel.errors import ConfigError
-from tunnel.tls import ServerTls, server_context
+from tunnel.security.tls import ServerTls, server_context
 
 
 @pytest.fixture

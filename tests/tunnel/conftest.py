@@ -10,10 +10,10 @@ from collections.abc import Callable
 
 import pytest
 
-from tunnel.events import DataReceived, Event, StreamEnded
-from tunnel.frames import MAX_LENGTH, Frame, FrameDecoder
-from tunnel.limits import Limits
-from tunnel.session import Role, Session
+from tunnel.protocol.events import DataReceived, Event, StreamEnded
+from tunnel.protocol.frames import MAX_LENGTH, Frame, FrameDecoder
+from tunnel.protocol.limits import Limits
+from tunnel.protocol.session import Role, Session
 
 
 def decode_all(data: bytes) -> list[Frame]:

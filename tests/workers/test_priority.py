@@ -16,8 +16,14 @@ from pathlib import Path
 import pytest
 
 from tests.environment import missing
-from tunnel import metrics
-from tunnel.load import BULK_RATE, PRIORITY_STEP, BulkPriority, RateMeter, can_raise_priority
+from tunnel.operations import metrics
+from tunnel.operations.load import (
+    BULK_RATE,
+    PRIORITY_STEP,
+    BulkPriority,
+    RateMeter,
+    can_raise_priority,
+)
 
 TICK = 0.025  # how often a process samples its rate
 

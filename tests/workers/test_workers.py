@@ -28,7 +28,7 @@ from tests.integration.support import (
 from tests.observability.support import consumer_refused, http_get, scrape, wait_for
 from tests.observability.test_forward import docker_link
 from tests.workers.conftest import alive, children_of, wait_gone
-from tunnel.load import can_raise_priority
+from tunnel.operations.load import can_raise_priority
 
 pytestmark = pytest.mark.integration
 
@@ -428,7 +428,7 @@ def process_state(pid: int) -> str:
 
 
 def test_load_meter_tells_a_busy_process_from_an_idle_one() -> None:
-    from tunnel.load import LoadMeter
+    from tunnel.operations.load import LoadMeter
 
     busy = os.fork()
     if busy == 0:  # pragma: no cover - the child spins, then leaves

@@ -1,0 +1,33 @@
+"""Counts agree with their number, and IPv6 addresses are bracketed, in every line."""
+
+from __future__ import annotations
+
+import pytest
+
+from tunnel.aio.transport import format_peer
+from tunnel.settings.links import Address
+from tunnel.settings.wording import counted, hostport
+
+
+@pytest.mark.parametrize(
+    ("n", "expected"), [(0, "0 sessions"), (1, "1 session"), (2, "2 sessions")]
+)
+def test_counted_agrees_with_the_number(n: int, expected: str) -> None:
+    assert counted(n, "session") == expected
+
+
+def test_counted_takes_an_irregular_plural() -> None:
+    assert counted(1, "helper process", "helper processes") == "1 helper process"
+    assert counted(3, "helper process", "helper processes") == "3 helper processes"
+
+
+@pytest.mark.parametrize(
+    ("host", "expected"),
+    [("::1", "[::1]:16393"), ("fe80::1%lo", "[fe80::1%lo]:16393"),
+     ("127.0.0.1", "127.0.0.1:16393"), ("db.example", "db.example:16393")],
+)  # fmt: skip
+def test_every_formatter_brackets_ipv6(host: str, expected: str) -> None:
+    assert hostport(host, 16393) == expected
+    assert format_peer((host, 16393, 0, 0)) == expected
+    if "%" not in host:
+        assert str(Address(host, 16393)) == expected

@@ -1,0 +1,400 @@
+"""The asyncio driver of a :class:`~tunnel.session.Session`: the tunnel connection itself.
+
+:class:`TunnelConnection` is an ``asyncio.BufferedProtocol`` for the one TCP (or TLS)
+connection between the two ambassadors. It moves bytes and nothing else: incoming bytes go to
+the session, the session's events go to the handler of each stream (:class:`StreamHandler`),
+and whatever the session has to send is written once per loop iteration, so the frames
+produced while handling one read leave in one write. While the socket's buffer is over its
+high-water mark nothing more is pulled from the session: frames wait inside the session, where
+the round-robin over streams keeps a bulk transfer from delaying everyone else. The connection
+is never paused for one slow stream; that stream's window simply stops being credited.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import ssl
+import sys
+import time
+from collections.abc import Callable
+from typing import Protocol, cast
+
+from tunnel.operations import metrics
+from tunnel.protocol.events import (
+    ConnectionTerminated,
+    DataReceived,
+    Event,
+    GoAwayReceived,
+    PingAcknowledged,
+    StreamAccepted,
+    StreamDrained,
+    StreamEnded,
+    StreamOpened,
+    StreamReset,
+)
+from tunnel.protocol.frames import GoAwayCode
+from tunnel.protocol.session import Session
+from tunnel.protocol.streams import StreamState
+from tunnel.security.tlserrors import describe_tls_error
+from tunnel.settings.wording import hostport
+
+log = logging.getLogger("ambassador.tunnel")
+
+# The sessions' clock. Not the loop's: uvloop's loop.time() moves in whole milliseconds, and
+# a round trip on a short path is a fraction of one (window auto-tuning needs it exact).
+clock = time.monotonic
+
+# Round-trip probes: pings soon after the start, then ever more rarely, so that the smallest
+# round trip (what stream windows are sized by) is known within a second and kept current.
+RTT_PROBES = (0.1, 0.3, 1.0, 3.0, 10.0)  # seconds between probes; the last one repeats
+
+READ_BUDGET = 256 * 1024
+WRITE_HIGH_WATER = 128 * 1024
+WRITE_LOW_WATER = 32 * 1024
+
+
+def enable_tcp_keepalive(sock: socket.socket) -> None:
+    """TCP keepalive under the session's own pings: the kernel notices a dead peer even while
+    the event loop is busy, after 30 s of silence and 3 probes 10 s apart."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for name, value in (("TCP_KEEPIDLE", 30), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 3)):
+        option = getattr(socket, name, None)
+        if option is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, option, value)
+
+
+UNSENT_LOW_WATER = 128 * 1024
+
+
+def limit_unsent(sock: socket.socket) -> None:
+    """Keep at most 256 KiB of not-yet-sent bytes in the kernel (TCP_NOTSENT_LOWAT).
+
+    Bytes in flight are not limited, so a long fat link still fills; but frames wait in the
+    session, where streams take turns, rather than in a deep kernel queue where a small
+    request would sit behind megabytes of a bulk transfer.
+    """
+    option = getattr(socket, "TCP_NOTSENT_LOWAT", 25 if sys.platform == "linux" else None)
+    if option is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, option, UNSENT_LOW_WATER)
+
+
+def format_peer(peername: object) -> str:
+    """``host:port`` of a socket address, IPv6 in brackets."""
+    if isinstance(peername, tuple) and len(peername) >= 2:
+        return hostport(str(peername[0]), peername[1])
+    return str(peername or "?")
+
+
+class StreamHandler(Protocol):
+    """What the tunnel calls when something happens on one of its streams."""
+
+    def on_data(self, data: bytes | bytearray) -> None: ...
+    def on_end(self) -> None: ...
+    def on_reset(self, reason: str) -> None: ...
+    def on_drained(self) -> None: ...
+
+
+AcceptStream = Callable[["TunnelConnection", int], StreamHandler | None]
+
+
+def _refuse_stream(tunnel: TunnelConnection, stream_id: int) -> StreamHandler | None:
+    return None  # the connection is closed
+
+
+class TunnelConnection(asyncio.BufferedProtocol):
+    """One yamux session over one stream socket.
+
+    The socket reads straight into the session's receive buffer (``get_buffer`` and
+    ``buffer_updated``); under TLS, the TLS layer decrypts into that buffer the same way.
+    """
+
+    def __init__(
+        self,
+        session: Session,
+        accept_stream: AcceptStream,
+        peer: str = "",
+        on_connect: Callable[[asyncio.BaseTransport], bool] | None = None,
+    ) -> None:
+        self.session = session
+        self.peer = peer
+        self._accept_stream = accept_stream
+        # Asked first when the socket is connected; False: the connection is refused (the
+        # callee has closed it and said why), and nothing more happens here.
+        self._on_connect = on_connect
+        self._handlers: dict[int, StreamHandler] = {}
+        self._loop = asyncio.get_running_loop()
+        self._transport: asyncio.Transport | None = None
+        self._flush_scheduled = False
+        self._write_paused = False
+        self._turn_bytes = 0  # bytes read since reading last yielded the loop
+        self._timer: asyncio.TimerHandle | None = None
+        self._probe: asyncio.TimerHandle | None = None
+        self._probes_sent = 0
+        self.closed: asyncio.Future[str] = self._loop.create_future()
+        self.on_go_away: Callable[[], None] | None = None
+        self.on_rtt: Callable[[float], None] | None = None
+        self._ping_waiters: list[asyncio.Future[float]] = []
+        self.close_reason = ""
+
+    # ------------------------------------------------------------ asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self._on_connect is not None:
+            on_connect, self._on_connect = self._on_connect, None
+            if not on_connect(transport):
+                transport.close()
+                return
+        self._transport = transport = cast(asyncio.Transport, transport)
+        if not self.peer:
+            self.peer = format_peer(transport.get_extra_info("peername"))
+        transport.set_write_buffer_limits(WRITE_HIGH_WATER, WRITE_LOW_WATER)
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            enable_tcp_keepalive(sock)
+            limit_unsent(sock)
+        # A first ping measures the round trip at once: window auto-tuning needs it.
+        self.session.ping(clock())
+        self._arm_timer()
+        self._schedule_probe()
+        self._schedule_flush()
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.session.get_buffer()
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._dispatch(self.session.buffer_updated(nbytes, clock()))
+        self._schedule_flush()
+        # Read budget: an event loop may read a busy socket many times in one turn (libuv
+        # reads up to 32 times). Past READ_BUDGET bytes, yield the turn, so that a consumer's
+        # small request is read (and its answer sent) between the chunks of a bulk transfer.
+        self._turn_bytes += nbytes
+        if self._turn_bytes >= READ_BUDGET and self._transport is not None:
+            self._transport.pause_reading()
+            self._loop.call_soon(self._resume_reading)
+
+    def _resume_reading(self) -> None:
+        self._turn_bytes = 0
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.resume_reading()
+
+    def eof_received(self) -> bool | None:
+        self._finish("the peer closed the connection")
+        return None
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._schedule_flush()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if isinstance(exc, ssl.SSLError):
+            reason = describe_tls_error(exc)
+        elif exc is not None:
+            reason = f"connection lost: {exc}"
+        else:
+            reason = "the peer closed the connection"
+        self._finish(self.close_reason or reason)
+
+    # ---------------------------------------------------------- used by handlers
+
+    def open_stream(self, handler: StreamHandler) -> int:
+        stream_id = self.session.open_stream()
+        self._handlers[stream_id] = handler
+        self._schedule_flush()
+        return stream_id
+
+    def send(self, stream_id: int, data: bytes) -> bool:
+        """Queue data on a stream; True means pause the producer until ``on_drained``."""
+        full = self.session.send_data(stream_id, data)
+        self._schedule_flush()
+        return full
+
+    def end(self, stream_id: int) -> None:
+        self.session.end_stream(stream_id)
+        self._schedule_flush()
+        self._forget_if_closed(stream_id)
+
+    def reset(self, stream_id: int, after_data: bool = False) -> None:
+        self._handlers.pop(stream_id, None)
+        self.session.reset_stream(stream_id, after_data=after_data)
+        self._schedule_flush()
+
+    def consumed(self, stream_id: int, length: int) -> None:
+        self.session.consumed(stream_id, length, clock())
+        self._schedule_flush()
+
+    @property
+    def is_open(self) -> bool:
+        return not self.closed.done() and not self.session.terminated
+
+    @property
+    def accepts_streams(self) -> bool:
+        s = self.session
+        return self.is_open and not (s.goaway_sent or s.goaway_received) and s.streams_left > 0
+
+    async def ping(self) -> float:
+        """Round-trip time to the peer, in seconds."""
+        waiter: asyncio.Future[float] = self._loop.create_future()
+        self._ping_waiters.append(waiter)
+        self.session.ping(clock())
+        self._schedule_flush()
+        return await waiter
+
+    def go_away(self, code: GoAwayCode = GoAwayCode.NORMAL, reason: str = "") -> None:
+        self.session.go_away(code, reason)
+        self._dispatch(self.session.take_events())
+        self._schedule_flush()
+
+    def close(self, reason: str = "closed") -> None:
+        """Close at once: every open stream is reset."""
+        self.close_reason = self.close_reason or reason
+        if self._transport is not None:
+            self._flush()
+            self._transport.close()
+        self._finish(reason)
+
+    # ----------------------------------------------------------------- internals
+
+    def _dispatch(self, events: list[Event]) -> None:
+        handlers = self._handlers
+        for event in events:
+            if type(event) is DataReceived:
+                handler = handlers.get(event.stream_id)
+                if handler is not None:
+                    handler.on_data(event.data)
+            elif type(event) is StreamOpened:
+                accepted = self._accept_stream(self, event.stream_id)
+                if accepted is None:
+                    self.session.reset_stream(event.stream_id)
+                else:
+                    handlers[event.stream_id] = accepted
+            elif type(event) is StreamEnded:
+                handler = handlers.get(event.stream_id)
+                if handler is not None:
+                    handler.on_end()
+                self._forget_if_closed(event.stream_id)
+            elif type(event) is StreamReset:
+                handler = handlers.pop(event.stream_id, None)
+                if handler is not None:
+                    handler.on_reset("reset by the peer" if event.remote else "reset")
+            elif type(event) is StreamDrained:
+                handler = handlers.get(event.stream_id)
+                if handler is not None:
+                    handler.on_drained()
+            elif type(event) is PingAcknowledged:
+                if self.on_rtt is not None:
+                    self.on_rtt(event.rtt)
+                # The answered ping's deadline no longer applies: the next keepalive is due
+                # an interval after the last traffic, which is sooner.
+                self._rearm_timer()
+                waiters, self._ping_waiters = self._ping_waiters, []
+                for waiter in waiters:
+                    if not waiter.done():
+                        waiter.set_result(event.rtt)
+            elif type(event) is GoAwayReceived:
+                if self.on_go_away is not None:
+                    self.on_go_away()
+            elif type(event) is ConnectionTerminated:
+                self._terminated(event)
+            elif type(event) is StreamAccepted:
+                pass  # data was allowed to flow before the ACK; nothing waits for it
+
+    def _terminated(self, event: ConnectionTerminated) -> None:
+        who = "peer" if event.remote else "local"
+        self.close_reason = self.close_reason or event.reason
+        if self.session.limit_hit:
+            metrics.LIMIT_HITS.labels(self.session.limit_hit).inc()
+            log.warning("closing the session with %s: %s", self.peer, event.reason)
+        log.debug("session with %s ended (%s): %s", self.peer, who, event.reason)
+        self._flush()
+        if self._transport is not None:
+            self._transport.close()
+        self._finish(event.reason)
+
+    def _forget_if_closed(self, stream_id: int) -> None:
+        if self.session.stream_state(stream_id) is StreamState.CLOSED:
+            self._handlers.pop(stream_id, None)
+
+    def _schedule_flush(self) -> None:
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        self._turn_bytes = 0
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        session = self.session
+        while not self._write_paused:
+            buffers = session.buffers_to_send()
+            if not buffers:
+                break
+            transport.writelines(buffers)
+        events = session.take_events()
+        if events:
+            self._dispatch(events)
+
+    def _rearm_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._arm_timer()
+
+    def _arm_timer(self) -> None:
+        when = self.session.get_timer()
+        if when is not None and not self.closed.done():
+            # A millisecond late rather than early: the loop's timers are that coarse.
+            delay = max(0.0, when - clock()) + 0.001
+            self._timer = self._loop.call_later(delay, self._on_timer)
+
+    def _schedule_probe(self) -> None:
+        delay = RTT_PROBES[min(self._probes_sent, len(RTT_PROBES) - 1)]
+        self._probe = self._loop.call_later(delay, self._send_probe)
+
+    def _send_probe(self) -> None:
+        if self.closed.done() or self.session.terminated:
+            return
+        self._probes_sent += 1
+        self.session.ping(clock())
+        self._schedule_flush()
+        self._schedule_probe()
+
+    def _on_timer(self) -> None:
+        self.session.handle_timer(clock())
+        self._dispatch(self.session.take_events())
+        self._schedule_flush()
+        self._arm_timer()
+
+    def _finish(self, reason: str) -> None:
+        if self.closed.done():
+            return
+        self.close_reason = self.close_reason or reason
+        self.closed.set_result(self.close_reason)
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._probe is not None:
+            self._probe.cancel()
+        handlers, self._handlers = self._handlers, {}
+        for handler in handlers.values():
+            handler.on_reset(f"tunnel closed: {self.close_reason}")
+        for waiter in self._ping_waiters:
+            if not waiter.done():
+                waiter.set_exception(ConnectionError(self.close_reason))
+        self._ping_waiters.clear()
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.close()
+        # Free the receive buffer now, and drop what points back at the owner and the
+        # transport: a closed connection's memory is given back at once, not at the next
+        # cyclic garbage collection (which a busy server may run rarely).
+        self.session.release()
+        self._accept_stream = _refuse_stream
+        self.on_go_away = self.on_rtt = None
+        self._transport = None

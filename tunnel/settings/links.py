@@ -1,0 +1,677 @@
+"""Links: which services the server offers, and which of them the client exposes.
+
+Theory of operation. The server keeps a *catalog*: each entry pairs a name the
+client can ask for (an alias such as ``redis``, a port such as ``6379``, or both)
+with the target address the server dials. The catalog is built from ``--link``
+values and from Docker link variables (``REDIS_PORT_6379_TCP=tcp://host:port``).
+Only the names cross the wire (``Catalog.describe``); targets stay on the server.
+
+The client keeps an *expose list*: each entry says which service to ask for and
+where to listen for it locally. It comes from ``--expose`` values, or from the
+same Docker link variables read the way the seed's ambassador read them ("seed"
+variables): on the client, ``REDIS_PORT_1234_TCP=tcp://192.168.1.52:6379``
+forwards local port 1234 to the service 192.168.1.52 published on port 6379. The
+URL's host is the server (reached on the tunnel port); the service is asked for
+as ``redis:6379``, then ``6379``, then ``redis``, and the first one the server's
+catalog offers is used, since a server may link it by alias, by port or both.
+
+A reference to a service is one of ``ALIAS``, ``PORT`` or ``ALIAS:PORT``. A bare
+port reaches the entry linked by port alone when there is one, so that every
+entry has a name that reaches only it; otherwise a reference matching several
+entries is an error that asks for ``ALIAS:PORT``.
+
+Everything here is parsing of text the user gave us: no name is resolved and no
+socket is touched (host names are kept as written and resolved at dial time).
+Every mistake in such text becomes one ``LinkError`` line that says what was wrong and which
+forms are accepted.
+
+Docker writes several variables per linked port. Only ``<ALIAS>_PORT_<N>_TCP`` is
+read; its ``_ADDR``, ``_PORT``, ``_PROTO`` (and ``_START``/``_END``) siblings
+repeat the same facts and are ignored rather than used as a fallback, so there
+is a single source for each service and nothing to reconcile when they disagree.
+``<ALIAS>_PORT`` (the first port again), ``<ALIAS>_NAME`` and ``_UDP`` ports are
+not services either, and ``<ALIAS>_ENV_*`` variables are the linked container's
+own environment, re-exported by Docker, so a link found there is not ours.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+
+from tunnel.errors import ConfigError, Reason
+from tunnel.settings.wording import hostport
+
+__all__ = [
+    "DEFAULT_TUNNEL_PORT",
+    "Address",
+    "AmbiguousService",
+    "Catalog",
+    "ExposeSpec",
+    "LinkError",
+    "SeedLink",
+    "Service",
+    "UnknownService",
+    "links_from_env",
+    "named_links_from_env",
+    "named_seed_links_from_env",
+    "parse_address",
+    "parse_expose",
+    "parse_link",
+    "parse_seed_variable",
+    "seed_links_from",
+    "seed_links_from_env",
+]
+
+#: The port ambassador-server listens on by default, and so the port
+#: ambassador-client dials on the remote host unless told otherwise.
+DEFAULT_TUNNEL_PORT = 7700
+
+
+class LinkError(ConfigError):
+    """A --link, --expose or link variable that cannot be parsed or combined."""
+
+
+# The lookup errors are ConfigErrors: the reference comes from the user's --expose
+# list (the server only passes the client's reference on). When the server refuses
+# a stream for them, the peer hears UNKNOWN_SERVICE either way: the reference does
+# not name one service.
+class UnknownService(ConfigError):
+    """A service reference that names nothing in the catalog."""
+
+    reason = Reason.UNKNOWN_SERVICE
+
+
+class AmbiguousService(ConfigError):
+    """A service reference that names several catalog entries."""
+
+    reason = Reason.UNKNOWN_SERVICE
+
+
+class _Invalid(Exception):
+    """Why some text is malformed; the public parsers add context and raise LinkError."""
+
+
+_ALIAS = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,62}")
+_HOST_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,252}")
+_DIGITS = re.compile(r"[0-9]+")
+_ZONE = re.compile(r"[A-Za-z0-9_.-]+")
+_DOTTED_NUMBERS = re.compile(r"[0-9.]+")
+# Docker's form only: upper case, alias first. Matching lower case too would
+# pick up unrelated variables that merely look similar.
+_LINK_VARIABLE = re.compile(r"([A-Z][A-Z0-9_]*)_PORT_([0-9]+)_TCP")
+# Kubernetes puts KUBERNETES_PORT_443_TCP in every pod, and our own settings
+# (AMBASSADOR_*) are never links, whatever they look like.
+_NOT_LINKS = ("KUBERNETES_", "AMBASSADOR_")
+_TCP_SCHEME = "tcp://"
+
+_LINK_FORMS = "ALIAS=HOST:PORT, PORT=HOST:PORT or ALIAS:PORT=HOST:PORT (IPv6 as [ADDR]:PORT)"
+_EXPOSE_FORMS = (
+    "SERVICE, LOCALPORT=SERVICE or BIND:LOCALPORT=SERVICE, where SERVICE is ALIAS, PORT "
+    "or ALIAS:PORT (or NAME_PORT_N_TCP=tcp://HOST:PORT)"
+)
+_REF_FORMS = "ALIAS, PORT or ALIAS:PORT"
+_MAX_OFFERED = 20
+_RESOLVED_KEPT = 256  # names remembered per catalog: a peer cannot make the memo grow forever
+
+
+def _show(text: str) -> str:
+    # repr escapes newlines and other unprintables, which keeps messages on one line.
+    return repr(text)
+
+
+def _check_text(text: str) -> None:
+    if text == "":
+        raise _Invalid("it is empty")
+    if any(char.isspace() for char in text):
+        raise _Invalid("it contains whitespace")
+
+
+def _parse_port(text: str) -> int:
+    if not _DIGITS.fullmatch(text):
+        raise _Invalid(f"{_show(text)} is not a port number")
+    # Checking the length first keeps int() away from absurdly long digit strings.
+    if len(text) > 5 or not 1 <= int(text) <= 65535:
+        shown = text if len(text) <= 12 else f"{text[:12]}..."
+        raise _Invalid(f"port {shown} is outside 1..65535")
+    return int(text)
+
+
+def _port_problem(port: int, listening: bool = False) -> str | None:
+    # Port 0 is only meaningful where we listen: the system picks a free port.
+    low = 0 if listening else 1
+    return None if low <= port <= 65535 else f"port {port} is outside {low}..65535"
+
+
+def _host_problem(host: str) -> str | None:
+    """Why ``host`` is not a usable host (None if it is); IPv6 comes without brackets."""
+    if host == "":
+        return "the host is missing"
+    if ":" in host:
+        # ipaddress takes any text as a zone (fe80::1%eth0); keeping zones to
+        # interface-name characters keeps '=' and ']' unambiguous in our forms.
+        _, percent, zone = host.partition("%")
+        try:
+            ipaddress.IPv6Address(host)
+            if percent and not _ZONE.fullmatch(zone):
+                raise ValueError(zone)
+        except ValueError:
+            return f"{_show(host)} is not a valid IPv6 address"
+        return None
+    if _DOTTED_NUMBERS.fullmatch(host):
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            return f"{_show(host)} is not a valid IPv4 address"
+        return None
+    if not _HOST_NAME.fullmatch(host):
+        return f"{_show(host)} is not a valid host name"
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    """A host and port, the host kept as written (a name, IPv4 or bare IPv6)."""
+
+    host: str
+    port: int
+
+    def __post_init__(self) -> None:
+        problem = _host_problem(self.host) or _port_problem(self.port, listening=True)
+        if problem is not None:
+            raise ValueError(problem)
+
+    def __str__(self) -> str:
+        return hostport(self.host, self.port)
+
+
+def _split_host_port(text: str) -> tuple[str, str | None]:
+    """Split ``host:port``, ``[v6]:port``, ``host`` or ``[v6]``; the port may be absent."""
+    if text.startswith("["):
+        close = text.find("]")
+        if close < 0:
+            raise _Invalid("an IPv6 address is missing its closing ']'")
+        host, rest = text[1:close], text[close + 1 :]
+        if ":" not in host:
+            raise _Invalid("brackets are only for IPv6 addresses")
+        if rest == "":
+            return host, None
+        if not rest.startswith(":"):
+            raise _Invalid("expected ':PORT' after ']'")
+        return host, rest[1:]
+    if text.count(":") > 1:
+        raise _Invalid("put an IPv6 address in brackets, like [::1]:6379")
+    host, colon, port = text.partition(":")
+    return host, (port if colon else None)
+
+
+def _parse_address(
+    text: str, default_port: int | None = None, default_host: str | None = None
+) -> Address:
+    _check_text(text)
+    if "://" in text:
+        raise _Invalid("expected HOST:PORT, not a URL")
+    bracketed = text.startswith("[")
+    host, port_text = _split_host_port(text)
+    if port_text is not None:
+        port = _parse_port(port_text)
+    elif not bracketed and _DIGITS.fullmatch(host):
+        if default_host is None:
+            raise _Invalid("the host is missing")
+        host, port = default_host, _parse_port(host)
+    elif default_port is not None:
+        port = default_port
+    else:
+        raise _Invalid("the port is missing")
+    problem = _host_problem(host)
+    if problem is not None:
+        raise _Invalid(problem)
+    return Address(host, port)
+
+
+def parse_address(
+    text: str, default_port: int | None = None, default_host: str | None = None
+) -> Address:
+    """Parse ``HOST:PORT`` or ``[IPV6]:PORT``.
+
+    With ``default_port`` a bare ``HOST`` is accepted; with ``default_host`` a bare
+    ``PORT`` is. Raises LinkError.
+    """
+    try:
+        return _parse_address(text, default_port, default_host)
+    except _Invalid as problem:
+        forms = ["HOST:PORT", "[IPV6]:PORT"]
+        if default_port is not None:
+            forms.append("HOST")
+        if default_host is not None:
+            forms.append("PORT")
+        raise LinkError(f"bad address {_show(text)}: {problem}; use {', '.join(forms)}") from None
+
+
+def _parse_ref(text: str) -> tuple[str | None, int | None]:
+    """Split a service reference into (alias, port); either may be absent, not both."""
+    _check_text(text)
+    if _DIGITS.fullmatch(text):
+        return None, _parse_port(text)
+    alias, colon, port_text = text.partition(":")
+    if not _ALIAS.fullmatch(alias):
+        raise _Invalid(
+            f"{_show(alias)} is not an alias (a letter, then letters, digits, '-' or '_', "
+            "at most 63)"
+        )
+    return alias.lower(), (_parse_port(port_text) if colon else None)
+
+
+def _canonical_ref(text: str) -> str:
+    alias, port = _parse_ref(text)
+    if alias is None:
+        return str(port)
+    return alias if port is None else f"{alias}:{port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Service:
+    """One catalog entry: what the client may ask for and where the server dials.
+
+    ``alias`` is lower case, or None for an entry linked by port alone. ``port`` is
+    the port announced to clients, usually but not necessarily ``target.port``.
+    """
+
+    alias: str | None
+    port: int
+    target: Address
+
+    def __post_init__(self) -> None:
+        if self.alias is not None and not (
+            _ALIAS.fullmatch(self.alias) and self.alias == self.alias.lower()
+        ):
+            raise ValueError(f"{_show(self.alias)} is not a lower-case alias")
+        problem = _port_problem(self.port)
+        if problem is not None:
+            raise ValueError(problem)
+
+    @property
+    def name(self) -> str:
+        """How the entry is usually called: its alias, or its port when it has none."""
+        return self.alias if self.alias is not None else str(self.port)
+
+    @property
+    def full_name(self) -> str:
+        """A reference that reaches this entry alone (``alias:port``, or the port)."""
+        return f"{self.alias}:{self.port}" if self.alias is not None else str(self.port)
+
+    def matches(self, ref: str) -> bool:
+        """Whether ``ref`` (ALIAS, PORT or ALIAS:PORT, any case) names this entry."""
+        try:
+            alias, port = _parse_ref(ref)
+        except _Invalid:
+            return False
+        return self._matches(alias, port)
+
+    def _matches(self, alias: str | None, port: int | None) -> bool:
+        return (alias is None or alias == self.alias) and (port is None or port == self.port)
+
+    def to_text(self) -> str:
+        """The ``--link`` value that parses back to this entry."""
+        if self.alias is None:
+            return f"{self.port}={self.target}"
+        if self.port == self.target.port:
+            return f"{self.alias}={self.target}"
+        return f"{self.alias}:{self.port}={self.target}"
+
+    def __str__(self) -> str:
+        return self.to_text()
+
+
+def _unique(services: Iterable[Service]) -> tuple[Service, ...]:
+    """Drop exact repeats; refuse two targets for the same (alias, port)."""
+    seen: dict[tuple[str | None, int], Service] = {}
+    for service in services:
+        key = (service.alias, service.port)
+        earlier = seen.setdefault(key, service)
+        if earlier.target != service.target:
+            raise LinkError(
+                f"conflicting links {earlier.to_text()} and {service.to_text()}: "
+                f"{service.full_name} can lead to only one target; keep one of them"
+            )
+    return tuple(seen.values())
+
+
+@dataclass(frozen=True, slots=True)
+class Catalog:
+    """The services a server offers, in the order first given, without repeats."""
+
+    entries: tuple[Service, ...] = ()
+    # What resolve() found for a name, so a busy service's streams skip the parsing.
+    _resolved: dict[str, Service] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        # Normalising here means every Catalog, however built, is free of repeats.
+        object.__setattr__(self, "entries", _unique(self.entries))
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __iter__(self) -> Iterator[Service]:
+        return iter(self.entries)
+
+    def merge(self, *others: Iterable[Service]) -> Catalog:
+        """This catalog followed by more entries (LinkError on a conflict)."""
+        services = list(self.entries)
+        for other in others:
+            services.extend(other)
+        return Catalog(tuple(services))
+
+    def describe(self) -> list[dict[str, str | int | None]]:
+        """What the server announces: names only, never where they lead."""
+        return [{"alias": service.alias, "port": service.port} for service in self.entries]
+
+    def resolve(self, ref: str) -> Service:
+        """The one entry ``ref`` names; UnknownService or AmbiguousService otherwise."""
+        found = self._resolved.get(ref)
+        if found is None:
+            found = self._resolve(ref)
+            if len(self._resolved) < _RESOLVED_KEPT:
+                self._resolved[ref] = found
+        return found
+
+    def _resolve(self, ref: str) -> Service:
+        try:
+            alias, port = _parse_ref(ref)
+        except _Invalid as problem:
+            raise UnknownService(
+                f"no service {_show(ref)}: {problem}; name it as {_REF_FORMS} ({self._offer()})"
+            ) from None
+        found = [service for service in self.entries if service._matches(alias, port)]
+        if alias is None:
+            # A bare port is the whole name of an entry linked by port alone;
+            # preferring it gives that entry a name nothing else shares.
+            found = [service for service in found if service.alias is None] or found
+        if not found:
+            raise UnknownService(f"no service {_show(ref)}; {self._offer()}")
+        if len(found) > 1:
+            names = ", ".join(service.full_name for service in found)
+            raise AmbiguousService(
+                f"service {_show(ref)} could be any of {names}; "
+                f"name it as alias:port, e.g. {found[0].full_name}"
+            )
+        return found[0]
+
+    def _offer(self) -> str:
+        if not self.entries:
+            return "no services are linked"
+        names = [service.full_name for service in self.entries]
+        more = len(names) - _MAX_OFFERED
+        listed = ", ".join(names[:_MAX_OFFERED]) + (f" and {more} more" if more > 0 else "")
+        return f"offered: {listed}"
+
+
+def parse_link(text: str) -> Service:
+    """Parse a ``--link`` value into a catalog entry; raises LinkError."""
+    try:
+        _check_text(text)
+        name, equals, target_text = text.partition("=")
+        if not equals:
+            raise _Invalid("'=' is missing")
+        if name == "":
+            raise _Invalid("the alias or port before '=' is missing")
+        if target_text == "":
+            raise _Invalid("the HOST:PORT after '=' is missing")
+        alias, port = _parse_ref(name)
+        target = _parse_address(target_text)
+    except _Invalid as problem:
+        raise LinkError(f"bad link {_show(text)}: {problem}; use {_LINK_FORMS}") from None
+    return Service(alias, target.port if port is None else port, target)
+
+
+def _imported_by_docker(alias: str, environ: Mapping[str, str]) -> bool:
+    """Whether ``<X>_ENV_...`` is linked container X's environment, re-exported by Docker."""
+    start = alias.find("_ENV_")
+    while start >= 0:
+        if f"{alias[:start]}_NAME" in environ:
+            return True
+        start = alias.find("_ENV_", start + 1)
+    return False
+
+
+def _link_variables(environ: Mapping[str, str]) -> Iterator[tuple[str, str, int]]:
+    """Yield (variable name, alias, port) for each Docker link variable of ours."""
+    for name in sorted(environ):
+        if name.startswith(_NOT_LINKS):
+            continue
+        match = _LINK_VARIABLE.fullmatch(name)
+        if match is None or _imported_by_docker(match[1], environ):
+            continue
+        yield name, *_link_name_parts(name)
+
+
+def _link_name_parts(name: str) -> tuple[str, int]:
+    """(alias, port) from a variable name of the form ``<ALIAS>_PORT_<N>_TCP``."""
+    match = _LINK_VARIABLE.fullmatch(name)
+    try:
+        if match is None:
+            raise _Invalid("the name is not of the form ALIAS_PORT_N_TCP")
+        if len(match[1]) > 63:
+            raise _Invalid("the alias is longer than 63 characters")
+        return match[1].lower(), _parse_port(match[2])
+    except _Invalid as problem:
+        raise LinkError(f"bad link variable {name}: {problem}") from None
+
+
+def _parse_tcp_url(name: str, value: str) -> Address:
+    try:
+        _check_text(value)
+        if not value.lower().startswith(_TCP_SCHEME):
+            raise _Invalid("it is not a tcp:// URL (the tunnel carries TCP only)")
+        return _parse_address(value[len(_TCP_SCHEME) :])
+    except _Invalid as problem:
+        raise LinkError(
+            f"bad link variable {name}={_show(value)}: {problem}; "
+            "Docker writes it as tcp://HOST:PORT"
+        ) from None
+
+
+def links_from_env(environ: Mapping[str, str]) -> Catalog:
+    """The catalog described by Docker link variables (``REDIS_PORT_6379_TCP=...``)."""
+    return Catalog(tuple(service for _, service in named_links_from_env(environ)))
+
+
+def named_links_from_env(environ: Mapping[str, str]) -> list[tuple[str, Service]]:
+    """Each Docker link variable's name with the catalog entry it describes (repeats kept)."""
+    return [
+        (name, Service(alias, port, _parse_tcp_url(name, environ[name])))
+        for name, alias, port in _link_variables(environ)
+    ]
+
+
+def named_seed_links_from_env(environ: Mapping[str, str]) -> list[tuple[str, SeedLink]]:
+    """Each Docker link variable's name with what it asks the client to expose."""
+    return [
+        (name, parse_seed_variable(name, environ[name])) for name, _, _ in _link_variables(environ)
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class ExposeSpec:
+    """One service the client listens for locally.
+
+    ``bind`` None means the ``--bind`` default; ``port`` None means the service's
+    own port from the catalog. ``service`` is a reference (ALIAS, PORT or
+    ALIAS:PORT), kept in canonical form; a bare-port service with no local port
+    listens on that same port.
+    """
+
+    bind: str | None
+    port: int | None
+    service: str
+    # References to try, in order, when the server does not offer ``service``: the seed's
+    # form names a service that the server may have linked by alias, by port or both.
+    alternatives: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        try:
+            service = _canonical_ref(self.service)
+            alternatives = tuple(_canonical_ref(ref) for ref in self.alternatives)
+        except _Invalid as invalid:
+            raise ValueError(str(invalid)) from None
+        object.__setattr__(self, "service", service)
+        object.__setattr__(self, "alternatives", alternatives)
+        if alternatives and self.port is None:
+            raise ValueError("a service with alternatives needs a local port")
+        if self.port is None and _DIGITS.fullmatch(service):
+            object.__setattr__(self, "port", int(service))
+        if self.port is None:
+            if self.bind is not None:
+                raise ValueError("a bind address needs a local port")
+            return
+        problem = _port_problem(self.port, listening=True)
+        if problem is None and self.bind is not None:
+            problem = _host_problem(self.bind)
+        if problem is not None:
+            raise ValueError(problem)
+
+    @property
+    def refs(self) -> tuple[str, ...]:
+        """Every reference to ask the catalog for, preferred first."""
+        return (self.service, *self.alternatives)
+
+    def to_text(self) -> str:
+        """The ``--expose`` value that parses back to this entry (its first reference only,
+        when it has alternatives: those come from a link variable, which names a host)."""
+        if self.port is None:
+            return self.service
+        if self.bind is not None:
+            return f"{Address(self.bind, self.port)}={self.service}"
+        if self.service == str(self.port):
+            return self.service
+        return f"{self.port}={self.service}"
+
+    def __str__(self) -> str:
+        return self.to_text()
+
+
+@dataclass(frozen=True, slots=True)
+class SeedLink:
+    """A Docker link variable read on the client: the server's host, and what to expose.
+
+    The URL's port is the port at which that host published the service (where the
+    seed's remote ambassador listened); the tunnel itself is reached on the tunnel port.
+    """
+
+    remote_host: str
+    expose: ExposeSpec
+
+
+def parse_seed_variable(name: str, value: str) -> SeedLink:
+    """Read ``REDIS_PORT_1234_TCP=tcp://192.168.1.52:6379`` as the seed did: "forward local
+    port 1234 to the service 192.168.1.52 published on 6379", asking the server for
+    ``redis:6379``, then ``6379``, then ``redis``. Raises LinkError naming the variable."""
+    alias, local_port = _link_name_parts(name)
+    remote = _parse_tcp_url(name, value)
+    published = remote.port
+    spec = ExposeSpec(None, local_port, f"{alias}:{published}", (str(published), alias))
+    return SeedLink(remote.host, spec)
+
+
+def _parse_local(text: str) -> tuple[str | None, int]:
+    """Where to listen: ``PORT`` (on the --bind default) or ``BIND:PORT``."""
+    if _DIGITS.fullmatch(text):
+        return None, _parse_port(text)
+    try:
+        address = _parse_address(text)
+    except _Invalid as problem:
+        raise _Invalid(f"local side {_show(text)}: {problem}") from None
+    return address.host, address.port
+
+
+def _parse_expose(text: str) -> ExposeSpec | SeedLink:
+    try:
+        _check_text(text)
+        local, equals, service = text.partition("=")
+        if not equals:
+            return ExposeSpec(None, None, _canonical_ref(text))
+        if "://" in service or _LINK_VARIABLE.fullmatch(local):
+            if not _LINK_VARIABLE.fullmatch(local):
+                raise _Invalid("a URL belongs after a variable name such as REDIS_PORT_6379_TCP")
+            return parse_seed_variable(local, service)
+        if local == "" or service == "":
+            raise _Invalid("both sides of '=' are needed")
+        bind, port = _parse_local(local)
+        return ExposeSpec(bind, port, _canonical_ref(service))
+    except _Invalid as problem:
+        raise LinkError(f"bad expose {_show(text)}: {problem}; use {_EXPOSE_FORMS}") from None
+
+
+def parse_expose(text: str) -> ExposeSpec:
+    """Parse an ``--expose`` value (a Docker link variable too); raises LinkError."""
+    parsed = _parse_expose(text)
+    return parsed.expose if isinstance(parsed, SeedLink) else parsed
+
+
+def _one_host(
+    hosts: list[tuple[str, str]], specs: Iterable[ExposeSpec]
+) -> tuple[str | None, list[ExposeSpec]]:
+    """The single remote host among (host, where it came from), and the specs without repeats."""
+    distinct: dict[str, str] = {}
+    for host, source in hosts:
+        # Host names are case-insensitive; the first spelling seen is the one kept.
+        distinct.setdefault(host.lower(), f"{host} ({source})")
+    if len(distinct) > 1:
+        raise LinkError(
+            f"link variables point at different hosts: {', '.join(distinct.values())}; "
+            "a client tunnels to one server, so keep the variables for one host"
+        )
+    return (hosts[0][0] if hosts else None), _one_per_local_port(specs)
+
+
+def _one_per_local_port(specs: Iterable[ExposeSpec]) -> list[ExposeSpec]:
+    """The specs without repeats, and one link variable per local port.
+
+    Docker writes one variable per alias, so a container linked under two aliases gives
+    two variables for one local port: they are one listener when they name the same
+    published port (the first alias is asked for first), and an error when they do not.
+    """
+    kept: dict[ExposeSpec, None] = {}
+    seeds: dict[tuple[str | None, int | None], ExposeSpec] = {}
+    for spec in specs:
+        if spec.alternatives:
+            earlier = seeds.setdefault((spec.bind, spec.port), spec)
+            if earlier is not spec:
+                if earlier.alternatives[0] != spec.alternatives[0]:
+                    raise LinkError(
+                        f"two link variables want local port {spec.port}, one for "
+                        f"{earlier.service} and one for {spec.service}; keep one of them"
+                    )
+                continue
+        kept.setdefault(spec, None)
+    return list(kept)
+
+
+def seed_links_from(texts: Iterable[str]) -> tuple[str | None, list[ExposeSpec]]:
+    """Parse ``--expose`` values; the remote host is the one their seed forms name.
+
+    The host is None when no value is a link variable. Raises LinkError, also when
+    link variables name different hosts.
+    """
+    hosts: list[tuple[str, str]] = []
+    specs: list[ExposeSpec] = []
+    for text in texts:
+        parsed = _parse_expose(text)
+        if isinstance(parsed, SeedLink):
+            hosts.append((parsed.remote_host, text.partition("=")[0]))
+            parsed = parsed.expose
+        specs.append(parsed)
+    return _one_host(hosts, specs)
+
+
+def seed_links_from_env(environ: Mapping[str, str]) -> tuple[str | None, list[ExposeSpec]]:
+    """The remote host and expose list given by Docker link variables on the client.
+
+    The host is None when there are no link variables. Raises LinkError, also when
+    they name different hosts.
+    """
+    seeds = named_seed_links_from_env(environ)
+    hosts = [(seed.remote_host, name) for name, seed in seeds]
+    return _one_host(hosts, (seed.expose for _, seed in seeds))

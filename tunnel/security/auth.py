@@ -36,7 +36,7 @@ import stat
 from pathlib import Path
 
 from tunnel.errors import ConfigError
-from tunnel.protocol.handshake import BOUND_SINCE as BOUND_SINCE  # a rule of the protocol
+from tunnel.protocol.handshake import BOUND_SINCE  # a rule of the protocol, proved here
 
 NONCE_SIZE = 32
 _CONTEXTS = {1: b"ambassador token v1", 2: b"ambassador token v2"}

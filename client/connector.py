@@ -25,17 +25,13 @@ from tunnel.aio.transport import StreamHandler, TunnelConnection, clock
 from tunnel.errors import Reason, RemoteProtocolError
 from tunnel.operations import metrics
 from tunnel.operations.oserrors import connect_error
+from tunnel.protocol.handshake import ClientHandshake, Failed, Notice, Step, TokenProofs, Welcomed
 from tunnel.protocol.messages import (
     MAX_CATALOG,
-    SUPPORTED_VERSIONS,
-    Auth,
     CatalogChanged,
-    Challenge,
     GoingAway,
-    Hello,
     Message,
     MessageReader,
-    Refusal,
     ServiceInfo,
     Welcome,
     encode_message,
@@ -69,16 +65,17 @@ class ConnectFailed(Exception):
 class ControlClient:
     """The client's end of the control stream.
 
-    Until the welcome, messages queue up for the connector's handshake; after it, they go to
-    ``on_message`` (catalog changes, notices of going away).
+    Each message goes to the handshake machine as it arrives, and what it answers (the proof)
+    is sent at once. Until the welcome, its steps queue up for the connector, which waits for
+    them; after it, notices (catalog changes, going away) go to ``on_message``.
     """
 
-    def __init__(self, on_message: Callable[[Message], None]) -> None:
+    def __init__(self, handshake: ClientHandshake, on_message: Callable[[Message], None]) -> None:
         self.tunnel: TunnelConnection | None = None
         self.stream_id = 0
         self.reader = MessageReader()
-        self.handshake: asyncio.Queue[Message | ConnectFailed] = asyncio.Queue()
-        self.welcomed = False
+        self.handshake = handshake
+        self.steps: asyncio.Queue[Step | ConnectFailed] = asyncio.Queue()
         self._on_message = on_message
 
     def on_data(self, data: bytes | bytearray) -> None:
@@ -90,19 +87,21 @@ class ControlClient:
             self.tunnel.close(f"bad control message: {shown(str(exc))}")
             return
         for message in messages:
-            if self.welcomed:
-                self._on_message(message)
-            else:
-                self.handshake.put_nowait(message)
-                self.welcomed = isinstance(message, Welcome)
+            step = self.handshake.receive(message)
+            for answer in step.send:
+                self.tunnel.send(self.stream_id, encode_message(answer))
+            if isinstance(step.event, Notice):
+                self._on_message(step.event.message)
+            elif not self.handshake.welcomed or isinstance(step.event, Welcomed):
+                self.steps.put_nowait(step)
 
     def on_end(self) -> None:
         pass
 
     def on_reset(self, reason: str) -> None:
-        if not self.welcomed:
+        if not self.handshake.welcomed:
             reason = reason.removeprefix("tunnel closed: ")
-            self.handshake.put_nowait(ConnectFailed(reason, "handshake_closed"))
+            self.steps.put_nowait(ConnectFailed(reason, "handshake_closed"))
         elif self.tunnel is not None and self.tunnel.is_open:
             self.tunnel.close(f"control stream {reason}")
 
@@ -122,6 +121,18 @@ def find_service(catalog: tuple[ServiceInfo, ...], ref: str) -> ServiceInfo | No
     if port is not None and not alias:
         found = [s for s in found if s.alias is None] or found
     return found[0] if len(found) == 1 else None
+
+
+def _proofs(
+    token: tuple[str, bytes], nonce: bytes, binding: bytes, version: int, server_nonce: bytes
+) -> TokenProofs:
+    """The client's proof of ``token`` for one challenge, and the server's it expects."""
+    name, secret = token
+    args = (secret, name, nonce, server_nonce)
+    return TokenProofs(
+        auth.client_proof(*args, version=version, binding=binding),
+        auth.server_proof(*args, version=version, binding=binding),
+    )
 
 
 def _refuse_server_stream(tunnel: TunnelConnection, stream_id: int) -> StreamHandler | None:
@@ -386,72 +397,34 @@ class Connector:
             await self._tls_handshake(remote, layer, tunnel)
             binding = server_end_point(peer_certificate(layer.ssl_object))
         tunnel.on_rtt = metrics.RTT.labels(str(remote)).set
-        control = ControlClient(self._on_message)
-        control.tunnel = tunnel
-        control.stream_id = tunnel.open_stream(control)
         token = self.config.token
         nonce = os.urandom(auth.NONCE_SIZE) if token else b""
-        versions: tuple[int, ...] = SUPPORTED_VERSIONS
-        if token and layer is not None:
-            # A token over TLS is proved only bound to it: offering version 1 as well would
-            # let a man in the middle pick it (docs/protocol.md).
-            versions = tuple(v for v in SUPPORTED_VERSIONS if v >= auth.BOUND_SINCE)
-        hello = Hello(
-            versions, self.config.name, f"ambassador/{__version__}",
-            token[0] if token else None, nonce,
-        )  # fmt: skip
-        tunnel.send(control.stream_id, encode_message(hello))
-        message = await self._next(remote, control, tunnel)
-        if isinstance(message, Challenge) and token is not None:
-            version = message.version
-            if version not in versions:
-                tunnel.close("challenge of a version not offered")
-                raise ConnectFailed(
-                    f"{remote} asked for a token proof of protocol {version}, which this client "
-                    f"did not offer ({list(versions)}); is something in the path rewriting "
-                    "the hello?", "protocol_error",
-                )  # fmt: skip
-            secret, name = token[1], token[0]
-            proof = auth.client_proof(
-                secret, name, nonce, message.nonce, version=version, binding=binding
-            )
-            tunnel.send(control.stream_id, encode_message(Auth(proof)))
-            server_nonce = message.nonce
-            message = await self._next(remote, control, tunnel)
-            if isinstance(message, Welcome):
-                expected = auth.server_proof(
-                    secret, name, nonce, server_nonce, version=version, binding=binding
-                )
-                if message.version != version or not auth.proofs_match(expected, message.proof):
-                    tunnel.close("server proof mismatch")
-                    relayed = " (or is the connection relayed?)" if binding else ""
-                    raise ConnectFailed(
-                        f"{remote} did not prove it knows the token {token[0]!r}; "
-                        f"is it the right server{relayed}?", "auth_failed",
-                    )  # fmt: skip
-        elif isinstance(message, Welcome) and token is not None:
-            tunnel.close("server skipped the token exchange")
-            raise ConnectFailed(
-                f"{remote} did not ask for the token {token[0]!r}: it runs without "
-                "--token-file, so it cannot prove it is the right server", "auth_failed",
-            )  # fmt: skip
-        if isinstance(message, Welcome):
-            return tunnel, message
-        tunnel.close("hello refused")
-        if isinstance(message, Refusal):
-            raise ConnectFailed(
-                f"{remote} refused this client: {shown(message.text)}", message.reason.label
-            )
-        raise ConnectFailed(
-            f"{remote} answered the hello with {type(message).__name__}", "protocol_error"
+        handshake = ClientHandshake(
+            name=self.config.name,
+            software=f"ambassador/{__version__}",
+            token_name=token[0] if token else None,
+            nonce=nonce,
+            bound=layer is not None,
+            prove=partial(_proofs, token, nonce, binding) if token else None,
         )
+        control = ControlClient(handshake, self._on_message)
+        control.tunnel = tunnel
+        control.stream_id = tunnel.open_stream(control)
+        tunnel.send(control.stream_id, encode_message(handshake.hello))
+        while True:  # each message the server owes gets the handshake timeout
+            event = (await self._next(remote, control, tunnel)).event
+            if isinstance(event, Welcomed):
+                return tunnel, event.welcome
+            if isinstance(event, Failed):
+                tunnel.close(event.close_reason)
+                raise ConnectFailed(f"{remote} {event.text}", event.label)
 
     async def _next(
         self, remote: Address, control: ControlClient, tunnel: TunnelConnection
-    ) -> Message:
-        """The next handshake message, or ConnectFailed saying why there is none."""
+    ) -> Step:
+        """The handshake's next step, or ConnectFailed saying why there is none."""
         tls = self.config.tls
-        getting = asyncio.ensure_future(control.handshake.get())
+        getting = asyncio.ensure_future(control.steps.get())
         try:
             async with asyncio.timeout(self.config.handshake_timeout):
                 done, _ = await asyncio.wait(

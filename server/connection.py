@@ -30,21 +30,14 @@ from tunnel.errors import Reason, RemoteProtocolError
 from tunnel.operations import metrics
 from tunnel.operations.logonce import Throttled
 from tunnel.protocol.frames import GoAwayCode
+from tunnel.protocol.handshake import Refused, ServerHandshake, TokenAttempt, Violation, Welcomed
 from tunnel.protocol.messages import (
-    MAX_NAME,
-    SUPPORTED_VERSIONS,
-    Auth,
     CatalogChanged,
-    Challenge,
     GoingAway,
-    Hello,
     Message,
     MessageReader,
-    Refusal,
     ServiceInfo,
-    Welcome,
     encode_message,
-    negotiate_version,
 )
 from tunnel.protocol.peertext import NAME_LIMIT, quoted, shown
 from tunnel.protocol.session import Role, Session
@@ -95,7 +88,7 @@ class ServerConnection:
         self.control_id: int | None = None
         self.client_name = ""  # what the hello called the client: a remark, never an identity
         self._early_streams = 0  # streams opened before the hello was answered (all reset)
-        self.welcomed = False
+        self.handshake: ServerHandshake | None = None  # made when the control stream opens
         self.refused = False  # the hello was refused (and logged as such)
         self.closing = False  # close_with was called: said once, counted once
         self.broken = False  # the peer broke the protocol: nothing more it says is heard
@@ -106,9 +99,6 @@ class ServerConnection:
         self._dials = 0  # how many: at most max_pending_dials
         # Streams waiting for a dial slot, oldest first, each with the timer that gives up.
         self._waiting: dict[BackendStream, asyncio.TimerHandle] = {}
-        self._hello: Hello | None = None
-        self._version = 0
-        self._server_nonce = b""
         self.shown: tuple[ServiceInfo, ...] = ()
         self._reachable = Catalog()
         self._reachable_for: object = None  # the configuration _reachable was computed from
@@ -119,6 +109,10 @@ class ServerConnection:
     @property
     def identity(self) -> str:
         return self.cert_name or self.token_name or ANONYMOUS
+
+    @property
+    def welcomed(self) -> bool:
+        return self.handshake is not None and self.handshake.welcomed
 
     @property
     def catalog(self) -> Catalog:
@@ -200,6 +194,7 @@ class ServerConnection:
     def _accept(self, tunnel: TunnelConnection, stream_id: int) -> StreamHandler | None:
         if self.control_id is None:
             self.control_id = stream_id
+            self._start_handshake()
             return ControlChannel(self, stream_id)
         if not self.welcomed:
             self._early_streams += 1
@@ -280,84 +275,66 @@ class ServerConnection:
 
     # ------------------------------------------------------------ the hello
 
-    def on_hello(self, hello: Hello) -> None:
-        self.client_name = hello.name
-        version = negotiate_version(hello.versions)
-        if version is None:
-            self.refuse(
-                Reason.VERSION_MISMATCH,
-                f"no common protocol version: client speaks {list(hello.versions)}, "
-                f"server speaks {list(SUPPORTED_VERSIONS)}; upgrade the older side",
-            )
-            return
-        self._hello, self._version = hello, version
-        tokens = self.server.tokens
-        if hello.token_name is not None and tokens is not None:
-            if self.tls_done and version < auth.BOUND_SINCE:
-                # Never an unbound proof over TLS: a man in the middle could strip the newer
-                # versions from the hello to get one it can relay (docs/protocol.md).
-                self.refuse(
-                    Reason.VERSION_MISMATCH,
-                    f"a token over TLS needs protocol {auth.BOUND_SINCE}, which binds it to the "
-                    f"TLS connection; the client speaks {list(hello.versions)}: upgrade the client",
-                )
-                return
-            self._server_nonce = os.urandom(auth.NONCE_SIZE)
-            self._send(Challenge(self._server_nonce, version))
-            return
-        if tokens is not None and self.cert_name is None:
-            self.refuse(
-                Reason.AUTH_FAILED,
-                "this server requires a token or a client certificate; give the client "
-                "--token-file (or --tls-cert/--tls-key)",
-            )
-            return
-        self._welcome(proof=b"")
-
-    def on_auth(self, message: Auth) -> None:
-        hello, tokens = self._hello, self.server.tokens
-        if hello is None or hello.token_name is None or tokens is None or not self._server_nonce:
-            self.protocol_error("auth message without a challenge")
-            return
-        name = hello.token_name
-        secret = tokens.get(name)
-        server_nonce, self._server_nonce = self._server_nonce, b""  # one answer per challenge
-        version, binding = self._version, self.channel_binding
-        expected = auth.client_proof(
-            secret or b"?", name, hello.nonce, server_nonce, version=version, binding=binding
+    def _start_handshake(self) -> None:
+        """The handshake machine, made when the control stream opens: by then TLS (if any)
+        is done, so the certificate's name and the channel binding are known."""
+        self.handshake = ServerHandshake(
+            server_name=self.server.config.name,
+            nonce=os.urandom(auth.NONCE_SIZE),
+            identity=self.identity,
+            certified=self.cert_name is not None,
+            tokens=self.server.tokens is not None,
+            bound=self.tls_done,
+            verify=self._verify,
+            offer=self._offer,
         )
-        if secret is None or not auth.proofs_match(expected, message.proof):
-            # A right token proved on another TLS connection fails here too: the server cannot
-            # tell the two apart, so the line names both.
-            relayed = (
-                ", or the client proved it to another TLS endpoint that relays this connection "
-                "(channel binding mismatch: a man in the middle?)"
-                if binding
-                else ""
-            )
-            self.refuse(Reason.AUTH_FAILED, f"wrong or unknown token for {quoted(name)}{relayed}")
-            return
+
+    def on_message(self, message: Message) -> None:
+        """A message on the control stream: the handshake says what to answer."""
+        assert self.handshake is not None
+        step = self.handshake.receive(message)
+        if self.handshake.hello is not None:
+            self.client_name = self.handshake.hello.name
+        event = step.event
+        if isinstance(event, Violation):
+            self.protocol_error(event.text)
+        elif isinstance(event, Refused):
+            self._refusing(event)
+        elif isinstance(event, Welcomed):
+            self._welcomed(event)
+        for answer in step.send:
+            self._send(answer)
+        if isinstance(event, Refused):  # after the Refusal: the Go Away follows it
+            self._go_away_after_flush()
+            self.loop.call_later(REFUSAL_GRACE, self.tunnel.close, event.reason.label)
+
+    def _verify(self, attempt: TokenAttempt) -> bytes | None:
+        """The server's proof if the client proved its token, else None."""
+        tokens = self.server.tokens
+        secret = None if tokens is None else tokens.get(attempt.name)
+        name, binding = attempt.name, self.channel_binding
+        args = (name, attempt.client_nonce, attempt.server_nonce)
+        expected = auth.client_proof(secret or b"?", *args, version=attempt.version,
+                                     binding=binding)  # fmt: skip
+        if secret is None or not auth.proofs_match(expected, attempt.proof):
+            return None
         self.token_name = name
         self.token_fingerprint = auth.fingerprint(secret)
-        self._welcome(
-            auth.server_proof(
-                secret, name, hello.nonce, server_nonce, version=version, binding=binding
-            )
-        )
+        return auth.server_proof(secret, *args, version=attempt.version, binding=binding)
 
-    def _welcome(self, proof: bytes) -> None:
+    def _offer(self, identity: str) -> tuple[ServiceInfo, ...] | None:
         access = self.server.config.access
-        if access.enabled and not access.visible(self.identity, self.catalog):
-            self.refuse(Reason.NOT_ALLOWED, f"{quoted(self.identity)} may reach no service here")
-            return
+        visible = access.visible(identity, self.catalog)
+        if access.enabled and not visible:
+            return None
+        return catalog_info(visible)
+
+    def _welcomed(self, event: Welcomed) -> None:
         self._hello_timer.cancel()
-        self.welcomed = True
         self._reachable_for = None  # the identity is settled now
         self.tunnel.session.unguard()
         self._authenticated()
-        self.shown = catalog_info(self.server.config.access.visible(self.identity, self.catalog))
-        identity = self.identity[:MAX_NAME]  # the client's to show: which identity we saw
-        self._send(Welcome(self._version, self.server.config.name, self.shown, proof, identity))
+        self.shown = event.welcome.catalog
         metrics.SESSIONS.labels("server").inc()
         metrics.SESSIONS_OPEN.labels("server").inc()
         # This client's round trip, one series per session, removed when the session ends.
@@ -369,18 +346,15 @@ class ServerConnection:
         calls = f", {self.calls_itself}" if self.client_name else ""
         log.info(
             "session up with %s as %s, protocol %d, %d of %d services offered%s",
-            self.peer_name, self.who, self._version, len(self.shown), len(self.catalog), calls,
+            self.peer_name, self.who, event.welcome.version, len(self.shown), len(self.catalog),
+            calls,
         )  # fmt: skip
 
-    def refuse(self, reason: Reason, text: str) -> None:
-        """Refuse the hello: say why on the control stream, then go away."""
+    def _refusing(self, event: Refused) -> None:
         calls = f" ({self.calls_itself})" if self.client_name else ""
-        log.warning("refused %s%s: %s", self.peer_name, calls, shown(text))
+        log.warning("refused %s%s: %s", self.peer_name, calls, shown(event.text))
         self.refused = True
-        metrics.SESSION_ENDS.labels("server", reason.label).inc()
-        self._send(Refusal(reason, text))
-        self._go_away_after_flush()
-        asyncio.get_running_loop().call_later(REFUSAL_GRACE, self.tunnel.close, reason.label)
+        metrics.SESSION_ENDS.labels("server", event.reason.label).inc()
 
     # ------------------------------------------------------- while running
 
@@ -501,18 +475,7 @@ class ControlChannel:
         for message in messages:
             if self.owner.broken:
                 return
-            self._handle(message)
-
-    def _handle(self, message: Message) -> None:
-        owner = self.owner
-        if isinstance(message, Hello):
-            if owner._hello is not None or owner.welcomed:
-                owner.protocol_error("second hello on the control stream")
-            else:
-                owner.on_hello(message)
-        elif isinstance(message, Auth) and not owner.welcomed:
-            owner.on_auth(message)
-        # Messages this version does not act on are ignored (forward compatibility).
+            self.owner.on_message(message)
 
     def on_end(self) -> None:
         self.owner.tunnel.end(self.stream_id)

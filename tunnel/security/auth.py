@@ -36,9 +36,9 @@ import stat
 from pathlib import Path
 
 from tunnel.errors import ConfigError
+from tunnel.protocol.handshake import BOUND_SINCE  # a rule of the protocol, proved here
 
 NONCE_SIZE = 32
-BOUND_SINCE = 2  # the first protocol version whose proofs cover the channel binding
 _CONTEXTS = {1: b"ambassador token v1", 2: b"ambassador token v2"}
 
 

@@ -1,0 +1,368 @@
+"""The control handshake, one state machine per role: messages in, messages and events out.
+
+The exchange on the control stream (``docs/protocol.md``)::
+
+    client -> server   Hello      versions, name, and a token's name and nonce if it has one
+    server -> client   Challenge  the server's nonce and the version chosen   (token only)
+    client -> server   Auth       the client's proof                          (token only)
+    server -> client   Welcome    version, identity, catalog (and the server's proof)
+                    or Refusal    reason and text; a Go Away follows
+
+then, on the client, :class:`CatalogChanged` and :class:`GoingAway` notices. Each machine is a
+small table of states; a message a state does not expect from the peer is a protocol error
+(:class:`Violation` on the server, :class:`Failed` on the client), except messages this version
+does not act on, which are ignored so that later versions can add some.
+
+Nothing here computes a proof or draws a nonce: the roles pass in their nonce and callables
+built on :mod:`tunnel.security.auth`, which knows the secrets and the TLS channel binding. The
+server's timeout for the whole hello is a connection deadline and stays with its adapter; the
+client's per-message wait is its adapter's too.
+"""
+
+from __future__ import annotations
+
+import enum
+import hmac
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from tunnel.errors import Reason
+from tunnel.protocol.messages import (
+    MAX_NAME,
+    SUPPORTED_VERSIONS,
+    Auth,
+    CatalogChanged,
+    Challenge,
+    GoingAway,
+    Hello,
+    Message,
+    Refusal,
+    ServiceInfo,
+    Welcome,
+    negotiate_version,
+)
+from tunnel.protocol.peertext import quoted, shown
+
+# The first version whose token proofs cover the TLS channel binding. A token is never proved
+# unbound over TLS: a man in the middle could strip the newer versions from the hello to get a
+# proof it can relay.
+BOUND_SINCE = 2
+
+
+class State(enum.Enum):
+    HELLO = "hello"  # server: waiting for the hello; client: the hello is sent
+    CHALLENGED = "challenged"  # server: challenge sent; client: proof sent
+    WELCOMED = "welcomed"
+    REFUSED = "refused"  # server: said why; client: the handshake failed
+    BROKEN = "broken"  # server: the peer broke the protocol, nothing more it says is heard
+
+
+# ------------------------------------------------------------------ events
+
+
+@dataclass(frozen=True, slots=True)
+class Welcomed:
+    """The session is up (server: the Welcome is being sent; client: it was received)."""
+
+    welcome: Welcome
+    token_name: str | None  # the token proved in this handshake, if any
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """Server: the hello is refused; the Refusal is being sent and the session must end."""
+
+    reason: Reason
+    text: str  # may quote the peer's names (escaped): still bound it when logging
+
+
+@dataclass(frozen=True, slots=True)
+class Violation:
+    """Server: the client broke the protocol; nothing is sent, the session must end."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """Client: the handshake failed; close the tunnel with ``close_reason``."""
+
+    label: str  # short reason for metrics ("auth_failed", "protocol_error", a Reason's label)
+    text: str  # one line for the user, to follow the remote's name
+    close_reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Notice:
+    """Client, after the welcome: the server sent a new catalog or is going away."""
+
+    message: CatalogChanged | GoingAway
+
+
+Event = Welcomed | Refused | Violation | Failed | Notice
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """What one received message leads to: messages to send (in order), then an event."""
+
+    send: tuple[Message, ...] = ()
+    event: Event | None = None
+
+
+NOTHING = Step()
+
+
+# ------------------------------------------------------------------ server
+
+
+@dataclass(frozen=True, slots=True)
+class TokenAttempt:
+    """A client's answer to a challenge, for the server's ``verify`` to check."""
+
+    name: str
+    client_nonce: bytes
+    server_nonce: bytes
+    version: int
+    proof: bytes
+
+
+# The server's own proof when ``attempt`` proves its token, else None (unknown or wrong).
+Verify = Callable[[TokenAttempt], bytes | None]
+# The catalog an identity is shown, or None when it may reach nothing (access rules).
+Offer = Callable[[str], tuple[ServiceInfo, ...] | None]
+
+
+class ServerHandshake:
+    """The server's side of one control stream's handshake."""
+
+    def __init__(
+        self,
+        *,
+        server_name: str,
+        nonce: bytes,
+        identity: str,
+        certified: bool,
+        tokens: bool,
+        bound: bool,
+        verify: Verify,
+        offer: Offer,
+        versions: tuple[int, ...] = SUPPORTED_VERSIONS,
+    ) -> None:
+        """``identity``: the client's before any token (its certificate's name, or the
+        anonymous one); ``certified``: it has a certificate, which a token does not override;
+        ``tokens``: this server has a token file; ``bound``: the connection is TLS, whose
+        binding token proofs must cover."""
+        self.state = State.HELLO
+        self.hello: Hello | None = None
+        self.version = 0
+        self.identity = identity
+        self._server_name = server_name
+        self._nonce = nonce
+        self._certified = certified
+        self._tokens = tokens
+        self._bound = bound
+        self._verify = verify
+        self._offer = offer
+        self._versions = versions
+
+    @property
+    def welcomed(self) -> bool:
+        return self.state is State.WELCOMED
+
+    def receive(self, message: Message) -> Step:
+        if self.state is State.BROKEN:
+            return NOTHING
+        if isinstance(message, Hello):
+            if self.hello is not None:
+                return self._violation("second hello on the control stream")
+            return self._on_hello(message)
+        if isinstance(message, Auth) and self.state is not State.WELCOMED:
+            if self.state is not State.CHALLENGED:
+                return self._violation("auth message without a challenge")
+            return self._on_auth(message)
+        return NOTHING  # messages this version does not act on (forward compatibility)
+
+    def _on_hello(self, hello: Hello) -> Step:
+        self.hello = hello
+        version = negotiate_version(hello.versions)
+        if version is None:
+            return self._refuse(
+                Reason.VERSION_MISMATCH,
+                f"no common protocol version: client speaks {list(hello.versions)}, "
+                f"server speaks {list(self._versions)}; upgrade the older side",
+            )
+        self.version = version
+        if hello.token_name is not None and self._tokens:
+            if self._bound and version < BOUND_SINCE:
+                return self._refuse(
+                    Reason.VERSION_MISMATCH,
+                    f"a token over TLS needs protocol {BOUND_SINCE}, which binds it to the "
+                    f"TLS connection; the client speaks {list(hello.versions)}: upgrade the client",
+                )
+            self.state = State.CHALLENGED
+            return Step((Challenge(self._nonce, version),))
+        if self._tokens and not self._certified:
+            return self._refuse(
+                Reason.AUTH_FAILED,
+                "this server requires a token or a client certificate; give the client "
+                "--token-file (or --tls-cert/--tls-key)",
+            )
+        return self._welcome(b"", None)
+
+    def _on_auth(self, message: Auth) -> Step:
+        hello = self.hello
+        assert hello is not None and hello.token_name is not None  # CHALLENGED says so
+        name = hello.token_name
+        attempt = TokenAttempt(name, hello.nonce, self._nonce, self.version, message.proof)
+        proof = self._verify(attempt)
+        if proof is None:
+            # A right token proved on another TLS connection fails here too: the server cannot
+            # tell the two apart, so the line names both.
+            relayed = (
+                ", or the client proved it to another TLS endpoint that relays this connection "
+                "(channel binding mismatch: a man in the middle?)"
+                if self._bound
+                else ""
+            )
+            return self._refuse(
+                Reason.AUTH_FAILED, f"wrong or unknown token for {quoted(name)}{relayed}"
+            )
+        if not self._certified:
+            self.identity = name
+        return self._welcome(proof, name)
+
+    def _welcome(self, proof: bytes, token_name: str | None) -> Step:
+        catalog = self._offer(self.identity)
+        if catalog is None:
+            return self._refuse(
+                Reason.NOT_ALLOWED, f"{quoted(self.identity)} may reach no service here"
+            )
+        self.state = State.WELCOMED
+        identity = self.identity[:MAX_NAME]  # the client's to show: which identity we saw
+        welcome = Welcome(self.version, self._server_name, catalog, proof, identity)
+        return Step((welcome,), Welcomed(welcome, token_name))
+
+    def _refuse(self, reason: Reason, text: str) -> Step:
+        self.state = State.REFUSED
+        return Step((Refusal(reason, text),), Refused(reason, text))
+
+    def _violation(self, text: str) -> Step:
+        self.state = State.BROKEN
+        return Step((), Violation(text))
+
+
+# ------------------------------------------------------------------ client
+
+
+@dataclass(frozen=True, slots=True)
+class TokenProofs:
+    """For one challenge: the client's proof, and the one the server must answer with."""
+
+    client: bytes
+    server: bytes
+
+
+# The proofs for a challenge of ``version`` with the server's ``nonce`` (the client's token,
+# nonce and channel binding are the callable's to know).
+Prove = Callable[[int, bytes], TokenProofs]
+
+
+class ClientHandshake:
+    """The client's side of the handshake: :attr:`hello` to send, then what comes back."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        software: str,
+        token_name: str | None = None,
+        nonce: bytes = b"",
+        bound: bool = False,
+        prove: Prove | None = None,
+        versions: tuple[int, ...] = SUPPORTED_VERSIONS,
+    ) -> None:
+        """``token_name``, ``nonce`` and ``prove``: the token this client authenticates with;
+        ``bound``: the connection is TLS (a token is then offered only bound versions)."""
+        if token_name is not None and bound:
+            # A token over TLS is proved only bound to it: offering version 1 as well would
+            # let a man in the middle pick it (docs/protocol.md).
+            versions = tuple(v for v in versions if v >= BOUND_SINCE)
+        self.versions = versions
+        self.state = State.HELLO
+        self._token_name = token_name
+        self._bound = bound
+        self._prove = prove
+        self._expected = b""  # the server's proof, once the challenge came
+        self._version = 0
+        self.hello = Hello(versions, name, software, token_name, nonce if token_name else b"")
+
+    @property
+    def welcomed(self) -> bool:
+        return self.state is State.WELCOMED
+
+    @property
+    def done(self) -> bool:
+        """Welcomed or failed: the handshake takes no more messages."""
+        return self.state in (State.WELCOMED, State.REFUSED)
+
+    def receive(self, message: Message) -> Step:
+        if self.state is State.WELCOMED:
+            if isinstance(message, CatalogChanged | GoingAway):
+                return Step((), Notice(message))
+            return NOTHING  # messages this version does not act on
+        if self.state is State.REFUSED:
+            return NOTHING
+        token = self._token_name
+        if isinstance(message, Challenge) and token is not None and self.state is State.HELLO:
+            return self._on_challenge(message, token)
+        if isinstance(message, Welcome):
+            if token is None:
+                return self._welcomed(message)
+            if self.state is State.HELLO:
+                return self._fail(
+                    "auth_failed",
+                    f"did not ask for the token {token!r}: it runs without --token-file, so "
+                    "it cannot prove it is the right server",
+                    "server skipped the token exchange",
+                )
+            if message.version != self._version or not hmac.compare_digest(
+                self._expected, message.proof
+            ):
+                relayed = " (or is the connection relayed?)" if self._bound else ""
+                return self._fail(
+                    "auth_failed",
+                    f"did not prove it knows the token {token!r}; is it the right server{relayed}?",
+                    "server proof mismatch",
+                )
+            return self._welcomed(message)
+        if isinstance(message, Refusal):
+            return self._fail(
+                message.reason.label, f"refused this client: {shown(message.text)}", "hello refused"
+            )
+        return self._fail(
+            "protocol_error", f"answered the hello with {type(message).__name__}", "hello refused"
+        )
+
+    def _on_challenge(self, message: Challenge, token: str) -> Step:
+        version = message.version
+        if version not in self.versions:
+            return self._fail(
+                "protocol_error",
+                f"asked for a token proof of protocol {version}, which this client did not "
+                f"offer ({list(self.versions)}); is something in the path rewriting the hello?",
+                "challenge of a version not offered",
+            )
+        assert self._prove is not None, "a token needs its prove callable"
+        proofs = self._prove(version, message.nonce)
+        self._version, self._expected = version, proofs.server
+        self.state = State.CHALLENGED
+        return Step((Auth(proofs.client),))
+
+    def _welcomed(self, welcome: Welcome) -> Step:
+        self.state = State.WELCOMED
+        return Step((), Welcomed(welcome, self._token_name))
+
+    def _fail(self, label: str, text: str, close_reason: str) -> Step:
+        self.state = State.REFUSED
+        return Step((), Failed(label, text, close_reason))

@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import socket
 import struct
+import threading
 from typing import cast
 
 from tunnel.metrics import UNCOUNTED, ServiceMeters
@@ -29,6 +30,17 @@ LOCAL_HIGH_WATER = 256 * 1024
 LOCAL_LOW_WATER = 64 * 1024
 CREDIT_BATCH = 16 * 1024
 _LINGER_ZERO = struct.pack("ii", 1, 0)
+READ_SIZE = 256 * 1024  # the most one read takes from a local socket (as asyncio and uvloop)
+_buffers = threading.local()
+
+
+def read_buffer() -> memoryview:
+    """This thread's buffer for reads from local sockets: each read is copied out of it at
+    once (as the event loops do with their own), so one buffer serves every relay."""
+    buffer: memoryview | None = getattr(_buffers, "view", None)
+    if buffer is None:
+        buffer = _buffers.view = memoryview(bytearray(READ_SIZE))
+    return buffer
 
 
 def abort_with_reset(transport: asyncio.Transport) -> None:
@@ -40,7 +52,7 @@ def abort_with_reset(transport: asyncio.Transport) -> None:
     transport.abort()
 
 
-class Relay(asyncio.Protocol):
+class Relay(asyncio.BufferedProtocol):
     """The protocol of a local socket and the handler of its stream, at once.
 
     Subclasses decide what comes first on the stream (a header to send, an answer to read)
@@ -61,6 +73,7 @@ class Relay(asyncio.Protocol):
         self.local_eof = False  # the local side sent EOF
         self.remote_eof = False  # the stream's peer sent FIN
         self.closed = False
+        self._buffer = read_buffer()
 
     # ----------------------------------------------------------- local socket side
 
@@ -69,11 +82,31 @@ class Relay(asyncio.Protocol):
         self.transport = transport = cast(asyncio.Transport, transport)
         # No TCP_NODELAY here: asyncio and uvloop both set it on every TCP transport.
         transport.set_write_buffer_limits(LOCAL_HIGH_WATER, LOCAL_LOW_WATER)
+        if self.tunnel is not None and self.tunnel.full:
+            transport.pause_reading()  # resumed by on_drained, once the session has room
         pending, self._pending = self._pending, []
         for data in pending:
             self.deliver(data)
         if self.remote_eof:
             self._shutdown_write()
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        # A read takes at most half of what the session's send budget has left: the budget then
+        # holds whatever the number of streams (each stream that is not paused could otherwise
+        # add a whole read beyond it), and streams whose peer reads nothing, paused once their
+        # queue reaches what is left, leave the others half of it each time. One byte when it
+        # is full: uvloop starts reading a new connection after connection_made whatever that
+        # did, and this is all that read may cost.
+        buffer = self._buffer
+        tunnel = self.tunnel
+        if tunnel is not None:
+            share = tunnel.send_room // 2
+            if share < READ_SIZE:
+                return buffer[: max(1, share)]
+        return buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(bytes(self._buffer[:nbytes]))
 
     def data_received(self, data: bytes) -> None:
         if self.closed:
@@ -175,6 +208,11 @@ class Relay(asyncio.Protocol):
     def on_drained(self) -> None:
         if self.transport is not None and not self.closed:
             self.transport.resume_reading()
+
+    def on_full(self) -> None:
+        """The session's send budget is full: read nothing more until ``on_drained``."""
+        if self.transport is not None and not self.closed:
+            self.transport.pause_reading()
 
     # ---------------------------------------------------------------- hooks
 

@@ -29,6 +29,7 @@ from tunnel.events import (
     Event,
     GoAwayReceived,
     PingAcknowledged,
+    SessionDrained,
     StreamAccepted,
     StreamDrained,
     StreamEnded,
@@ -96,6 +97,12 @@ class StreamHandler(Protocol):
     def on_end(self) -> None: ...
     def on_reset(self, reason: str) -> None: ...
     def on_drained(self) -> None: ...
+
+
+class Producer(Protocol):
+    """A handler that reads from a socket of its own and can be told to stop."""
+
+    def on_full(self) -> None: ...
 
 
 AcceptStream = Callable[["TunnelConnection", int], StreamHandler | None]
@@ -212,9 +219,38 @@ class TunnelConnection(asyncio.BufferedProtocol):
 
     def send(self, stream_id: int, data: bytes) -> bool:
         """Queue data on a stream; True means pause the producer until ``on_drained``."""
-        full = self.session.send_data(stream_id, data)
+        session = self.session
+        was_full = session.full
+        full = session.send_data(stream_id, data)
+        if session.full and not was_full:
+            self._hold_producers()
         self._schedule_flush()
         return full
+
+    def _hold_producers(self) -> None:
+        # The session's send budget is full: every producer stops reading, not only the ones
+        # that queued, so that nothing more is read until it has room (SessionDrained).
+        metrics.LIMIT_HITS.labels("session_memory").inc()
+        for handler in list(self._handlers.values()):
+            if hasattr(handler, "on_full"):  # producers have it; other handlers need not
+                cast(Producer, handler).on_full()
+
+    def _release_producers(self) -> None:
+        paused = self.session.stream_paused
+        for stream_id, handler in list(self._handlers.items()):
+            if not paused(stream_id):  # the others wait for their own StreamDrained
+                handler.on_drained()
+
+    @property
+    def send_room(self) -> int:
+        """Bytes that may still be queued before the session's send budget is full."""
+        session = self.session
+        return session.send_budget - session.queued
+
+    @property
+    def full(self) -> bool:
+        """The session's send budget is full: a new producer starts paused."""
+        return self.session.full
 
     def end(self, stream_id: int) -> None:
         self.session.end_stream(stream_id)
@@ -286,8 +322,10 @@ class TunnelConnection(asyncio.BufferedProtocol):
                     handler.on_reset("reset by the peer" if event.remote else "reset")
             elif type(event) is StreamDrained:
                 handler = handlers.get(event.stream_id)
-                if handler is not None:
-                    handler.on_drained()
+                if handler is not None and not self.session.full:
+                    handler.on_drained()  # while full, SessionDrained resumes it
+            elif type(event) is SessionDrained:
+                self._release_producers()
             elif type(event) is PingAcknowledged:
                 if self.on_rtt is not None:
                     self.on_rtt(event.rtt)

@@ -278,6 +278,7 @@ class Session:
         # The queued bytes went over the send budget: every producer is paused until they are
         # back a stream's buffer under it (SessionDrained).
         self.full = False
+        self._send_budget = self._budget_for_sending()
         self._pings: dict[int, float] = {}
         self._next_ping = 1
         self._last_received = now
@@ -535,9 +536,8 @@ class Session:
         if stream.send_window > 0 and not stream.ready:
             stream.ready = True
             self._ready.append(stream)
-        limits = self.limits
-        room = max(SEND_FLOOR, limits.session_memory - self._granted_growth) - self._queued
-        if outbox.size > limits.stream_send_buffer or outbox.size >= room:
+        room = self._send_budget - self._queued
+        if outbox.size > self.limits.stream_send_buffer or outbox.size >= room:
             # Paused by its own queue over its mark, or over what the session's send budget has
             # left: a stream whose peer grants no window keeps what it queued, and must leave
             # the rest of the budget to the streams that move.
@@ -548,9 +548,7 @@ class Session:
                 # all), not only this one: each stream that was not paused would add a read of
                 # its own, and a few hundred of them, hundreds of MiB.
                 self.full = True
-        if self.full:
-            return True
-        return stream.paused
+        return stream.paused or self.full
 
     def end_stream(self, stream_id: int) -> None:
         """Half-close: a FIN follows the data already queued."""
@@ -581,11 +579,13 @@ class Session:
         stream = self._streams.get(stream_id)
         if stream is None or stream.state in (StreamState.HALF_CLOSED_REMOTE, StreamState.CLOSED):
             return
-        room = self._window_room()
+        # _window_room() inlined (this runs for every message); a room under 0 grows nothing.
+        room = self.limits.session_memory - self._granted_growth - max(0, self._queued - SEND_FLOOR)
         before = stream.recv.target
         delta = stream.recv.consume(length, now, self.min_rtt, room)
         if stream.recv.target != before:
             self._granted_growth += stream.recv.target - before
+            self._send_budget = self._budget_for_sending()
             self._peak_window = max(self._peak_window, stream.recv.target)
         if delta:
             self._control.append(
@@ -596,6 +596,11 @@ class Session:
     def send_budget(self) -> int:
         """How many bytes may wait to be sent: what the grown receive windows leave of
         ``session_memory``, and never less than ``SEND_FLOOR``."""
+        return self._send_budget
+
+    def _budget_for_sending(self) -> int:
+        # Kept in _send_budget, computed again whenever the windows change: send_data reads it
+        # for every message.
         return max(SEND_FLOOR, self.limits.session_memory - self._granted_growth)
 
     def _window_room(self) -> int:
@@ -613,7 +618,7 @@ class Session:
         # Resume once a stream's buffer is free: streams whose peer reads nothing hold at most
         # their own buffer and one read each, so they alone keep the others waiting only when
         # there are enough of them to fill the whole budget.
-        if self.full and self._queued <= self.send_budget - self.limits.stream_send_buffer:
+        if self.full and self._queued <= self._send_budget - self.limits.stream_send_buffer:
             self.full = False
             self._events.append(SessionDrained())
 
@@ -772,6 +777,7 @@ class Session:
         room = self._window_room()
         target = min(self.limits.stream_window, INITIAL_WINDOW + room)
         self._granted_growth += target - INITIAL_WINDOW
+        self._send_budget = self._budget_for_sending()
         recv = ReceiveWindow(target, self.limits.max_stream_window, available=target)
         if target > self._peak_window:
             self._peak_window = target
@@ -807,6 +813,7 @@ class Session:
     def _forget(self, stream: _Stream) -> None:
         if self._streams.pop(stream.id, None) is not None:
             self._granted_growth -= stream.recv.target - INITIAL_WINDOW
+            self._send_budget = self._budget_for_sending()
             if self.full:
                 self._check_room()
 

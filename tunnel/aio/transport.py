@@ -29,6 +29,7 @@ from tunnel.protocol.events import (
     Event,
     GoAwayReceived,
     PingAcknowledged,
+    SessionDrained,
     StreamAccepted,
     StreamDrained,
     StreamEnded,
@@ -52,6 +53,7 @@ clock = time.monotonic
 RTT_PROBES = (0.1, 0.3, 1.0, 3.0, 10.0)  # seconds between probes; the last one repeats
 
 READ_BUDGET = 256 * 1024
+READ_SIZE = 256 * 1024  # the most one read takes from a local socket (asyncio's and uvloop's)
 WRITE_HIGH_WATER = 128 * 1024
 WRITE_LOW_WATER = 32 * 1024
 
@@ -98,6 +100,13 @@ class StreamHandler(Protocol):
     def on_drained(self) -> None: ...
 
 
+class Producer(Protocol):
+    """A handler that reads from a socket of its own and can be told to stop."""
+
+    def on_full(self) -> None: ...
+    def meter(self, on: bool) -> None: ...
+
+
 AcceptStream = Callable[["TunnelConnection", int], StreamHandler | None]
 
 
@@ -130,6 +139,9 @@ class TunnelConnection(asyncio.BufferedProtocol):
         self._transport: asyncio.Transport | None = None
         self._flush_scheduled = False
         self._write_paused = False
+        # Reads from local sockets are sized by the send budget's room (Relay.get_buffer):
+        # set while the room is under one whole read for each stream.
+        self.metered = False
         self._turn_bytes = 0  # bytes read since reading last yielded the loop
         self._timer: asyncio.TimerHandle | None = None
         self._probe: asyncio.TimerHandle | None = None
@@ -212,9 +224,50 @@ class TunnelConnection(asyncio.BufferedProtocol):
 
     def send(self, stream_id: int, data: bytes) -> bool:
         """Queue data on a stream; True means pause the producer until ``on_drained``."""
-        full = self.session.send_data(stream_id, data)
+        session = self.session
+        was_full = session.full
+        full = session.send_data(stream_id, data)
+        if session.full and not was_full:
+            self._hold_producers()
+        if not self.metered and (
+            session.send_budget - session.queued < len(self._handlers) * READ_SIZE
+        ):
+            # Each producer could add a whole read before it is paused: from here on, reads
+            # are sized, so that together they stay within the room.
+            self._meter(True)
         self._schedule_flush()
         return full
+
+    def _meter(self, on: bool) -> None:
+        self.metered = on
+        for handler in list(self._handlers.values()):
+            if hasattr(handler, "meter"):  # producers have it; other handlers need not
+                cast(Producer, handler).meter(on)
+
+    def _hold_producers(self) -> None:
+        # The session's send budget is full: every producer stops reading, not only the ones
+        # that queued, so that nothing more is read until it has room (SessionDrained).
+        metrics.LIMIT_HITS.labels("session_memory").inc()
+        for handler in list(self._handlers.values()):
+            if hasattr(handler, "on_full"):  # producers have it; other handlers need not
+                cast(Producer, handler).on_full()
+
+    def _release_producers(self) -> None:
+        paused = self.session.stream_paused
+        for stream_id, handler in list(self._handlers.items()):
+            if not paused(stream_id):  # the others wait for their own StreamDrained
+                handler.on_drained()
+
+    @property
+    def send_room(self) -> int:
+        """Bytes that may still be queued before the session's send budget is full."""
+        session = self.session
+        return session.send_budget - session.queued
+
+    @property
+    def full(self) -> bool:
+        """The session's send budget is full: a new producer starts paused."""
+        return self.session.full
 
     def end(self, stream_id: int) -> None:
         self.session.end_stream(stream_id)
@@ -286,8 +339,10 @@ class TunnelConnection(asyncio.BufferedProtocol):
                     handler.on_reset("reset by the peer" if event.remote else "reset")
             elif type(event) is StreamDrained:
                 handler = handlers.get(event.stream_id)
-                if handler is not None:
-                    handler.on_drained()
+                if handler is not None and not self.session.full:
+                    handler.on_drained()  # while full, SessionDrained resumes it
+            elif type(event) is SessionDrained:
+                self._release_producers()
             elif type(event) is PingAcknowledged:
                 if self.on_rtt is not None:
                     self.on_rtt(event.rtt)
@@ -339,6 +394,8 @@ class TunnelConnection(asyncio.BufferedProtocol):
             if not buffers:
                 break
             transport.writelines(buffers)
+        if self.metered and self.send_room >= 2 * len(self._handlers) * READ_SIZE:
+            self._meter(False)  # room for a whole read of every producer, twice over
         events = session.take_events()
         if events:
             self._dispatch(events)

@@ -71,6 +71,15 @@ class StreamDrained(Event):
 
 
 @dataclass(slots=True)
+class SessionDrained(Event):
+    """The session's send budget, full a moment ago, has room again.
+
+    While it was full the driver paused every stream's producer; it may resume those whose
+    own queue is not over its mark (they get :class:`StreamDrained` when it is).
+    """
+
+
+@dataclass(slots=True)
 class PingAcknowledged(Event):
     """The peer answered one of our pings."""
 

@@ -44,6 +44,7 @@ from tunnel.protocol.events import (
     Event,
     GoAwayReceived,
     PingAcknowledged,
+    SessionDrained,
     StreamAccepted,
     StreamDrained,
     StreamEnded,
@@ -100,6 +101,12 @@ class SessionStats:
     open_streams: int
     rtt: float | None
 
+
+# Bytes queued for the peer may fill what the grown receive windows leave of session_memory,
+# and at least this much: with many streams open, their windows alone can take all of it, and
+# the streams must still move. It is what a session may hold beyond session_memory (with one
+# read of a producer), whatever the number of streams.
+SEND_FLOOR = 4 * 1024 * 1024
 
 # A payload chunk at least this large goes to the socket as it is, one entry of a gathered
 # write; smaller ones are copied next to their frame headers.
@@ -268,6 +275,10 @@ class Session:
         self._last_peer_id = 0
         self._granted_growth = 0  # window bytes granted beyond INITIAL_WINDOW, all streams
         self._queued = 0  # bytes in every stream's outbox: they count in session_memory too
+        # The queued bytes went over the send budget: every producer is paused until they are
+        # back a stream's buffer under it (SessionDrained).
+        self.full = False
+        self._send_budget = self._budget_for_sending()
         self._pings: dict[int, float] = {}
         self._next_ping = 1
         self._last_received = now
@@ -525,19 +536,19 @@ class Session:
         if stream.send_window > 0 and not stream.ready:
             stream.ready = True
             self._ready.append(stream)
-        limits = self.limits
-        if outbox.size > limits.stream_send_buffer or (
-            # Bytes waiting to be sent count in the session's memory budget, in what the grown
-            # windows leave of it (at least one stream's buffer, so that streams always move):
-            # a peer that opens streams and never reads their answers fills it, and from then
-            # on a stream that queues more is paused until its own bytes leave. Only that
-            # stream: a session-wide pause would let one unread stream stall all the others.
-            self._queued
-            > max(limits.stream_send_buffer, limits.session_memory - self._granted_growth)
-            and outbox.size
-        ):
+        room = self._send_budget - self._queued
+        if outbox.size > self.limits.stream_send_buffer or outbox.size >= room:
+            # Paused by its own queue over its mark, or over what the session's send budget has
+            # left: a stream whose peer grants no window keeps what it queued, and must leave
+            # the rest of the budget to the streams that move.
             stream.paused = True
-        return stream.paused
+            if room < 0:
+                # Over the budget: a peer that opens streams and never reads their answers
+                # fills it. Then every producer of the session stops (the driver pauses them
+                # all), not only this one: each stream that was not paused would add a read of
+                # its own, and a few hundred of them, hundreds of MiB.
+                self.full = True
+        return stream.paused or self.full
 
     def end_stream(self, stream_id: int) -> None:
         """Half-close: a FIN follows the data already queued."""
@@ -568,16 +579,48 @@ class Session:
         stream = self._streams.get(stream_id)
         if stream is None or stream.state in (StreamState.HALF_CLOSED_REMOTE, StreamState.CLOSED):
             return
-        room = max(0, self.limits.session_memory - self._granted_growth)
+        # _window_room() inlined (this runs for every message); a room under 0 grows nothing.
+        room = self.limits.session_memory - self._granted_growth - max(0, self._queued - SEND_FLOOR)
         before = stream.recv.target
         delta = stream.recv.consume(length, now, self.min_rtt, room)
         if stream.recv.target != before:
             self._granted_growth += stream.recv.target - before
+            self._send_budget = self._budget_for_sending()
             self._peak_window = max(self._peak_window, stream.recv.target)
         if delta:
             self._control.append(
                 encode_header(FrameType.WINDOW_UPDATE, Flags.NONE, stream_id, delta)
             )
+
+    @property
+    def send_budget(self) -> int:
+        """How many bytes may wait to be sent: what the grown receive windows leave of
+        ``session_memory``, and never less than ``SEND_FLOOR``."""
+        return self._send_budget
+
+    def _budget_for_sending(self) -> int:
+        # Kept in _send_budget, computed again whenever the windows change: send_data reads it
+        # for every message.
+        return max(SEND_FLOOR, self.limits.session_memory - self._granted_growth)
+
+    def _window_room(self) -> int:
+        # Queued bytes beyond the floor leave that much less for windows to grow into, so that
+        # the two together stay within session_memory and the floor, whichever came first.
+        over_floor = max(0, self._queued - SEND_FLOOR)
+        return max(0, self.limits.session_memory - self._granted_growth - over_floor)
+
+    def stream_paused(self, stream_id: int) -> bool:
+        """The stream's own queue is over its mark: its producer waits for StreamDrained."""
+        stream = self._streams.get(stream_id)
+        return stream is not None and stream.paused
+
+    def _check_room(self) -> None:
+        # Resume once a stream's buffer is free: streams whose peer reads nothing hold at most
+        # their own buffer and one read each, so they alone keep the others waiting only when
+        # there are enough of them to fill the whole budget.
+        if self.full and self._queued <= self._send_budget - self.limits.stream_send_buffer:
+            self.full = False
+            self._events.append(SessionDrained())
 
     @property
     def queued(self) -> int:
@@ -659,6 +702,8 @@ class Session:
                 stream.ready = True
                 ready.append(stream)
         self._stats[3] += out.size
+        if self.full:
+            self._check_room()
         return out.finish()
 
     def _emit_frame(self, stream: _Stream, out: _Gather, max_frame: int) -> None:
@@ -729,9 +774,10 @@ class Session:
         return stream.state if stream is not None else StreamState.CLOSED
 
     def _new_stream(self, stream_id: int) -> _Stream:
-        room = max(0, self.limits.session_memory - self._granted_growth)
+        room = self._window_room()
         target = min(self.limits.stream_window, INITIAL_WINDOW + room)
         self._granted_growth += target - INITIAL_WINDOW
+        self._send_budget = self._budget_for_sending()
         recv = ReceiveWindow(target, self.limits.max_stream_window, available=target)
         if target > self._peak_window:
             self._peak_window = target
@@ -767,6 +813,9 @@ class Session:
     def _forget(self, stream: _Stream) -> None:
         if self._streams.pop(stream.id, None) is not None:
             self._granted_growth -= stream.recv.target - INITIAL_WINDOW
+            self._send_budget = self._budget_for_sending()
+            if self.full:
+                self._check_room()
 
     def _fail(self, code: GoAwayCode, reason: str) -> None:
         # Always say why, even after a normal Go Away: the peer should learn of its error.
@@ -778,6 +827,7 @@ class Session:
         self.terminated = True
         self._streams.clear()
         self._queued = 0
+        self.full = False
         self._ready.clear()
         self._pings.clear()
         self._events.append(ConnectionTerminated(code, reason, remote))

@@ -30,6 +30,7 @@ from tunnel.protocol.events import (
     Event,
     GoAwayReceived,
     PingAcknowledged,
+    SessionDrained,
     StreamAccepted,
     StreamDrained,
     StreamEnded,
@@ -50,7 +51,7 @@ from tunnel.protocol.frames import (
 )
 from tunnel.protocol.limits import INITIAL_WINDOW, KIB, MIB, Limits
 from tunnel.protocol.messages import StreamAnswer
-from tunnel.protocol.session import Role, Session
+from tunnel.protocol.session import SEND_FLOOR, Role, Session
 from tunnel.protocol.streams import StreamState
 
 if TYPE_CHECKING:
@@ -1435,18 +1436,54 @@ def test_a_new_session_holds_a_few_kib() -> None:
 
 def test_bytes_queued_for_a_peer_that_never_reads_count_in_the_session_memory() -> None:
     # 400 streams whose answers are never read used to queue 256 KiB each (100 MiB) whatever
-    # --session-memory said. Now every stream that queues past the budget is told to pause
-    # (and the transport pauses every producer of the session: tests/security).
+    # --session-memory said. Now a stream whose queue reaches what the budget has left is told
+    # to pause, and once the budget is full the session is (the transport pauses every
+    # producer of it, and reads never take more than half of what is left: tests/security).
     limits = Limits(stream_window=INITIAL_WINDOW, session_memory=4 * MIB)
     server = Session(Role.SERVER, limits)
     client = Session(Role.CLIENT, limits)
     streams = [client.open_stream() for _ in range(100)]
     server.receive_data(client.data_to_send(), 0.0)
+    assert server.send_budget == 4 * MIB
     paused = [server.send_data(stream_id, bytes(100 * KIB)) for stream_id in streams]
-    assert not any(paused[:40]) and all(paused[40:])
+    # The 40th would leave less than its own 100 KiB: it is the first paused.
+    assert not any(paused[:39]) and all(paused[39:])
+    assert server.stream_paused(streams[39]) and not server.stream_paused(streams[38])
+    assert server.full  # from the 41st on, over the budget: every producer waits
     # The bytes leave as the peer's windows allow, and the paused streams are woken.
     wire = server.data_to_send(limit=1 << 30)
     assert len(wire) >= 100 * INITIAL_WINDOW // 3  # the first 256 KiB window of each
-    drained = [e for e in server.take_events() if isinstance(e, StreamDrained)]
-    assert {e.stream_id for e in drained} == set(streams[40:])
+    events = server.take_events()
+    drained = [e for e in events if isinstance(e, StreamDrained)]
+    assert {e.stream_id for e in drained} == set(streams[39:])
+    assert [e for e in events if isinstance(e, SessionDrained)] and not server.full
     assert server.queued == 0
+
+
+def test_the_send_budget_has_a_floor_that_grown_windows_cannot_take() -> None:
+    # 200 streams with 1 MiB windows promise more than --session-memory by themselves; the
+    # streams must still be able to queue what they send.
+    limits = Limits(session_memory=64 * MIB)
+    server = Session(Role.SERVER, limits)
+    client = Session(Role.CLIENT, limits)
+    streams = [client.open_stream() for _ in range(200)]
+    server.receive_data(client.data_to_send(), 0.0)
+    for stream_id in streams:
+        server.send_data(stream_id, b"x")  # the server's side of each stream exists
+    assert server.send_budget == SEND_FLOOR
+    assert not server.send_data(streams[0], bytes(100 * KIB))
+
+
+def test_queued_bytes_beyond_the_floor_leave_less_for_windows_to_grow() -> None:
+    limits = Limits(stream_window=INITIAL_WINDOW, session_memory=8 * MIB)
+    server = Session(Role.SERVER, limits)
+    client = Session(Role.CLIENT, limits)
+    first = client.open_stream()
+    server.receive_data(client.data_to_send(), 0.0)
+    for _ in range(5):
+        server.send_data(first, bytes(1 * MIB))  # 5 MiB queued: 1 MiB over the floor
+    assert server._window_room() == 7 * MIB
+    server.data_to_send(limit=1 << 30)  # the peer's first window's worth leaves
+    assert server._window_room() == 7 * MIB + INITIAL_WINDOW
+    server.reset_stream(first)  # and the rest is dropped
+    assert server._window_room() == 8 * MIB

@@ -1,0 +1,175 @@
+"""What one session's unread answers cost a real ambassador-server, and what they cannot stall.
+
+The backend answers every connection with a few MiB at once (a big ``GET``); the client opens
+many streams to it and never reads. The server reads those answers from the backend and queues
+them for the client; ``--session-memory`` must bound that queue for the whole session, not per
+stream, and the streams that are read must still move while it is full.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import sys
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tests.reliability.loopthread import LoopThread
+from tests.security import attack
+from tests.security.attack import KIB, MIB
+from tests.security.conftest import LOOPBACK, Programs, RawTunnel, stream_header
+from tunnel.protocol.messages import Welcome
+from tunnel.protocol.session import SEND_FLOOR
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+
+BLOCK = bytes(range(256)) * 1024  # 256 KiB, shared by every connection's writes
+
+
+class Answer(asyncio.Protocol):
+    """Writes ``size`` bytes to each connection as fast as it takes them, then waits."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.transport: asyncio.Transport | None = None
+        self.paused = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self._write()
+
+    def pause_writing(self) -> None:
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        self._write()
+
+    def _write(self) -> None:
+        assert self.transport is not None
+        while self.size > 0 and not self.paused and not self.transport.is_closing():
+            block = BLOCK[: min(self.size, len(BLOCK))]
+            self.size -= len(block)
+            self.transport.write(block)
+
+
+def answering_backend(size: int) -> Iterator[int]:
+    """A backend on loopback that answers each connection with ``size`` bytes; its port."""
+    thread = LoopThread("answering-backend")
+
+    async def start() -> asyncio.Server:
+        return await asyncio.get_running_loop().create_server(
+            lambda: Answer(size), LOOPBACK, 0, backlog=1024
+        )
+
+    server = thread.call(start)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+
+        async def stop() -> None:
+            server.close()
+
+        thread.call(stop)
+        thread.stop()
+
+
+@pytest.fixture
+def two_mib_backend() -> Iterator[int]:
+    yield from answering_backend(2 * MIB)
+
+
+@pytest.fixture
+def endless_backend() -> Iterator[int]:
+    yield from answering_backend(1 << 40)
+
+
+def peak_rss(pid: int, seconds: float) -> int:
+    """The highest VmRSS of ``pid`` sampled over ``seconds``."""
+    deadline = time.monotonic() + seconds
+    peak = attack.rss(pid)
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        peak = max(peak, attack.rss(pid))
+    return peak
+
+
+# What a session may hold beyond --session-memory: the send floor (the server's own book-keeping
+# for 400 streams and their backend connections is about 1.2 MiB more).
+MARGIN = SEND_FLOOR
+
+
+def test_unread_answers_of_400_streams_stay_within_the_session_memory(
+    programs: Programs, two_mib_backend: int
+) -> None:
+    attack.raise_nofile(4096)
+    server = programs.server("--link", f"big={LOOPBACK}:{two_mib_backend}", "--session-memory", "8")
+    pid = server.program.pid
+    sock = socket.socket()
+    # The attacker reads nothing at all; a small receive buffer keeps what the kernel holds for
+    # it small too, so what piles up piles up in the server.
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * KIB)
+    sock.settimeout(5)
+    sock.connect((LOOPBACK, server.port))
+    raw = RawTunnel(sock)
+    raw.hello()
+    assert isinstance(raw.next_message(), Welcome)
+    idle = attack.settled_rss(pid)
+    for _ in range(400):
+        stream_id = raw.session.open_stream()
+        raw.session.send_data(stream_id, stream_header("big"))
+    raw.flush()  # and never read again: no answer, no window update, no ping reply
+    peak = peak_rss(pid, 4.0)
+    sock.close()
+    growth = peak - idle
+    print(f"server RSS {idle / MIB:.1f} -> {peak / MIB:.1f} MiB (+{growth / MIB:.1f})")
+    assert growth < 8 * MIB + MARGIN, (
+        f"400 unread streams took {growth / MIB:.0f} MiB of the server with --session-memory 8"
+    )
+
+
+def read_exactly(sock: socket.socket, size: int, deadline: float) -> int:
+    got = 0
+    while got < size and time.monotonic() < deadline:
+        sock.settimeout(max(0.01, deadline - time.monotonic()))
+        try:
+            data = sock.recv(min(256 * KIB, size - got))
+        except TimeoutError:
+            break
+        if not data:
+            break
+        got += len(data)
+    return got
+
+
+# Unread streams on the session: enough that what they hold is more than its send budget.
+UNREAD = 16
+
+
+def test_streams_nobody_reads_do_not_stall_one_that_is_read(
+    programs: Programs, endless_backend: int
+) -> None:
+    server = programs.server("--link", f"big={LOOPBACK}:{endless_backend}", "--session-memory", "8")
+    client = programs.good_client(server, service="big")
+    stalled = []
+    try:
+        # Consumers of the same session that stop reading: their answers back up into the
+        # server, where they fill the session's queue as far as their streams let them.
+        for _ in range(UNREAD):
+            slow = socket.create_connection((LOOPBACK, client.port), timeout=5)
+            slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * KIB)
+            stalled.append(slow)
+            assert slow.recv(1)  # its stream is up and the answer flows
+        time.sleep(1.0)  # every buffer on the way fills
+        with socket.create_connection((LOOPBACK, client.port), timeout=5) as reader:
+            start = time.monotonic()
+            got = read_exactly(reader, 8 * MIB, start + 5.0)
+            seconds = time.monotonic() - start
+        print(f"read {got / MIB:.1f} MiB beside {UNREAD} unread streams in {seconds:.3f} s")
+        assert got == 8 * MIB, f"only {got} bytes in {seconds:.1f} s beside {UNREAD} unread streams"
+    finally:
+        for slow in stalled:
+            slow.close()

@@ -1,4 +1,4 @@
-"""The asyncio driver of a :class:`~tunnel.session.Session`: the tunnel connection itself.
+"""The asyncio driver of a :class:`~tunnel.protocol.session.Session`: the tunnel connection itself.
 
 :class:`TunnelConnection` is an ``asyncio.BufferedProtocol`` for the one TCP (or TLS)
 connection between the two ambassadors. It moves bytes and nothing else: incoming bytes go to

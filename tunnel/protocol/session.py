@@ -4,7 +4,7 @@ Theory of operation
 -------------------
 The driver feeds whatever the socket delivered to :meth:`Session.receive_data` (or reads
 straight into :meth:`Session.get_buffer` and reports it with :meth:`Session.buffer_updated`) and
-gets back events (:mod:`tunnel.events`). It asks :meth:`Session.data_to_send` for bytes (or
+gets back events (:mod:`tunnel.protocol.events`). It asks :meth:`Session.data_to_send` for bytes (or
 :meth:`Session.buffers_to_send` for a gathered write) whenever the socket can take more, and
 re-arms a timer at :meth:`Session.get_timer`, calling :meth:`Session.handle_timer` when it fires.
 Nothing here reads a clock or touches a socket.
@@ -25,7 +25,7 @@ buffer stays within ``GUARD_BUFFER``, so an unauthenticated peer costs a few KiB
 announces.
 
 Anything the peer does against the spec or the limits ends the session: a Go Away with a
-protocol-error code is queued, and a :class:`~tunnel.events.ConnectionTerminated` event tells the
+protocol-error code is queued, and a :class:`~tunnel.protocol.events.ConnectionTerminated` event tells the
 driver to flush and close.
 """
 

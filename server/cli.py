@@ -21,11 +21,8 @@ from server.certs_cli import certs
 from server.config import ServerConfig
 from tunnel.errors import ConfigError
 from tunnel.operations.observe import print_status
-from tunnel.operations.reload import Reloader
+from tunnel.operations.runner import Reload, worker_processes
 from tunnel.operations.runtime import run, setup_logging
-from tunnel.operations.workers.channel import helper_channel_fd, helper_index
-from tunnel.operations.workers.logtag import tag_logs
-from tunnel.operations.workers.pool import helper_command
 from tunnel.security.access import parse_access, unmatched
 from tunnel.security.auth import load_tokens, token_names
 from tunnel.security.tls import ServerTls, server_context
@@ -181,18 +178,14 @@ def cli(ctx: click.Context, /, **params: Any) -> None:
             raise ConfigError("--workers applies to the tunnel; --forward runs in one process")
         run(serve_forwarding(config, params["forward_bind"], metrics))
         return
-    channel = helper_channel_fd()
-    helpers = None
+    channel, helpers = worker_processes("server", (ctx.obj or {})["argv"], params["workers"])
     if channel is not None:
-        tag_logs(helper_index())
         metrics = None  # the main process serves every worker's metrics
-    elif params["workers"] > 1:
-        helpers = (helper_command("server", (ctx.obj or {})["argv"]), params["workers"] - 1)
     load, files = reloading(cli, PROG, ctx, build_config)
     run(
         serve(
             config,
-            lambda server: Reloader(load, server.reload, files, config),
+            lambda config: Reload(load, files, config),
             params["drain_timeout"],
             metrics,
             helpers,

@@ -14,10 +14,8 @@ from client.app import serve, serve_helper
 from client.config import ClientConfig
 from tunnel.errors import ConfigError
 from tunnel.operations.observe import print_status
+from tunnel.operations.runner import worker_processes
 from tunnel.operations.runtime import run, setup_logging
-from tunnel.operations.workers.channel import helper_channel_fd, helper_index
-from tunnel.operations.workers.logtag import tag_logs
-from tunnel.operations.workers.pool import helper_command
 from tunnel.security.auth import load_tokens, token_names
 from tunnel.security.certs import parse_pin
 from tunnel.security.tls import ClientTls, client_context
@@ -149,14 +147,10 @@ def cli(ctx: click.Context, /, **params: Any) -> None:
         print_effective(ctx, params, settings, token_names(params["token_file"]))
         return
     load, files = reloading(cli, PROG, ctx, build_config)
-    channel = helper_channel_fd()
+    channel, helpers = worker_processes("client", (ctx.obj or {})["argv"], params["workers"])
     if channel is not None:
-        tag_logs(helper_index())
         run(serve_helper(config, channel, load, files))
         return
-    helpers = None
-    if params["workers"] > 1:
-        helpers = (helper_command("client", (ctx.obj or {})["argv"]), params["workers"] - 1)
     run(serve(config, load, files, metrics, helpers))
 
 

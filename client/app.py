@@ -7,30 +7,24 @@ import contextlib
 import functools
 import logging
 import os
-import signal
 import socket
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from client.config import ClientConfig
 from client.connector import Connector
 from client.listeners import ConsumerStream, Listeners
-from tunnel.errors import ConfigError
-from tunnel.operations.httpd import StatusServer
 from tunnel.operations.metrics import services as counted_services
 from tunnel.operations.observe import service_stats
-from tunnel.operations.oserrors import listen_error
-from tunnel.operations.reload import Reloader
+from tunnel.operations.runner import Reload
+from tunnel.operations.runner import serve as run_role
 from tunnel.operations.workers.channel import HelperChannel
 from tunnel.operations.workers.handoff import serve_handed
-from tunnel.operations.workers.pool import WorkerPool, reload_all
+from tunnel.operations.workers.pool import WorkerPool
 from tunnel.operations.workers.report import helper_report
 from tunnel.protocol.messages import ServiceInfo
 from tunnel.security.auth import plaintext_warning
-from tunnel.settings.wording import hostport
-
-HELPER_STOP_TIMEOUT = 5.0  # seconds helpers have to finish after SIGTERM
 
 log = logging.getLogger("ambassador.client")
 
@@ -152,6 +146,89 @@ class Client:
             tunnel.close("client shutting down")
 
 
+class ClientRole:
+    """The client's part in :func:`tunnel.operations.runner.serve`: nothing to bind before
+    the status endpoint, a start that waits for the first catalog, no drain."""
+
+    kind = "client"
+    log = log
+    drain_timeout = None
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+
+    async def open(self, stop: Callable[[], None]) -> None:
+        pass
+
+    async def start(self) -> None:
+        await self.client.start()
+
+    async def drain(self, now: asyncio.Event) -> None:
+        pass  # a consumer's connection ends with the client
+
+    async def stop(self) -> None:
+        await self.client.stop()
+
+    def reload(self, new: ClientConfig) -> Awaitable[None] | None:
+        return self.client.reload(new)
+
+    def use_pool(self, pool: WorkerPool) -> None:
+        self.client.listeners.pool = pool
+
+    def status(self) -> dict[str, Any]:
+        return self.client.status()
+
+    def ready(self) -> bool:
+        return self.client.ready
+
+    def unready_reason(self) -> str:
+        return self.client.unready_reason()
+
+
+class ClientHelperRole(ClientRole):
+    """A helper of a main client process: a tunnel of its own, serving the consumer
+    connections the main process hands over (its listeners are never bound)."""
+
+    def __init__(self, client: Client, channel: int) -> None:
+        super().__init__(client)
+        self._channel = channel
+        self._link: HelperChannel | None = None
+        self._running: asyncio.Task[None] | None = None
+
+    async def open(self, stop: Callable[[], None]) -> None:
+        client, loop = self.client, asyncio.get_running_loop()
+
+        def take(sock: socket.socket, service: str) -> None:
+            here = functools.partial(ConsumerStream, client.connector, service)
+            client.track(loop.create_task(serve_handed(sock, here)))
+
+        def report() -> dict[str, Any]:
+            status = client.status()
+            services = counted_services("client")
+            status["services"] = [service_stats("client", name) for name in services]
+            return helper_report(status)
+
+        self._link = HelperChannel(self._channel, take, report, stop, "client")
+        self._link.install()
+
+    async def start(self) -> None:
+        self._running = asyncio.get_running_loop().create_task(self.client.connector.run())
+
+    def reload(self, new: ClientConfig) -> None:
+        self.client.connector.reconfigure(new)
+
+    async def stop(self) -> None:
+        if self._link is not None:
+            self._link.close()
+        if self._running is not None:
+            self._running.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._running
+        tunnel = self.client.connector.tunnel
+        if tunnel is not None:
+            tunnel.close("client shutting down")
+
+
 async def serve(
     config: ClientConfig,
     load: Callable[[], ClientConfig] | None = None,
@@ -169,48 +246,7 @@ async def serve(
         warning = plaintext_warning([remote.host for remote in config.remotes])
         if warning is not None:
             log.warning("%s", warning)
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    endpoint = StatusServer(client.status, lambda: client.ready, client.unready_reason)
-    watcher: asyncio.Task[None] | None = None
-    pool: WorkerPool | None = None
-    stopping = asyncio.ensure_future(stop.wait())
-    started = False
-    try:
-        if metrics is not None:
-            try:
-                await endpoint.start(*metrics)
-            except OSError as exc:
-                raise ConfigError(listen_error(hostport(*metrics), exc)) from None
-        if load is not None and files is not None:
-            # Installed before the tunnel is up: SIGHUP must never end the process.
-            reloading = Reloader(load, client.reload, files, config)
-            watcher = reloading.install()
-        if helpers is not None:
-            pool = client.listeners.pool = endpoint.pool = WorkerPool("client", *helpers)
-            await pool.start()
-            if watcher is not None:
-                loop.add_signal_handler(signal.SIGHUP, reload_all, reloading, pool)
-        starting = asyncio.ensure_future(client.start())
-        done, _ = await asyncio.wait((starting, stopping), return_when=asyncio.FIRST_COMPLETED)
-        if starting not in done:
-            starting.cancel()
-            return
-        starting.result()
-        started = True
-        await stop.wait()
-    finally:
-        stopping.cancel()
-        if started:
-            log.info("stopping")
-        if watcher is not None:
-            watcher.cancel()
-        if pool is not None:
-            await pool.stop(HELPER_STOP_TIMEOUT)
-        await endpoint.stop()
-        await client.stop()
+    await run_role(ClientRole(client), _reload(config, load, files), metrics, helpers)
 
 
 async def serve_helper(
@@ -221,36 +257,13 @@ async def serve_helper(
 ) -> None:
     """Run as a helper of a main client process: keep a tunnel of its own and serve the
     consumer connections the main process hands over, until SIGTERM or the main one is gone."""
-    client = Client(config)  # its listeners are never bound: the main process accepts
-    connector = client.connector
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    role = ClientHelperRole(Client(config), channel)
+    await run_role(role, _reload(config, load, files))
 
-    def take(sock: socket.socket, service: str) -> None:
-        here = functools.partial(ConsumerStream, connector, service)
-        client.track(loop.create_task(serve_handed(sock, here)))
 
-    def report() -> dict[str, Any]:
-        status = client.status()
-        status["services"] = [service_stats("client", name) for name in counted_services("client")]
-        return helper_report(status)
-
-    link = HelperChannel(channel, take, report, stop.set, "client")
-    link.install()
-    watcher = None
-    if load is not None and files is not None:
-        watcher = Reloader(load, connector.reconfigure, files, config).install()
-    running = loop.create_task(connector.run())
-    try:
-        await stop.wait()
-    finally:
-        link.close()
-        if watcher is not None:
-            watcher.cancel()
-        running.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await running
-        if connector.tunnel is not None:
-            connector.tunnel.close("client shutting down")
+def _reload(
+    config: ClientConfig,
+    load: Callable[[], ClientConfig] | None,
+    files: Callable[[ClientConfig], Iterable[str | None]] | None,
+) -> Reload[ClientConfig] | None:
+    return None if load is None or files is None else Reload(load, files, config)

@@ -14,30 +14,29 @@ from client.app import serve, serve_helper
 from client.config import ClientConfig
 from tunnel.errors import ConfigError
 from tunnel.operations.observe import print_status
+from tunnel.operations.runner import worker_processes
 from tunnel.operations.runtime import run, setup_logging
-from tunnel.operations.workers.channel import helper_channel_fd, helper_index
-from tunnel.operations.workers.logtag import tag_logs
-from tunnel.operations.workers.pool import helper_command
 from tunnel.security.auth import load_tokens, token_names
 from tunnel.security.certs import parse_pin
 from tunnel.security.tls import ClientTls, client_context
 from tunnel.settings.cli import (
-    WorkerCount,
+    begin,
     config_option,
     effective_name,
     endpoint_option,
-    limit_options,
     limits_from,
-    log_option,
-    metrics_address,
-    option_variables,
+    links_from_env_option,
+    name_option,
+    path_option,
     print_effective,
-    reparse,
+    reloading,
+    role_command,
     run_cli,
     setting,
     status_endpoint,
-    warn_unknown_variables,
+    tls_key_option,
     watched_config_file,
+    workers_option,
 )
 from tunnel.settings.effective import Item, Setting, source_of
 from tunnel.settings.links import (
@@ -49,6 +48,8 @@ from tunnel.settings.links import (
     seed_links_from,
     seed_links_from_env,
 )
+
+PROG = "ambassador-client"
 
 
 @click.group(invoke_without_command=True, context_settings={"max_content_width": 100})
@@ -69,13 +70,10 @@ from tunnel.settings.links import (
     "the seed's REDIS_PORT_1234_TCP=tcp://HOST:6379 (listen on 1234 for the service HOST "
     "published on 6379). Repeatable; none: the whole catalog.",
 )
-@click.option(
-    "--links-from-env/--no-links-from-env",
-    default=False,
-    envvar="AMBASSADOR_LINKS_FROM_ENV",
-    help="Read Docker link variables as the seed did (REDIS_PORT_1234_TCP=tcp://HOST:6379): "
+@links_from_env_option(
+    "Read Docker link variables as the seed did (REDIS_PORT_1234_TCP=tcp://HOST:6379): "
     "HOST is the remote, local port 1234 forwards to the service it published on 6379 "
-    "(asked for as redis:6379, then 6379, then redis).",
+    "(asked for as redis:6379, then 6379, then redis)."
 )
 @click.option(
     "--bind",
@@ -84,12 +82,7 @@ from tunnel.settings.links import (
     envvar="AMBASSADOR_BIND",
     help="Address the local listeners bind to (0.0.0.0 in a container).",
 )
-@click.option(
-    "--name",
-    default="",
-    envvar="AMBASSADOR_NAME",
-    help="This client's name, sent in its hello [default: the host name].",
-)
+@name_option("client", "sent in its hello")
 @setting("--connect-timeout", click.FloatRange(0.1), 5.0, "Seconds to reach the server.")
 @setting(
     "--link-wait-timeout",
@@ -105,24 +98,9 @@ from tunnel.settings.links import (
     help="Speak TLS, verifying the server against the system's CAs "
     "(implied by --tls-ca and --pin).",
 )
-@click.option(
-    "--tls-ca",
-    type=click.Path(dir_okay=False),
-    envvar="AMBASSADOR_TLS_CA",
-    help="PEM CA that signed the server's certificate.",
-)
-@click.option(
-    "--tls-cert",
-    type=click.Path(dir_okay=False),
-    envvar="AMBASSADOR_TLS_CERT",
-    help="This client's PEM certificate, for servers that require one.",
-)
-@click.option(
-    "--tls-key",
-    type=click.Path(dir_okay=False),
-    envvar="AMBASSADOR_TLS_KEY",
-    help="PEM private key of --tls-cert.",
-)
+@path_option("--tls-ca", "PEM CA that signed the server's certificate.")
+@path_option("--tls-cert", "This client's PEM certificate, for servers that require one.")
+@tls_key_option
 @click.option(
     "--server-name",
     envvar="AMBASSADOR_SERVER_NAME",
@@ -148,60 +126,31 @@ from tunnel.settings.links import (
     10.0,
     "Seconds: the most the reconnect delay bound grows to.",
 )
-@setting(
-    "--workers",
-    WorkerCount(),
-    1,
+@workers_option(
     "Processes serving consumer connections, each with its own tunnel connection; while the "
-    "main one is busy with bulk data, new connections go to the least busy helper.",
+    "main one is busy with bulk data, new connections go to the least busy helper."
 )
-@click.option(
+@path_option(
     "--token-file",
-    type=click.Path(dir_okay=False),
-    envvar="AMBASSADOR_TOKEN_FILE",
-    help="A NAME:SECRET line: authenticate with this token (it never crosses the "
+    "A NAME:SECRET line: authenticate with this token (it never crosses the "
     "wire; the server proves it holds it too).",
 )
-@limit_options
-@log_option
-@click.version_option(package_name="ambassador-tunnel")
-@click.pass_context
+@role_command
 def cli(ctx: click.Context, /, **params: Any) -> None:
     """Expose services of a remote ambassador-server on local ports."""
     if ctx.invoked_subcommand is not None:
         return
     setup_logging(params["log_level"], params["log_format"])
-    from server.cli import cli as server_cli  # its variables are no strangers here either
-
-    other = option_variables(server_cli)
-    warn_unknown_variables(option_variables(cli), other, "ambassador-server", os.environ)
-    config = build_config(params, os.environ)
-    metrics = metrics_address(params["metrics_listen"])
+    config, metrics = begin(ctx, params, PROG, build_config)
     if params["check_config"]:
         settings = effective_settings(ctx, params, config)
         print_effective(ctx, params, settings, token_names(params["token_file"]))
         return
-    config_file = watched_config_file(ctx)
-
-    def load() -> ClientConfig:
-        return build_config(reparse(cli, "ambassador-client", ctx), os.environ)
-
-    def files(config: ClientConfig) -> list[str | None]:
-        # The paths of this configuration, not of the first: a reload may move the files.
-        tls = config.tls
-        paths = [config_file, config.token_file]
-        if tls is not None:
-            paths += [tls.ca, tls.cert, tls.key]
-        return paths
-
-    channel = helper_channel_fd()
+    load, files = reloading(cli, PROG, ctx, build_config)
+    channel, helpers = worker_processes("client", (ctx.obj or {})["argv"], params["workers"])
     if channel is not None:
-        tag_logs(helper_index())
         run(serve_helper(config, channel, load, files))
         return
-    helpers = None
-    if params["workers"] > 1:
-        helpers = (helper_command("client", (ctx.obj or {})["argv"]), params["workers"] - 1)
     run(serve(config, load, files, metrics, helpers))
 
 
@@ -332,4 +281,4 @@ def status(ctx: click.Context, endpoint: str | None, status_config: str | None) 
 
 
 def main(argv: list[str] | None = None) -> None:
-    sys.exit(run_cli(cli, "ambassador-client", argv))
+    sys.exit(run_cli(cli, PROG, argv))

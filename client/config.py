@@ -27,3 +27,8 @@ class ClientConfig:
     tls: ClientTls | None = None  # None: plaintext
     token: tuple[str, bytes] | None = None  # (name, secret) from --token-file
     token_file: str | None = None  # where ``token`` was read: watched for changes
+
+    def watched_files(self) -> list[str | None]:
+        """The files besides the config file that a change of reloads."""
+        tls = self.tls
+        return [self.token_file, *((tls.ca, tls.cert, tls.key) if tls is not None else ())]

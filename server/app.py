@@ -28,11 +28,12 @@ from tunnel.operations.httpd import StatusServer
 from tunnel.operations.metrics import LIMIT_HITS
 from tunnel.operations.observe import service_stats
 from tunnel.operations.oserrors import listen_error
-from tunnel.operations.reload import Reloader
+from tunnel.operations.runner import Reload
+from tunnel.operations.runner import serve as run_role
 from tunnel.operations.runtime import give_back_heap
 from tunnel.operations.workers.channel import HelperChannel
 from tunnel.operations.workers.handoff import Handoff, serve_handed
-from tunnel.operations.workers.pool import WorkerPool, reload_all
+from tunnel.operations.workers.pool import WorkerPool
 from tunnel.operations.workers.report import helper_report
 from tunnel.protocol.frames import GoAwayCode
 from tunnel.security.auth import load_tokens, plaintext_warning
@@ -42,7 +43,7 @@ from tunnel.security.tls import (
     warn_about_files,
     warn_if_expiring,
 )
-from tunnel.settings.wording import counted, hostport
+from tunnel.settings.wording import counted
 
 log = logging.getLogger("ambassador.server")
 
@@ -316,9 +317,59 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+class ServerRole:
+    """The server's part in :func:`tunnel.operations.runner.serve`: the listener first (or,
+    in a helper, the channel to its main process), a drain on the first signal."""
+
+    kind = "server"
+    log = log
+
+    def __init__(self, server: Server, drain_timeout: float, channel: int | None) -> None:
+        self.server = server
+        self.drain_timeout = drain_timeout
+        self._channel = channel
+
+    async def open(self, stop: Callable[[], None]) -> None:
+        server = self.server
+        if self._channel is None:
+            await server.start()
+            return
+
+        def take(sock: socket.socket, _service: str) -> None:
+            server.take(sock)
+
+        link = HelperChannel(self._channel, take, _report(server), stop, "server")
+        server.on_closed = link.ended
+        link.install()
+
+    async def start(self) -> None:
+        pass  # the listener is serving since open()
+
+    async def drain(self, now: asyncio.Event) -> None:
+        await self.server.drain(self.drain_timeout, now)
+
+    async def stop(self) -> None:
+        await self.server.stop()
+
+    def reload(self, new: ServerConfig) -> None:
+        self.server.reload(new)
+
+    def use_pool(self, pool: WorkerPool) -> None:
+        self.server.pool = pool
+
+    def status(self) -> dict[str, Any]:
+        return self.server.status()
+
+    def ready(self) -> bool:
+        return self.server.ready
+
+    def unready_reason(self) -> str:
+        return ""
+
+
 async def serve(
     config: ServerConfig,
-    reloader: Callable[[Server], Reloader[ServerConfig]] | None = None,
+    reload: Callable[[ServerConfig], Reload[ServerConfig]] | None = None,
     drain_timeout: float = 30.0,
     metrics: tuple[str, int] | None = None,
     helpers: tuple[list[str], int] | None = None,
@@ -332,56 +383,8 @@ async def serve(
     ``helpers`` (the command that starts one, and how many) makes this the main process of
     several; ``channel`` makes this process a helper, serving what the main one hands it.
     """
-    server = Server(config)
-    endpoint = StatusServer(server.status, lambda: server.ready)
-    pool: WorkerPool | None = None
-    stop, now = asyncio.Event(), asyncio.Event()
-    if channel is None:
-        await server.start()
-        if metrics is not None:
-            try:
-                await endpoint.start(*metrics)
-            except OSError as exc:
-                await server.stop()
-                raise ConfigError(listen_error(hostport(*metrics), exc)) from None
-        if helpers is not None:
-            pool = server.pool = endpoint.pool = WorkerPool("server", *helpers)
-            await pool.start()
-    else:
-        link = HelperChannel(
-            channel, lambda sock, _: server.take(sock), _report(server), stop.set, "server"
-        )
-        server.on_closed = link.ended
-        link.install()
-
-    def on_signal() -> None:
-        if stop.is_set():
-            log.info("second signal: closing at once")
-            now.set()
-        stop.set()
-        if pool is not None:
-            pool.signal_all(signal.SIGTERM)
-
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, on_signal)
-    watcher = None
-    if reloader is not None:
-        reloading = reloader(server)
-        watcher = reloading.install()
-        if pool is not None:
-            loop.add_signal_handler(signal.SIGHUP, reload_all, reloading, pool)
-    try:
-        await stop.wait()
-        await server.drain(drain_timeout, now)
-    finally:
-        log.info("stopping")
-        if watcher is not None:
-            watcher.cancel()
-        if pool is not None:
-            await pool.stop(drain_timeout)
-        await endpoint.stop()
-        await server.stop()
+    role = ServerRole(Server(config), drain_timeout, channel)
+    await run_role(role, None if reload is None else reload(config), metrics, helpers)
 
 
 def _report(server: Server) -> Callable[[], dict[str, Any]]:

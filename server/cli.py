@@ -21,32 +21,30 @@ from server.certs_cli import certs
 from server.config import ServerConfig
 from tunnel.errors import ConfigError
 from tunnel.operations.observe import print_status
-from tunnel.operations.reload import Reloader
+from tunnel.operations.runner import Reload, worker_processes
 from tunnel.operations.runtime import run, setup_logging
-from tunnel.operations.workers.channel import helper_channel_fd, helper_index
-from tunnel.operations.workers.logtag import tag_logs
-from tunnel.operations.workers.pool import helper_command
 from tunnel.security.access import parse_access, unmatched
 from tunnel.security.auth import load_tokens, token_names
 from tunnel.security.tls import ServerTls, server_context
 from tunnel.settings.cli import (
     AutoWorkers,
-    WorkerCount,
+    begin,
     config_option,
     effective_name,
     endpoint_option,
-    limit_options,
     limits_from,
-    log_option,
-    metrics_address,
-    option_variables,
+    links_from_env_option,
+    name_option,
+    path_option,
     print_effective,
-    reparse,
+    reloading,
+    role_command,
     run_cli,
     setting,
     status_endpoint,
-    warn_unknown_variables,
+    tls_key_option,
     watched_config_file,
+    workers_option,
 )
 from tunnel.settings.effective import Item, Setting, source_of
 from tunnel.settings.links import (
@@ -61,6 +59,7 @@ from tunnel.settings.links import (
 )
 
 log = logging.getLogger("ambassador.server")
+PROG = "ambassador-server"
 
 
 @click.group(invoke_without_command=True, context_settings={"max_content_width": 100})
@@ -80,11 +79,8 @@ log = logging.getLogger("ambassador.server")
     metavar="ALIAS=HOST:PORT",
     help="A backend to offer: ALIAS=HOST:PORT, PORT=HOST:PORT or ALIAS:PORT=HOST:PORT. Repeatable.",
 )
-@click.option(
-    "--links-from-env/--no-links-from-env",
-    default=False,
-    envvar="AMBASSADOR_LINKS_FROM_ENV",
-    help="Also offer the backends named by Docker link variables (REDIS_PORT_6379_TCP=...).",
+@links_from_env_option(
+    "Also offer the backends named by Docker link variables (REDIS_PORT_6379_TCP=...)."
 )
 @click.option(
     "--links-from-env-in-pod",
@@ -94,40 +90,15 @@ log = logging.getLogger("ambassador.server")
     help="Read link variables even in a Kubernetes pod; only with enableServiceLinks: false, "
     "or every Service of the namespace is offered.",
 )
-@click.option(
-    "--name",
-    default="",
-    envvar="AMBASSADOR_NAME",
-    help="This server's name, shown to clients [default: the host name].",
-)
+@name_option("server", "shown to clients")
 @setting("--dial-timeout", click.FloatRange(0.1), 5.0, "Seconds to reach a backend.")
 @setting(
     "--handshake-timeout", click.FloatRange(0.1), 10.0, "Seconds a new connection has to say hello."
 )
-@click.option(
-    "--tls-cert",
-    type=click.Path(dir_okay=False),
-    envvar="AMBASSADOR_TLS_CERT",
-    help="PEM certificate: serve TLS (with --tls-key).",
-)
-@click.option(
-    "--tls-key",
-    type=click.Path(dir_okay=False),
-    envvar="AMBASSADOR_TLS_KEY",
-    help="PEM private key of --tls-cert.",
-)
-@click.option(
-    "--tls-ca",
-    type=click.Path(dir_okay=False),
-    envvar="AMBASSADOR_TLS_CA",
-    help="PEM CA: require client certificates signed by it (mutual TLS).",
-)
-@click.option(
-    "--tls-crl",
-    type=click.Path(dir_okay=False),
-    envvar="AMBASSADOR_TLS_CRL",
-    help="PEM CRL of --tls-ca: refuse revoked client certificates.",
-)
+@path_option("--tls-cert", "PEM certificate: serve TLS (with --tls-key).")
+@tls_key_option
+@path_option("--tls-ca", "PEM CA: require client certificates signed by it (mutual TLS).")
+@path_option("--tls-crl", "PEM CRL of --tls-ca: refuse revoked client certificates.")
 @click.option(
     "--access",
     multiple=True,
@@ -136,11 +107,9 @@ log = logging.getLogger("ambassador.server")
     help="Let a client identity (certificate or token name; * for everyone) reach "
     "these services; once any rule is given, nothing else is reachable. Repeatable.",
 )
-@click.option(
+@path_option(
     "--token-file",
-    type=click.Path(dir_okay=False),
-    envvar="AMBASSADOR_TOKEN_FILE",
-    help="NAME:SECRET lines: clients must prove they hold one (the token never crosses the wire).",
+    "NAME:SECRET lines: clients must prove they hold one (the token never crosses the wire).",
 )
 @click.option(
     "--forward",
@@ -182,12 +151,9 @@ log = logging.getLogger("ambassador.server")
     STREAMS_PER_IDENTITY,
     "Backend streams one client identity may hold open, over all its sessions (per process).",
 )
-@setting(
-    "--workers",
-    WorkerCount(),
-    1,
+@workers_option(
     "Processes serving tunnel connections; each client connection is served by one of them "
-    "(the client's --workers opens one connection per process).",
+    "(the client's --workers opens one connection per process)."
 )
 @setting(
     "--drain-timeout",
@@ -195,21 +161,13 @@ log = logging.getLogger("ambassador.server")
     30.0,
     "On SIGTERM, seconds open streams may finish before the server exits.",
 )
-@limit_options
-@log_option
-@click.version_option(package_name="ambassador-tunnel")
-@click.pass_context
+@role_command
 def cli(ctx: click.Context, /, **params: Any) -> None:
     """Offer backends on this host to ambassador-clients, over one multiplexed connection."""
     if ctx.invoked_subcommand is not None:
         return
     setup_logging(params["log_level"], params["log_format"])
-    from client.cli import cli as client_cli  # its variables are no strangers here either
-
-    other = option_variables(client_cli)
-    warn_unknown_variables(option_variables(cli), other, "ambassador-client", os.environ)
-    config = build_config(params, os.environ)
-    metrics = metrics_address(params["metrics_listen"])
+    config, metrics = begin(ctx, params, PROG, build_config)
     if params["check_config"]:
         notes = [tls_note(config.tls)]
         settings = effective_settings(ctx, params, config)
@@ -220,29 +178,14 @@ def cli(ctx: click.Context, /, **params: Any) -> None:
             raise ConfigError("--workers applies to the tunnel; --forward runs in one process")
         run(serve_forwarding(config, params["forward_bind"], metrics))
         return
-    channel = helper_channel_fd()
-    helpers = None
+    channel, helpers = worker_processes("server", (ctx.obj or {})["argv"], params["workers"])
     if channel is not None:
-        tag_logs(helper_index())
         metrics = None  # the main process serves every worker's metrics
-    elif params["workers"] > 1:
-        helpers = (helper_command("server", (ctx.obj or {})["argv"]), params["workers"] - 1)
-    config_file = watched_config_file(ctx)
-
-    def load() -> ServerConfig:
-        return build_config(reparse(cli, "ambassador-server", ctx), os.environ)
-
-    def files(config: ServerConfig) -> list[str | None]:
-        tls = config.tls
-        paths = [config_file, config.token_file]
-        if tls is not None:
-            paths += [tls.cert, tls.key, tls.ca, tls.crl]
-        return paths
-
+    load, files = reloading(cli, PROG, ctx, build_config)
     run(
         serve(
             config,
-            lambda server: Reloader(load, server.reload, files, config),
+            lambda config: Reload(load, files, config),
             params["drain_timeout"],
             metrics,
             helpers,
@@ -350,7 +293,7 @@ def server_tls(params: dict[str, Any]) -> ServerTls | None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    sys.exit(run_cli(cli, "ambassador-server", argv))
+    sys.exit(run_cli(cli, PROG, argv))
 
 
 cli.add_command(certs)

@@ -25,3 +25,9 @@ class ServerConfig:
     token_file: str | None = None  # NAME:SECRET lines; set: clients must prove a token
     admission: AdmissionLimits = field(default_factory=AdmissionLimits)
     max_streams_per_identity: int = STREAMS_PER_IDENTITY  # backend streams, all its sessions
+
+    def watched_files(self) -> list[str | None]:
+        """The files besides the config file that a change of reloads."""
+        tls = self.tls
+        files = (tls.cert, tls.key, tls.ca, tls.crl) if tls is not None else ()
+        return [self.token_file, *files]

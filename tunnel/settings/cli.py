@@ -12,7 +12,8 @@ import os
 import re
 import sys
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Set as AbstractSet
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
 import click
 from click.core import ParameterSource
@@ -156,6 +157,83 @@ def effective_name(ctx: click.Context, params: dict[str, Any], name: str) -> Set
     return Setting("name", name, "default: the host name")
 
 
+def path_option(flag: str, help: str) -> Callable[[F], F]:
+    """A file option (a certificate, a key, a token file), read from ``AMBASSADOR_<FLAG>``."""
+    return click.option(flag, type=click.Path(dir_okay=False), envvar=_envvar(flag), help=help)
+
+
+def name_option(role: str, use: str) -> Callable[[F], F]:
+    """``--name``: what this ``role`` calls itself, and where the name is ``use``d."""
+    help = f"This {role}'s name, {use} [default: the host name]."
+    return click.option("--name", default="", envvar="AMBASSADOR_NAME", help=help)
+
+
+def links_from_env_option(help: str) -> Callable[[F], F]:
+    """``--links-from-env``: read Docker link variables, as the role ``help`` says."""
+    return click.option(
+        "--links-from-env/--no-links-from-env",
+        default=False,
+        envvar="AMBASSADOR_LINKS_FROM_ENV",
+        help=help,
+    )
+
+
+def workers_option(help: str) -> Callable[[F], F]:
+    return setting("--workers", WorkerCount(), 1, help)
+
+
+def role_command(f: F) -> F:
+    """A role's top command: the options both roles end with (limits, logging, metrics,
+    --check-config, --version), around the command body that takes them all."""
+    body = cast(F, click.pass_context(f))
+    body = click.version_option(package_name="ambassador-tunnel")(body)
+    return limit_options(log_option(body))
+
+
+C = TypeVar("C", bound="Watched")
+
+
+class Watched(Protocol):
+    def watched_files(self) -> list[str | None]:
+        """The files this configuration was read from (besides the config file itself)."""
+        ...
+
+
+def reloading(
+    command: click.Command,
+    prog: str,
+    ctx: click.Context,
+    build: Callable[[dict[str, Any], Mapping[str, str]], C],
+) -> tuple[Callable[[], C], Callable[[C], list[str | None]]]:
+    """What a reload needs: ``load``, the configuration built again as at start, and
+    ``files``, the paths to watch for a configuration (its own, not the first one's: a reload
+    may move the files)."""
+    config_file = watched_config_file(ctx)
+
+    def load() -> C:
+        return build(reparse(command, prog, ctx), os.environ)
+
+    def files(config: C) -> list[str | None]:
+        return [config_file, *config.watched_files()]
+
+    return load, files
+
+
+def begin(
+    ctx: click.Context,
+    params: dict[str, Any],
+    prog: str,
+    build: Callable[[dict[str, Any], Mapping[str, str]], C],
+) -> tuple[C, tuple[str, int] | None]:
+    """A role's start, once logging is set up: warn of unknown variables, build the
+    configuration, read where metrics are served."""
+    other = next(role for role in ROLE_ONLY_VARIABLES if role != prog)
+    warn_unknown_variables(
+        option_variables(ctx.command), ROLE_ONLY_VARIABLES[other], other, os.environ
+    )
+    return build(params, os.environ), metrics_address(params["metrics_listen"])
+
+
 # AMBASSADOR_* variables read by something other than an option: the config file's name, the
 # worker processes' hand-over, and the compose files' .env (user, group, image).
 # A helper process learns from these that it is one, which descriptor leads back to the main
@@ -166,6 +244,23 @@ OTHER_VARIABLES = frozenset(
     {"AMBASSADOR_CONFIG", WORKER_FD_ENV, WORKER_INDEX_ENV, "AMBASSADOR_UID",
      "AMBASSADOR_GID", "AMBASSADOR_IMAGE"}
 )  # fmt: skip
+# The variables only one role reads: each role knows the other's (one environment, the image's
+# or a shared env file, often serves both), without importing the other role's command line.
+# tests/tunnel/settings/test_cli.py holds them to the commands' options.
+ROLE_ONLY_VARIABLES = {
+    "ambassador-server": frozenset(
+        f"AMBASSADOR_{name}"
+        for name in ("ACCESS", "DIAL_TIMEOUT", "DRAIN_TIMEOUT", "FORWARD", "FORWARD_BIND",
+                     "HANDSHAKE_TIMEOUT", "LINK", "LINKS_FROM_ENV_IN_POD", "LISTEN",
+                     "MAX_PENDING_DIALS", "MAX_STREAMS_PER_IDENTITY", "MAX_UNAUTHENTICATED",
+                     "MAX_UNAUTHENTICATED_PER_ADDRESS", "TLS_CRL")
+    ),
+    "ambassador-client": frozenset(
+        f"AMBASSADOR_{name}"
+        for name in ("BACKOFF_MAX", "BACKOFF_MIN", "BIND", "CONNECT_TIMEOUT", "EXPOSE",
+                     "LINK_WAIT_TIMEOUT", "PIN", "REMOTE", "SERVER_NAME", "TLS")
+    ),
+}  # fmt: skip
 # What a container linked as "ambassador" (Docker links) or a Kubernetes Service called
 # "ambassador" puts in the environment: not settings, and nothing to warn about.
 _NOT_SETTINGS = re.compile(
@@ -186,7 +281,7 @@ def option_variables(command: click.Command) -> set[str]:
 
 
 def warn_unknown_variables(
-    own: set[str], other: set[str], other_role: str, environ: Mapping[str, str]
+    own: AbstractSet[str], other: AbstractSet[str], other_role: str, environ: Mapping[str, str]
 ) -> None:
     """Warn, once at start, of each AMBASSADOR_* variable nothing reads: a misspelt one would
     otherwise be ignored without a word. ``other``: the other role's variables, known too,
@@ -268,10 +363,16 @@ def metrics_address(text: str | None) -> tuple[str, int] | None:
 def setting(flag: str, type_: click.ParamType[Any], default: Any, help: str) -> Callable[[F], F]:
     """An option with a shown default, also read from ``AMBASSADOR_<FLAG>`` (``--dial-timeout``
     reads ``AMBASSADOR_DIAL_TIMEOUT``), as every flag of both roles is."""
-    envvar = "AMBASSADOR_" + flag.lstrip("-").replace("-", "_").upper()
     return click.option(
-        flag, type=type_, default=default, show_default=True, envvar=envvar, help=help
+        flag, type=type_, default=default, show_default=True, envvar=_envvar(flag), help=help
     )
+
+
+def _envvar(flag: str) -> str:
+    return "AMBASSADOR_" + flag.lstrip("-").replace("-", "_").upper()
+
+
+tls_key_option = path_option("--tls-key", "PEM private key of --tls-cert.")
 
 
 _DEFAULTS = Limits()

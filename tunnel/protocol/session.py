@@ -25,8 +25,8 @@ buffer stays within ``GUARD_BUFFER``, so an unauthenticated peer costs a few KiB
 announces.
 
 Anything the peer does against the spec or the limits ends the session: a Go Away with a
-protocol-error code is queued, and a :class:`~tunnel.protocol.events.ConnectionTerminated` event tells the
-driver to flush and close.
+protocol-error code is queued, and a
+:class:`~tunnel.protocol.events.ConnectionTerminated` event tells the driver to flush and close.
 """
 
 from __future__ import annotations

@@ -9,7 +9,6 @@ import os
 import resource
 import signal
 import socket
-import ssl
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -18,7 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from server.admission import DESCRIPTOR_RESERVE, Admission
-from server.config import ServerConfig
+from server.config import ServerConfig, with_credentials
 from server.connection import ServerConnection
 from server.forward import start_forwarding
 from server.reauth import AdmissionPolicy
@@ -36,13 +35,8 @@ from tunnel.operations.workers.handoff import Handoff, serve_handed
 from tunnel.operations.workers.pool import WorkerPool
 from tunnel.operations.workers.report import helper_report
 from tunnel.protocol.frames import GoAwayCode
-from tunnel.security.auth import load_tokens, plaintext_warning
-from tunnel.security.binding import UNBOUND
-from tunnel.security.tls import (
-    bound_server_context,
-    warn_about_files,
-    warn_if_expiring,
-)
+from tunnel.security.auth import plaintext_warning
+from tunnel.security.tls import warn_about_files, warn_if_expiring
 from tunnel.settings.wording import counted
 
 log = logging.getLogger("ambassador.server")
@@ -50,6 +44,7 @@ log = logging.getLogger("ambassador.server")
 
 class Server:
     def __init__(self, config: ServerConfig) -> None:
+        config = with_credentials(config)
         self.config = config
         self.connections: set[ServerConnection] = set()
         self.admission = Admission()  # connections not authenticated yet, by source
@@ -58,17 +53,13 @@ class Server:
         self.descriptor_limit, self._descriptors_base = descriptor_budget()
         self._trim: asyncio.TimerHandle | None = None
         self._listener: asyncio.Server | None = None
-        self.tls_context: ssl.SSLContext | None = None
-        self.tls_binding = UNBOUND  # the channel binding of the certificate it presents
-        if config.tls is not None:
-            self.tls_context, self.tls_binding = bound_server_context(config.tls)
+        self.tls_context = config.tls_context
+        self.tls_binding = config.tls_binding  # the channel binding of the certificate it presents
         self._tasks: set[asyncio.Task[None]] = set()
-        self.tokens: dict[str, bytes] | None = None
+        self.tokens = config.tokens
         self._started = time.monotonic()
         self.pool: WorkerPool | None = None  # helper processes, in the main one of several
         self.on_closed: Callable[[], None] | None = None  # a helper tells the main process
-        if config.token_file is not None:
-            self.tokens, _ = load_tokens(config.token_file)  # warned about in start()
 
     @property
     def address(self) -> tuple[str, int]:
@@ -200,14 +191,11 @@ class Server:
             log.warning("--listen changed to %s; restart to move the listener", new.listen)
         if (new.tls is None) != (old.tls is None):
             raise ConfigError("turning TLS on or off needs a restart")
-        context, binding = bound_server_context(new.tls) if new.tls else (None, UNBOUND)
-        tokens: dict[str, bytes] | None = None
-        if new.token_file is not None:
-            tokens, _ = load_tokens(new.token_file)
-        admission = AdmissionPolicy.of(new, tokens, datetime.now(UTC))
+        new = with_credentials(new)  # read by the CLI already; here only if it was not
+        admission = AdmissionPolicy.of(new, new.tokens, datetime.now(UTC))
         self.config = replace(new, listen=old.listen)
-        self.tls_context, self.tls_binding = context, binding
-        self.tokens = tokens
+        self.tls_context, self.tls_binding = new.tls_context, new.tls_binding
+        self.tokens = new.tokens
         for connection in list(self.connections):
             refused = admission.refuses(connection)
             if refused is not None:

@@ -25,7 +25,8 @@ from tunnel.operations.runner import Reload, worker_processes
 from tunnel.operations.runtime import run, setup_logging
 from tunnel.security.access import parse_access, unmatched
 from tunnel.security.auth import load_tokens, token_names
-from tunnel.security.tls import ServerTls, server_context
+from tunnel.security.binding import UNBOUND
+from tunnel.security.tls import ServerTls, bound_server_context
 from tunnel.settings.cli import (
     AutoWorkers,
     begin,
@@ -213,12 +214,18 @@ def build_config(params: dict[str, Any], environ: Mapping[str, str]) -> ServerCo
     for warning in unmatched(access, catalog):  # at start and on every reload
         log.warning("%s", warning)
     token_file = params["token_file"]
-    if token_file is not None:
-        load_tokens(token_file)  # a broken file is a one-line error at start
+    # Read once here, so a broken file is a one-line error at start (or keeps the old
+    # configuration on a reload), and the server runs with what was checked.
+    tokens = None if token_file is None else load_tokens(token_file)[0]
+    tls = server_tls(params)
+    context, binding = bound_server_context(tls) if tls is not None else (None, UNBOUND)
     return ServerConfig(
         access=access,
         token_file=token_file,
-        tls=server_tls(params),
+        tokens=tokens,
+        tls=tls,
+        tls_context=context,
+        tls_binding=binding,
         listen=listen,
         catalog=catalog,
         limits=limits,
@@ -287,9 +294,7 @@ def server_tls(params: dict[str, Any]) -> ServerTls | None:
         raise ConfigError("--tls-cert and --tls-key go together; give both")
     if crl is not None and ca is None:
         raise ConfigError("--tls-crl needs --tls-ca (the CA whose revocations it lists)")
-    tls = ServerTls(cert=cert, key=key, ca=ca, crl=crl)
-    server_context(tls)  # load now: a broken file is a one-line error at start
-    return tls
+    return ServerTls(cert=cert, key=key, ca=ca, crl=crl)
 
 
 def main(argv: list[str] | None = None) -> None:

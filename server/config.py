@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import ssl
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 
 from server.admission import STREAMS_PER_IDENTITY, AdmissionLimits
 from tunnel.protocol.limits import Limits
 from tunnel.security.access import AccessRules
-from tunnel.security.tls import ServerTls
+from tunnel.security.auth import load_tokens
+from tunnel.security.binding import UNBOUND
+from tunnel.security.tls import ServerTls, bound_server_context
 from tunnel.settings.links import DEFAULT_TUNNEL_PORT, Address, Catalog
 
 
@@ -25,9 +29,25 @@ class ServerConfig:
     token_file: str | None = None  # NAME:SECRET lines; set: clients must prove a token
     admission: AdmissionLimits = field(default_factory=AdmissionLimits)
     max_streams_per_identity: int = STREAMS_PER_IDENTITY  # backend streams, all its sessions
+    # What token_file and tls hold, read once per configuration (with_credentials): the files
+    # checked at start or reload are the ones the server then runs with.
+    tokens: Mapping[str, bytes] | None = field(default=None, compare=False, repr=False)
+    tls_context: ssl.SSLContext | None = field(default=None, compare=False, repr=False)
+    tls_binding: bytes = field(default=UNBOUND, compare=False, repr=False)
 
     def watched_files(self) -> list[str | None]:
         """The files besides the config file that a change of reloads."""
         tls = self.tls
         files = (tls.cert, tls.key, tls.ca, tls.crl) if tls is not None else ()
         return [self.token_file, *files]
+
+
+def with_credentials(config: ServerConfig) -> ServerConfig:
+    """``config`` with its TLS context built and its token file read, unless already done;
+    raises ConfigError, in words, for a broken file."""
+    context, binding, tokens = config.tls_context, config.tls_binding, config.tokens
+    if config.tls is not None and context is None:
+        context, binding = bound_server_context(config.tls)
+    if config.token_file is not None and tokens is None:
+        tokens, _ = load_tokens(config.token_file)  # its warning is said in Server.start()
+    return replace(config, tokens=tokens, tls_context=context, tls_binding=binding)

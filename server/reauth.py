@@ -22,6 +22,7 @@ Access rules are checked afterwards, as before, by sending each remaining sessio
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -38,13 +39,13 @@ if TYPE_CHECKING:
 class AdmissionPolicy:
     """What a configuration admits: its tokens and the trust behind its client certificates."""
 
-    tokens: dict[str, bytes] | None
+    tokens: Mapping[str, bytes] | None
     trust: Trust | None  # None: client certificates are not asked for
     now: datetime
 
     @classmethod
     def of(
-        cls, config: ServerConfig, tokens: dict[str, bytes] | None, now: datetime
+        cls, config: ServerConfig, tokens: Mapping[str, bytes] | None, now: datetime
     ) -> AdmissionPolicy:
         tls = config.tls
         trust = load_trust(tls.ca, tls.crl) if tls is not None and tls.ca is not None else None

@@ -32,7 +32,7 @@ log = logging.getLogger("ambassador.client")
 class Client:
     def __init__(self, config: ClientConfig) -> None:
         self.config = config
-        self.connector = Connector(config)
+        self.connector = Connector(config, on_catalog=self._catalog_changed)
         self.listeners = Listeners(self.connector, config.expose, config.bind)
         self._task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -51,10 +51,11 @@ class Client:
         # first catalog binds the rest and says which exposed services the server lacks.
         catalog = await self._first_catalog()
         await self.listeners.reconfigure(self.config.expose, self.config.bind, catalog)
-        self.connector.on_catalog = self._catalog_changed
         self._started = True
 
     def _catalog_changed(self, catalog: tuple[ServiceInfo, ...]) -> None:
+        if not self._started:
+            return  # the first catalog is awaited in start(), which binds for it
         # Later catalogs (a reconnect, or the server's reload) rewire the listeners; a
         # service that disappeared only warns, it never stops the client.
         self.track(asyncio.get_running_loop().create_task(self.listeners.sync(catalog)))

@@ -186,10 +186,15 @@ def build_config(params: dict[str, Any], environ: Mapping[str, str]) -> ClientCo
         if warning:
             logging.getLogger("ambassador.client").warning("%s", warning)
         token = next(iter(tokens.items()))
+    tls = client_tls(params)
+    # Built once here, so a broken file is a one-line error at start (or keeps the old
+    # configuration on a reload), and the client connects with what was checked.
+    context = client_context(tls) if tls is not None else None
     return ClientConfig(
         token=token,
         token_file=params["token_file"],
-        tls=client_tls(params),
+        tls=tls,
+        tls_context=context,
         remotes=tuple(remotes),
         expose=tuple(expose),
         bind=params["bind"],
@@ -244,9 +249,7 @@ def client_tls(params: dict[str, Any]) -> ClientTls | None:
             parse_pin(pin)
         except ConfigError as exc:
             raise ConfigError(f"--pin: {exc}") from None
-    tls = ClientTls(ca=ca, cert=cert, key=key, server_name=name or None, pins=pins)
-    client_context(tls)  # load now: a broken file is a one-line error at start
-    return tls
+    return ClientTls(ca=ca, cert=cert, key=key, server_name=name or None, pins=pins)
 
 
 @cli.command()

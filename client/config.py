@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import ssl
+from dataclasses import dataclass, field, replace
 
 from tunnel.protocol.limits import Limits
-from tunnel.security.tls import ClientTls
+from tunnel.security.tls import ClientTls, client_context
 from tunnel.settings.links import Address, ExposeSpec
 
 
@@ -27,8 +28,19 @@ class ClientConfig:
     tls: ClientTls | None = None  # None: plaintext
     token: tuple[str, bytes] | None = None  # (name, secret) from --token-file
     token_file: str | None = None  # where ``token`` was read: watched for changes
+    # What tls names, built once per configuration (with_context): the files checked at
+    # start or reload are the ones the client then connects with.
+    tls_context: ssl.SSLContext | None = field(default=None, compare=False, repr=False)
 
     def watched_files(self) -> list[str | None]:
         """The files besides the config file that a change of reloads."""
         tls = self.tls
         return [self.token_file, *((tls.ca, tls.cert, tls.key) if tls is not None else ())]
+
+
+def with_context(config: ClientConfig) -> ClientConfig:
+    """``config`` with its TLS context built, unless already done; raises ConfigError, in
+    words, for a broken file."""
+    if config.tls is None or config.tls_context is not None:
+        return config
+    return replace(config, tls_context=client_context(config.tls))

@@ -18,7 +18,7 @@ import ssl
 from collections.abc import Callable
 from functools import partial
 
-from client.config import ClientConfig
+from client.config import ClientConfig, with_context
 from tunnel import __version__
 from tunnel.aio.tlslayer import TlsLayer
 from tunnel.aio.transport import StreamHandler, TunnelConnection, clock
@@ -41,7 +41,6 @@ from tunnel.protocol.session import Role, Session
 from tunnel.security import auth
 from tunnel.security.binding import UNBOUND, server_end_point
 from tunnel.security.tls import (
-    client_context,
     peer_certificate,
     spki_pin_of_der,
 )
@@ -161,9 +160,7 @@ class Connector:
         self._offered: dict[str, bool] = {}  # service -> in the catalog; cleared when it changes
         self._failing: dict[Address, str] = {}  # remote -> reason last logged for it
         self._going_away: GoingAway | None = None  # the server's last word on this session
-        self.tls_context: ssl.SSLContext | None = (
-            client_context(config.tls) if config.tls is not None else None
-        )
+        self.tls_context = with_context(config).tls_context
 
     def offers(self, service: str) -> bool:
         """Whether the last catalog holds ``service`` (True before any catalog came): asked
@@ -186,7 +183,7 @@ class Connector:
 
     def reconfigure(self, config: ClientConfig) -> None:
         """New remotes, TLS material and timeouts, for the next connection on."""
-        context = client_context(config.tls) if config.tls is not None else None
+        context = with_context(config).tls_context  # read by the CLI already, usually
         self.config = config
         self.tls_context = context
         tunnel = self.tunnel

@@ -115,7 +115,9 @@ class Server:
 
     def _serve_here(self) -> asyncio.BaseProtocol:
         if self.tls_context is not None:
-            return accept_tls(self, self.tls_context, self.tls_binding)
+            connection = self.make_connection(tls=True)
+            timeout = self.config.handshake_timeout
+            return accept_tls(connection, self.tls_context, self.tls_binding, timeout)
         return self.make_connection().tunnel
 
     def make_connection(self, peer: str = "", tls: bool = False) -> ServerConnection:

@@ -169,6 +169,20 @@ class ServerConnection:
         self.tunnel.close(bound)
         return False
 
+    def tls_established(self, cert_name: str | None, cert: bytes | None, binding: bytes) -> None:
+        """The TLS handshake completed (:func:`server.tls_accept.accept_tls`)."""
+        self.tls_done = True
+        self.cert_name = cert_name
+        self.peer_cert = cert
+        self.channel_binding = binding
+
+    def tls_refused(self, peer: str, why: str) -> None:
+        """The TLS handshake failed: one line, one count, and the connection closes."""
+        stranger_log.warning("refused connection from %s: %s", peer, why)
+        self.refused = True
+        metrics.SESSION_ENDS.labels("server", "tls_handshake").inc()
+        self.tunnel.close(why)
+
     def _authenticated(self) -> None:
         if self._admitted is not None:
             self.server.admission.release(self._admitted)

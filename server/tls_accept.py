@@ -1,8 +1,9 @@
 """Accepting a TLS tunnel connection: the handshake, its failures, then the session.
 
 Each accepted socket gets a :class:`~tunnel.aio.tlslayer.TlsLayer` in front of its session. A failed
-handshake is logged once here, in words a person can act on, and counted; only a completed
-handshake reaches the session, which then learns the client's identity (its certificate's name).
+handshake is put here in words a person can act on, and the connection says it once and counts
+it; only a completed handshake reaches the session, which then learns the client's identity (its
+certificate's name). The connection is told through :class:`TlsAccepting`, not written to.
 """
 
 from __future__ import annotations
@@ -10,38 +11,49 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-from server.admission import stranger_log
 from tunnel.aio.tlslayer import TlsLayer
-from tunnel.aio.transport import format_peer
-from tunnel.operations import metrics
+from tunnel.aio.transport import TunnelConnection, format_peer
 from tunnel.security.tls import peer_certificate, peer_common_name
 from tunnel.security.tlserrors import describe_tls_error
-
-if TYPE_CHECKING:
-    from server.app import Server
-    from server.connection import ServerConnection
 
 log = logging.getLogger("ambassador.server")
 
 
-def accept_tls(server: Server, context: ssl.SSLContext, binding: bytes) -> TlsLayer:
+class TlsAccepting(Protocol):
+    """What a connection behind a TLS handshake is told of it (a
+    :class:`~server.connection.ServerConnection`)."""
+
+    tunnel: TunnelConnection
+    refused: bool  # refused already (before the handshake), and said so
+
+    def admit(self, transport: asyncio.BaseTransport) -> bool: ...
+
+    def tls_established(self, cert_name: str | None, cert: bytes | None, binding: bytes) -> None:
+        """The handshake completed: the client certificate's name and DER, if it gave one,
+        and the channel binding of the server's certificate."""
+
+    def tls_refused(self, peer: str, why: str) -> None:
+        """The handshake failed, for ``why``: say so once, count it, close."""
+
+
+def accept_tls(
+    connection: TlsAccepting, context: ssl.SSLContext, binding: bytes, timeout: float
+) -> TlsLayer:
     """The protocol for one accepted socket: TLS first, then the tunnel session.
 
     ``binding`` is the channel binding of the certificate ``context`` presents; both are taken
     together at accept time, so a reload in the middle of a handshake cannot mix them up.
     """
-    connection = server.make_connection(tls=True)
-    timeout = server.config.handshake_timeout
 
     def on_handshake(layer: TlsLayer, exc: BaseException | None) -> None:
         timer.cancel()
         if exc is None:
-            connection.tls_done = True
-            connection.cert_name = peer_common_name(layer.ssl_object)
-            connection.peer_cert = peer_certificate(layer.ssl_object)
-            connection.channel_binding = binding
+            ssl_object = layer.ssl_object
+            connection.tls_established(
+                peer_common_name(ssl_object), peer_certificate(ssl_object), binding
+            )
             return
         if not connection.refused:  # else refused before the handshake, and said so
             _refused(connection, layer, exc)
@@ -61,7 +73,7 @@ def _expire(layer: TlsLayer, why: str) -> None:
         layer.fail(TimeoutError(why))
 
 
-def _refused(connection: ServerConnection, layer: TlsLayer, exc: BaseException) -> None:
+def _refused(connection: TlsAccepting, layer: TlsLayer, exc: BaseException) -> None:
     peer = format_peer(layer.get_extra_info("peername"))
     if isinstance(exc, TimeoutError):
         why = str(exc)
@@ -69,7 +81,4 @@ def _refused(connection: ServerConnection, layer: TlsLayer, exc: BaseException) 
         why = "the peer closed the connection during the TLS handshake"
     else:
         why = describe_tls_error(exc, server_side=True)
-    stranger_log.warning("refused connection from %s: %s", peer, why)
-    connection.refused = True
-    metrics.SESSION_ENDS.labels("server", "tls_handshake").inc()
-    connection.tunnel.close(why)
+    connection.tls_refused(peer, why)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from tunnel.aio.relay import Relay
 from tunnel.aio.transport import TunnelConnection
@@ -18,18 +18,56 @@ from tunnel.operations import metrics
 from tunnel.operations.logonce import Throttled
 from tunnel.protocol.messages import CONNECTED, StreamAnswer, StreamHeaderParser
 from tunnel.protocol.peertext import quoted, shown
-from tunnel.settings.links import Service
-
-if TYPE_CHECKING:
-    from server.connection import ServerConnection
+from tunnel.settings.links import Catalog, Service
 
 log = logging.getLogger("ambassador.server")
 _MAX_OFFERED = 20  # catalog entries named in a refusal's text
 throttled = Throttled(log)
 
 
+class StreamOwner(Protocol):
+    """The session a backend stream belongs to (a :class:`~server.connection.ServerConnection`):
+    what the stream asks of it, and what it tells it."""
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop: ...
+
+    @property
+    def identity(self) -> str: ...
+
+    @property
+    def who(self) -> str: ...
+
+    @property
+    def peer_name(self) -> str: ...
+
+    @property
+    def catalog(self) -> Catalog:
+        """All the server offers."""
+
+    @property
+    def reachable(self) -> Catalog:
+        """What this session's client may reach."""
+
+    @property
+    def access_enabled(self) -> bool: ...
+
+    def header_read(self, stream: BackendStream) -> None:
+        """``stream`` named its service: it no longer waits for its header."""
+
+    def stream_opened(self) -> str | None:
+        """Count one more backend stream of this identity; or why it may not have one."""
+
+    def stream_closed(self) -> None:
+        """A stream stream_opened counted has ended."""
+
+    def start_dial(self, stream: BackendStream) -> None: ...
+
+    def stream_done(self, stream: BackendStream) -> None: ...
+
+
 class BackendStream(Relay):
-    def __init__(self, tunnel: TunnelConnection, stream_id: int, owner: ServerConnection) -> None:
+    def __init__(self, tunnel: TunnelConnection, stream_id: int, owner: StreamOwner) -> None:
         super().__init__(tunnel, stream_id)
         self.link = tunnel  # never None on the server, unlike Relay.tunnel
         self.owner = owner
@@ -60,7 +98,7 @@ class BackendStream(Relay):
             except ConfigError as exc:
                 self._unreachable(header.service, str(exc))
                 return
-            over = self.owner.server.stream_opened(self.owner.identity)
+            over = self.owner.stream_opened()
             if over is not None:
                 self.refuse(Reason.LIMIT_EXCEEDED, over, header.service)
                 return
@@ -87,7 +125,7 @@ class BackendStream(Relay):
         which it was.
         """
         owner = self.owner
-        if not owner.server.config.access.enabled:
+        if not owner.access_enabled:
             self.refuse(Reason.UNKNOWN_SERVICE, text, asked)
             return
         names = [service.full_name for service in owner.reachable]
@@ -214,5 +252,5 @@ class BackendStream(Relay):
         if self.service is not None:
             self.meters.open_now -= 1
         if self.counted:
-            self.owner.server.stream_closed(self.owner.identity)
+            self.owner.stream_closed()
         self.owner.stream_done(self)

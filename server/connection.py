@@ -188,6 +188,17 @@ class ServerConnection:
             self.server.admission.release(self._admitted)
             self._admitted = None
 
+    @property
+    def access_enabled(self) -> bool:
+        return self.server.config.access.enabled
+
+    def stream_opened(self) -> str | None:
+        """Count a backend stream against this identity and the process; or why it may not."""
+        return self.server.stream_opened(self.identity)
+
+    def stream_closed(self) -> None:
+        self.server.stream_closed(self.identity)
+
     def allows(self, service: Service) -> bool:
         return self.server.config.access.allows(self.identity, service)
 

@@ -121,7 +121,7 @@ class Server:
         return self.make_connection().tunnel
 
     def make_connection(self, peer: str = "", tls: bool = False) -> ServerConnection:
-        connection = ServerConnection(self, peer, tls)
+        connection = ServerConnection(self.config, self, peer, tls)
         self.connections.add(connection)
         return connection
 
@@ -198,6 +198,8 @@ class Server:
         self.config = replace(new, listen=old.listen)
         self.tls_context, self.tls_binding = new.tls_context, new.tls_binding
         self.tokens = new.tokens
+        for connection in self.connections:
+            connection.reconfigure(self.config)
         for connection in list(self.connections):
             refused = admission.refuses(connection)
             if refused is not None:

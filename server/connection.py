@@ -21,10 +21,11 @@ import asyncio
 import contextlib
 import logging
 import os
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-from server.admission import DESCRIPTOR_RESERVE, address_key, stranger_log
+from server.admission import DESCRIPTOR_RESERVE, Admission, address_key, stranger_log
 from server.backend import BackendStream
+from server.config import ServerConfig
 from tunnel.aio.transport import StreamHandler, TunnelConnection, clock, format_peer
 from tunnel.errors import Reason, RemoteProtocolError
 from tunnel.operations import metrics
@@ -46,9 +47,6 @@ from tunnel.security.access import ANONYMOUS
 from tunnel.security.trust import Untrusted
 from tunnel.settings.links import Catalog, Service
 
-if TYPE_CHECKING:
-    from server.app import Server
-
 log = logging.getLogger("ambassador.server")
 throttled = Throttled(log)
 
@@ -66,14 +64,38 @@ def catalog_info(catalog: Catalog) -> tuple[ServiceInfo, ...]:
     return tuple(ServiceInfo(service.alias, service.port) for service in catalog)
 
 
+class ConnectionHost(Protocol):
+    """What the process serving the connections (a :class:`~server.app.Server`) counts across
+    all of them, and is told when one ends."""
+
+    @property
+    def admission(self) -> Admission:
+        """The connections not authenticated yet, by source."""
+
+    @property
+    def descriptor_limit(self) -> int: ...
+
+    def descriptors_left(self) -> int: ...
+
+    def stream_opened(self, identity: str) -> str | None:
+        """Count a backend stream of ``identity``; or why it may not have one."""
+
+    def stream_closed(self, identity: str) -> None: ...
+
+    def connection_closed(self, connection: ServerConnection) -> None: ...
+
+
 class ServerConnection:
     """Everything the server knows about one tunnel connection."""
 
-    def __init__(self, server: Server, peer: str = "", tls: bool = False) -> None:
-        self.server = server
+    def __init__(
+        self, config: ServerConfig, host: ConnectionHost, peer: str = "", tls: bool = False
+    ) -> None:
+        self.config = config  # the server's, with its tokens; a reload pushes the new one
+        self.host = host
         self.loop = loop = asyncio.get_running_loop()
         self.tunnel = TunnelConnection(
-            Session(Role.SERVER, server.config.limits, clock(), guarded=True),
+            Session(Role.SERVER, config.limits, clock(), guarded=True),
             self._accept,
             peer,
             on_connect=None if tls else self.admit,  # under TLS, the TLS layer asks
@@ -103,8 +125,12 @@ class ServerConnection:
         self._reachable = Catalog()
         self._reachable_for: object = None  # the configuration _reachable was computed from
         self._rtt_label = ""  # the peer label of this session's ambassador_rtt_seconds
-        self._hello_timer = loop.call_later(server.config.handshake_timeout, self._hello_timeout)
+        self._hello_timer = loop.call_later(config.handshake_timeout, self._hello_timeout)
         self.tunnel.closed.add_done_callback(self._closed)
+
+    def reconfigure(self, config: ServerConfig) -> None:
+        """The server's new configuration, for all this connection does from now on."""
+        self.config = config
 
     @property
     def identity(self) -> str:
@@ -116,7 +142,7 @@ class ServerConnection:
 
     @property
     def catalog(self) -> Catalog:
-        return self.server.config.catalog
+        return self.config.catalog
 
     @property
     def who(self) -> str:
@@ -139,10 +165,10 @@ class ServerConnection:
         when a bound is reached."""
         peername = transport.get_extra_info("peername")
         key = address_key(peername)
-        admission = self.server.config.admission
-        bound = self.server.admission.admit(key, admission)
-        if bound is None and self.server.descriptors_left() < DESCRIPTOR_RESERVE // 2:
-            self.server.admission.release(key)
+        admission = self.config.admission
+        bound = self.host.admission.admit(key, admission)
+        if bound is None and self.host.descriptors_left() < DESCRIPTOR_RESERVE // 2:
+            self.host.admission.release(key)
             bound = "descriptors"
         if bound is None:
             self._admitted = key
@@ -153,7 +179,7 @@ class ServerConnection:
             stranger_log.warning(
                 "refused connection from %s: this process is out of file descriptors (its "
                 "limit is %d); raise it (ulimit -n, LimitNOFILE=)",
-                format_peer(peername), self.server.descriptor_limit,
+                format_peer(peername), self.host.descriptor_limit,
             )  # fmt: skip
         else:
             limit = (
@@ -185,22 +211,22 @@ class ServerConnection:
 
     def _authenticated(self) -> None:
         if self._admitted is not None:
-            self.server.admission.release(self._admitted)
+            self.host.admission.release(self._admitted)
             self._admitted = None
 
     @property
     def access_enabled(self) -> bool:
-        return self.server.config.access.enabled
+        return self.config.access.enabled
 
     def stream_opened(self) -> str | None:
         """Count a backend stream against this identity and the process; or why it may not."""
-        return self.server.stream_opened(self.identity)
+        return self.host.stream_opened(self.identity)
 
     def stream_closed(self) -> None:
-        self.server.stream_closed(self.identity)
+        self.host.stream_closed(self.identity)
 
     def allows(self, service: Service) -> bool:
-        return self.server.config.access.allows(self.identity, service)
+        return self.config.access.allows(self.identity, service)
 
     @property
     def reachable(self) -> Catalog:
@@ -208,7 +234,7 @@ class ServerConnection:
 
         Computed once per configuration (a reload brings a new one), not once per stream.
         """
-        config = self.server.config
+        config = self.config
         if self._reachable_for is not config:
             access = config.access
             catalog = config.catalog
@@ -236,7 +262,7 @@ class ServerConnection:
         # the handshake timeout to do so.
         self._headerless[stream] = self.loop.time()
         if self._sweep is None:
-            timeout = self.server.config.handshake_timeout
+            timeout = self.config.handshake_timeout
             self._sweep = self.loop.call_later(timeout, self._sweep_headerless)
         return stream
 
@@ -245,7 +271,7 @@ class ServerConnection:
 
     def _sweep_headerless(self) -> None:
         self._sweep = None
-        timeout = self.server.config.handshake_timeout
+        timeout = self.config.handshake_timeout
         now = self.loop.time()
         for stream, opened in list(self._headerless.items()):
             if now - opened >= timeout:
@@ -261,7 +287,7 @@ class ServerConnection:
         At most max_pending_dials dials run at once; a burst of new streams waits its turn
         (within the dial timeout) instead of flooding the backend's accept queue.
         """
-        config = self.server.config
+        config = self.config
         if self._dials < config.max_pending_dials:
             self._dials += 1
             attempt = stream.dial(config.dial_timeout)
@@ -286,7 +312,7 @@ class ServerConnection:
         del self._waiting[stream]
         if stream.closed:  # the client gave up on it first: no limit was hit
             return
-        config = self.server.config
+        config = self.config
         metrics.LIMIT_HITS.labels("max_pending_dials").inc()
         stream.refuse(
             Reason.LIMIT_EXCEEDED,
@@ -304,11 +330,11 @@ class ServerConnection:
         """The handshake machine, made when the control stream opens: by then TLS (if any)
         is done, so the certificate's name and the channel binding are known."""
         self.handshake = ServerHandshake(
-            server_name=self.server.config.name,
+            server_name=self.config.name,
             nonce=os.urandom(auth.NONCE_SIZE),
             identity=self.identity,
             certified=self.cert_name is not None,
-            tokens=self.server.tokens is not None,
+            tokens=self.config.tokens is not None,
             bound=self.tls_done,
             verify=self._verify,
             offer=self._offer,
@@ -335,7 +361,7 @@ class ServerConnection:
 
     def _verify(self, attempt: TokenAttempt) -> bytes | None:
         """The server's proof if the client proved its token, else None."""
-        tokens = self.server.tokens
+        tokens = self.config.tokens
         secret = None if tokens is None else tokens.get(attempt.name)
         name, binding = attempt.name, self.channel_binding
         args = (name, attempt.client_nonce, attempt.server_nonce)
@@ -348,7 +374,7 @@ class ServerConnection:
         return auth.server_proof(secret, *args, version=attempt.version, binding=binding)
 
     def _offer(self, identity: str) -> tuple[ServiceInfo, ...] | None:
-        access = self.server.config.access
+        access = self.config.access
         visible = access.visible(identity, self.catalog)
         if access.enabled and not visible:
             return None
@@ -387,8 +413,8 @@ class ServerConnection:
         """After a reload: send the new catalog, or end a session that lost all access."""
         if not self.welcomed or not self.tunnel.is_open:
             return
-        visible = self.server.config.access.visible(self.identity, self.catalog)
-        if self.server.config.access.enabled and not visible:
+        visible = self.config.access.visible(self.identity, self.catalog)
+        if self.config.access.enabled and not visible:
             self.close_with(Reason.NOT_ALLOWED, f"access for {quoted(self.identity)} was withdrawn")
             return
         shown = catalog_info(visible)
@@ -446,7 +472,7 @@ class ServerConnection:
 
     def _hello_timeout(self) -> None:
         if not self.welcomed and self.tunnel.is_open:
-            reason = f"no hello within {self.server.config.handshake_timeout:g}s"
+            reason = f"no hello within {self.config.handshake_timeout:g}s"
             stranger_log.warning("closing connection from %s: %s", self.tunnel.peer, reason)
             self.refused = True  # logged: the close needs no second line
             metrics.SESSION_ENDS.labels("server", "handshake_timeout").inc()
@@ -463,7 +489,7 @@ class ServerConnection:
         for expiry in self._waiting.values():
             expiry.cancel()
         self._waiting.clear()
-        self.server.connection_closed(self)
+        self.host.connection_closed(self)
         if self.welcomed:
             with contextlib.suppress(KeyError):
                 metrics.RTT.remove(self._rtt_label)

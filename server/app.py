@@ -43,7 +43,7 @@ log = logging.getLogger("ambassador.server")
 
 
 class Server:
-    def __init__(self, config: ServerConfig) -> None:
+    def __init__(self, config: ServerConfig, on_closed: Callable[[], None] | None = None) -> None:
         config = with_credentials(config)
         self.config = config
         self.connections: set[ServerConnection] = set()
@@ -59,7 +59,7 @@ class Server:
         self.tokens = config.tokens
         self._started = time.monotonic()
         self.pool: WorkerPool | None = None  # helper processes, in the main one of several
-        self.on_closed: Callable[[], None] | None = None  # a helper tells the main process
+        self.on_closed = on_closed  # in a helper, tells the main process a connection ended
 
     @property
     def address(self) -> tuple[str, int]:
@@ -316,10 +316,12 @@ class ServerRole:
     kind = "server"
     log = log
 
-    def __init__(self, server: Server, drain_timeout: float, channel: int | None) -> None:
-        self.server = server
+    def __init__(self, config: ServerConfig, drain_timeout: float, channel: int | None) -> None:
+        # A helper's connections end through the channel to its main process, once open.
+        self.server = Server(config, None if channel is None else self._connection_ended)
         self.drain_timeout = drain_timeout
         self._channel = channel
+        self._link: HelperChannel | None = None
 
     async def open(self, stop: Callable[[], None]) -> None:
         server = self.server
@@ -331,8 +333,12 @@ class ServerRole:
             server.take(sock)
 
         link = HelperChannel(self._channel, take, _report(server), stop, "server")
-        server.on_closed = link.ended
+        self._link = link
         link.install()
+
+    def _connection_ended(self) -> None:
+        if self._link is not None:
+            self._link.ended()
 
     async def start(self) -> None:
         pass  # the listener is serving since open()
@@ -375,7 +381,7 @@ async def serve(
     ``helpers`` (the command that starts one, and how many) makes this the main process of
     several; ``channel`` makes this process a helper, serving what the main one hands it.
     """
-    role = ServerRole(Server(config), drain_timeout, channel)
+    role = ServerRole(config, drain_timeout, channel)
     await run_role(role, None if reload is None else reload(config), metrics, helpers)
 
 

@@ -24,7 +24,7 @@ from tunnel.operations.observe import print_status
 from tunnel.operations.runner import Reload, worker_processes
 from tunnel.operations.runtime import run, setup_logging
 from tunnel.security.access import parse_access, unmatched
-from tunnel.security.auth import load_tokens, token_names
+from tunnel.security.auth import load_tokens
 from tunnel.security.binding import UNBOUND
 from tunnel.security.tls import ServerTls, bound_server_context
 from tunnel.settings.cli import (
@@ -172,7 +172,8 @@ def cli(ctx: click.Context, /, **params: Any) -> None:
     if params["check_config"]:
         notes = [tls_note(config.tls)]
         settings = effective_settings(ctx, params, config)
-        print_effective(ctx, params, settings, token_names(config.token_file), notes)
+        names = None if config.tokens is None else list(config.tokens)  # read by build_config
+        print_effective(ctx, params, settings, names, notes)
         return
     if params["forward"]:
         if params["workers"] > 1 and not isinstance(params["workers"], AutoWorkers):

@@ -53,10 +53,7 @@ class Server:
         self.descriptor_limit, self._descriptors_base = descriptor_budget()
         self._trim: asyncio.TimerHandle | None = None
         self._listener: asyncio.Server | None = None
-        self.tls_context = config.tls_context
-        self.tls_binding = config.tls_binding  # the channel binding of the certificate it presents
         self._tasks: set[asyncio.Task[None]] = set()
-        self.tokens = config.tokens
         self._started = time.monotonic()
         self.pool: WorkerPool | None = None  # helper processes, in the main one of several
         self.on_closed = on_closed  # in a helper, tells the main process a connection ended
@@ -84,12 +81,12 @@ class Server:
         log.info("listening on %s (%s), offering %s", listen, mode, names)
         warn_if_expiring(self.config.tls)
         warn_about_files(self.config.tls, self.config.token_file, datetime.now(UTC))
-        if self.config.tls is None and self.tokens is not None:
+        if self.config.tls is None and self.config.tokens is not None:
             warning = plaintext_warning([listen.host])
             if warning is not None:
                 log.warning("%s", warning)
         tls = self.config.tls
-        if self.tokens is None and not is_loopback(listen.host):
+        if self.config.tokens is None and not is_loopback(listen.host):
             if tls is None:
                 log.warning(
                     "listening on %s in plaintext without a token: anyone who can reach this "
@@ -114,10 +111,11 @@ class Server:
         return self._serve_here()
 
     def _serve_here(self) -> asyncio.BaseProtocol:
-        if self.tls_context is not None:
+        config = self.config  # the context and its binding taken together, as one
+        if config.tls_context is not None:
             connection = self.make_connection(tls=True)
-            timeout = self.config.handshake_timeout
-            return accept_tls(connection, self.tls_context, self.tls_binding, timeout)
+            timeout = config.handshake_timeout
+            return accept_tls(connection, config.tls_context, config.tls_binding, timeout)
         return self.make_connection().tunnel
 
     def make_connection(self, peer: str = "", tls: bool = False) -> ServerConnection:
@@ -196,8 +194,6 @@ class Server:
         new = with_credentials(new)  # read by the CLI already; here only if it was not
         admission = AdmissionPolicy.of(new, new.tokens, datetime.now(UTC))
         self.config = replace(new, listen=old.listen)
-        self.tls_context, self.tls_binding = new.tls_context, new.tls_binding
-        self.tokens = new.tokens
         for connection in self.connections:
             connection.reconfigure(self.config)
         for connection in list(self.connections):

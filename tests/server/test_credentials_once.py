@@ -36,6 +36,6 @@ def test_the_server_runs_with_the_files_the_cli_read(pki: Path) -> None:
     for path in (tokens, pki / "server.pem", pki / "server-key.pem"):
         os.remove(path)  # gone now: reading them again would fail
     server = Server(config)
-    assert server.tokens == {"alice": SECRET.encode()}
-    assert server.tls_context is config.tls_context is not None
-    assert server.tls_binding == config.tls_binding != b""
+    assert server.config.tokens == {"alice": SECRET.encode()}
+    assert server.config.tls_context is config.tls_context is not None
+    assert server.config.tls_binding == config.tls_binding != b""

@@ -310,8 +310,24 @@ def test_bad_version_is_rejected_from_the_header_alone(
 def test_tls_handshake_on_a_plaintext_port_is_named_as_such(path: Path) -> None:
     # The start of a TLS ClientHello record, as sent by a client configured for TLS.
     hello = bytes.fromhex("160301020001000001fc0303")
-    with pytest.raises(RemoteProtocolError, match="TLS"):
+    with pytest.raises(RemoteProtocolError) as refused:
         feed_header(hello, path)
+    assert str(refused.value) == (
+        "unsupported yamux version 22 (expected 0)"
+        "; this is a TLS handshake: the peer speaks TLS to a plaintext port"
+    )
+
+
+@every_path
+@pytest.mark.parametrize(("version", "type_"), [(1, 0), (0x16, 1), (5, 3)])
+def test_a_bad_version_that_is_not_tls_gets_no_tls_hint(
+    path: Path, version: int, type_: int
+) -> None:
+    # Only 16 03 is the start of a TLS record: another version byte, or 0x16 followed by
+    # another type, is just a peer that does not speak yamux version 0.
+    with pytest.raises(RemoteProtocolError) as refused:
+        feed_header(struct.pack(">BBHII", version, type_, 0, 0, 0), path)
+    assert str(refused.value) == f"unsupported yamux version {version} (expected 0)"
 
 
 @every_path
@@ -408,3 +424,11 @@ def test_near_valid_headers_raise_only_remote_protocol_error(
             assert frame.length <= 256 or frame.type is not FrameType.DATA
     except RemoteProtocolError:
         pass
+
+
+def test_a_released_decoder_holds_nothing() -> None:
+    decoder = FrameDecoder(max_data_length=MAX_DATA)
+    decoder.feed(encode(Frame(FrameType.DATA, Flags.NONE, 1, 10, bytes(10)))[:15])
+    assert decoder.buffered == 15
+    decoder.release()
+    assert decoder.buffered == 0

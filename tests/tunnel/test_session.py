@@ -570,9 +570,9 @@ def test_keepalive_pings_after_silence_and_gives_up_without_an_answer() -> None:
     assert not session.terminated
     session.handle_timer(145.0)
     (event,) = session.take_events()
-    assert isinstance(event, ConnectionTerminated)
-    assert event.remote is False
-    assert "ping" in event.reason
+    assert event == ConnectionTerminated(
+        GoAwayCode.INTERNAL_ERROR, "peer did not answer a ping for 30s", remote=False
+    )
     assert session.terminated
     assert session.get_timer() is None
 
@@ -765,17 +765,21 @@ def test_a_data_violation_says_which_it_was_and_takes_no_new_stream(
 @pytest.mark.parametrize(
     ("fields", "complaint"),
     [
-        ({"stream_window": INITIAL_WINDOW - 1}, "stream_window must be at least"),
-        ({"stream_window": MIB, "max_stream_window": MIB - 1}, "max_stream_window must be"),
-        ({"max_frame_size": 1023}, "max_frame_size must be at least 1024"),
+        ({"stream_window": INITIAL_WINDOW - 1}, "stream_window must be at least 262144 bytes"),
+        (
+            {"stream_window": MIB, "max_stream_window": MIB - 1},
+            "max_stream_window must be at least stream_window",
+        ),
+        ({"max_frame_size": 1023}, "max_frame_size must be at least 1024 bytes"),
         ({"max_streams": 0}, "max_streams must be at least 1"),
     ],
 )
 def test_limits_refuse_what_cannot_work_and_say_which(
     fields: dict[str, int], complaint: str
 ) -> None:
-    with pytest.raises(ValueError, match=complaint):
+    with pytest.raises(ValueError) as refused:
         Limits(**fields)  # type: ignore[arg-type]
+    assert str(refused.value) == complaint
 
 
 def test_limits_accept_each_bound_itself() -> None:
@@ -1425,6 +1429,7 @@ def test_a_guarded_session_takes_only_small_frames_until_unguarded() -> None:
         read_in(server, raw(UPDATE, Flags.NONE, 1, 1) * 1000)
     assert len(server._decoder._buffer) <= 32 * KIB
     server.unguard()
+    assert server.guarded is False
     read_in(server, raw(DATA, Flags.NONE, 1, 200 * KIB) + bytes(200 * KIB))
     assert not server.terminated
 
@@ -1450,3 +1455,88 @@ def test_bytes_queued_for_a_peer_that_never_reads_count_in_the_session_memory() 
     drained = [e for e in server.take_events() if isinstance(e, StreamDrained)]
     assert {e.stream_id for e in drained} == set(streams[40:])
     assert server.queued == 0
+
+
+def test_a_frame_over_what_is_left_of_the_streams_window_is_refused_before_its_payload() -> None:
+    server = Session(Role.SERVER)
+    server.receive_data(raw(DATA, Flags.SYN, 1, 0), 0.0)
+    server.receive_data(raw(DATA, Flags.NONE, 1, WINDOW - 100) + bytes(WINDOW - 100), 0.0)
+    # Nothing consumed: 100 bytes of window are left, whatever the stream was granted at first.
+    events = server.receive_data(raw(DATA, Flags.NONE, 1, 1000) + bytes(10), 0.0)
+    assert events == [
+        ConnectionTerminated(
+            GoAwayCode.PROTOCOL_ERROR,
+            "data frame of 1000 bytes on stream 1 exceeds its 100 byte window",
+            remote=True,
+        )
+    ]
+
+
+def test_a_frame_after_the_peers_fin_is_refused_from_its_header() -> None:
+    server = Session(Role.SERVER)
+    server.receive_data(raw(DATA, Flags.SYN | Flags.FIN, 1, 0), 0.0)
+    (ended,) = server.receive_data(raw(DATA, Flags.NONE, 1, 1), 0.0)  # its byte still to come
+    assert isinstance(ended, ConnectionTerminated)
+    assert ended.reason == "data frame of 1 bytes on stream 1 exceeds its 0 byte window"
+
+
+def test_a_frame_of_exactly_the_window_may_arrive_in_pieces() -> None:
+    server = Session(Role.SERVER)
+    server.receive_data(raw(DATA, Flags.SYN, 1, 0), 0.0)
+    data = raw(DATA, Flags.NONE, 1, WINDOW) + payload(WINDOW)
+    events = server.receive_data(data[:1000], 0.0) + server.receive_data(data[1000:], 0.0)
+    assert events == [DataReceived(1, data[HEADER_SIZE:])]
+    assert not server.terminated
+
+
+def test_a_large_frame_in_flight_for_a_stream_we_reset_is_dropped_without_fuss() -> None:
+    server = Session(Role.SERVER)
+    server.receive_data(raw(DATA, Flags.SYN, 1, 0), 0.0)  # granted the 1 MiB window
+    server.reset_stream(1)
+    # The peer sent half a MiB (more than the initial window, within what it was granted)
+    # before it saw the reset; it arrives over several reads.
+    data = raw(DATA, Flags.NONE, 1, WINDOW // 2) + bytes(WINDOW // 2)
+    assert server.receive_data(data[:1000], 0.0) == []
+    assert server.receive_data(data[1000:], 0.0) == []
+    assert not server.terminated
+
+
+def test_a_frame_for_a_stream_we_never_opened_ends_the_session() -> None:
+    client = Session(Role.CLIENT)
+    client.open_stream()  # stream 1; 3 is the next one, not opened yet
+    (ended,) = client.receive_data(raw(UPDATE, Flags.NONE, 3, 5), 0.0)
+    assert ended == ConnectionTerminated(
+        GoAwayCode.PROTOCOL_ERROR, "frame for stream 3, which was never opened", remote=True
+    )
+
+
+def test_the_peers_go_away_with_an_error_says_which_error() -> None:
+    client = Session(Role.CLIENT)
+    events = client.receive_data(raw(FrameType.GO_AWAY, Flags.NONE, 0, 1), 0.0)
+    assert events == [
+        ConnectionTerminated(
+            GoAwayCode.PROTOCOL_ERROR, "peer went away: protocol_error", remote=True
+        )
+    ]
+
+
+def test_a_reset_stream_gives_back_its_queued_bytes_and_its_grown_window() -> None:
+    client = Session(Role.CLIENT)
+    kept, dropped = client.open_stream(), client.open_stream()
+    client.send_data(kept, bytes(300))
+    client.send_data(dropped, bytes(1000))
+    grown = 2 * (WINDOW - INITIAL_WINDOW)  # each stream's window past the initial one
+    assert (client.queued, client.memory_used()) == (1300, 1300 + grown)
+    assert client.send_buffer_size(dropped) == 1000
+    client.reset_stream(dropped)
+    assert (client.queued, client.memory_used()) == (300, 300 + grown // 2)
+    assert client.send_buffer_size(dropped) == 0
+    assert client.send_buffer_size(kept) == 300
+
+
+def test_a_session_that_ended_holds_no_queued_bytes() -> None:
+    client = Session(Role.CLIENT)
+    client.send_data(client.open_stream(), bytes(1000))
+    client.receive_data(raw(FrameType.GO_AWAY, Flags.NONE, 0, 1), 0.0)
+    assert client.terminated
+    assert client.queued == 0

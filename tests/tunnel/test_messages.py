@@ -191,6 +191,44 @@ def test_malformed_message_is_a_remote_protocol_error(body: bytes) -> None:
 
 
 @pytest.mark.parametrize(
+    ("body", "complaint"),
+    [
+        (b"[1, 2]", "ValueError('not an object')"),
+        (b'{"type": "nonsense"}', "ValueError(\"unknown message type 'nonsense'\")"),
+        (
+            b'{"type": "welcome", "version": 1, "server": "s", "catalog": {}}',
+            "TypeError('catalog is not a list')",
+        ),
+        (
+            b'{"type": "hello", "versions": ["1"], "name": "x"}',
+            "TypeError('expected an integer, got str')",
+        ),
+        (
+            b'{"type": "hello", "versions": [1], "name": 7}',
+            "TypeError('expected a string, got int')",
+        ),
+        (
+            b'{"type": "hello", "versions": [70000], "name": "x"}',
+            "ValueError('protocol version out of range (0..65535)')",
+        ),
+        (
+            json.dumps({"type": "hello", "versions": list(range(17)), "name": "x"}).encode(),
+            "ValueError('versions must be a list of at most 16')",
+        ),
+    ],
+)
+def test_a_malformed_message_says_what_is_wrong_with_it(body: bytes, complaint: str) -> None:
+    with pytest.raises(RemoteProtocolError) as refused:
+        decode_message(body)
+    assert str(refused.value) == f"malformed control message: {complaint}"
+
+
+def test_a_hello_may_list_as_many_versions_as_allowed() -> None:
+    hello = {"type": "hello", "versions": list(range(16)), "name": "x"}
+    assert decode_message(json.dumps(hello).encode()) == Hello(tuple(range(16)), "x")
+
+
+@pytest.mark.parametrize(
     "item",
     [
         "1",

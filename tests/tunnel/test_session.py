@@ -50,7 +50,7 @@ from tunnel.frames import (
 )
 from tunnel.limits import INITIAL_WINDOW, KIB, MIB, Limits
 from tunnel.messages import StreamAnswer
-from tunnel.session import Role, Session
+from tunnel.session import GATHER_MIN, Role, Session
 from tunnel.streams import StreamState
 
 if TYPE_CHECKING:
@@ -324,6 +324,18 @@ def test_large_payloads_reach_the_socket_without_a_copy(pair: Pair) -> None:
         (bulk, block),
         (small, b"ping"),
     ]
+
+
+def test_payloads_queued_in_several_writes_reach_the_socket_without_a_copy(pair: Pair) -> None:
+    client = pair.client.session
+    stream_id = open_established(pair)
+    first, second = os.urandom(GATHER_MIN), os.urandom(GATHER_MIN)  # the smallest not copied
+    client.send_data(stream_id, first)
+    client.send_data(stream_id, second)  # both go out in one frame, each as it is
+    buffers = client.buffers_to_send()
+    assert any(buffer is first for buffer in buffers)
+    assert any(buffer is second for buffer in buffers)
+    assert b"".join(f.payload for f in frames_in(b"".join(buffers))) == first + second
 
 
 def test_a_payload_split_over_frames_is_sent_as_views_of_it(pair: Pair) -> None:

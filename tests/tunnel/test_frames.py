@@ -432,3 +432,32 @@ def test_a_released_decoder_holds_nothing() -> None:
     assert decoder.buffered == 15
     decoder.release()
     assert decoder.buffered == 0
+
+
+def _room_offered(decoder: FrameDecoder, reads: int, fill: bool) -> list[int]:
+    """Room offered to ``reads`` reads of Data frames, each filling all of it or not."""
+    stream = encode(Frame(FrameType.DATA, Flags.NONE, 1, 4000, bytes(4000))) * 800  # 3 MiB
+    offered, at = [], 0
+    for _ in range(reads):
+        room = decoder.get_buffer()
+        offered.append(len(room))
+        taken = len(room) if fill else min(len(room), HEADER_SIZE * 10 + 5)  # ends mid-frame
+        room[:taken] = stream[at : at + taken]
+        room.release()
+        at += taken
+        decoder.buffer_updated(taken)
+    return offered
+
+
+def test_a_busy_connection_gets_reads_of_the_full_read_size() -> None:
+    # Reads that fill the buffer double it, up to READ_SIZE: a bulk transfer is not read in
+    # first-read-sized pieces.
+    offered = _room_offered(FrameDecoder(max_data_length=MAX_DATA), 10, fill=True)
+    assert max(offered) > READ_SIZE - (HEADER_SIZE + 4000)  # less only a partial frame
+
+
+def test_a_quiet_connection_keeps_a_small_buffer_and_reads_into_a_quarter_of_it_at_least() -> None:
+    # What is left unparsed moves to the start once less than a quarter of the buffer is free.
+    offered = _room_offered(FrameDecoder(max_data_length=MAX_DATA), 300, fill=False)
+    assert max(offered) <= 16 * 1024
+    assert min(offered) >= 16 * 1024 // 4

@@ -1552,3 +1552,61 @@ def test_a_session_that_ended_holds_no_queued_bytes() -> None:
     client.receive_data(raw(FrameType.GO_AWAY, Flags.NONE, 0, 1), 0.0)
     assert client.terminated
     assert client.queued == 0
+
+
+def test_a_second_fin_from_the_peer_ends_the_session_naming_the_stream_and_its_state() -> None:
+    server = Session(Role.SERVER)
+    fin = raw(UPDATE, Flags.FIN, 1, 0)
+    events = server.receive_data(raw(DATA, Flags.SYN | Flags.FIN, 1, 0) + fin, 0.0)
+    assert events[-1] == ConnectionTerminated(
+        GoAwayCode.PROTOCOL_ERROR, "RECV_FIN on stream 1 in state HALF_CLOSED_REMOTE", remote=True
+    )
+
+
+def test_ending_a_stream_twice_is_refused_naming_the_stream_and_its_state() -> None:
+    client = Session(Role.CLIENT)
+    stream_id = client.open_stream()
+    client.end_stream(stream_id)
+    client.data_to_send()
+    with pytest.raises(LocalProtocolError) as refused:
+        client.end_stream(stream_id)
+    assert str(refused.value) == "SEND_FIN on stream 1 in state HALF_CLOSED_LOCAL"
+
+
+def test_a_fin_with_nothing_queued_goes_out_alone(pair: Pair) -> None:
+    # No empty Data frame before it: the peer counts those against its empty-frame budget.
+    stream_id = open_established(pair)
+    pair.client.session.end_stream(stream_id)
+    assert frames_in(pair.client.session.data_to_send()) == [Frame(UPDATE, Flags.FIN, stream_id, 0)]
+
+
+def test_a_paused_stream_is_drained_when_its_queue_falls_to_half_the_send_buffer(
+    make_pair: Callable[..., Pair],
+) -> None:
+    pair = make_pair(auto_consume=False)
+    client = pair.client.session
+    stream_id = open_established(pair)
+    half = DEFAULT.stream_send_buffer // 2
+    assert client.send_data(stream_id, bytes(2 * half + 1)) is True
+    client.data_to_send(limit=HEADER_SIZE + DEFAULT.max_frame_size)  # one frame: half + 1 left
+    assert client.send_buffer_size(stream_id) == half + 1
+    assert client.take_events() == []
+    client.data_to_send(limit=1)  # one byte more
+    assert client.send_buffer_size(stream_id) == half
+    assert client.take_events() == [StreamDrained(stream_id)]
+
+
+def test_a_stream_woken_by_several_window_updates_still_takes_turns(
+    make_pair: Callable[..., Pair],
+) -> None:
+    pair = make_pair(auto_consume=False)
+    client = pair.client.session
+    first, second = open_established(pair), open_established(pair)
+    client.send_data(first, bytes(WINDOW))
+    pair.flush()  # the first stream's window is used up
+    client.send_data(first, bytes(WINDOW))
+    client.send_data(second, bytes(WINDOW))
+    client.receive_data(raw(UPDATE, Flags.NONE, first, 64 * KIB) * 3, pair.now)
+    frame = DEFAULT.max_frame_size
+    sent = frames_in(client.data_to_send(limit=3 * frame))
+    assert [f.stream_id for f in sent if f.type is DATA] == [second, first, second]

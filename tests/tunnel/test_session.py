@@ -1610,3 +1610,73 @@ def test_a_stream_woken_by_several_window_updates_still_takes_turns(
     frame = DEFAULT.max_frame_size
     sent = frames_in(client.data_to_send(limit=3 * frame))
     assert [f.stream_id for f in sent if f.type is DATA] == [second, first, second]
+
+
+def test_a_reset_after_queued_data_goes_out_as_a_bare_rst(pair: Pair) -> None:
+    client = pair.client.session
+    stream_id = open_established(pair)
+    client.send_data(stream_id, b"why not")
+    client.reset_stream(stream_id, after_data=True)
+    assert frames_in(client.data_to_send()) == [
+        Frame(DATA, Flags.NONE, stream_id, 7, b"why not"),
+        Frame(UPDATE, Flags.RST, stream_id, 0),
+    ]
+
+
+def test_a_stream_that_drained_takes_data_again_without_pausing(
+    make_pair: Callable[..., Pair],
+) -> None:
+    # A send buffer smaller than a frame: the frame that takes the queue under half of it
+    # takes all of it.
+    pair = make_pair(Limits(stream_send_buffer=64 * KIB))
+    client = pair.client.session
+    stream_id = open_established(pair)
+    assert client.send_data(stream_id, bytes(64 * KIB + 1)) is True
+    pair.flush()  # the window takes it all: the queue empties and the stream is drained
+    assert pair.client.of_type(StreamDrained) == [StreamDrained(stream_id)]
+    assert client.send_data(stream_id, b"more") is False
+
+
+def test_a_ping_without_syn_or_ack_is_not_an_answer() -> None:
+    client = Session(Role.CLIENT)
+    client.ping(now=1.0)
+    (ping,) = frames_in(client.data_to_send())
+    assert client.receive_data(raw(FrameType.PING, Flags.NONE, 0, ping.length), 2.0) == []
+    assert client.rtt is None
+
+
+def test_pings_spread_over_time_are_no_flood() -> None:
+    server = Session(Role.SERVER)
+    for second in range(3 * DEFAULT.pings_per_second):
+        server.receive_data(raw(FrameType.PING, Flags.SYN, 0, second), float(second))
+    assert not server.terminated
+
+
+def test_a_ping_flood_ends_the_session_naming_the_limit() -> None:
+    server = Session(Role.SERVER)
+    events = server.receive_data(raw(FrameType.PING, Flags.SYN, 0, 7) * 101, 0.0)
+    assert events[-1] == ConnectionTerminated(
+        GoAwayCode.PROTOCOL_ERROR, "more than 100 pings a second (a ping flood)", remote=True
+    )
+    assert server.limit_hit == "pings_per_second"
+
+
+def test_round_trips_are_smoothed_and_the_shortest_is_kept() -> None:
+    client, server = Session(Role.CLIENT), Session(Role.SERVER)
+    client.ping(now=0.0)
+    client.ping(now=0.0)  # two pings out at once: each answer is matched to its own
+    server.receive_data(client.data_to_send(), 0.0)
+    first, second = frames_in(server.data_to_send())
+    assert first.length != second.length
+    assert client.receive_data(encode(first), 0.4) == [PingAcknowledged(0.4)]
+    assert client.receive_data(encode(second), 0.8) == [PingAcknowledged(0.8)]
+    assert client.rtt == pytest.approx(0.875 * 0.4 + 0.125 * 0.8)
+    assert client.min_rtt == 0.4
+
+
+def test_going_away_with_an_error_and_no_reason_names_the_error() -> None:
+    client = Session(Role.CLIENT)
+    client.go_away(GoAwayCode.INTERNAL_ERROR)
+    assert client.take_events() == [
+        ConnectionTerminated(GoAwayCode.INTERNAL_ERROR, "internal_error", remote=False)
+    ]

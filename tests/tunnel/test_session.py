@@ -48,7 +48,7 @@ from tunnel.frames import (
     encode,
     encode_header,
 )
-from tunnel.limits import INITIAL_WINDOW, KIB, MIB, Limits
+from tunnel.limits import INITIAL_WINDOW, KIB, MIB, Budget, Limits
 from tunnel.messages import StreamAnswer
 from tunnel.session import GATHER_MIN, Role, Session
 from tunnel.streams import StreamState
@@ -1680,3 +1680,41 @@ def test_going_away_with_an_error_and_no_reason_names_the_error() -> None:
     assert client.take_events() == [
         ConnectionTerminated(GoAwayCode.INTERNAL_ERROR, "internal_error", remote=False)
     ]
+
+
+def test_a_token_budget_allows_a_seconds_burst_then_its_rate() -> None:
+    budget = Budget(10)
+    assert all(budget.spend(0.0) for _ in range(10))  # a second's worth at once
+    assert not budget.spend(0.0)
+    assert not budget.spend(0.05)  # half an event has come back
+    assert budget.spend(0.1)
+    assert not budget.spend(0.1)
+    assert all(budget.spend(100.0) for _ in range(10))  # idle time refills a burst, no more
+    assert not budget.spend(100.0)
+
+
+def test_windows_grown_by_auto_tuning_stay_within_the_session_memory(
+    make_pair: Callable[..., Pair],
+) -> None:
+    budget = 3 * INITIAL_WINDOW // 2
+    limits = Limits(
+        stream_window=INITIAL_WINDOW, max_stream_window=4 * INITIAL_WINDOW, session_memory=budget
+    )
+    pair = make_pair(limits)
+    server = pair.server.session
+    server.ping(pair.now)
+    pair.step(pair.server)
+    pair.advance(0.05)
+    pair.step(pair.client)
+    stream_id = open_established(pair)
+    for _ in range(10):  # a consumer that keeps up with a megabyte per round trip
+        pair.client.session.send_data(stream_id, bytes(MIB))
+        pair.flush()
+        pair.advance(0.05)
+    # The window doubled once (256 KiB more), then took what the budget had left (128 KiB).
+    assert server.memory_used() == budget
+    pair.auto_consume = False
+    before = len(pair.server.received(stream_id))
+    pair.client.session.send_data(stream_id, bytes(8 * MIB))
+    pair.flush()
+    assert len(pair.server.received(stream_id)) - before <= INITIAL_WINDOW + budget

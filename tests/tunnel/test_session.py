@@ -1718,3 +1718,49 @@ def test_windows_grown_by_auto_tuning_stay_within_the_session_memory(
     pair.client.session.send_data(stream_id, bytes(8 * MIB))
     pair.flush()
     assert len(pair.server.received(stream_id)) - before <= INITIAL_WINDOW + budget
+
+
+def test_streams_written_to_several_times_still_take_turns(pair: Pair) -> None:
+    client = pair.client.session
+    first, second = open_established(pair), open_established(pair)
+    client.send_data(first, bytes(WINDOW // 4))
+    client.send_data(first, bytes(WINDOW // 4))
+    client.send_data(second, bytes(WINDOW // 4))
+    frame = DEFAULT.max_frame_size
+    sent = frames_in(client.data_to_send(limit=3 * frame))
+    assert [f.stream_id for f in sent if f.type is DATA] == [first, second, first]
+
+
+def test_the_last_byte_of_a_window_is_used(make_pair: Callable[..., Pair]) -> None:
+    pair = make_pair(auto_consume=False)
+    client = pair.client.session
+    stream_id = open_established(pair)
+    client.send_data(stream_id, bytes(WINDOW - 1))
+    pair.flush()  # one byte of window left
+    client.send_data(stream_id, b"ab")
+    assert frames_in(client.data_to_send()) == [Frame(DATA, Flags.NONE, stream_id, 1, b"a")]
+
+
+def test_a_stream_at_exactly_the_session_budget_is_not_paused() -> None:
+    limits = Limits(stream_window=INITIAL_WINDOW, session_memory=INITIAL_WINDOW)
+    client = Session(Role.CLIENT, limits)
+    assert client.send_data(client.open_stream(), bytes(INITIAL_WINDOW)) is False
+    assert client.send_data(client.open_stream(), b"x") is True
+
+
+def test_a_bytearray_reused_by_the_caller_does_not_change_what_is_sent(pair: Pair) -> None:
+    client = pair.client.session
+    stream_id = open_established(pair)
+    buffer = bytearray(b"first")
+    client.send_data(stream_id, buffer)
+    buffer[:] = b"later"
+    assert frames_in(client.data_to_send())[-1].payload == b"first"
+
+
+def test_sending_after_the_end_is_refused_naming_the_stream_and_its_state() -> None:
+    client = Session(Role.CLIENT)
+    stream_id = client.open_stream()
+    client.end_stream(stream_id)
+    with pytest.raises(LocalProtocolError) as refused:
+        client.send_data(stream_id, b"late")
+    assert str(refused.value) == "send on stream 1 in state HALF_CLOSED_LOCAL"

@@ -849,8 +849,9 @@ def test_stream_ids_run_out_cleanly(role: Role, last: int) -> None:
     assert session.streams_left == 2
     assert [session.open_stream(), session.open_stream()] == [last - 2, last]
     assert session.streams_left == 0
-    with pytest.raises(LocalProtocolError, match="exhausted"):
+    with pytest.raises(LocalProtocolError) as refused:
         session.open_stream()
+    assert str(refused.value) == "stream ids are exhausted; open a new session"
     assert not session.terminated
     frames = frames_in(session.data_to_send())
     assert [f.stream_id for f in frames] == [last - 2, last]
@@ -1764,3 +1765,19 @@ def test_sending_after_the_end_is_refused_naming_the_stream_and_its_state() -> N
     with pytest.raises(LocalProtocolError) as refused:
         client.send_data(stream_id, b"late")
     assert str(refused.value) == "send on stream 1 in state HALF_CLOSED_LOCAL"
+
+
+def test_no_stream_is_opened_after_a_go_away_and_the_refusal_says_so(pair: Pair) -> None:
+    pair.client.session.go_away()
+    with pytest.raises(LocalProtocolError) as refused:
+        pair.client.session.open_stream()
+    assert str(refused.value) == "the session takes no new streams"
+
+
+def test_grown_windows_leave_less_of_the_session_budget_for_queued_bytes() -> None:
+    limits = Limits(stream_window=2 * INITIAL_WINDOW, session_memory=4 * INITIAL_WINDOW)
+    client = Session(Role.CLIENT, limits)
+    first, second, _ = (client.open_stream() for _ in range(3))  # 768 KiB of grown windows
+    assert client.memory_used() == 3 * INITIAL_WINDOW
+    assert client.send_data(first, bytes(200 * KIB)) is False
+    assert client.send_data(second, bytes(100 * KIB)) is True  # 300 KiB queued: over 256 KiB

@@ -901,13 +901,14 @@ def test_streams_beyond_max_streams_are_refused_and_the_session_stays(
 
 def test_stats_count_streams_and_bytes(pair: Pair) -> None:
     stream_id = open_established(pair)
+    open_established(pair)
     pair.client.session.send_data(stream_id, bytes(1000))
     pair.flush()
     client, server = pair.client.session.stats(), pair.server.session.stats()
-    assert (client.streams_opened_local, server.streams_opened_remote) == (1, 1)
+    assert (client.streams_opened_local, server.streams_opened_remote) == (2, 2)
     assert client.bytes_sent == server.bytes_received == len(pair.client.sent)
     assert server.bytes_sent == client.bytes_received == len(pair.server.sent)
-    assert client.open_streams == server.open_streams == 1
+    assert client.open_streams == server.open_streams == 2
 
 
 # ------------------------------------------------------------------ random sequences
@@ -1781,3 +1782,13 @@ def test_grown_windows_leave_less_of_the_session_budget_for_queued_bytes() -> No
     assert client.memory_used() == 3 * INITIAL_WINDOW
     assert client.send_data(first, bytes(200 * KIB)) is False
     assert client.send_data(second, bytes(100 * KIB)) is True  # 300 KiB queued: over 256 KiB
+
+
+def test_data_to_send_stops_at_its_limit(pair: Pair) -> None:
+    client = pair.client.session
+    first, second = open_established(pair), open_established(pair)
+    client.send_data(first, bytes(100))
+    client.send_data(second, bytes(100))
+    assert frames_in(client.data_to_send(limit=HEADER_SIZE + 100)) == [
+        Frame(DATA, Flags.NONE, first, 100, bytes(100))
+    ]

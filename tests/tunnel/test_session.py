@@ -1792,3 +1792,11 @@ def test_data_to_send_stops_at_its_limit(pair: Pair) -> None:
     assert frames_in(client.data_to_send(limit=HEADER_SIZE + 100)) == [
         Frame(DATA, Flags.NONE, first, 100, bytes(100))
     ]
+
+
+def test_a_payload_of_exactly_gather_min_reaches_the_socket_as_it_is(pair: Pair) -> None:
+    client = pair.client.session
+    stream_id = open_established(pair)
+    block = os.urandom(GATHER_MIN)
+    client.send_data(stream_id, block)
+    assert any(buffer is block for buffer in client.buffers_to_send())

@@ -1800,3 +1800,14 @@ def test_a_payload_of_exactly_gather_min_reaches_the_socket_as_it_is(pair: Pair)
     block = os.urandom(GATHER_MIN)
     client.send_data(stream_id, block)
     assert any(buffer is block for buffer in client.buffers_to_send())
+
+
+def test_a_small_message_past_the_limit_is_cut_to_it(pair: Pair) -> None:
+    client = pair.client.session
+    first, second = open_established(pair), open_established(pair)
+    client.send_data(first, bytes(100))
+    client.send_data(second, bytes(100))
+    assert frames_in(client.data_to_send(limit=HEADER_SIZE + 150)) == [
+        Frame(DATA, Flags.NONE, first, 100, bytes(100)),
+        Frame(DATA, Flags.NONE, second, 50, bytes(50)),
+    ]

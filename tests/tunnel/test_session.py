@@ -1811,3 +1811,41 @@ def test_a_small_message_past_the_limit_is_cut_to_it(pair: Pair) -> None:
         Frame(DATA, Flags.NONE, first, 100, bytes(100)),
         Frame(DATA, Flags.NONE, second, 50, bytes(50)),
     ]
+
+
+def test_small_messages_on_several_streams_leave_in_one_write_and_nothing_stays_queued(
+    pair: Pair,
+) -> None:
+    client = pair.client.session
+    first, second = open_established(pair), open_established(pair)
+    client.send_data(first, b"one")
+    client.send_data(second, b"two")
+    assert client.queued == 6
+    sent = frames_in(client.data_to_send())
+    assert [(f.stream_id, f.payload) for f in sent] == [(first, b"one"), (second, b"two")]
+    assert client.queued == 0
+
+
+def test_a_stream_reset_while_it_waited_to_send_does_not_hold_up_the_others(pair: Pair) -> None:
+    client = pair.client.session
+    first, second = open_established(pair), open_established(pair)
+    client.send_data(first, bytes(GATHER_MIN))
+    client.send_data(second, b"two")
+    client.receive_data(raw(UPDATE, Flags.RST, first, 0), pair.now)  # the peer resets the first
+    assert [(f.stream_id, f.payload) for f in frames_in(client.data_to_send())] == [
+        (second, b"two")
+    ]
+
+
+def test_a_frame_that_leaves_one_byte_of_window_is_followed_by_that_byte(
+    make_pair: Callable[..., Pair],
+) -> None:
+    pair = make_pair(auto_consume=False)
+    client = pair.client.session
+    stream_id = open_established(pair)
+    frame = DEFAULT.max_frame_size
+    client.send_data(stream_id, bytes(WINDOW - frame - 1))
+    pair.flush()  # a frame and one byte of window left
+    client.send_data(stream_id, bytes(2 * frame))
+    sent = frames_in(client.data_to_send(limit=4 * frame))
+    assert [f.length for f in sent] == [frame, 1]

@@ -1849,3 +1849,15 @@ def test_a_frame_that_leaves_one_byte_of_window_is_followed_by_that_byte(
     client.send_data(stream_id, bytes(2 * frame))
     sent = frames_in(client.data_to_send(limit=4 * frame))
     assert [f.length for f in sent] == [frame, 1]
+
+
+def test_a_stream_written_to_while_it_waits_for_its_next_turn_takes_one_turn(pair: Pair) -> None:
+    client = pair.client.session
+    first, second = open_established(pair), open_established(pair)
+    frame = DEFAULT.max_frame_size
+    client.send_data(first, bytes(2 * frame))
+    client.send_data(second, bytes(2 * frame))
+    client.data_to_send(limit=frame)  # the first stream's turn; it waits for the next one
+    client.send_data(first, b"more")
+    sent = frames_in(client.data_to_send(limit=3 * frame))
+    assert [f.stream_id for f in sent if f.type is DATA] == [second, first, second]

@@ -1861,3 +1861,58 @@ def test_a_stream_written_to_while_it_waits_for_its_next_turn_takes_one_turn(pai
     client.send_data(first, b"more")
     sent = frames_in(client.data_to_send(limit=3 * frame))
     assert [f.stream_id for f in sent if f.type is DATA] == [second, first, second]
+
+
+def test_a_rapid_reset_flood_ends_the_session_naming_the_limit() -> None:
+    server = Session(Role.SERVER, Limits(resets_per_second=10))
+    flood = b"".join(
+        raw(DATA, Flags.SYN, stream_id, 0) + raw(UPDATE, Flags.RST, stream_id, 0)
+        for stream_id in range(1, 24, 2)
+    )
+    events = server.receive_data(flood, 0.0)
+    assert events[-1] == ConnectionTerminated(
+        GoAwayCode.PROTOCOL_ERROR,
+        "more than 10 stream resets a second (a rapid-reset flood)",
+        remote=True,
+    )
+    assert server.limit_hit == "resets_per_second"
+
+
+def test_an_empty_frame_flood_ends_the_session_naming_the_limit() -> None:
+    server = Session(Role.SERVER, Limits(empty_frames_per_second=10))
+    server.receive_data(raw(DATA, Flags.SYN, 1, 0), 0.0)
+    for second in range(30):  # one a second is no flood
+        server.receive_data(raw(UPDATE, Flags.NONE, 1, 0), float(second))
+    assert not server.terminated
+    events = server.receive_data(raw(UPDATE, Flags.NONE, 1, 0) * 11, 30.0)
+    assert events[-1] == ConnectionTerminated(
+        GoAwayCode.PROTOCOL_ERROR, "more than 10 empty frames a second", remote=True
+    )
+    assert server.limit_hit == "empty_frames_per_second"
+
+
+@pytest.mark.parametrize(
+    ("opening", "reason"),
+    [
+        (raw(DATA, Flags.SYN, 2, 0), "peer opened stream 2 with our parity"),
+        (raw(DATA, Flags.SYN, 3, 0) + raw(DATA, Flags.SYN, 1, 0), "peer reused stream id 1"),
+        (
+            raw(DATA, Flags.SYN, 1, 0) + raw(UPDATE, Flags.NONE, 1, MAX_LENGTH),
+            "window of stream 1 grew past 2**32-1",
+        ),
+    ],
+)
+def test_a_stream_opened_or_grown_wrongly_ends_the_session_saying_how(
+    opening: bytes, reason: str
+) -> None:
+    server = Session(Role.SERVER)
+    events = server.receive_data(opening, 0.0)
+    assert events[-1] == ConnectionTerminated(GoAwayCode.PROTOCOL_ERROR, reason, remote=True)
+
+
+def test_streams_over_the_limit_are_each_refused_with_a_bare_rst_and_counted() -> None:
+    server = Session(Role.SERVER, Limits(max_streams=1))
+    server.receive_data(b"".join(raw(DATA, Flags.SYN, i, 0) for i in (1, 3, 5)), 0.0)
+    refusals = [f for f in frames_in(server.data_to_send()) if f.flags & Flags.RST]
+    assert refusals == [Frame(UPDATE, Flags.RST, 3, 0), Frame(UPDATE, Flags.RST, 5, 0)]
+    assert server.stats().streams_refused == 2

@@ -1916,3 +1916,30 @@ def test_streams_over_the_limit_are_each_refused_with_a_bare_rst_and_counted() -
     refusals = [f for f in frames_in(server.data_to_send()) if f.flags & Flags.RST]
     assert refusals == [Frame(UPDATE, Flags.RST, 3, 0), Frame(UPDATE, Flags.RST, 5, 0)]
     assert server.stats().streams_refused == 2
+
+
+def test_resets_spread_over_time_and_streams_opened_in_a_burst_are_no_reset_flood() -> None:
+    server = Session(Role.SERVER, Limits(resets_per_second=10))
+    for second, stream_id in enumerate(range(1, 60, 2)):  # one reset a second
+        opened_and_reset = raw(DATA, Flags.SYN, stream_id, 0) + raw(UPDATE, Flags.RST, stream_id, 0)
+        server.receive_data(opened_and_reset, float(second))
+    server.receive_data(b"".join(raw(DATA, Flags.SYN, i, 0) for i in range(61, 101, 2)), 30.0)
+    assert not server.terminated
+
+
+def test_a_stream_refused_before_it_was_accepted_is_reset_and_never_accepted(pair: Pair) -> None:
+    client = pair.client.session
+    stream_id = client.open_stream()
+    client.data_to_send()
+    assert client.receive_data(raw(UPDATE, Flags.RST, stream_id, 0), 0.0) == [
+        StreamReset(stream_id, remote=True)
+    ]
+
+
+def test_a_stream_is_accepted_once_however_often_the_peer_says_so() -> None:
+    client = Session(Role.CLIENT)
+    stream_id = client.open_stream()
+    ack = raw(UPDATE, Flags.ACK, stream_id, 0)
+    assert client.receive_data(ack + raw(UPDATE, Flags.ACK, stream_id, 5), 0.0) == [
+        StreamAccepted(stream_id)
+    ]

@@ -1943,3 +1943,21 @@ def test_a_stream_is_accepted_once_however_often_the_peer_says_so() -> None:
     assert client.receive_data(ack + raw(UPDATE, Flags.ACK, stream_id, 5), 0.0) == [
         StreamAccepted(stream_id)
     ]
+
+
+def test_data_on_the_frame_that_opens_a_stream_is_delivered() -> None:
+    server = Session(Role.SERVER)
+    assert server.receive_data(raw(DATA, Flags.SYN, 1, 5, b"hello"), 0.0) == [
+        StreamOpened(1),
+        DataReceived(1, b"hello"),
+    ]
+
+
+def test_an_opening_frame_over_the_window_says_by_how_much() -> None:
+    server = Session(Role.SERVER)
+    (ended,) = server.receive_data(raw(DATA, Flags.SYN, 1, WINDOW + 1, bytes(WINDOW + 1)), 0.0)[1:]
+    assert ended == ConnectionTerminated(
+        GoAwayCode.PROTOCOL_ERROR,
+        f"stream 1 received {WINDOW + 1} bytes with only {WINDOW} bytes of window left",
+        remote=True,
+    )

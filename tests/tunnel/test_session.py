@@ -1961,3 +1961,35 @@ def test_an_opening_frame_over_the_window_says_by_how_much() -> None:
         f"stream 1 received {WINDOW + 1} bytes with only {WINDOW} bytes of window left",
         remote=True,
     )
+
+
+def test_a_fin_on_a_data_frame_ends_the_stream_after_its_data() -> None:
+    server = Session(Role.SERVER)
+    server.receive_data(raw(DATA, Flags.SYN, 1, 0), 0.0)
+    assert server.receive_data(raw(DATA, Flags.FIN, 1, 3, b"end"), 0.0) == [
+        DataReceived(1, b"end"),
+        StreamEnded(1),
+    ]
+
+
+def test_credit_goes_back_for_what_was_handed_on_not_for_what_is_still_held() -> None:
+    server = Session(Role.SERVER)
+    server.receive_data(raw(DATA, Flags.SYN, 1, 0), 0.0)
+    part = 300 * KIB
+    server.receive_data(raw(DATA, Flags.NONE, 1, part, bytes(part)) * 2, 0.0)
+    server.data_to_send()
+    server.consumed(1, part, 0.0)  # the first frame handed on, the second still held
+    assert frames_in(server.data_to_send()) == [Frame(UPDATE, Flags.NONE, 1, part)]
+
+
+@pytest.mark.parametrize("type_", [DATA, UPDATE])
+def test_a_stream_frame_on_stream_zero_ends_the_session_saying_so(type_: FrameType) -> None:
+    body = bytes(5) if type_ is DATA else b""
+    (ended,) = Session(Role.SERVER).receive_data(raw(type_, Flags.NONE, 0, 5, body), 0.0)
+    assert ended == ConnectionTerminated(
+        GoAwayCode.PROTOCOL_ERROR, f"{type_.name} frame on stream 0", remote=True
+    )
+
+
+def test_a_session_made_without_a_time_starts_its_clock_at_zero() -> None:
+    assert Session(Role.CLIENT).get_timer() == DEFAULT.keepalive_interval

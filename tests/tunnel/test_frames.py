@@ -461,3 +461,23 @@ def test_a_quiet_connection_keeps_a_small_buffer_and_reads_into_a_quarter_of_it_
     offered = _room_offered(FrameDecoder(max_data_length=MAX_DATA), 300, fill=False)
     assert max(offered) <= 16 * 1024
     assert min(offered) >= 16 * 1024 // 4
+
+
+@every_path
+@pytest.mark.parametrize(
+    ("header", "complaint"),
+    [
+        (
+            struct.pack(">BBHII", 0, 0, 0, 7, MAX_DATA + 1),
+            f"data frame of {MAX_DATA + 1} bytes on stream 7 exceeds the {MAX_DATA} byte limit",
+        ),
+        (struct.pack(">BBHII", 0, 2, 0, 7, 0), "PING frame on stream 7, expected stream 0"),
+        (struct.pack(">BBHII", 0, 9, 0, 7, 0), "unknown frame type 0x9"),
+    ],
+)
+def test_a_refused_header_names_its_stream_and_what_is_wrong(
+    path: Path, header: bytes, complaint: str
+) -> None:
+    with pytest.raises(RemoteProtocolError) as refused:
+        feed_header(header, path)
+    assert str(refused.value) == complaint

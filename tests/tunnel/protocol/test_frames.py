@@ -310,8 +310,24 @@ def test_bad_version_is_rejected_from_the_header_alone(
 def test_tls_handshake_on_a_plaintext_port_is_named_as_such(path: Path) -> None:
     # The start of a TLS ClientHello record, as sent by a client configured for TLS.
     hello = bytes.fromhex("160301020001000001fc0303")
-    with pytest.raises(RemoteProtocolError, match="TLS"):
+    with pytest.raises(RemoteProtocolError) as refused:
         feed_header(hello, path)
+    assert str(refused.value) == (
+        "unsupported yamux version 22 (expected 0)"
+        "; this is a TLS handshake: the peer speaks TLS to a plaintext port"
+    )
+
+
+@every_path
+@pytest.mark.parametrize(("version", "type_"), [(1, 0), (0x16, 1), (5, 3)])
+def test_a_bad_version_that_is_not_tls_gets_no_tls_hint(
+    path: Path, version: int, type_: int
+) -> None:
+    # Only 16 03 is the start of a TLS record: another version byte, or 0x16 followed by
+    # another type, is just a peer that does not speak yamux version 0.
+    with pytest.raises(RemoteProtocolError) as refused:
+        feed_header(struct.pack(">BBHII", version, type_, 0, 0, 0), path)
+    assert str(refused.value) == f"unsupported yamux version {version} (expected 0)"
 
 
 @every_path
@@ -408,3 +424,60 @@ def test_near_valid_headers_raise_only_remote_protocol_error(
             assert frame.length <= 256 or frame.type is not FrameType.DATA
     except RemoteProtocolError:
         pass
+
+
+def test_a_released_decoder_holds_nothing() -> None:
+    decoder = FrameDecoder(max_data_length=MAX_DATA)
+    decoder.feed(encode(Frame(FrameType.DATA, Flags.NONE, 1, 10, bytes(10)))[:15])
+    assert decoder.buffered == 15
+    decoder.release()
+    assert decoder.buffered == 0
+
+
+def _room_offered(decoder: FrameDecoder, reads: int, fill: bool) -> list[int]:
+    """Room offered to ``reads`` reads of Data frames, each filling all of it or not."""
+    stream = encode(Frame(FrameType.DATA, Flags.NONE, 1, 4000, bytes(4000))) * 800  # 3 MiB
+    offered, at = [], 0
+    for _ in range(reads):
+        room = decoder.get_buffer()
+        offered.append(len(room))
+        taken = len(room) if fill else min(len(room), HEADER_SIZE * 10 + 5)  # ends mid-frame
+        room[:taken] = stream[at : at + taken]
+        room.release()
+        at += taken
+        decoder.buffer_updated(taken)
+    return offered
+
+
+def test_a_busy_connection_gets_reads_of_the_full_read_size() -> None:
+    # Reads that fill the buffer double it, up to READ_SIZE: a bulk transfer is not read in
+    # first-read-sized pieces.
+    offered = _room_offered(FrameDecoder(max_data_length=MAX_DATA), 10, fill=True)
+    assert max(offered) > READ_SIZE - (HEADER_SIZE + 4000)  # less only a partial frame
+
+
+def test_a_quiet_connection_keeps_a_small_buffer_and_reads_into_a_quarter_of_it_at_least() -> None:
+    # What is left unparsed moves to the start once less than a quarter of the buffer is free.
+    offered = _room_offered(FrameDecoder(max_data_length=MAX_DATA), 300, fill=False)
+    assert max(offered) <= 16 * 1024
+    assert min(offered) >= 16 * 1024 // 4
+
+
+@every_path
+@pytest.mark.parametrize(
+    ("header", "complaint"),
+    [
+        (
+            struct.pack(">BBHII", 0, 0, 0, 7, MAX_DATA + 1),
+            f"data frame of {MAX_DATA + 1} bytes on stream 7 exceeds the {MAX_DATA} byte limit",
+        ),
+        (struct.pack(">BBHII", 0, 2, 0, 7, 0), "PING frame on stream 7, expected stream 0"),
+        (struct.pack(">BBHII", 0, 9, 0, 7, 0), "unknown frame type 0x9"),
+    ],
+)
+def test_a_refused_header_names_its_stream_and_what_is_wrong(
+    path: Path, header: bytes, complaint: str
+) -> None:
+    with pytest.raises(RemoteProtocolError) as refused:
+        feed_header(header, path)
+    assert str(refused.value) == complaint

@@ -191,6 +191,44 @@ def test_malformed_message_is_a_remote_protocol_error(body: bytes) -> None:
 
 
 @pytest.mark.parametrize(
+    ("body", "complaint"),
+    [
+        (b"[1, 2]", "ValueError('not an object')"),
+        (b'{"type": "nonsense"}', "ValueError(\"unknown message type 'nonsense'\")"),
+        (
+            b'{"type": "welcome", "version": 1, "server": "s", "catalog": {}}',
+            "TypeError('catalog is not a list')",
+        ),
+        (
+            b'{"type": "hello", "versions": ["1"], "name": "x"}',
+            "TypeError('expected an integer, got str')",
+        ),
+        (
+            b'{"type": "hello", "versions": [1], "name": 7}',
+            "TypeError('expected a string, got int')",
+        ),
+        (
+            b'{"type": "hello", "versions": [70000], "name": "x"}',
+            "ValueError('protocol version out of range (0..65535)')",
+        ),
+        (
+            json.dumps({"type": "hello", "versions": list(range(17)), "name": "x"}).encode(),
+            "ValueError('versions must be a list of at most 16')",
+        ),
+    ],
+)
+def test_a_malformed_message_says_what_is_wrong_with_it(body: bytes, complaint: str) -> None:
+    with pytest.raises(RemoteProtocolError) as refused:
+        decode_message(body)
+    assert str(refused.value) == f"malformed control message: {complaint}"
+
+
+def test_a_hello_may_list_as_many_versions_as_allowed() -> None:
+    hello = {"type": "hello", "versions": list(range(16)), "name": "x"}
+    assert decode_message(json.dumps(hello).encode()) == Hello(tuple(range(16)), "x")
+
+
+@pytest.mark.parametrize(
     "item",
     [
         "1",
@@ -386,10 +424,10 @@ def test_stream_header_waits_for_the_whole_name() -> None:
 
 def test_stream_header_name_length_bounds() -> None:
     assert StreamHeaderParser().feed(StreamHeader("x" * 255).encode())[0] == StreamHeader("x" * 255)
-    with pytest.raises(ValueError):
-        StreamHeader("x" * 256).encode()
-    with pytest.raises(ValueError):
-        StreamHeader("").encode()
+    for service in ("x" * 256, "é" * 128, ""):  # é is two bytes: 256 of them
+        with pytest.raises(ValueError) as refused:
+            StreamHeader(service).encode()
+        assert str(refused.value) == "service reference must be 1..255 bytes"
 
 
 @pytest.mark.parametrize("version", [0, 2, 255])
@@ -399,12 +437,12 @@ def test_stream_header_bad_version_is_refused_at_once(version: int) -> None:
 
 
 def test_stream_header_empty_name_is_refused() -> None:
-    with pytest.raises(RemoteProtocolError, match="empty"):
+    with pytest.raises(RemoteProtocolError, match=r"^empty service name in stream header$"):
         StreamHeaderParser().feed(bytes([HEADER_VERSION, 0]) + b"data")
 
 
 def test_stream_header_name_must_be_utf8() -> None:
-    with pytest.raises(RemoteProtocolError, match="UTF-8"):
+    with pytest.raises(RemoteProtocolError, match=r"^service name in stream header is not UTF-8$"):
         StreamHeaderParser().feed(bytes([HEADER_VERSION, 2]) + b"\xff\xfe")
 
 
@@ -456,6 +494,22 @@ def test_stream_answer_overlong_text_is_refused_from_its_length() -> None:
         StreamAnswerParser().feed(struct.pack(">BH", 3, MAX_ANSWER_TEXT + 1))
 
 
+def test_an_answer_still_arriving_gives_back_no_bytes() -> None:
+    # The client credits the stream with what the parser did not give back: bytes returned
+    # before the answer is complete would be credited twice.
+    data = StreamAnswer(Reason.BACKEND_UNREACHABLE, "refused").encode() + b"after"
+    parser = StreamAnswerParser()
+    assert parser.feed(data[:2]) == (None, b"")  # not even the code and the length
+    assert parser.feed(data[2:6]) == (None, b"")  # the text is still on its way
+    assert parser.feed(data[6:]) == (StreamAnswer(Reason.BACKEND_UNREACHABLE, "refused"), b"after")
+
+
+def test_an_answer_text_that_is_not_utf8_is_shown_with_replacements() -> None:
+    answer, rest = StreamAnswerParser().feed(struct.pack(">BH", 3, 4) + b"no\xff!tail")
+    assert answer == StreamAnswer(Reason(3), "no\ufffd!")
+    assert rest == b"tail"
+
+
 def test_stream_answer_unknown_reason_reads_as_internal_error() -> None:
     answer, _ = StreamAnswerParser().feed(struct.pack(">BH", 200, 2) + b"hm")
     assert answer == StreamAnswer(Reason.INTERNAL_ERROR, "hm")
@@ -479,6 +533,21 @@ def test_names_and_versions_a_peer_declares_are_bounded(hello: dict[str, object]
     with pytest.raises(RemoteProtocolError) as caught:
         decode_message(json.dumps(hello).encode())
     assert len(str(caught.value)) < 200
+
+
+def test_a_name_of_the_maximum_length_is_taken_and_a_longer_one_is_refused_by_length() -> None:
+    hello = {"type": "hello", "versions": [1], "name": "n" * 255}
+    assert decode_message(json.dumps(hello).encode()) == Hello((1,), "n" * 255)
+    hello["name"] = "n" * 256
+    with pytest.raises(RemoteProtocolError) as refused:
+        decode_message(json.dumps(hello).encode())
+    assert "a name of 256 characters (at most 255)" in str(refused.value)
+
+
+def test_a_welcome_carries_the_identity_the_server_gave() -> None:
+    welcome = Welcome(1, "host-a", (), identity="edge-b")
+    assert b'"identity":"edge-b"' in encode_message(welcome)
+    assert MessageReader().feed(encode_message(welcome)) == [welcome]
 
 
 def test_a_malformed_message_does_not_quote_a_huge_value() -> None:

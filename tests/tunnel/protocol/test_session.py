@@ -49,9 +49,9 @@ from tunnel.protocol.frames import (
     encode,
     encode_header,
 )
-from tunnel.protocol.limits import INITIAL_WINDOW, KIB, MIB, Limits
+from tunnel.protocol.limits import INITIAL_WINDOW, KIB, MIB, Budget, Limits
 from tunnel.protocol.messages import StreamAnswer
-from tunnel.protocol.session import SEND_FLOOR, Role, Session
+from tunnel.protocol.session import GATHER_MIN, SEND_FLOOR, Role, Session
 from tunnel.protocol.streams import StreamState
 
 if TYPE_CHECKING:
@@ -327,6 +327,18 @@ def test_large_payloads_reach_the_socket_without_a_copy(pair: Pair) -> None:
     ]
 
 
+def test_payloads_queued_in_several_writes_reach_the_socket_without_a_copy(pair: Pair) -> None:
+    client = pair.client.session
+    stream_id = open_established(pair)
+    first, second = os.urandom(GATHER_MIN), os.urandom(GATHER_MIN)  # the smallest not copied
+    client.send_data(stream_id, first)
+    client.send_data(stream_id, second)  # both go out in one frame, each as it is
+    buffers = client.buffers_to_send()
+    assert any(buffer is first for buffer in buffers)
+    assert any(buffer is second for buffer in buffers)
+    assert b"".join(f.payload for f in frames_in(b"".join(buffers))) == first + second
+
+
 def test_a_payload_split_over_frames_is_sent_as_views_of_it(pair: Pair) -> None:
     client = pair.client.session
     stream_id = open_established(pair)
@@ -571,9 +583,9 @@ def test_keepalive_pings_after_silence_and_gives_up_without_an_answer() -> None:
     assert not session.terminated
     session.handle_timer(145.0)
     (event,) = session.take_events()
-    assert isinstance(event, ConnectionTerminated)
-    assert event.remote is False
-    assert "ping" in event.reason
+    assert event == ConnectionTerminated(
+        GoAwayCode.INTERNAL_ERROR, "peer did not answer a ping for 30s", remote=False
+    )
     assert session.terminated
     assert session.get_timer() is None
 
@@ -766,17 +778,21 @@ def test_a_data_violation_says_which_it_was_and_takes_no_new_stream(
 @pytest.mark.parametrize(
     ("fields", "complaint"),
     [
-        ({"stream_window": INITIAL_WINDOW - 1}, "stream_window must be at least"),
-        ({"stream_window": MIB, "max_stream_window": MIB - 1}, "max_stream_window must be"),
-        ({"max_frame_size": 1023}, "max_frame_size must be at least 1024"),
+        ({"stream_window": INITIAL_WINDOW - 1}, "stream_window must be at least 262144 bytes"),
+        (
+            {"stream_window": MIB, "max_stream_window": MIB - 1},
+            "max_stream_window must be at least stream_window",
+        ),
+        ({"max_frame_size": 1023}, "max_frame_size must be at least 1024 bytes"),
         ({"max_streams": 0}, "max_streams must be at least 1"),
     ],
 )
 def test_limits_refuse_what_cannot_work_and_say_which(
     fields: dict[str, int], complaint: str
 ) -> None:
-    with pytest.raises(ValueError, match=complaint):
+    with pytest.raises(ValueError) as refused:
         Limits(**fields)  # type: ignore[arg-type]
+    assert str(refused.value) == complaint
 
 
 def test_limits_accept_each_bound_itself() -> None:
@@ -834,8 +850,9 @@ def test_stream_ids_run_out_cleanly(role: Role, last: int) -> None:
     assert session.streams_left == 2
     assert [session.open_stream(), session.open_stream()] == [last - 2, last]
     assert session.streams_left == 0
-    with pytest.raises(LocalProtocolError, match="exhausted"):
+    with pytest.raises(LocalProtocolError) as refused:
         session.open_stream()
+    assert str(refused.value) == "stream ids are exhausted; open a new session"
     assert not session.terminated
     frames = frames_in(session.data_to_send())
     assert [f.stream_id for f in frames] == [last - 2, last]
@@ -885,13 +902,14 @@ def test_streams_beyond_max_streams_are_refused_and_the_session_stays(
 
 def test_stats_count_streams_and_bytes(pair: Pair) -> None:
     stream_id = open_established(pair)
+    open_established(pair)
     pair.client.session.send_data(stream_id, bytes(1000))
     pair.flush()
     client, server = pair.client.session.stats(), pair.server.session.stats()
-    assert (client.streams_opened_local, server.streams_opened_remote) == (1, 1)
+    assert (client.streams_opened_local, server.streams_opened_remote) == (2, 2)
     assert client.bytes_sent == server.bytes_received == len(pair.client.sent)
     assert server.bytes_sent == client.bytes_received == len(pair.server.sent)
-    assert client.open_streams == server.open_streams == 1
+    assert client.open_streams == server.open_streams == 2
 
 
 # ------------------------------------------------------------------ random sequences
@@ -1426,6 +1444,7 @@ def test_a_guarded_session_takes_only_small_frames_until_unguarded() -> None:
         read_in(server, raw(UPDATE, Flags.NONE, 1, 1) * 1000)
     assert len(server._decoder._buffer) <= 32 * KIB
     server.unguard()
+    assert server.guarded is False
     read_in(server, raw(DATA, Flags.NONE, 1, 200 * KIB) + bytes(200 * KIB))
     assert not server.terminated
 
@@ -1487,3 +1506,519 @@ def test_queued_bytes_beyond_the_floor_leave_less_for_windows_to_grow() -> None:
     assert server._window_room() == 7 * MIB + INITIAL_WINDOW
     server.reset_stream(first)  # and the rest is dropped
     assert server._window_room() == 8 * MIB
+
+
+def test_a_frame_over_what_is_left_of_the_streams_window_is_refused_before_its_payload() -> None:
+    server = Session(Role.SERVER)
+    server.receive_data(raw(DATA, Flags.SYN, 1, 0), 0.0)
+    server.receive_data(raw(DATA, Flags.NONE, 1, WINDOW - 100) + bytes(WINDOW - 100), 0.0)
+    # Nothing consumed: 100 bytes of window are left, whatever the stream was granted at first.
+    events = server.receive_data(raw(DATA, Flags.NONE, 1, 1000) + bytes(10), 0.0)
+    assert events == [
+        ConnectionTerminated(
+            GoAwayCode.PROTOCOL_ERROR,
+            "data frame of 1000 bytes on stream 1 exceeds its 100 byte window",
+            remote=True,
+        )
+    ]
+
+
+def test_a_frame_after_the_peers_fin_is_refused_from_its_header() -> None:
+    server = Session(Role.SERVER)
+    server.receive_data(raw(DATA, Flags.SYN | Flags.FIN, 1, 0), 0.0)
+    (ended,) = server.receive_data(raw(DATA, Flags.NONE, 1, 1), 0.0)  # its byte still to come
+    assert isinstance(ended, ConnectionTerminated)
+    assert ended.reason == "data frame of 1 bytes on stream 1 exceeds its 0 byte window"
+
+
+def test_a_frame_of_exactly_the_window_may_arrive_in_pieces() -> None:
+    server = Session(Role.SERVER)
+    server.receive_data(raw(DATA, Flags.SYN, 1, 0), 0.0)
+    data = raw(DATA, Flags.NONE, 1, WINDOW) + payload(WINDOW)
+    events = server.receive_data(data[:1000], 0.0) + server.receive_data(data[1000:], 0.0)
+    assert events == [DataReceived(1, data[HEADER_SIZE:])]
+    assert not server.terminated
+
+
+def test_a_large_frame_in_flight_for_a_stream_we_reset_is_dropped_without_fuss() -> None:
+    server = Session(Role.SERVER)
+    server.receive_data(raw(DATA, Flags.SYN, 1, 0), 0.0)  # granted the 1 MiB window
+    server.reset_stream(1)
+    # The peer sent half a MiB (more than the initial window, within what it was granted)
+    # before it saw the reset; it arrives over several reads.
+    data = raw(DATA, Flags.NONE, 1, WINDOW // 2) + bytes(WINDOW // 2)
+    assert server.receive_data(data[:1000], 0.0) == []
+    assert server.receive_data(data[1000:], 0.0) == []
+    assert not server.terminated
+
+
+def test_a_frame_for_a_stream_we_never_opened_ends_the_session() -> None:
+    client = Session(Role.CLIENT)
+    client.open_stream()  # stream 1; 3 is the next one, not opened yet
+    (ended,) = client.receive_data(raw(UPDATE, Flags.NONE, 3, 5), 0.0)
+    assert ended == ConnectionTerminated(
+        GoAwayCode.PROTOCOL_ERROR, "frame for stream 3, which was never opened", remote=True
+    )
+
+
+def test_the_peers_go_away_with_an_error_says_which_error() -> None:
+    client = Session(Role.CLIENT)
+    events = client.receive_data(raw(FrameType.GO_AWAY, Flags.NONE, 0, 1), 0.0)
+    assert events == [
+        ConnectionTerminated(
+            GoAwayCode.PROTOCOL_ERROR, "peer went away: protocol_error", remote=True
+        )
+    ]
+
+
+def test_a_reset_stream_gives_back_its_queued_bytes_and_its_grown_window() -> None:
+    client = Session(Role.CLIENT)
+    kept, dropped = client.open_stream(), client.open_stream()
+    client.send_data(kept, bytes(300))
+    client.send_data(dropped, bytes(1000))
+    grown = 2 * (WINDOW - INITIAL_WINDOW)  # each stream's window past the initial one
+    assert (client.queued, client.memory_used()) == (1300, 1300 + grown)
+    assert client.send_buffer_size(dropped) == 1000
+    client.reset_stream(dropped)
+    assert (client.queued, client.memory_used()) == (300, 300 + grown // 2)
+    assert client.send_buffer_size(dropped) == 0
+    assert client.send_buffer_size(kept) == 300
+
+
+def test_a_session_that_ended_holds_no_queued_bytes() -> None:
+    client = Session(Role.CLIENT)
+    client.send_data(client.open_stream(), bytes(1000))
+    client.receive_data(raw(FrameType.GO_AWAY, Flags.NONE, 0, 1), 0.0)
+    assert client.terminated
+    assert client.queued == 0
+
+
+def test_a_second_fin_from_the_peer_ends_the_session_naming_the_stream_and_its_state() -> None:
+    server = Session(Role.SERVER)
+    fin = raw(UPDATE, Flags.FIN, 1, 0)
+    events = server.receive_data(raw(DATA, Flags.SYN | Flags.FIN, 1, 0) + fin, 0.0)
+    assert events[-1] == ConnectionTerminated(
+        GoAwayCode.PROTOCOL_ERROR, "RECV_FIN on stream 1 in state HALF_CLOSED_REMOTE", remote=True
+    )
+
+
+def test_ending_a_stream_twice_is_refused_naming_the_stream_and_its_state() -> None:
+    client = Session(Role.CLIENT)
+    stream_id = client.open_stream()
+    client.end_stream(stream_id)
+    client.data_to_send()
+    with pytest.raises(LocalProtocolError) as refused:
+        client.end_stream(stream_id)
+    assert str(refused.value) == "SEND_FIN on stream 1 in state HALF_CLOSED_LOCAL"
+
+
+def test_a_fin_with_nothing_queued_goes_out_alone(pair: Pair) -> None:
+    # No empty Data frame before it: the peer counts those against its empty-frame budget.
+    stream_id = open_established(pair)
+    pair.client.session.end_stream(stream_id)
+    assert frames_in(pair.client.session.data_to_send()) == [Frame(UPDATE, Flags.FIN, stream_id, 0)]
+
+
+def test_a_paused_stream_is_drained_when_its_queue_falls_to_half_the_send_buffer(
+    make_pair: Callable[..., Pair],
+) -> None:
+    pair = make_pair(auto_consume=False)
+    client = pair.client.session
+    stream_id = open_established(pair)
+    half = DEFAULT.stream_send_buffer // 2
+    assert client.send_data(stream_id, bytes(2 * half + 1)) is True
+    client.data_to_send(limit=HEADER_SIZE + DEFAULT.max_frame_size)  # one frame: half + 1 left
+    assert client.send_buffer_size(stream_id) == half + 1
+    assert client.take_events() == []
+    client.data_to_send(limit=1)  # one byte more
+    assert client.send_buffer_size(stream_id) == half
+    assert client.take_events() == [StreamDrained(stream_id)]
+
+
+def test_a_stream_woken_by_several_window_updates_still_takes_turns(
+    make_pair: Callable[..., Pair],
+) -> None:
+    pair = make_pair(auto_consume=False)
+    client = pair.client.session
+    first, second = open_established(pair), open_established(pair)
+    client.send_data(first, bytes(WINDOW))
+    pair.flush()  # the first stream's window is used up
+    client.send_data(first, bytes(WINDOW))
+    client.send_data(second, bytes(WINDOW))
+    client.receive_data(raw(UPDATE, Flags.NONE, first, 64 * KIB) * 3, pair.now)
+    frame = DEFAULT.max_frame_size
+    sent = frames_in(client.data_to_send(limit=3 * frame))
+    assert [f.stream_id for f in sent if f.type is DATA] == [second, first, second]
+
+
+def test_a_reset_after_queued_data_goes_out_as_a_bare_rst(pair: Pair) -> None:
+    client = pair.client.session
+    stream_id = open_established(pair)
+    client.send_data(stream_id, b"why not")
+    client.reset_stream(stream_id, after_data=True)
+    assert frames_in(client.data_to_send()) == [
+        Frame(DATA, Flags.NONE, stream_id, 7, b"why not"),
+        Frame(UPDATE, Flags.RST, stream_id, 0),
+    ]
+
+
+def test_a_stream_that_drained_takes_data_again_without_pausing(
+    make_pair: Callable[..., Pair],
+) -> None:
+    # A send buffer smaller than a frame: the frame that takes the queue under half of it
+    # takes all of it.
+    pair = make_pair(Limits(stream_send_buffer=64 * KIB))
+    client = pair.client.session
+    stream_id = open_established(pair)
+    assert client.send_data(stream_id, bytes(64 * KIB + 1)) is True
+    pair.flush()  # the window takes it all: the queue empties and the stream is drained
+    assert pair.client.of_type(StreamDrained) == [StreamDrained(stream_id)]
+    assert client.send_data(stream_id, b"more") is False
+
+
+def test_a_ping_without_syn_or_ack_is_not_an_answer() -> None:
+    client = Session(Role.CLIENT)
+    client.ping(now=1.0)
+    (ping,) = frames_in(client.data_to_send())
+    assert client.receive_data(raw(FrameType.PING, Flags.NONE, 0, ping.length), 2.0) == []
+    assert client.rtt is None
+
+
+def test_pings_spread_over_time_are_no_flood() -> None:
+    server = Session(Role.SERVER)
+    for second in range(3 * DEFAULT.pings_per_second):
+        server.receive_data(raw(FrameType.PING, Flags.SYN, 0, second), float(second))
+    assert not server.terminated
+
+
+def test_a_ping_flood_ends_the_session_naming_the_limit() -> None:
+    server = Session(Role.SERVER)
+    events = server.receive_data(raw(FrameType.PING, Flags.SYN, 0, 7) * 101, 0.0)
+    assert events[-1] == ConnectionTerminated(
+        GoAwayCode.PROTOCOL_ERROR, "more than 100 pings a second (a ping flood)", remote=True
+    )
+    assert server.limit_hit == "pings_per_second"
+
+
+def test_round_trips_are_smoothed_and_the_shortest_is_kept() -> None:
+    client, server = Session(Role.CLIENT), Session(Role.SERVER)
+    client.ping(now=0.0)
+    client.ping(now=0.0)  # two pings out at once: each answer is matched to its own
+    server.receive_data(client.data_to_send(), 0.0)
+    first, second = frames_in(server.data_to_send())
+    assert first.length != second.length
+    assert client.receive_data(encode(first), 0.4) == [PingAcknowledged(0.4)]
+    assert client.receive_data(encode(second), 0.8) == [PingAcknowledged(0.8)]
+    assert client.rtt == pytest.approx(0.875 * 0.4 + 0.125 * 0.8)
+    assert client.min_rtt == 0.4
+
+
+def test_going_away_with_an_error_and_no_reason_names_the_error() -> None:
+    client = Session(Role.CLIENT)
+    client.go_away(GoAwayCode.INTERNAL_ERROR)
+    assert client.take_events() == [
+        ConnectionTerminated(GoAwayCode.INTERNAL_ERROR, "internal_error", remote=False)
+    ]
+
+
+def test_a_token_budget_allows_a_seconds_burst_then_its_rate() -> None:
+    budget = Budget(10)
+    assert all(budget.spend(0.0) for _ in range(10))  # a second's worth at once
+    assert not budget.spend(0.0)
+    assert not budget.spend(0.05)  # half an event has come back
+    assert budget.spend(0.1)
+    assert not budget.spend(0.1)
+    assert all(budget.spend(100.0) for _ in range(10))  # idle time refills a burst, no more
+    assert not budget.spend(100.0)
+
+
+def test_windows_grown_by_auto_tuning_stay_within_the_session_memory(
+    make_pair: Callable[..., Pair],
+) -> None:
+    budget = 3 * INITIAL_WINDOW // 2
+    limits = Limits(
+        stream_window=INITIAL_WINDOW, max_stream_window=4 * INITIAL_WINDOW, session_memory=budget
+    )
+    pair = make_pair(limits)
+    server = pair.server.session
+    server.ping(pair.now)
+    pair.step(pair.server)
+    pair.advance(0.05)
+    pair.step(pair.client)
+    stream_id = open_established(pair)
+    for _ in range(10):  # a consumer that keeps up with a megabyte per round trip
+        pair.client.session.send_data(stream_id, bytes(MIB))
+        pair.flush()
+        pair.advance(0.05)
+    # The window doubled once (256 KiB more), then took what the budget had left (128 KiB).
+    assert server.memory_used() == budget
+    pair.auto_consume = False
+    before = len(pair.server.received(stream_id))
+    pair.client.session.send_data(stream_id, bytes(8 * MIB))
+    pair.flush()
+    assert len(pair.server.received(stream_id)) - before <= INITIAL_WINDOW + budget
+
+
+def test_streams_written_to_several_times_still_take_turns(pair: Pair) -> None:
+    client = pair.client.session
+    first, second = open_established(pair), open_established(pair)
+    client.send_data(first, bytes(WINDOW // 4))
+    client.send_data(first, bytes(WINDOW // 4))
+    client.send_data(second, bytes(WINDOW // 4))
+    frame = DEFAULT.max_frame_size
+    sent = frames_in(client.data_to_send(limit=3 * frame))
+    assert [f.stream_id for f in sent if f.type is DATA] == [first, second, first]
+
+
+def test_the_last_byte_of_a_window_is_used(make_pair: Callable[..., Pair]) -> None:
+    pair = make_pair(auto_consume=False)
+    client = pair.client.session
+    stream_id = open_established(pair)
+    client.send_data(stream_id, bytes(WINDOW - 1))
+    pair.flush()  # one byte of window left
+    client.send_data(stream_id, b"ab")
+    assert frames_in(client.data_to_send()) == [Frame(DATA, Flags.NONE, stream_id, 1, b"a")]
+
+
+def test_a_stream_at_exactly_its_send_buffer_mark_is_not_paused() -> None:
+    client = Session(Role.CLIENT)
+    mark = client.limits.stream_send_buffer
+    stream_id = client.open_stream()
+    assert client.send_data(stream_id, bytes(mark)) is False
+    assert client.send_data(stream_id, b"x") is True
+
+
+def test_a_bytearray_reused_by_the_caller_does_not_change_what_is_sent(pair: Pair) -> None:
+    client = pair.client.session
+    stream_id = open_established(pair)
+    buffer = bytearray(b"first")
+    client.send_data(stream_id, buffer)
+    buffer[:] = b"later"
+    assert frames_in(client.data_to_send())[-1].payload == b"first"
+
+
+def test_sending_after_the_end_is_refused_naming_the_stream_and_its_state() -> None:
+    client = Session(Role.CLIENT)
+    stream_id = client.open_stream()
+    client.end_stream(stream_id)
+    with pytest.raises(LocalProtocolError) as refused:
+        client.send_data(stream_id, b"late")
+    assert str(refused.value) == "send on stream 1 in state HALF_CLOSED_LOCAL"
+
+
+def test_no_stream_is_opened_after_a_go_away_and_the_refusal_says_so(pair: Pair) -> None:
+    pair.client.session.go_away()
+    with pytest.raises(LocalProtocolError) as refused:
+        pair.client.session.open_stream()
+    assert str(refused.value) == "the session takes no new streams"
+
+
+def test_data_to_send_stops_at_its_limit(pair: Pair) -> None:
+    client = pair.client.session
+    first, second = open_established(pair), open_established(pair)
+    client.send_data(first, bytes(100))
+    client.send_data(second, bytes(100))
+    assert frames_in(client.data_to_send(limit=HEADER_SIZE + 100)) == [
+        Frame(DATA, Flags.NONE, first, 100, bytes(100))
+    ]
+
+
+def test_a_payload_of_exactly_gather_min_reaches_the_socket_as_it_is(pair: Pair) -> None:
+    client = pair.client.session
+    stream_id = open_established(pair)
+    block = os.urandom(GATHER_MIN)
+    client.send_data(stream_id, block)
+    assert any(buffer is block for buffer in client.buffers_to_send())
+
+
+def test_a_small_message_past_the_limit_is_cut_to_it(pair: Pair) -> None:
+    client = pair.client.session
+    first, second = open_established(pair), open_established(pair)
+    client.send_data(first, bytes(100))
+    client.send_data(second, bytes(100))
+    assert frames_in(client.data_to_send(limit=HEADER_SIZE + 150)) == [
+        Frame(DATA, Flags.NONE, first, 100, bytes(100)),
+        Frame(DATA, Flags.NONE, second, 50, bytes(50)),
+    ]
+
+
+def test_small_messages_on_several_streams_leave_in_one_write_and_nothing_stays_queued(
+    pair: Pair,
+) -> None:
+    client = pair.client.session
+    first, second = open_established(pair), open_established(pair)
+    client.send_data(first, b"one")
+    client.send_data(second, b"two")
+    assert client.queued == 6
+    sent = frames_in(client.data_to_send())
+    assert [(f.stream_id, f.payload) for f in sent] == [(first, b"one"), (second, b"two")]
+    assert client.queued == 0
+
+
+def test_a_stream_reset_while_it_waited_to_send_does_not_hold_up_the_others(pair: Pair) -> None:
+    client = pair.client.session
+    first, second = open_established(pair), open_established(pair)
+    client.send_data(first, bytes(GATHER_MIN))
+    client.send_data(second, b"two")
+    client.receive_data(raw(UPDATE, Flags.RST, first, 0), pair.now)  # the peer resets the first
+    assert [(f.stream_id, f.payload) for f in frames_in(client.data_to_send())] == [
+        (second, b"two")
+    ]
+
+
+def test_a_frame_that_leaves_one_byte_of_window_is_followed_by_that_byte(
+    make_pair: Callable[..., Pair],
+) -> None:
+    pair = make_pair(auto_consume=False)
+    client = pair.client.session
+    stream_id = open_established(pair)
+    frame = DEFAULT.max_frame_size
+    client.send_data(stream_id, bytes(WINDOW - frame - 1))
+    pair.flush()  # a frame and one byte of window left
+    client.send_data(stream_id, bytes(2 * frame))
+    sent = frames_in(client.data_to_send(limit=4 * frame))
+    assert [f.length for f in sent] == [frame, 1]
+
+
+def test_a_stream_written_to_while_it_waits_for_its_next_turn_takes_one_turn(pair: Pair) -> None:
+    client = pair.client.session
+    first, second = open_established(pair), open_established(pair)
+    frame = DEFAULT.max_frame_size
+    client.send_data(first, bytes(2 * frame))
+    client.send_data(second, bytes(2 * frame))
+    client.data_to_send(limit=frame)  # the first stream's turn; it waits for the next one
+    client.send_data(first, b"more")
+    sent = frames_in(client.data_to_send(limit=3 * frame))
+    assert [f.stream_id for f in sent if f.type is DATA] == [second, first, second]
+
+
+def test_a_rapid_reset_flood_ends_the_session_naming_the_limit() -> None:
+    server = Session(Role.SERVER, Limits(resets_per_second=10))
+    flood = b"".join(
+        raw(DATA, Flags.SYN, stream_id, 0) + raw(UPDATE, Flags.RST, stream_id, 0)
+        for stream_id in range(1, 24, 2)
+    )
+    events = server.receive_data(flood, 0.0)
+    assert events[-1] == ConnectionTerminated(
+        GoAwayCode.PROTOCOL_ERROR,
+        "more than 10 stream resets a second (a rapid-reset flood)",
+        remote=True,
+    )
+    assert server.limit_hit == "resets_per_second"
+
+
+def test_an_empty_frame_flood_ends_the_session_naming_the_limit() -> None:
+    server = Session(Role.SERVER, Limits(empty_frames_per_second=10))
+    server.receive_data(raw(DATA, Flags.SYN, 1, 0), 0.0)
+    for second in range(30):  # one a second is no flood
+        server.receive_data(raw(UPDATE, Flags.NONE, 1, 0), float(second))
+    assert not server.terminated
+    events = server.receive_data(raw(UPDATE, Flags.NONE, 1, 0) * 11, 30.0)
+    assert events[-1] == ConnectionTerminated(
+        GoAwayCode.PROTOCOL_ERROR, "more than 10 empty frames a second", remote=True
+    )
+    assert server.limit_hit == "empty_frames_per_second"
+
+
+@pytest.mark.parametrize(
+    ("opening", "reason"),
+    [
+        (raw(DATA, Flags.SYN, 2, 0), "peer opened stream 2 with our parity"),
+        (raw(DATA, Flags.SYN, 3, 0) + raw(DATA, Flags.SYN, 1, 0), "peer reused stream id 1"),
+        (
+            raw(DATA, Flags.SYN, 1, 0) + raw(UPDATE, Flags.NONE, 1, MAX_LENGTH),
+            "window of stream 1 grew past 2**32-1",
+        ),
+    ],
+)
+def test_a_stream_opened_or_grown_wrongly_ends_the_session_saying_how(
+    opening: bytes, reason: str
+) -> None:
+    server = Session(Role.SERVER)
+    events = server.receive_data(opening, 0.0)
+    assert events[-1] == ConnectionTerminated(GoAwayCode.PROTOCOL_ERROR, reason, remote=True)
+
+
+def test_streams_over_the_limit_are_each_refused_with_a_bare_rst_and_counted() -> None:
+    server = Session(Role.SERVER, Limits(max_streams=1))
+    server.receive_data(b"".join(raw(DATA, Flags.SYN, i, 0) for i in (1, 3, 5)), 0.0)
+    refusals = [f for f in frames_in(server.data_to_send()) if f.flags & Flags.RST]
+    assert refusals == [Frame(UPDATE, Flags.RST, 3, 0), Frame(UPDATE, Flags.RST, 5, 0)]
+    assert server.stats().streams_refused == 2
+
+
+def test_resets_spread_over_time_and_streams_opened_in_a_burst_are_no_reset_flood() -> None:
+    server = Session(Role.SERVER, Limits(resets_per_second=10))
+    for second, stream_id in enumerate(range(1, 60, 2)):  # one reset a second
+        opened_and_reset = raw(DATA, Flags.SYN, stream_id, 0) + raw(UPDATE, Flags.RST, stream_id, 0)
+        server.receive_data(opened_and_reset, float(second))
+    server.receive_data(b"".join(raw(DATA, Flags.SYN, i, 0) for i in range(61, 101, 2)), 30.0)
+    assert not server.terminated
+
+
+def test_a_stream_refused_before_it_was_accepted_is_reset_and_never_accepted(pair: Pair) -> None:
+    client = pair.client.session
+    stream_id = client.open_stream()
+    client.data_to_send()
+    assert client.receive_data(raw(UPDATE, Flags.RST, stream_id, 0), 0.0) == [
+        StreamReset(stream_id, remote=True)
+    ]
+
+
+def test_a_stream_is_accepted_once_however_often_the_peer_says_so() -> None:
+    client = Session(Role.CLIENT)
+    stream_id = client.open_stream()
+    ack = raw(UPDATE, Flags.ACK, stream_id, 0)
+    assert client.receive_data(ack + raw(UPDATE, Flags.ACK, stream_id, 5), 0.0) == [
+        StreamAccepted(stream_id)
+    ]
+
+
+def test_data_on_the_frame_that_opens_a_stream_is_delivered() -> None:
+    server = Session(Role.SERVER)
+    assert server.receive_data(raw(DATA, Flags.SYN, 1, 5, b"hello"), 0.0) == [
+        StreamOpened(1),
+        DataReceived(1, b"hello"),
+    ]
+
+
+def test_an_opening_frame_over_the_window_says_by_how_much() -> None:
+    server = Session(Role.SERVER)
+    (ended,) = server.receive_data(raw(DATA, Flags.SYN, 1, WINDOW + 1, bytes(WINDOW + 1)), 0.0)[1:]
+    assert ended == ConnectionTerminated(
+        GoAwayCode.PROTOCOL_ERROR,
+        f"stream 1 received {WINDOW + 1} bytes with only {WINDOW} bytes of window left",
+        remote=True,
+    )
+
+
+def test_a_fin_on_a_data_frame_ends_the_stream_after_its_data() -> None:
+    server = Session(Role.SERVER)
+    server.receive_data(raw(DATA, Flags.SYN, 1, 0), 0.0)
+    assert server.receive_data(raw(DATA, Flags.FIN, 1, 3, b"end"), 0.0) == [
+        DataReceived(1, b"end"),
+        StreamEnded(1),
+    ]
+
+
+def test_credit_goes_back_for_what_was_handed_on_not_for_what_is_still_held() -> None:
+    server = Session(Role.SERVER)
+    server.receive_data(raw(DATA, Flags.SYN, 1, 0), 0.0)
+    part = 300 * KIB
+    server.receive_data(raw(DATA, Flags.NONE, 1, part, bytes(part)) * 2, 0.0)
+    server.data_to_send()
+    server.consumed(1, part, 0.0)  # the first frame handed on, the second still held
+    assert frames_in(server.data_to_send()) == [Frame(UPDATE, Flags.NONE, 1, part)]
+
+
+@pytest.mark.parametrize("type_", [DATA, UPDATE])
+def test_a_stream_frame_on_stream_zero_ends_the_session_saying_so(type_: FrameType) -> None:
+    body = bytes(5) if type_ is DATA else b""
+    (ended,) = Session(Role.SERVER).receive_data(raw(type_, Flags.NONE, 0, 5, body), 0.0)
+    assert ended == ConnectionTerminated(
+        GoAwayCode.PROTOCOL_ERROR, f"{type_.name} frame on stream 0", remote=True
+    )
+
+
+def test_a_session_made_without_a_time_starts_its_clock_at_zero() -> None:
+    assert Session(Role.CLIENT).get_timer() == DEFAULT.keepalive_interval

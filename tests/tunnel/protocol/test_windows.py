@@ -191,3 +191,13 @@ def test_window_bookkeeping_stays_consistent(
             assert win.target == TARGET
         assert peer_window == win.available
         assert win.available + win.buffered <= win.target
+
+
+def test_credit_comes_back_only_for_bytes_handed_on() -> None:
+    # Two frames in a row are held, and only the first is handed on: the second still counts
+    # against the window, so the credit given back is the first one's alone.
+    win = ReceiveWindow(1000, 1000, available=1000)
+    assert win.receive(300) and win.receive(300)
+    assert win.buffered == 600
+    assert win.consume(300, 0.0, None, PLENTY) == 300
+    assert (win.available, win.buffered) == (700, 300)

@@ -16,6 +16,7 @@ from tunnel.aio.transport import TunnelConnection
 from tunnel.errors import ConfigError, Reason, RemoteProtocolError
 from tunnel.operations import metrics
 from tunnel.operations.logonce import Throttled
+from tunnel.operations.oserrors import dial_error
 from tunnel.protocol.messages import CONNECTED, StreamAnswer, StreamHeaderParser
 from tunnel.protocol.peertext import quoted, shown
 from tunnel.settings.links import Catalog, Service
@@ -180,22 +181,14 @@ class BackendStream(Relay):
         if self._expiry is not None:
             self._expiry.cancel()
         assert self.service is not None  # dialed only once the header named it
-        target = self.service.target
+        target = str(self.service.target)
         if attempt.cancelled():
             if self._timed_out is not None:  # else the session is closing: nothing to say
-                timeout = self._timed_out
-                self.refuse(Reason.BACKEND_TIMEOUT, f"{target} did not answer within {timeout:g}s")
+                self.refuse(*dial_error(target, TimeoutError(), self._timed_out))
             return
         exc = attempt.exception()
-        if exc is None:
-            return
-        if isinstance(exc, ConnectionRefusedError):
-            self.refuse(Reason.BACKEND_REFUSED, f"{target} refused the connection")
-        elif isinstance(exc, OSError):
-            detail = exc.strerror or str(exc)
-            self.refuse(Reason.BACKEND_UNREACHABLE, f"cannot reach {target}: {detail}")
-        else:
-            self.refuse(Reason.BACKEND_UNREACHABLE, f"cannot reach {target}: {exc!r}")
+        if exc is not None:
+            self.refuse(*dial_error(target, exc, self._timed_out or 0.0))
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if self.closed:  # the client gave up while we were dialing

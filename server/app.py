@@ -43,7 +43,12 @@ log = logging.getLogger("ambassador.server")
 
 
 class Server:
-    def __init__(self, config: ServerConfig, on_closed: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        config: ServerConfig,
+        on_closed: Callable[[], None] | None = None,
+        pool: WorkerPool | None = None,
+    ) -> None:
         config = with_credentials(config)
         self.config = config
         self.connections: set[ServerConnection] = set()
@@ -55,7 +60,7 @@ class Server:
         self._listener: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._started = time.monotonic()
-        self.pool: WorkerPool | None = None  # helper processes, in the main one of several
+        self.pool = pool  # helper processes, in the main one of several
         self.on_closed = on_closed  # in a helper, tells the main process a connection ended
 
     @property
@@ -309,12 +314,18 @@ class ServerRole:
     """The server's part in :func:`tunnel.operations.runner.serve`: the listener first (or,
     in a helper, the channel to its main process), a drain on the first signal."""
 
-    kind = "server"
     log = log
 
-    def __init__(self, config: ServerConfig, drain_timeout: float, channel: int | None) -> None:
+    def __init__(
+        self,
+        config: ServerConfig,
+        drain_timeout: float,
+        channel: int | None,
+        pool: WorkerPool | None = None,
+    ) -> None:
         # A helper's connections end through the channel to its main process, once open.
-        self.server = Server(config, None if channel is None else self._connection_ended)
+        on_closed = None if channel is None else self._connection_ended
+        self.server = Server(config, on_closed, pool)
         self.drain_timeout = drain_timeout
         self._channel = channel
         self._link: HelperChannel | None = None
@@ -348,9 +359,6 @@ class ServerRole:
     def reload(self, new: ServerConfig) -> None:
         self.server.reload(new)
 
-    def use_pool(self, pool: WorkerPool) -> None:
-        self.server.pool = pool
-
     def status(self) -> dict[str, Any]:
         return self.server.status()
 
@@ -366,7 +374,7 @@ async def serve(
     reload: Callable[[ServerConfig], Reload[ServerConfig]] | None = None,
     drain_timeout: float = 30.0,
     metrics: tuple[str, int] | None = None,
-    helpers: tuple[list[str], int] | None = None,
+    pool: WorkerPool | None = None,
     channel: int | None = None,
 ) -> None:
     """Run the server until SIGINT or SIGTERM, then drain; reload on SIGHUP and changed files.
@@ -374,11 +382,11 @@ async def serve(
     The first SIGTERM (or SIGINT) sends every client a Go Away and lets open streams finish
     for up to ``drain_timeout`` seconds; a second one closes at once.
 
-    ``helpers`` (the command that starts one, and how many) makes this the main process of
+    ``pool`` (its helper processes, not started yet) makes this the main process of
     several; ``channel`` makes this process a helper, serving what the main one hands it.
     """
-    role = ServerRole(config, drain_timeout, channel)
-    await run_role(role, None if reload is None else reload(config), metrics, helpers)
+    role = ServerRole(config, drain_timeout, channel, pool)
+    await run_role(role, None if reload is None else reload(config), metrics, pool)
 
 
 def _report(server: Server) -> Callable[[], dict[str, Any]]:

@@ -7,7 +7,6 @@ import ipaddress
 import logging
 import os
 import resource
-import signal
 import socket
 import time
 from collections import Counter
@@ -19,11 +18,9 @@ from typing import Any
 from server.admission import DESCRIPTOR_RESERVE, Admission
 from server.config import ServerConfig, with_credentials
 from server.connection import ServerConnection
-from server.forward import start_forwarding
 from server.reauth import AdmissionPolicy
 from server.tls_accept import accept_tls
 from tunnel.errors import ConfigError, Reason
-from tunnel.operations.httpd import StatusServer
 from tunnel.operations.metrics import LIMIT_HITS
 from tunnel.operations.observe import service_stats
 from tunnel.operations.oserrors import listen_error
@@ -391,40 +388,3 @@ async def serve(
 
 def _report(server: Server) -> Callable[[], dict[str, Any]]:
     return lambda: helper_report(server.status())
-
-
-def forward_status(config: ServerConfig, started: float) -> dict[str, Any]:
-    """The live state in forward mode (``started``: time.monotonic() then), for /status."""
-    services = []
-    for service in config.catalog:
-        row = service_stats("forward", service.name)
-        row["service"] = f"{service.full_name} -> {service.target}"
-        services.append(row)
-    return {"role": "ambassador-server", "pid": os.getpid(), "name": config.name,
-            "mode": "forward",
-            "uptime": round(time.monotonic() - started, 1), "ready": True,
-            "sessions": [], "services": services}  # fmt: skip
-
-
-async def serve_forwarding(
-    config: ServerConfig, bind: str, metrics: tuple[str, int] | None = None
-) -> None:
-    """Drop-in mode: per-port forwarding of every linked service until SIGINT or SIGTERM."""
-    servers = await start_forwarding(config.catalog, bind, config.dial_timeout)
-    started = time.monotonic()
-    endpoint = StatusServer(lambda: forward_status(config, started), lambda: True)
-    if metrics is not None:
-        await endpoint.start(*metrics)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(
-        signal.SIGHUP, log.warning, "forward mode does not reload; restart to change the links"
-    )
-    try:
-        await stop.wait()
-    finally:
-        await endpoint.stop()
-        for server in servers:
-            server.close()

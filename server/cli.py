@@ -16,9 +16,10 @@ from server.admission import (
     UNAUTHENTICATED_PER_ADDRESS,
     AdmissionLimits,
 )
-from server.app import serve, serve_forwarding
+from server.app import serve
 from server.certs_cli import certs
 from server.config import ServerConfig
+from server.forward import serve_forwarding
 from tunnel.errors import ConfigError
 from tunnel.operations.observe import print_status
 from tunnel.operations.runner import Reload, worker_processes

@@ -37,6 +37,7 @@ from pathlib import Path
 
 from tunnel.errors import ConfigError
 from tunnel.protocol.handshake import BOUND_SINCE  # a rule of the protocol, proved here
+from tunnel.settings.wording import unreadable
 
 NONCE_SIZE = 32
 _CONTEXTS = {1: b"ambassador token v1", 2: b"ambassador token v2"}
@@ -143,9 +144,9 @@ def load_tokens(path: str) -> tuple[dict[str, bytes], str | None]:
     try:
         text = Path(path).read_text()
         mode = os.stat(path).st_mode
-    except FileNotFoundError:
-        raise ConfigError(f"cannot read token file {path}: no such file") from None
-    except (PermissionError, IsADirectoryError, UnicodeDecodeError) as exc:
+    except OSError as exc:
+        raise unreadable(path, exc, "token file") from None
+    except UnicodeDecodeError as exc:
         raise ConfigError(f"cannot read token file {path}: {exc}") from None
     warning = None
     if mode & (stat.S_IRWXG | stat.S_IRWXO):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import os
 import resource
@@ -32,7 +31,7 @@ from tunnel.operations.workers.handoff import Handoff, serve_handed
 from tunnel.operations.workers.pool import WorkerPool
 from tunnel.operations.workers.report import helper_report
 from tunnel.protocol.frames import GoAwayCode
-from tunnel.security.auth import plaintext_warning
+from tunnel.security.auth import is_loopback, plaintext_warning
 from tunnel.security.tls import warn_about_files, warn_if_expiring
 from tunnel.settings.wording import counted
 
@@ -296,15 +295,6 @@ def descriptor_budget() -> tuple[int, int]:
             soft,
         )
     return soft, open_now
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class ServerRole:

@@ -87,7 +87,7 @@ def server_proof(
 
 def plaintext_warning(hosts: list[str]) -> str | None:
     """The warning for a token used without TLS, unless every host is this machine."""
-    if all(_is_loopback(host) for host in hosts):
+    if all(is_loopback(host) for host in hosts):
         return None
     return (
         "a token over plaintext proves who the client is but protects nothing on the path: "
@@ -96,7 +96,7 @@ def plaintext_warning(hosts: list[str]) -> str | None:
     )
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
     try:

@@ -147,11 +147,11 @@ def cli(ctx: click.Context, /, **params: Any) -> None:
         print_effective(ctx, params, settings, token_names(params["token_file"]))
         return
     load, files = reloading(cli, PROG, ctx, build_config)
-    channel, helpers = worker_processes("client", (ctx.obj or {})["argv"], params["workers"])
+    channel, pool = worker_processes("client", (ctx.obj or {})["argv"], params["workers"])
     if channel is not None:
         run(serve_helper(config, channel, load, files))
         return
-    run(serve(config, load, files, metrics, helpers))
+    run(serve(config, load, files, metrics, pool))
 
 
 def build_config(params: dict[str, Any], environ: Mapping[str, str]) -> ClientConfig:

@@ -210,7 +210,13 @@ class Listeners:
     spec's references the catalog offers, and can change without rebinding the port.
     """
 
-    def __init__(self, connector: Connector, specs: tuple[ExposeSpec, ...], bind: str) -> None:
+    def __init__(
+        self,
+        connector: Connector,
+        specs: tuple[ExposeSpec, ...],
+        bind: str,
+        pool: WorkerPool | None = None,
+    ) -> None:
         self.connector = connector
         self.specs = specs
         self.bind = bind
@@ -218,7 +224,7 @@ class Listeners:
         # What each listener's new streams ask for, preferred first: one reference once the
         # catalog has chosen, all of the spec's while it is unknown.
         self._refs: dict[tuple[str, int, str], tuple[str, ...]] = {}
-        self.pool: WorkerPool | None = None  # helper processes to share connections with
+        self.pool = pool  # helper processes to share connections with
         self.missing: tuple[str, ...] = ()  # exposed services the server's catalog lacks
 
     def _protocol(self, key: tuple[str, int, str]) -> asyncio.BaseProtocol:

@@ -16,9 +16,10 @@ from server.admission import (
     UNAUTHENTICATED_PER_ADDRESS,
     AdmissionLimits,
 )
-from server.app import serve, serve_forwarding
+from server.app import serve
 from server.certs_cli import certs
 from server.config import ServerConfig
+from server.forward import serve_forwarding
 from tunnel.errors import ConfigError
 from tunnel.operations.observe import print_status
 from tunnel.operations.runner import Reload, worker_processes
@@ -180,7 +181,7 @@ def cli(ctx: click.Context, /, **params: Any) -> None:
             raise ConfigError("--workers applies to the tunnel; --forward runs in one process")
         run(serve_forwarding(config, params["forward_bind"], metrics))
         return
-    channel, helpers = worker_processes("server", (ctx.obj or {})["argv"], params["workers"])
+    channel, pool = worker_processes("server", (ctx.obj or {})["argv"], params["workers"])
     if channel is not None:
         metrics = None  # the main process serves every worker's metrics
     load, files = reloading(cli, PROG, ctx, build_config)
@@ -190,7 +191,7 @@ def cli(ctx: click.Context, /, **params: Any) -> None:
             lambda config: Reload(load, files, config),
             params["drain_timeout"],
             metrics,
-            helpers,
+            pool,
             channel,
         )
     )

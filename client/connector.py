@@ -27,6 +27,7 @@ from tunnel.operations import metrics
 from tunnel.operations.oserrors import connect_error
 from tunnel.protocol.handshake import ClientHandshake, Failed, Notice, Step, TokenProofs, Welcomed
 from tunnel.protocol.messages import (
+    HEADER_VERSION,
     MAX_CATALOG,
     CatalogChanged,
     GoingAway,
@@ -153,6 +154,8 @@ class Connector:
         self.last_error = ""  # the latest, whichever remote it came from
         self.errors: dict[Address, str] = {}  # each remote's last error, until it is up
         self.identity = ""  # the identity the server says it gave this client, if it says
+        # The highest stream header version the server reads: 2 carries the consumer's origin.
+        self.stream_header = HEADER_VERSION
         self.on_catalog = on_catalog
         self._up = asyncio.Event()
         self.sessions = 0
@@ -287,6 +290,7 @@ class Connector:
         self.tunnel = tunnel
         self.catalog = welcome.catalog
         self.identity = welcome.identity
+        self.stream_header = welcome.stream_header
         self._offered.clear()
         self.last_error = ""
         self.errors.pop(remote, None)
@@ -328,6 +332,7 @@ class Connector:
         if isinstance(message, CatalogChanged):
             self._warn_skipped(self.remote, message.catalog, message.skipped)
             self.catalog = message.catalog
+            self.stream_header = message.stream_header
             self._offered.clear()
             if self.on_catalog is not None:
                 self.on_catalog(message.catalog)

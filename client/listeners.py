@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import socket
 from dataclasses import dataclass, replace
 
 from client.connector import Connector, find_service
@@ -22,7 +23,13 @@ from tunnel.operations.logonce import Throttled
 from tunnel.operations.oserrors import listen_error
 from tunnel.operations.workers.handoff import Handoff
 from tunnel.operations.workers.pool import WorkerPool
-from tunnel.protocol.messages import ServiceInfo, StreamAnswerParser, StreamHeader
+from tunnel.protocol.messages import (
+    HEADER_VERSION,
+    ServiceInfo,
+    StreamAnswerParser,
+    StreamHeader,
+)
+from tunnel.protocol.origin import UNSPECIFIED, Origin, origin_of
 from tunnel.protocol.peertext import quoted, shown
 from tunnel.settings.links import ExposeSpec
 from tunnel.settings.wording import hostport
@@ -43,6 +50,21 @@ def choose_service(catalog: tuple[ServiceInfo, ...], refs: tuple[str, ...]) -> s
 def _header(service: str) -> bytes:
     """The stream header naming ``service``, encoded once per service, not once per stream."""
     return StreamHeader(service).encode()
+
+
+_FAMILIES = {socket.AF_INET: "inet", socket.AF_INET6: "inet6", socket.AF_UNIX: "unix"}
+
+
+def consumer_origin(transport: asyncio.BaseTransport) -> Origin:
+    """Where a consumer's connection came from and went to, as its socket says."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return UNSPECIFIED
+    return origin_of(
+        _FAMILIES.get(sock.family, ""),
+        transport.get_extra_info("peername"),
+        transport.get_extra_info("sockname"),
+    )
 
 
 class ConsumerStream(Relay):
@@ -116,7 +138,11 @@ class ConsumerStream(Relay):
         self.meters.opened += 1
         self.meters.open_now += 1
         self.connector.rotate_if_exhausted(tunnel)
-        tunnel.send(self.stream_id, _header(self.service))
+        if self.connector.stream_header == HEADER_VERSION or self.transport is None:
+            header = _header(self.service)
+        else:  # the server wants the consumer's origin: a backend of its asks for it
+            header = StreamHeader(self.service, consumer_origin(self.transport)).encode()
+        tunnel.send(self.stream_id, header)
         self.send_held()
 
     def _choose(self) -> None:

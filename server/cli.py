@@ -58,6 +58,7 @@ from tunnel.settings.links import (
     parse_address,
     parse_link,
 )
+from tunnel.settings.proxyprotocol import parse_proxy_protocol
 
 log = logging.getLogger("ambassador.server")
 PROG = "ambassador-server"
@@ -107,6 +108,14 @@ PROG = "ambassador-server"
     metavar="IDENTITY=SERVICE[,SERVICE]",
     help="Let a client identity (certificate or token name; * for everyone) reach "
     "these services; once any rule is given, nothing else is reachable. Repeatable.",
+)
+@click.option(
+    "--proxy-protocol",
+    multiple=True,
+    envvar="AMBASSADOR_PROXY_PROTOCOL",
+    metavar="SERVICE=v1|v2",
+    help="Send this linked backend a PROXY protocol header (v1 or v2) with the consumer's real "
+    "address before its bytes; only for a backend that expects one. Repeatable.",
 )
 @path_option(
     "--token-file",
@@ -211,6 +220,7 @@ def build_config(params: dict[str, Any], environ: Mapping[str, str]) -> ServerCo
             "nothing to offer: give --link ALIAS=HOST:PORT (or --links-from-env with Docker "
             "link variables set)"
         )
+    proxy_protocol = parse_proxy_protocol(params["proxy_protocol"], catalog)
     access = parse_access(params["access"])
     for warning in unmatched(access, catalog):  # at start and on every reload
         log.warning("%s", warning)
@@ -222,6 +232,7 @@ def build_config(params: dict[str, Any], environ: Mapping[str, str]) -> ServerCo
     context, binding = bound_server_context(tls) if tls is not None else (None, UNBOUND)
     return ServerConfig(
         access=access,
+        proxy_protocol=proxy_protocol,
         token_file=token_file,
         tokens=tokens,
         tls=tls,

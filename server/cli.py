@@ -110,6 +110,15 @@ PROG = "ambassador-server"
     "these services; once any rule is given, nothing else is reachable. Repeatable.",
 )
 @click.option(
+    "--accept-proxy-protocol",
+    is_flag=True,
+    default=False,
+    envvar="AMBASSADOR_ACCEPT_PROXY_PROTOCOL",
+    help="Read a PROXY protocol header (v1 or v2, from a load balancer in front) at the start "
+    "of each tunnel connection, so that logs, limits and --allow-from see the real client. "
+    "Without it, a connection that sends one is refused.",
+)
+@click.option(
     "--proxy-protocol",
     multiple=True,
     envvar="AMBASSADOR_PROXY_PROTOCOL",
@@ -233,6 +242,7 @@ def build_config(params: dict[str, Any], environ: Mapping[str, str]) -> ServerCo
     return ServerConfig(
         access=access,
         proxy_protocol=proxy_protocol,
+        accept_proxy_protocol=params["accept_proxy_protocol"],
         token_file=token_file,
         tokens=tokens,
         tls=tls,

@@ -29,6 +29,8 @@ class ServerConfig:
     token_file: str | None = None  # NAME:SECRET lines; set: clients must prove a token
     admission: AdmissionLimits = field(default_factory=AdmissionLimits)
     max_streams_per_identity: int = STREAMS_PER_IDENTITY  # backend streams, all its sessions
+    # Read a PROXY protocol header (from a load balancer) before each tunnel connection.
+    accept_proxy_protocol: bool = False
     # Links whose backend gets a PROXY protocol header first, and its version (1 or 2).
     proxy_protocol: Mapping[Service, int] = field(default_factory=dict)
     # What token_file and tls hold, read once per configuration (with_credentials): the files

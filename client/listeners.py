@@ -17,6 +17,8 @@ from dataclasses import dataclass, replace
 
 from client.connector import Connector, find_service
 from tunnel.aio.relay import Relay, abort_with_reset
+from tunnel.aio.sourcegate import SourceGate
+from tunnel.aio.transport import format_peer
 from tunnel.errors import ConfigError, Reason, RemoteProtocolError
 from tunnel.operations import metrics
 from tunnel.operations.logonce import Throttled
@@ -31,6 +33,7 @@ from tunnel.protocol.messages import (
 )
 from tunnel.protocol.origin import UNSPECIFIED, Origin, origin_of
 from tunnel.protocol.peertext import quoted, shown
+from tunnel.security.allowlist import EVERY_EXPOSE, Allowlist
 from tunnel.settings.links import ExposeSpec
 from tunnel.settings.wording import hostport
 
@@ -248,7 +251,30 @@ class Listeners:
         self.missing: tuple[str, ...] = ()  # exposed services the server's catalog lacks
 
     def _protocol(self, key: tuple[str, int, str]) -> asyncio.BaseProtocol:
-        """A new consumer connection's protocol: served here, or by a helper less busy."""
+        """A new consumer connection's protocol: refused when --expose-allow does not list its
+        source, else served here or by a helper less busy."""
+        lists = self.connector.config.expose_allow
+        allowlist = lists.get(key[2]) or lists.get(EVERY_EXPOSE)
+        if allowlist is not None and allowlist.enabled:
+            return SourceGate(
+                allowlist,
+                functools.partial(self._admitted, key),
+                functools.partial(self._refused, key[2], allowlist),
+            )
+        return self._admitted(key)
+
+    @staticmethod
+    def _refused(service: str, allowlist: Allowlist, peername: object) -> None:
+        host = peername[0] if isinstance(peername, tuple) and peername else "?"
+        metrics.refused("client", service, "source_not_allowed")
+        throttled.warning(
+            f"source:{service}:{host}",
+            "refused a connection to %r from %s: not in --expose-allow for it (%s); add its "
+            "address there if it should connect",
+            service, format_peer(peername), allowlist,
+        )  # fmt: skip
+
+    def _admitted(self, key: tuple[str, int, str]) -> asyncio.BaseProtocol:
         service, *others = self._refs.get(key, (key[2],))
         alternatives = tuple(others)
         connector = self.connector

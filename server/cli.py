@@ -24,6 +24,7 @@ from tunnel.operations.observe import print_status
 from tunnel.operations.runner import Reload, worker_processes
 from tunnel.operations.runtime import run, setup_logging
 from tunnel.security.access import parse_access, unmatched
+from tunnel.security.allowlist import parse_networks
 from tunnel.security.auth import load_tokens
 from tunnel.security.binding import UNBOUND
 from tunnel.security.tls import ServerTls, bound_server_context
@@ -108,6 +109,14 @@ PROG = "ambassador-server"
     metavar="IDENTITY=SERVICE[,SERVICE]",
     help="Let a client identity (certificate or token name; * for everyone) reach "
     "these services; once any rule is given, nothing else is reachable. Repeatable.",
+)
+@click.option(
+    "--allow-from",
+    multiple=True,
+    envvar="AMBASSADOR_ALLOW_FROM",
+    metavar="CIDR",
+    help="Only these source addresses may open a tunnel connection (10.0.0.0/8, 2001:db8::/32, "
+    "192.0.2.7; commas or repeats for more); others are closed at once. Default: any.",
 )
 @click.option(
     "--accept-proxy-protocol",
@@ -243,6 +252,7 @@ def build_config(params: dict[str, Any], environ: Mapping[str, str]) -> ServerCo
         access=access,
         proxy_protocol=proxy_protocol,
         accept_proxy_protocol=params["accept_proxy_protocol"],
+        allow_from=parse_networks(params["allow_from"], "--allow-from"),
         token_file=token_file,
         tokens=tokens,
         tls=tls,

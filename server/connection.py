@@ -179,6 +179,18 @@ class ServerConnection:
         when a bound is reached."""
         peername = transport.get_extra_info("peername")
         key = address_key(peername)
+        allow_from = self.config.allow_from
+        if not allow_from.allows(peername):
+            self.refused = True
+            metrics.CONNECTIONS_REJECTED.labels("allow_from").inc()
+            throttled.warning(
+                f"allow_from:{key}",
+                "refused connection from %s: not in --allow-from (%s); add its address there "
+                "if it should connect",
+                format_peer(peername), allow_from,
+            )  # fmt: skip
+            self.tunnel.close("allow_from")
+            return False
         admission = self.config.admission
         bound = self.host.admission.admit(key, admission)
         if bound is None and self.host.descriptors_left() < DESCRIPTOR_RESERVE // 2:

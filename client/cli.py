@@ -16,6 +16,7 @@ from tunnel.errors import ConfigError
 from tunnel.operations.observe import print_status
 from tunnel.operations.runner import worker_processes
 from tunnel.operations.runtime import run, setup_logging
+from tunnel.security.allowlist import Allowlist, parse_expose_allow
 from tunnel.security.auth import load_tokens, token_names
 from tunnel.security.certs import parse_pin
 from tunnel.security.tls import ClientTls, client_context
@@ -42,6 +43,7 @@ from tunnel.settings.effective import Item, Setting, source_of
 from tunnel.settings.links import (
     DEFAULT_TUNNEL_PORT,
     Address,
+    ExposeSpec,
     LinkError,
     named_seed_links_from_env,
     parse_address,
@@ -69,6 +71,15 @@ PROG = "ambassador-client"
     help="A service to listen for locally: 6379, redis, 16379=redis, 127.0.0.1:16379=6379, or "
     "the seed's REDIS_PORT_1234_TCP=tcp://HOST:6379 (listen on 1234 for the service HOST "
     "published on 6379). Repeatable; none: the whole catalog.",
+)
+@click.option(
+    "--expose-allow",
+    multiple=True,
+    envvar="AMBASSADOR_EXPOSE_ALLOW",
+    metavar="[SERVICE=]CIDR[,CIDR]",
+    help="Only these source addresses may connect to the port exposing SERVICE (as named in "
+    "--expose), or without SERVICE= to every exposed port; others are closed at once. "
+    "Repeatable. Default: anyone who can reach the port.",
 )
 @links_from_env_option(
     "Read Docker link variables as the seed did (REDIS_PORT_1234_TCP=tcp://HOST:6379): "
@@ -197,6 +208,7 @@ def build_config(params: dict[str, Any], environ: Mapping[str, str]) -> ClientCo
         tls_context=context,
         remotes=tuple(remotes),
         expose=tuple(expose),
+        expose_allow=expose_allow(params["expose_allow"], expose),
         bind=params["bind"],
         name=params["name"] or os.uname().nodename,
         limits=limits,
@@ -205,6 +217,19 @@ def build_config(params: dict[str, Any], environ: Mapping[str, str]) -> ClientCo
         backoff_min=params["backoff_min"],
         backoff_max=max(params["backoff_max"], params["backoff_min"]),
     )
+
+
+def expose_allow(texts: list[str], expose: list[ExposeSpec]) -> dict[str, Allowlist]:
+    """--expose-allow's lists, each naming an exposed service (when --expose lists them)."""
+    lists = parse_expose_allow(texts)
+    named = {spec.service for spec in expose}
+    for service in lists:
+        if service and named and service not in named:
+            raise ConfigError(
+                f"--expose-allow names {service!r}, which no --expose exposes; use one of "
+                f"{', '.join(sorted(named))}, or give CIDRs alone for every exposed port"
+            )
+    return lists
 
 
 def effective_settings(

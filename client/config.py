@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import ssl
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 from tunnel.protocol.limits import Limits
+from tunnel.security.allowlist import Allowlist
 from tunnel.security.tls import ClientTls, client_context
 from tunnel.settings.links import Address, ExposeSpec
 
@@ -15,6 +17,9 @@ class ClientConfig:
     remotes: tuple[Address, ...]
     expose: tuple[ExposeSpec, ...] = ()  # empty: expose the whole catalog
     bind: str = "127.0.0.1"
+    # Who may connect to each exposed port, by service reference ("" for every port); a port
+    # with no list is open to whoever can reach it.
+    expose_allow: Mapping[str, Allowlist] = field(default_factory=dict)
     name: str = "ambassador-client"
     limits: Limits = field(default_factory=Limits)
     connect_timeout: float = 5.0

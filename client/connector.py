@@ -35,6 +35,7 @@ from tunnel.protocol.handshake import (
     Welcomed,
 )
 from tunnel.protocol.messages import (
+    HEADER_VERSION,
     MAX_CATALOG,
     CatalogChanged,
     GoingAway,
@@ -161,6 +162,8 @@ class Connector:
         self.last_error = ""  # the latest, whichever remote it came from
         self.errors: dict[Address, str] = {}  # each remote's last error, until it is up
         self.identity = ""  # the identity the server says it gave this client, if it says
+        # The highest stream header version the server reads: 2 carries the consumer's origin.
+        self.stream_header = HEADER_VERSION
         self.on_catalog = on_catalog
         self._up = asyncio.Event()
         self.sessions = 0
@@ -295,6 +298,7 @@ class Connector:
         self.tunnel = tunnel
         self.catalog = welcome.catalog
         self.identity = welcome.identity
+        self.stream_header = welcome.stream_header
         self._offered.clear()
         self.last_error = ""
         self.errors.pop(remote, None)
@@ -336,6 +340,7 @@ class Connector:
         if isinstance(message, CatalogChanged):
             self._warn_skipped(self.remote, message.catalog, message.skipped)
             self.catalog = message.catalog
+            self.stream_header = message.stream_header
             self._offered.clear()
             if self.on_catalog is not None:
                 self.on_catalog(message.catalog)

@@ -12,18 +12,28 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import socket
 from dataclasses import dataclass, replace
 
 from client.connector import Connector, find_service
 from tunnel.aio.relay import Relay, abort_with_reset
+from tunnel.aio.sourcegate import SourceGate
+from tunnel.aio.transport import format_peer
 from tunnel.errors import ConfigError, Reason, RemoteProtocolError
 from tunnel.operations import metrics
 from tunnel.operations.logonce import Throttled
 from tunnel.operations.oserrors import listen_error
 from tunnel.operations.workers.handoff import Handoff
 from tunnel.operations.workers.pool import WorkerPool
-from tunnel.protocol.messages import ServiceInfo, StreamAnswerParser, StreamHeader
+from tunnel.protocol.messages import (
+    HEADER_VERSION,
+    ServiceInfo,
+    StreamAnswerParser,
+    StreamHeader,
+)
+from tunnel.protocol.origin import UNSPECIFIED, Origin, origin_of
 from tunnel.protocol.peertext import quoted, shown
+from tunnel.security.allowlist import EVERY_EXPOSE, Allowlist
 from tunnel.settings.links import ExposeSpec
 from tunnel.settings.wording import hostport
 
@@ -43,6 +53,21 @@ def choose_service(catalog: tuple[ServiceInfo, ...], refs: tuple[str, ...]) -> s
 def _header(service: str) -> bytes:
     """The stream header naming ``service``, encoded once per service, not once per stream."""
     return StreamHeader(service).encode()
+
+
+_FAMILIES = {socket.AF_INET: "inet", socket.AF_INET6: "inet6", socket.AF_UNIX: "unix"}
+
+
+def consumer_origin(transport: asyncio.BaseTransport) -> Origin:
+    """Where a consumer's connection came from and went to, as its socket says."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return UNSPECIFIED
+    return origin_of(
+        _FAMILIES.get(sock.family, ""),
+        transport.get_extra_info("peername"),
+        transport.get_extra_info("sockname"),
+    )
 
 
 class ConsumerStream(Relay):
@@ -116,7 +141,11 @@ class ConsumerStream(Relay):
         self.meters.opened += 1
         self.meters.open_now += 1
         self.connector.rotate_if_exhausted(tunnel)
-        tunnel.send(self.stream_id, _header(self.service))
+        if self.connector.stream_header == HEADER_VERSION or self.transport is None:
+            header = _header(self.service)
+        else:  # the server wants the consumer's origin: a backend of its asks for it
+            header = StreamHeader(self.service, consumer_origin(self.transport)).encode()
+        tunnel.send(self.stream_id, header)
         self.send_held()
 
     def _choose(self) -> None:
@@ -228,7 +257,30 @@ class Listeners:
         self.missing: tuple[str, ...] = ()  # exposed services the server's catalog lacks
 
     def _protocol(self, key: tuple[str, int, str]) -> asyncio.BaseProtocol:
-        """A new consumer connection's protocol: served here, or by a helper less busy."""
+        """A new consumer connection's protocol: refused when --expose-allow does not list its
+        source, else served here or by a helper less busy."""
+        lists = self.connector.config.expose_allow
+        allowlist = lists.get(key[2]) or lists.get(EVERY_EXPOSE)
+        if allowlist is not None and allowlist.enabled:
+            return SourceGate(
+                allowlist,
+                functools.partial(self._admitted, key),
+                functools.partial(self._refused, key[2], allowlist),
+            )
+        return self._admitted(key)
+
+    @staticmethod
+    def _refused(service: str, allowlist: Allowlist, peername: object) -> None:
+        host = peername[0] if isinstance(peername, tuple) and peername else "?"
+        metrics.refused("client", service, "source_not_allowed")
+        throttled.warning(
+            f"source:{service}:{host}",
+            "refused a connection to %r from %s: not in --expose-allow for it (%s); add its "
+            "address there if it should connect",
+            service, format_peer(peername), allowlist,
+        )  # fmt: skip
+
+    def _admitted(self, key: tuple[str, int, str]) -> asyncio.BaseProtocol:
         service, *others = self._refs.get(key, (key[2],))
         alternatives = tuple(others)
         connector = self.connector

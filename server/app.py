@@ -14,13 +14,14 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
-from server.admission import DESCRIPTOR_RESERVE, Admission
+from server.admission import DESCRIPTOR_RESERVE, Admission, stranger_log
 from server.config import ServerConfig, with_credentials
 from server.connection import ServerConnection
 from server.reauth import AdmissionPolicy
 from server.tls_accept import accept_tls
+from tunnel.aio.proxyaccept import Pending, ProxyAccept
 from tunnel.errors import ConfigError, Reason
-from tunnel.operations.metrics import LIMIT_HITS
+from tunnel.operations.metrics import CONNECTIONS_REJECTED, LIMIT_HITS
 from tunnel.operations.observe import service_stats
 from tunnel.operations.oserrors import listen_error
 from tunnel.operations.runner import Reload
@@ -56,6 +57,8 @@ class Server:
         self._listener: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._started = time.monotonic()
+        # Connections still to send their PROXY header, bounded like those yet to say hello.
+        self._awaiting_header = Pending(config.admission.unauthenticated)
         self.pool = pool  # helper processes, in the main one of several
         self.on_closed = on_closed  # in a helper, tells the main process a connection ended
 
@@ -112,6 +115,24 @@ class Server:
         return self._serve_here()
 
     def _serve_here(self) -> asyncio.BaseProtocol:
+        """An accepted connection's protocol: its PROXY header first (read with
+        --accept-proxy-protocol, refused without), then TLS and the session."""
+        config = self.config
+        return ProxyAccept(
+            self._session_protocol,
+            accept=config.accept_proxy_protocol,
+            timeout=config.handshake_timeout,
+            refuse=self._refused_early,
+            pending=self._awaiting_header,
+        )
+
+    def _refused_early(self, peer: str, reason: str, text: str) -> None:
+        """A connection closed before its session began: one line (within the strangers'
+        budget) and a count by reason."""
+        CONNECTIONS_REJECTED.labels(reason).inc()
+        stranger_log.warning("refused connection from %s: %s", peer, text)
+
+    def _session_protocol(self) -> asyncio.BaseProtocol:
         config = self.config  # the context and its binding taken together, as one
         if config.tls_context is not None:
             connection = self.make_connection(tls=True)

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Protocol
+from collections.abc import Mapping
+from typing import Protocol, cast
 
 from tunnel.aio.relay import Relay
 from tunnel.aio.transport import TunnelConnection
@@ -17,7 +18,9 @@ from tunnel.errors import ConfigError, Reason, RemoteProtocolError
 from tunnel.operations import metrics
 from tunnel.operations.logonce import Throttled
 from tunnel.operations.oserrors import dial_error
+from tunnel.protocol import proxyheader
 from tunnel.protocol.messages import CONNECTED, StreamAnswer, StreamHeaderParser
+from tunnel.protocol.origin import Origin
 from tunnel.protocol.peertext import quoted, shown
 from tunnel.settings.links import Catalog, Service
 
@@ -53,6 +56,10 @@ class StreamOwner(Protocol):
     @property
     def access_enabled(self) -> bool: ...
 
+    @property
+    def proxy_protocol(self) -> Mapping[Service, int]:
+        """The links whose backend gets a PROXY protocol header first, and its version."""
+
     def header_read(self, stream: BackendStream) -> None:
         """``stream`` named its service: it no longer waits for its header."""
 
@@ -73,6 +80,7 @@ class BackendStream(Relay):
         self.link = tunnel  # never None on the server, unlike Relay.tunnel
         self.owner = owner
         self.service: Service | None = None
+        self.origin: Origin | None = None  # the consumer's endpoints, when the client sent them
         self._header: StreamHeaderParser | None = StreamHeaderParser()
         self._label = "-"
         self._finished = False
@@ -105,6 +113,7 @@ class BackendStream(Relay):
                 return
             self.counted = True
             self.service = service
+            self.origin = header.origin
             self._label = service.name
             self.meters = metrics.meters("server", self._label)
             self.meters.opened += 1
@@ -196,6 +205,14 @@ class BackendStream(Relay):
             return
         assert self.stream_id is not None
         self.link.send(self.stream_id, CONNECTED)
+        assert self.service is not None  # dialed only once the header named it
+        version = self.owner.proxy_protocol.get(self.service)
+        if version is not None:
+            # Before any of the consumer's bytes: the backend reads the header first. Without
+            # an origin (an older client) v2 says LOCAL and v1 UNKNOWN: "use the connection's
+            # own addresses", which are the server's.
+            header = proxyheader.encode(version, self.origin)
+            cast(asyncio.Transport, transport).write(header)  # uvloop's is not a subclass
         super().connection_made(transport)
 
     def refuse(

@@ -25,6 +25,7 @@ from tunnel.operations.observe import print_status
 from tunnel.operations.runner import Reload, worker_processes
 from tunnel.operations.runtime import run, setup_logging
 from tunnel.security.access import parse_access, unmatched
+from tunnel.security.allowlist import parse_networks
 from tunnel.security.auth import load_tokens
 from tunnel.security.binding import UNBOUND
 from tunnel.security.tls import ServerTls, bound_server_context
@@ -59,6 +60,7 @@ from tunnel.settings.links import (
     parse_address,
     parse_link,
 )
+from tunnel.settings.proxyprotocol import parse_proxy_protocol
 
 log = logging.getLogger("ambassador.server")
 PROG = "ambassador-server"
@@ -108,6 +110,31 @@ PROG = "ambassador-server"
     metavar="IDENTITY=SERVICE[,SERVICE]",
     help="Let a client identity (certificate or token name; * for everyone) reach "
     "these services; once any rule is given, nothing else is reachable. Repeatable.",
+)
+@click.option(
+    "--allow-from",
+    multiple=True,
+    envvar="AMBASSADOR_ALLOW_FROM",
+    metavar="CIDR",
+    help="Only these source addresses may open a tunnel connection (10.0.0.0/8, 2001:db8::/32, "
+    "192.0.2.7; commas or repeats for more); others are closed at once. Default: any.",
+)
+@click.option(
+    "--accept-proxy-protocol",
+    is_flag=True,
+    default=False,
+    envvar="AMBASSADOR_ACCEPT_PROXY_PROTOCOL",
+    help="Read a PROXY protocol header (v1 or v2, from a load balancer in front) at the start "
+    "of each tunnel connection, so that logs, limits and --allow-from see the real client. "
+    "Without it, a connection that sends one is refused.",
+)
+@click.option(
+    "--proxy-protocol",
+    multiple=True,
+    envvar="AMBASSADOR_PROXY_PROTOCOL",
+    metavar="SERVICE=v1|v2",
+    help="Send this linked backend a PROXY protocol header (v1 or v2) with the consumer's real "
+    "address before its bytes; only for a backend that expects one. Repeatable.",
 )
 @path_option(
     "--token-file",
@@ -212,6 +239,7 @@ def build_config(params: dict[str, Any], environ: Mapping[str, str]) -> ServerCo
             "nothing to offer: give --link ALIAS=HOST:PORT (or --links-from-env with Docker "
             "link variables set)"
         )
+    proxy_protocol = parse_proxy_protocol(params["proxy_protocol"], catalog)
     access = parse_access(params["access"])
     for warning in unmatched(access, catalog):  # at start and on every reload
         log.warning("%s", warning)
@@ -223,6 +251,9 @@ def build_config(params: dict[str, Any], environ: Mapping[str, str]) -> ServerCo
     context, binding = bound_server_context(tls) if tls is not None else (None, UNBOUND)
     return ServerConfig(
         access=access,
+        proxy_protocol=proxy_protocol,
+        accept_proxy_protocol=params["accept_proxy_protocol"],
+        allow_from=parse_networks(params["allow_from"], "--allow-from"),
         token_file=token_file,
         tokens=tokens,
         tls=tls,

@@ -9,10 +9,11 @@ from dataclasses import dataclass, field, replace
 from server.admission import STREAMS_PER_IDENTITY, AdmissionLimits
 from tunnel.protocol.limits import Limits
 from tunnel.security.access import AccessRules
+from tunnel.security.allowlist import Allowlist
 from tunnel.security.auth import load_tokens
 from tunnel.security.binding import UNBOUND
 from tunnel.security.tls import ServerTls, bound_server_context
-from tunnel.settings.links import DEFAULT_TUNNEL_PORT, Address, Catalog
+from tunnel.settings.links import DEFAULT_TUNNEL_PORT, Address, Catalog, Service
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +30,11 @@ class ServerConfig:
     token_file: str | None = None  # NAME:SECRET lines; set: clients must prove a token
     admission: AdmissionLimits = field(default_factory=AdmissionLimits)
     max_streams_per_identity: int = STREAMS_PER_IDENTITY  # backend streams, all its sessions
+    allow_from: Allowlist = field(default_factory=Allowlist)  # empty: every address may try
+    # Read a PROXY protocol header (from a load balancer) before each tunnel connection.
+    accept_proxy_protocol: bool = False
+    # Links whose backend gets a PROXY protocol header first, and its version (1 or 2).
+    proxy_protocol: Mapping[Service, int] = field(default_factory=dict)
     # What token_file and tls hold, read once per configuration (with_credentials): the files
     # checked at start or reload are the ones the server then runs with.
     tokens: Mapping[str, bytes] | None = field(default=None, compare=False, repr=False)

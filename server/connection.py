@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 import os
+from collections.abc import Mapping
 from typing import Protocol
 
 from server.admission import DESCRIPTOR_RESERVE, Admission, address_key, stranger_log
@@ -40,6 +41,8 @@ from tunnel.protocol.handshake import (
     Welcomed,
 )
 from tunnel.protocol.messages import (
+    EXTENDED_HEADER_VERSION,
+    HEADER_VERSION,
     CatalogChanged,
     GoingAway,
     Message,
@@ -129,6 +132,7 @@ class ServerConnection:
         # Streams waiting for a dial slot, oldest first, each with the timer that gives up.
         self._waiting: dict[BackendStream, asyncio.TimerHandle] = {}
         self.shown: tuple[ServiceInfo, ...] = ()
+        self._told_header = self.stream_header  # the stream header version the client was told
         self._reachable = Catalog()
         self._reachable_for: object = None  # the configuration _reachable was computed from
         self._rtt_label = ""  # the peer label of this session's ambassador_rtt_seconds
@@ -139,6 +143,16 @@ class ServerConnection:
     def reconfigure(self, config: ServerConfig) -> None:
         """The server's new configuration, for all this connection does from now on."""
         self.config = config
+
+    @property
+    def proxy_protocol(self) -> Mapping[Service, int]:
+        return self.config.proxy_protocol
+
+    @property
+    def stream_header(self) -> int:
+        """The stream header version to ask of the client: 2, carrying each consumer's
+        origin, when a backend wants a PROXY protocol header (--proxy-protocol)."""
+        return EXTENDED_HEADER_VERSION if self.config.proxy_protocol else HEADER_VERSION
 
     @property
     def identity(self) -> str:
@@ -173,6 +187,18 @@ class ServerConnection:
         when a bound is reached."""
         peername = transport.get_extra_info("peername")
         key = address_key(peername)
+        allow_from = self.config.allow_from
+        if not allow_from.allows(peername):
+            self.refused = True
+            metrics.CONNECTIONS_REJECTED.labels("allow_from").inc()
+            throttled.warning(
+                f"allow_from:{key}",
+                "refused connection from %s: not in --allow-from (%s); add its address there "
+                "if it should connect",
+                format_peer(peername), allow_from,
+            )  # fmt: skip
+            self.tunnel.close("allow_from")
+            return False
         admission = self.config.admission
         bound = self.host.admission.admit(key, admission)
         if bound is None and self.host.descriptors_left() < DESCRIPTOR_RESERVE // 2:
@@ -346,6 +372,7 @@ class ServerConnection:
             bound=self.tls_done,
             verify=self._verify,
             offer=self._offer,
+            stream_header=self.stream_header,
         )
 
     def on_message(self, message: Message) -> None:
@@ -394,6 +421,7 @@ class ServerConnection:
         self.tunnel.session.unguard()
         self._authenticated()
         self.shown = event.welcome.catalog
+        self._told_header = event.welcome.stream_header
         metrics.SESSIONS.labels("server").inc()
         metrics.SESSIONS_OPEN.labels("server").inc()
         # This client's round trip, one series per session, removed when the session ends.
@@ -426,9 +454,10 @@ class ServerConnection:
             self.close_with(Reason.NOT_ALLOWED, f"access for {quoted(self.identity)} was withdrawn")
             return
         shown = catalog_info(visible)
-        if shown != self.shown:
+        if shown != self.shown or self.stream_header != self._told_header:
             self.shown = shown
-            self._send(CatalogChanged(shown))
+            self._told_header = self.stream_header
+            self._send(CatalogChanged(shown, stream_header=self.stream_header))
 
     def close_on_reload(self, why: Untrusted) -> None:
         """End a session the reloaded configuration would not admit; one line says why."""

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 from tunnel.errors import Reason
 from tunnel.protocol.messages import (
+    HEADER_VERSION,
     MAX_NAME,
     SUPPORTED_VERSIONS,
     Auth,
@@ -182,12 +183,14 @@ class ServerHandshake:
         verify: Verify,
         offer: Offer,
         versions: tuple[int, ...] = SUPPORTED_VERSIONS,
+        stream_header: int = HEADER_VERSION,
     ) -> None:
         """``identity``: the client's before any token (its certificate's name, or the
         anonymous one); ``certified``: it has a certificate, which a token does not override;
         ``tokens``: this server has a token file; ``bound``: the connection is TLS, whose
         binding token proofs must cover."""
         self.state = State.HELLO
+        self.stream_header = stream_header  # what the welcome asks streams to open with
         self.hello: Hello | None = None
         self.version = 0
         self.identity = identity
@@ -274,7 +277,14 @@ class ServerHandshake:
             )
         self.state = State.WELCOMED
         identity = self.identity[:MAX_NAME]  # the client's to show: which identity we saw
-        welcome = Welcome(self.version, self._server_name, catalog, proof, identity)
+        welcome = Welcome(
+            self.version,
+            self._server_name,
+            catalog,
+            proof,
+            identity,
+            stream_header=self.stream_header,
+        )
         return Step((welcome,), Welcomed(welcome, token_name))
 
     def _refuse(self, reason: Reason, text: str) -> Step:

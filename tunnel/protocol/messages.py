@@ -25,12 +25,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tunnel.errors import Reason, RemoteProtocolError
+from tunnel.protocol.origin import Origin, decode_origin, encode_origin
 from tunnel.protocol.peertext import quoted
 
 # Version 2 binds token proofs to the TLS channel (tunnel.security.auth, tunnel.security.binding);
 # version 1 is still spoken where it is safe: without a token, and with a token over plaintext.
 SUPPORTED_VERSIONS = (1, 2)
 HEADER_VERSION = 1
+# A stream header of version 2 carries extensions after the service (docs/protocol.md). A
+# client sends it only to a server whose welcome says it reads it (``stream_header``), so an
+# older server never sees one; an older client never sends one, and is read as before.
+EXTENDED_HEADER_VERSION = 2
+MAX_EXTENSIONS = 512  # bytes of extensions in one stream header, checked before they are kept
+EXTENSION_ORIGIN = 1  # the consumer's endpoints (tunnel.protocol.origin)
 MAX_MESSAGE = 1024 * 1024
 MAX_ANSWER_TEXT = 1024
 # A name a peer declares (its own, its token's, the server's) and the version list of a hello
@@ -47,6 +54,7 @@ MAX_CATALOG = 4096
 _ALIAS = re.compile(r"[a-z][a-z0-9_-]{0,62}")
 
 _U32 = struct.Struct(">I")
+_U16 = struct.Struct(">H")
 _ANSWER = struct.Struct(">BH")
 
 
@@ -86,6 +94,9 @@ class Welcome:
     proof: bytes = b""  # the server's token proof, when the client authenticated with one
     identity: str = ""  # the identity the server gave the client (its access rules use it)
     skipped: int = 0  # catalog entries the decoder left out (never sent: counted on receipt)
+    # The stream header version the server wants: 2 (with the consumer's origin) when a
+    # backend of its needs the origin, else 1. Absent (an older server): 1.
+    stream_header: int = HEADER_VERSION
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +128,8 @@ class CatalogChanged:
 
     catalog: tuple[ServiceInfo, ...]
     skipped: int = 0  # catalog entries the decoder left out (never sent: counted on receipt)
+    # As in Welcome: the stream header version the server wants from now on (absent: 1).
+    stream_header: int = HEADER_VERSION
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,13 +173,19 @@ def _to_json(message: Message) -> dict[str, Any]:
             welcome["proof"] = _b64(message.proof)
         if message.identity:
             welcome["identity"] = message.identity
+        if message.stream_header != HEADER_VERSION:
+            welcome["stream_header"] = message.stream_header
         return welcome
     if isinstance(message, Challenge):
         return {"type": "challenge", "nonce": _b64(message.nonce), "version": message.version}
     if isinstance(message, Auth):
         return {"type": "auth", "proof": _b64(message.proof)}
     if isinstance(message, CatalogChanged):
-        return {"type": "catalog", "catalog": [s.to_json() for s in message.catalog]}
+        return {
+            "type": "catalog",
+            "catalog": [s.to_json() for s in message.catalog],
+            "stream_header": message.stream_header,
+        }
     kind = "refusal" if isinstance(message, Refusal) else "going_away"
     return {"type": kind, "reason": int(message.reason), "text": message.text}
 
@@ -228,13 +247,16 @@ def _from_json(obj: dict[str, Any]) -> Message:
             _unb64(obj.get("proof", "")),
             _name(obj.get("identity", "")),
             skipped,
+            _version(obj.get("stream_header", HEADER_VERSION)),
         )
     if kind == "challenge":
         return Challenge(_unb64(obj["nonce"]), _version(obj.get("version", 1)))
     if kind == "auth":
         return Auth(_unb64(obj["proof"]))
     if kind == "catalog":
-        return CatalogChanged(*_catalog(obj["catalog"]))
+        return CatalogChanged(
+            *_catalog(obj["catalog"]), _version(obj.get("stream_header", HEADER_VERSION))
+        )
     if kind in ("refusal", "going_away"):
         cls = Refusal if kind == "refusal" else GoingAway
         return cls(_reason(obj["reason"]), _str(obj.get("text", "")))
@@ -314,15 +336,26 @@ def negotiate_version(offered: tuple[int, ...]) -> int | None:
 
 @dataclass(frozen=True, slots=True)
 class StreamHeader:
-    """client -> server, the first bytes of a data stream: which service to reach."""
+    """client -> server, the first bytes of a data stream: which service to reach, and (in a
+    version 2 header) where the consumer's connection came from."""
 
     service: str  # an alias ("redis"), a port ("6379") or both ("redis:6379")
+    origin: Origin | None = None  # set: encoded as a version 2 header with the extension
 
     def encode(self) -> bytes:
         name = self.service.encode()
         if not 0 < len(name) < 256:
             raise ValueError("service reference must be 1..255 bytes")
-        return bytes((HEADER_VERSION, len(name))) + name
+        if self.origin is None:
+            return bytes((HEADER_VERSION, len(name))) + name
+        value = encode_origin(self.origin)
+        extensions = bytes((EXTENSION_ORIGIN, len(value))) + value
+        return (
+            bytes((EXTENDED_HEADER_VERSION, len(name)))
+            + name
+            + _U16.pack(len(extensions))
+            + extensions
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -345,7 +378,7 @@ CONNECTED = StreamAnswer(Reason.OK).encode()
 
 
 class StreamHeaderParser:
-    """Reads a :class:`StreamHeader` off the front of a stream."""
+    """Reads a :class:`StreamHeader` (version 1, or 2 with extensions) off a stream's front."""
 
     __slots__ = ("_buffer",)
 
@@ -359,11 +392,25 @@ class StreamHeaderParser:
             self._buffer = buffer
             return None, b""
         version, length = buffer[0], buffer[1]
-        if version != HEADER_VERSION:
+        if version not in (HEADER_VERSION, EXTENDED_HEADER_VERSION):
             raise RemoteProtocolError(f"unsupported stream header version {version}")
         if length == 0:
             raise RemoteProtocolError("empty service name in stream header")
-        if len(buffer) < 2 + length:
+        end = 2 + length
+        extensions = b""
+        if version == EXTENDED_HEADER_VERSION:
+            if len(buffer) < end + _U16.size:
+                self._buffer = buffer
+                return None, b""
+            (size,) = _U16.unpack_from(buffer, end)
+            if size > MAX_EXTENSIONS:
+                raise RemoteProtocolError(
+                    f"stream header extensions of {size} bytes (at most {MAX_EXTENSIONS})"
+                )
+            extensions_at = end + _U16.size
+            end = extensions_at + size
+            extensions = buffer[extensions_at:end]
+        if len(buffer) < end:
             self._buffer = buffer
             return None, b""
         try:
@@ -371,7 +418,27 @@ class StreamHeaderParser:
         except UnicodeDecodeError:
             raise RemoteProtocolError("service name in stream header is not UTF-8") from None
         self._buffer = b""
-        return StreamHeader(service), buffer[2 + length :]
+        return StreamHeader(service, _origin_of(extensions)), buffer[end:]
+
+
+def _origin_of(extensions: bytes) -> Origin | None:
+    """The origin among a header's extensions (type:u8 length:u8 value each); extensions of
+    other types are skipped, so that later ones can be added without a new version."""
+    origin: Origin | None = None
+    offset = 0
+    while offset < len(extensions):
+        if len(extensions) - offset < 2:
+            raise RemoteProtocolError("stream header extension cut short")
+        kind, length = extensions[offset], extensions[offset + 1]
+        value_at = offset + 2
+        offset = value_at + length
+        if offset > len(extensions):
+            raise RemoteProtocolError("stream header extension runs past the extensions' end")
+        if kind == EXTENSION_ORIGIN:
+            if origin is not None:
+                raise RemoteProtocolError("two origins in one stream header")
+            origin = decode_origin(extensions[value_at:offset])
+    return origin
 
 
 class StreamAnswerParser:

@@ -1,0 +1,155 @@
+"""PROXY protocol with a real haproxy on either side of the pair.
+
+* As a backend: haproxy with ``accept-proxy`` on its ``bind`` line, in TCP mode, logs the
+  client address it read from the header the server wrote (``%ci:%cp``): it must be the
+  consumer's own, for v1 and v2, IPv4 and IPv6 consumers.
+* In front of the server: haproxy with ``send-proxy-v2`` forwards the client's tunnel
+  connection; the server (``--accept-proxy-protocol``) must name the real client, and its
+  ``--allow-from`` must judge that address.
+
+The ambassador roles run in this process; haproxy is a subprocess stopped by its pid.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import socket
+from pathlib import Path
+
+import pytest
+
+from client.app import Client
+from client.config import ClientConfig
+from server.app import Server
+from server.config import ServerConfig
+from tests.conftest import pick_free_port, wait_until_accepting
+from tests.environment import missing
+from tests.integration.support import Processes, Started, require_programs
+from tunnel.operations.metrics import CONNECTIONS_REJECTED
+from tunnel.security.allowlist import parse_networks
+from tunnel.settings.links import Address, Catalog, ExposeSpec, parse_link
+from tunnel.settings.proxyprotocol import parse_proxy_protocol
+
+HAPROXY = "/usr/sbin/haproxy"
+
+
+def haproxy(processes: Processes, tmp_path: Path, frontend: str, backend: str) -> Started:
+    if not Path(HAPROXY).exists():
+        require_programs("haproxy")
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(
+        "global\n  log stderr format raw local0 info\n"
+        "defaults\n  mode tcp\n  log global\n  option logasap\n"
+        "  timeout connect 2s\n  timeout client 10s\n  timeout server 10s\n"
+        f'frontend fe\n  {frontend}\n  log-format "src=%ci:%cp"\n  default_backend be\n'
+        f"backend be\n  {backend}\n"
+    )
+    return processes.start("haproxy", [HAPROXY, "-db", "-f", str(config)])
+
+
+@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("consumer_host", ["127.0.0.1", "::1"])
+def test_haproxy_backend_logs_the_consumers_real_address(
+    processes: Processes, tmp_path: Path, version: int, consumer_host: str
+) -> None:
+    if consumer_host == "::1" and not socket.has_ipv6:
+        missing("no IPv6")
+    sink = socket.socket()
+    sink.bind(("127.0.0.1", 0))
+    sink.listen()
+    port = pick_free_port()
+    process = haproxy(
+        processes, tmp_path, f"bind 127.0.0.1:{port} accept-proxy",
+        f"server s1 127.0.0.1:{sink.getsockname()[1]}",
+    )  # fmt: skip
+    wait_until_accepting("127.0.0.1", port)
+
+    async def scenario() -> tuple[str, int]:
+        catalog = Catalog((parse_link(f"svc=127.0.0.1:{port}"),))
+        config = ServerConfig(
+            listen=Address("127.0.0.1", 0),
+            catalog=catalog,
+            proxy_protocol=parse_proxy_protocol([f"svc=v{version}"], catalog),
+        )
+        server = Server(config)
+        await server.start()
+        client = Client(
+            ClientConfig(
+                remotes=(Address(*server.address),),
+                expose=(ExposeSpec(consumer_host, 0, "svc"),),
+            )
+        )
+        await client.start()
+        try:
+            await client.connector.wait_tunnel(5)
+            local = client.listeners.bound[0].port
+            _, writer = await asyncio.open_connection(consumer_host, local)
+            writer.write(b"hello")
+            await writer.drain()
+            consumer = writer.get_extra_info("sockname")
+            await asyncio.to_thread(
+                process.wait_for_stderr, rf"src={re.escape(consumer[0])}:{consumer[1]}\b"
+            )
+            writer.close()
+            return consumer[0], consumer[1]
+        finally:
+            await client.stop()
+            await server.stop()
+
+    try:
+        host, source_port = asyncio.run(scenario())
+    finally:
+        sink.close()
+    assert f"src={host}:{source_port}" in process.stderr()
+
+
+@pytest.mark.parametrize(("allow", "admitted"), [("127.0.0.0/8", True), ("10.0.0.0/8", False)])
+def test_haproxy_in_front_with_send_proxy_v2_shows_the_real_client_and_allow_from_judges_it(
+    processes: Processes, tmp_path: Path, allow: str, admitted: bool,
+    caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    import logging
+
+    front = pick_free_port()
+
+    async def scenario() -> None:
+        config = ServerConfig(
+            listen=Address("127.0.0.2", 0),  # reachable from haproxy, named by its header
+            catalog=Catalog((parse_link("svc=127.0.0.1:9"),)),
+            accept_proxy_protocol=True,
+            allow_from=parse_networks([allow], "--allow-from"),
+        )
+        server = Server(config)
+        await server.start()
+        haproxy(
+            processes, tmp_path, f"bind 127.0.0.1:{front}",
+            f"server s1 127.0.0.2:{server.address[1]} send-proxy-v2",
+        )  # fmt: skip
+        await asyncio.to_thread(wait_until_accepting, "127.0.0.1", front)
+        try:
+            if admitted:
+                client = Client(ClientConfig(remotes=(Address("127.0.0.1", front),)))
+                await client.start()
+                try:
+                    assert await client.connector.wait_tunnel(5) is not None
+                    peers = [row["peer"] for row in server.status()["sessions"]]
+                    assert peers and peers[0].startswith("127.0.0.1:")
+                finally:
+                    await client.stop()
+            else:
+                before = CONNECTIONS_REJECTED.labels("allow_from")._value.get()
+                _, writer = await asyncio.open_connection("127.0.0.1", front)
+                loop = asyncio.get_running_loop()
+                deadline = loop.time() + 5
+                while CONNECTIONS_REJECTED.labels("allow_from")._value.get() == before:
+                    assert loop.time() < deadline, "haproxy's connection was not refused"
+                    await asyncio.sleep(0.02)
+                writer.close()
+        finally:
+            await server.stop()
+
+    with caplog.at_level(logging.WARNING, "ambassador.server"):
+        asyncio.run(scenario())
+    refused = [r.getMessage() for r in caplog.records if "--allow-from" in r.getMessage()]
+    assert bool(refused) is not admitted

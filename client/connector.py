@@ -391,7 +391,11 @@ class Connector:
                 sock = await dial_through(
                     proxy, remote.host, remote.port, self.config.connect_timeout
                 )
-                await loop.create_connection(lambda: protocol, sock=sock)
+                try:
+                    await loop.create_connection(lambda: protocol, sock=sock)
+                except BaseException:
+                    sock.close()  # the transport never took it
+                    raise
             else:
                 async with asyncio.timeout(self.config.connect_timeout):
                     await loop.create_connection(lambda: protocol, remote.host, remote.port)

@@ -19,6 +19,7 @@ from tunnel.operations.runtime import run, setup_logging
 from tunnel.security.allowlist import Allowlist, parse_expose_allow
 from tunnel.security.auth import load_tokens, token_names
 from tunnel.security.certs import parse_pin
+from tunnel.security.proxycreds import load_proxy_credentials
 from tunnel.security.tls import ClientTls, client_context
 from tunnel.settings.cli import (
     begin,
@@ -30,6 +31,7 @@ from tunnel.settings.cli import (
     name_option,
     path_option,
     print_effective,
+    proxy_options,
     reloading,
     role_command,
     run_cli,
@@ -50,6 +52,7 @@ from tunnel.settings.links import (
     seed_links_from,
     seed_links_from_env,
 )
+from tunnel.settings.proxy import ProxyRoute, proxy_route
 
 PROG = "ambassador-client"
 
@@ -146,6 +149,7 @@ PROG = "ambassador-client"
     "A NAME:SECRET line: authenticate with this token (it never crosses the "
     "wire; the server proves it holds it too).",
 )
+@proxy_options
 @role_command
 def cli(ctx: click.Context, /, **params: Any) -> None:
     """Expose services of a remote ambassador-server on local ports."""
@@ -197,6 +201,7 @@ def build_config(params: dict[str, Any], environ: Mapping[str, str]) -> ClientCo
         if warning:
             logging.getLogger("ambassador.client").warning("%s", warning)
         token = next(iter(tokens.items()))
+    proxy = client_proxy(params, environ)
     tls = client_tls(params)
     # Built once here, so a broken file is a one-line error at start (or keeps the old
     # configuration on a reload), and the client connects with what was checked.
@@ -206,6 +211,8 @@ def build_config(params: dict[str, Any], environ: Mapping[str, str]) -> ClientCo
         token_file=params["token_file"],
         tls=tls,
         tls_context=context,
+        proxy=proxy,
+        proxy_credentials_file=params["proxy_credentials_file"],
         remotes=tuple(remotes),
         expose=tuple(expose),
         expose_allow=expose_allow(params["expose_allow"], expose),
@@ -260,6 +267,19 @@ def effective_settings(
         why = "implied by " + ", ".join(key.replace("_", "-") for key in implied_by)
         settings.append(Setting("tls", True, why))
     return [*settings, effective_name(ctx, params, config.name)]
+
+
+def client_proxy(params: dict[str, Any], environ: Mapping[str, str]) -> ProxyRoute | None:
+    """The egress proxy the tunnel is dialed through, its credentials read; None: direct."""
+    path = params["proxy_credentials_file"]
+    if path is not None and not (params["proxy"] or params["proxy_from_env"]):
+        raise ConfigError("--proxy-credentials-file needs --proxy or --proxy-from-env")
+    credentials = None
+    if path is not None:
+        credentials, warning = load_proxy_credentials(path)
+        if warning:
+            logging.getLogger("ambassador.client").warning("%s", warning)
+    return proxy_route(params["proxy"], params["proxy_from_env"], environ, credentials)
 
 
 def client_tls(params: dict[str, Any]) -> ClientTls | None:

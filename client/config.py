@@ -10,6 +10,7 @@ from tunnel.protocol.limits import Limits
 from tunnel.security.allowlist import Allowlist
 from tunnel.security.tls import ClientTls, client_context
 from tunnel.settings.links import Address, ExposeSpec
+from tunnel.settings.proxy import ProxyRoute
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +32,8 @@ class ClientConfig:
     # A consumer that connects while the tunnel is down waits this long for it.
     link_wait_timeout: float = 10.0
     tls: ClientTls | None = None  # None: plaintext
+    proxy: ProxyRoute | None = None  # None: connect directly
+    proxy_credentials_file: str | None = None  # where the proxy's credentials were read
     token: tuple[str, bytes] | None = None  # (name, secret) from --token-file
     token_file: str | None = None  # where ``token`` was read: watched for changes
     # What tls names, built once per configuration (with_context): the files checked at
@@ -40,7 +43,11 @@ class ClientConfig:
     def watched_files(self) -> list[str | None]:
         """The files besides the config file that a change of reloads."""
         tls = self.tls
-        return [self.token_file, *((tls.ca, tls.cert, tls.key) if tls is not None else ())]
+        return [
+            self.token_file,
+            self.proxy_credentials_file,
+            *((tls.ca, tls.cert, tls.key) if tls is not None else ()),
+        ]
 
 
 def with_context(config: ClientConfig) -> ClientConfig:

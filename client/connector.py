@@ -20,9 +20,10 @@ from functools import partial
 
 from client.config import ClientConfig, with_context
 from tunnel import __version__
+from tunnel.aio.proxydial import dial_through
 from tunnel.aio.tlslayer import TlsLayer
 from tunnel.aio.transport import StreamHandler, TunnelConnection, clock
-from tunnel.errors import Reason, RemoteProtocolError
+from tunnel.errors import EgressFailed, Reason, RemoteProtocolError
 from tunnel.operations import metrics
 from tunnel.operations.oserrors import connect_error
 from tunnel.protocol.handshake import (
@@ -396,9 +397,23 @@ class Connector:
             layer = TlsLayer(self.tls_context, tunnel, server_side=False,
                              server_hostname=server_name)  # fmt: skip
             protocol = layer
+        route = self.config.proxy
+        proxy = route.for_target(remote.host) if route is not None else None
         try:
-            async with asyncio.timeout(self.config.connect_timeout):
-                await loop.create_connection(lambda: protocol, remote.host, remote.port)
+            if proxy is not None:  # TLS, if any, then runs inside the proxy's tunnel
+                sock = await dial_through(
+                    proxy, remote.host, remote.port, self.config.connect_timeout
+                )
+                try:
+                    await loop.create_connection(lambda: protocol, sock=sock)
+                except BaseException:
+                    sock.close()  # the transport never took it
+                    raise
+            else:
+                async with asyncio.timeout(self.config.connect_timeout):
+                    await loop.create_connection(lambda: protocol, remote.host, remote.port)
+        except EgressFailed as exc:
+            raise ConnectFailed(str(exc), exc.label) from None
         except (OSError, TimeoutError) as exc:
             text, reason = connect_error(str(remote), exc, self.config.connect_timeout)
             raise ConnectFailed(text, reason) from None

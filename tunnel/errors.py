@@ -66,3 +66,13 @@ class LimitExceeded(RemoteProtocolError):
     def __init__(self, text: str, limit: str = "") -> None:
         super().__init__(text)
         self.limit = limit  # which limit, as named in Limits (for logs and metrics)
+
+
+class EgressFailed(TunnelError):
+    """An egress proxy (HTTP CONNECT or SOCKS5) did not open the way to the target: it refused,
+    broke its protocol, closed, or did not answer in time. ``label`` names the kind for
+    metrics (``proxy_auth``, ``proxy_refused``, ...); the text is one line for the log."""
+
+    def __init__(self, text: str, label: str) -> None:
+        super().__init__(text)
+        self.label = label

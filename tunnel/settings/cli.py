@@ -182,6 +182,31 @@ def workers_option(help: str) -> Callable[[F], F]:
     return setting("--workers", WorkerCount(), 1, help)
 
 
+def proxy_options(f: F) -> F:
+    """``--proxy``, ``--proxy-credentials-file`` and ``--proxy-from-env``: how the dialing
+    side reaches the tunnel through an egress proxy (tunnel.settings.proxy)."""
+    f = click.option(
+        "--proxy-from-env/--no-proxy-from-env",
+        default=False,
+        envvar="AMBASSADOR_PROXY_FROM_ENV",
+        help="Take the proxy from https_proxy or all_proxy, and the targets to reach "
+        "directly from no_proxy (upper case too).",
+    )(f)
+    f = path_option(
+        "--proxy-credentials-file",
+        "A USER:PASSWORD line: the proxy's credentials (HTTP Basic, or SOCKS5 "
+        "username/password); never in the URL.",
+    )(f)
+    return click.option(
+        "--proxy",
+        default=None,
+        envvar="AMBASSADOR_PROXY",
+        metavar="URL",
+        help="Reach the tunnel through this egress proxy: http://HOST:PORT (CONNECT) or "
+        "socks5://HOST:PORT (the proxy resolves the name). TLS runs inside it.",
+    )(f)
+
+
 def role_command(f: F) -> F:
     """A role's top command: the options both roles end with (limits, logging, metrics,
     --check-config, --version), around the command body that takes them all."""
@@ -259,7 +284,8 @@ ROLE_ONLY_VARIABLES = {
     "ambassador-client": frozenset(
         f"AMBASSADOR_{name}"
         for name in ("BACKOFF_MAX", "BACKOFF_MIN", "BIND", "CONNECT_TIMEOUT", "EXPOSE",
-                     "EXPOSE_ALLOW", "LINK_WAIT_TIMEOUT", "PIN", "REMOTE", "SERVER_NAME", "TLS")
+                     "EXPOSE_ALLOW", "LINK_WAIT_TIMEOUT", "PIN", "PROXY",
+                     "PROXY_CREDENTIALS_FILE", "PROXY_FROM_ENV", "REMOTE", "SERVER_NAME", "TLS")
     ),
 }  # fmt: skip
 # What a container linked as "ambassador" (Docker links) or a Kubernetes Service called

@@ -39,6 +39,16 @@ def choose_service(catalog: tuple[ServiceInfo, ...], refs: tuple[str, ...]) -> s
     return None
 
 
+def other_transport(service: str, offered: str) -> str:
+    """The one line for an expose whose service the server offers on the other transport."""
+    expose = f"udp:PORT={service}" if offered == "udp" else f"PORT={service} (no udp: prefix)"
+    wanted = "TCP" if offered == "udp" else "UDP"
+    return (
+        f"the server offers {service!r} as a {offered.upper()} service, not {wanted}: "
+        f"expose it as {expose}"
+    )
+
+
 @functools.lru_cache(maxsize=256)
 def _header(service: str) -> bytes:
     """The stream header naming ``service``, encoded once per service, not once per stream."""
@@ -252,6 +262,8 @@ class Listeners:
         missing: list[str] = []
         if not specs:
             for info in catalog or ():
+                if info.transport != "tcp":
+                    continue  # a UDP service: client.udp_expose binds those
                 ref = (
                     info.name
                     if find_service(catalog or (), info.name)
@@ -365,6 +377,9 @@ class Listeners:
         who = f", identity {quoted(identity)}" if identity else ""
         for service in missing:
             if remind or service not in self.missing:
+                if find_service(catalog, service, "udp") is not None:
+                    log.warning("%s", other_transport(service, "udp"))
+                    continue
                 asked = " or ".join(
                     repr(ref) for spec in self.specs if spec.service == service for ref in spec.refs
                 ) or repr(service)

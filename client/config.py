@@ -5,6 +5,7 @@ from __future__ import annotations
 import ssl
 from dataclasses import dataclass, field, replace
 
+from tunnel.protocol.flows import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_FLOWS
 from tunnel.protocol.limits import Limits
 from tunnel.security.tls import ClientTls, client_context
 from tunnel.settings.links import Address, ExposeSpec
@@ -25,6 +26,10 @@ class ClientConfig:
     backoff_max: float = 10.0
     # A consumer that connects while the tunnel is down waits this long for it.
     link_wait_timeout: float = 10.0
+    # UDP exposes: a flow (one source address) ends after this many idle seconds, and each
+    # expose holds at most this many flows.
+    udp_idle_timeout: float = DEFAULT_IDLE_TIMEOUT
+    udp_max_flows: int = DEFAULT_MAX_FLOWS
     tls: ClientTls | None = None  # None: plaintext
     token: tuple[str, bytes] | None = None  # (name, secret) from --token-file
     token_file: str | None = None  # where ``token`` was read: watched for changes

@@ -31,10 +31,12 @@ log = logging.getLogger("ambassador.client")
 throttled = Throttled(log)
 
 
-def choose_service(catalog: tuple[ServiceInfo, ...], refs: tuple[str, ...]) -> str | None:
+def choose_service(
+    catalog: tuple[ServiceInfo, ...], refs: tuple[str, ...], transport: str = "tcp"
+) -> str | None:
     """The first of ``refs`` (in order of preference) that names one catalog entry."""
     for ref in refs:
-        if find_service(catalog, ref) is not None:
+        if find_service(catalog, ref, transport) is not None:
             return ref
     return None
 
@@ -272,6 +274,8 @@ class Listeners:
                 wanted[(bind, info.port, ref)] = (ExposeSpec(None, info.port, ref), (ref,))
             return wanted, missing
         for spec in specs:
+            if spec.transport != "tcp":
+                continue  # client.udp_expose binds it
             port = spec.port
             refs = spec.refs
             found = None

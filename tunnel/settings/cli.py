@@ -258,7 +258,8 @@ ROLE_ONLY_VARIABLES = {
     "ambassador-client": frozenset(
         f"AMBASSADOR_{name}"
         for name in ("BACKOFF_MAX", "BACKOFF_MIN", "BIND", "CONNECT_TIMEOUT", "EXPOSE",
-                     "LINK_WAIT_TIMEOUT", "PIN", "REMOTE", "SERVER_NAME", "TLS")
+                     "LINK_WAIT_TIMEOUT", "PIN", "REMOTE", "SERVER_NAME", "TLS",
+                     "UDP_IDLE_TIMEOUT", "UDP_MAX_FLOWS")
     ),
 }  # fmt: skip
 # What a container linked as "ambassador" (Docker links) or a Kubernetes Service called

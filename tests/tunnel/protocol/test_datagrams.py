@@ -34,7 +34,9 @@ def test_the_flow_header_round_trips_and_is_told_apart_from_a_stream_header() ->
 def test_a_server_without_flows_refuses_the_flow_header() -> None:
     # What an older server's stream header parser makes of it: an unknown version, which it
     # answers with BAD_HEADER and an RST.
-    with pytest.raises(RemoteProtocolError, match=f"unsupported stream header version {FLOW_HEADER}"):
+    with pytest.raises(
+        RemoteProtocolError, match=f"unsupported stream header version {FLOW_HEADER}"
+    ):
         StreamHeaderParser().feed(encode_flow_header("dns"))
 
 

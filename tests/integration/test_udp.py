@@ -6,6 +6,7 @@ Every program runs on loopback and is stopped by its own pid (the ``processes`` 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -23,6 +24,7 @@ import pytest
 
 from tests.environment import missing
 from tests.integration.support import AmbassadorServer, Processes, Started
+from tests.reliability import rawpeer
 
 DNS_NAME = "example.test"
 DNS_ANSWER = "192.0.2.7"
@@ -276,3 +278,102 @@ def test_overload_drops_and_counts_instead_of_stalling(
     assert (
         len(re.findall(r"UDP datagram of 'dns' dropped \(no_window\)", log)) <= 2
     )  # not per datagram
+
+
+# ------------------------------------------------------------------ bad input
+
+
+def test_a_datagram_larger_than_a_udp_payload_is_dropped_and_counted(
+    sink: Sink, udp_pair: Callable[..., UdpPair]
+) -> None:
+    # Over IPv6 a datagram may carry 65,527 bytes; the tunnel carries at most 65,507 (IPv4's
+    # bound, and what the length prefix allows).
+    if not socket.has_ipv6:
+        missing("IPv6 on loopback")
+    pair = udp_pair(sink.port, host="::1")
+    with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sender:
+        sender.sendto(numbered(1, 64), ("::1", pair.port))
+        sender.sendto(numbered(2, 65520), ("::1", pair.port))
+        sender.sendto(numbered(3, 64), ("::1", pair.port))
+    sink.wait_for(2, timeout=5)
+    time.sleep(0.3)
+    assert sorted(struct.unpack_from(">I", d)[0] for d in sink.received) == [1, 3]
+    assert metric(pair.client_metrics, "ambassador_udp_drops_total", reason="too_large") == 1
+    (line,) = re.findall(r".*dropped \(too_large\).*", pair.client.stderr())
+    assert line.endswith("UDP datagram of 'dns' dropped (too_large): a datagram of 65520 bytes "
+                         "(at most 65507)")  # fmt: skip
+
+
+def test_a_flood_of_new_sources_is_bounded_and_counted(
+    sink: Sink, udp_pair: Callable[..., UdpPair]
+) -> None:
+    pair = udp_pair(sink.port, "--udp-max-flows=5")
+    senders = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(30)]
+    try:
+        for index, sender in enumerate(senders):
+            sender.sendto(numbered(index, 32), ("127.0.0.1", pair.port))
+        sink.wait_for(5, timeout=5)
+        time.sleep(0.3)
+    finally:
+        for sender in senders:
+            sender.close()
+    assert len(sink.received) == 5
+    assert metric(pair.client_metrics, "ambassador_udp_drops_total", reason="too_many_flows") == 25
+    assert metric(pair.client_metrics, "ambassador_udp_flows_open", service="dns") == 5
+    lines = re.findall(r".*dropped \(too_many_flows\).*", pair.client.stderr())
+    assert len(lines) == 1 and lines[0].endswith("5 flows are open (--udp-max-flows)")
+
+
+async def _hostile_flows(server_port: int) -> tuple[list[rawpeer.Frame], rawpeer.RawPeer]:
+    peer = await rawpeer.RawPeer.connect("127.0.0.1", server_port)
+    welcome = await peer.say_hello(rawpeer.hello([1, 2]))
+    assert welcome["type"] == "welcome"
+    header = bytes((16, 3)) + b"dns"
+    # Stream 3: a length prefix beyond 65,507. Stream 5: a datagram cut short by a FIN.
+    # Stream 7: a good flow after both, on the same session.
+    peer.send(rawpeer.open_stream(3) + rawpeer.data(3, header + struct.pack(">H", 0xFFFF)))
+    peer.send(rawpeer.open_stream(5) + rawpeer.data(5, header + b"\x00\x10abc", rawpeer.FIN))
+    good = struct.pack(">H", 8) + numbered(7, 8)
+    peer.send(rawpeer.open_stream(7) + rawpeer.data(7, header + good))
+    return await peer.read_for(1.5), peer
+
+
+def test_a_hostile_flow_stream_is_reset_and_the_session_survives(
+    sink: Sink, start_server: Callable[..., AmbassadorServer], free_port: Callable[..., int]
+) -> None:
+    metrics_port = free_port()
+    server = start_server(
+        f"dns=udp:127.0.0.1:{sink.port}", args=[f"--metrics-listen=127.0.0.1:{metrics_port}"]
+    )
+    frames, peer = asyncio.run(_hostile_flows(server.port))
+    resets = {f.stream_id for f in frames if f.flags & rawpeer.RST}
+    assert resets == {3, 5}
+    assert rawpeer.go_aways(frames) == [] and not peer.closed
+    sink.wait_for(1, timeout=5)
+    assert [struct.unpack_from(">I", d)[0] for d in sink.received] == [7]
+    log = server.process.stderr()
+    beyond = "datagram length prefix 65535 is beyond the bound of 65507"
+    assert f"UDP flow of 'dns' reset: {beyond}" in log
+    # The truncated one is counted; its line waits for the interval, like any repeat.
+    assert metric(metrics_port, "ambassador_udp_drops_total", reason="bad_stream") == 2
+
+
+def test_an_expose_of_the_other_transport_is_one_line(
+    start_server: Callable[..., AmbassadorServer],
+    start_client: Callable[..., Started],
+    sink: Sink,
+) -> None:
+    server = start_server(f"dns=udp:127.0.0.1:{sink.port}", "redis=127.0.0.1:6379")
+    client = start_client(
+        f"--remote=127.0.0.1:{server.port}",
+        f"--expose=127.0.0.1:{udp_port()}=dns",
+        f"--expose=udp:127.0.0.1:{udp_port()}=redis",
+    )
+    client.wait_for_stderr("as a UDP service, not TCP")
+    client.wait_for_stderr("as a TCP service, not UDP")
+    log = client.stderr()
+    assert "the server offers 'dns' as a UDP service, not TCP: expose it as udp:PORT=dns" in log
+    assert (
+        "the server offers 'redis' as a TCP service, not UDP: expose it as PORT=redis "
+        "(no udp: prefix)" in log
+    )

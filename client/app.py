@@ -15,6 +15,7 @@ from typing import Any
 from client.config import ClientConfig
 from client.connector import Connector
 from client.listeners import ConsumerStream, Listeners
+from client.udp_expose import UdpExposes
 from tunnel.operations.metrics import services as counted_services
 from tunnel.operations.observe import service_stats
 from tunnel.operations.runner import Reload
@@ -35,6 +36,10 @@ class Client:
         self.connector = Connector(config, on_catalog=self._catalog_changed)
         # ``pool``: helper processes, in the main one of several, to share connections with.
         self.listeners = Listeners(self.connector, config.expose, config.bind, pool)
+        self.udp = UdpExposes(
+            self.connector, config.expose, config.bind, config.udp_max_flows,
+            config.udp_idle_timeout,
+        )  # fmt: skip
         self._task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._started = False
@@ -47,11 +52,13 @@ class Client:
     async def start(self) -> None:
         """Bind the fixed ports, start connecting, and bind the rest once the catalog is in."""
         await self.listeners.reconfigure(self.config.expose, self.config.bind, None)
+        await self.udp.reconfigure(self.config.expose, self.config.bind, None)
         self._task = asyncio.get_running_loop().create_task(self.connector.run())
         # Fixed ports are bound already (consumers wait there while the tunnel comes up); the
         # first catalog binds the rest and says which exposed services the server lacks.
         catalog = await self._first_catalog()
         await self.listeners.reconfigure(self.config.expose, self.config.bind, catalog)
+        await self.udp.reconfigure(self.config.expose, self.config.bind, catalog)
         self._started = True
 
     def _catalog_changed(self, catalog: tuple[ServiceInfo, ...]) -> None:
@@ -60,16 +67,19 @@ class Client:
         # Later catalogs (a reconnect, or the server's reload) rewire the listeners; a
         # service that disappeared only warns, it never stops the client.
         self.track(asyncio.get_running_loop().create_task(self.listeners.sync(catalog)))
+        self.track(asyncio.get_running_loop().create_task(self.udp.sync(catalog)))
 
     @property
     def ready(self) -> bool:
         tunnel = self.connector.tunnel
         up = self._started and tunnel is not None and tunnel.accepts_streams
-        return up and not self.listeners.missing
+        return up and not self.listeners.missing and not self.udp.missing
 
     def unready_reason(self) -> str:
         """Why /readyz says not ready, when it is something the operator must fix."""
-        missing = ", ".join(repr(service) for service in self.listeners.missing)
+        missing = ", ".join(
+            repr(service) for service in (*self.listeners.missing, *self.udp.missing)
+        )
         return f"the server does not offer {missing}" if missing else ""
 
     def status(self) -> dict[str, Any]:
@@ -108,6 +118,7 @@ class Client:
             row["service"] = f"{listening.service} on {listening.host}:{listening.port}"
             services.append(row)
         return {
+            "udp": self.udp.status(),
             "role": "ambassador-client",
             "pid": os.getpid(),
             "name": self.config.name,
@@ -125,6 +136,7 @@ class Client:
         catalog = self.connector.catalog
         # A reload names again what is still missing: the operator just asked.
         await self.listeners.reconfigure(new.expose, new.bind, catalog, remind=True)
+        await self.udp.reconfigure(new.expose, new.bind, catalog)
         self.connector.reconfigure(new)
         self.config = new
 
@@ -139,6 +151,7 @@ class Client:
 
     async def stop(self) -> None:
         await self.listeners.close()
+        self.udp.close()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -16,6 +16,7 @@ from tunnel.errors import ConfigError
 from tunnel.operations.observe import print_status
 from tunnel.operations.runner import worker_processes
 from tunnel.operations.runtime import run, setup_logging
+from tunnel.protocol.flows import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_FLOWS
 from tunnel.security.allowlist import Allowlist, parse_expose_allow
 from tunnel.security.auth import load_tokens, token_names
 from tunnel.security.certs import parse_pin
@@ -140,6 +141,20 @@ PROG = "ambassador-client"
     10.0,
     "Seconds: the most the reconnect delay bound grows to.",
 )
+@setting(
+    "--udp-idle-timeout",
+    click.FloatRange(0.001),
+    DEFAULT_IDLE_TIMEOUT,
+    "Seconds: a UDP flow (one source address of a udp: expose) with no datagram either way "
+    "for this long ends.",
+)
+@setting(
+    "--udp-max-flows",
+    click.IntRange(1),
+    DEFAULT_MAX_FLOWS,
+    "UDP flows one udp: expose holds at once; datagrams from further sources are dropped "
+    "and counted.",
+)
 @workers_option(
     "Processes serving consumer connections, each with its own tunnel connection; while the "
     "main one is busy with bulk data, new connections go to the least busy helper."
@@ -223,6 +238,8 @@ def build_config(params: dict[str, Any], environ: Mapping[str, str]) -> ClientCo
         link_wait_timeout=params["link_wait_timeout"],
         backoff_min=params["backoff_min"],
         backoff_max=max(params["backoff_max"], params["backoff_min"]),
+        udp_idle_timeout=params["udp_idle_timeout"],
+        udp_max_flows=params["udp_max_flows"],
     )
 
 

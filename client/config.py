@@ -6,6 +6,7 @@ import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
+from tunnel.protocol.flows import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_FLOWS
 from tunnel.protocol.limits import Limits
 from tunnel.security.allowlist import Allowlist
 from tunnel.security.tls import ClientTls, client_context
@@ -31,6 +32,10 @@ class ClientConfig:
     backoff_max: float = 10.0
     # A consumer that connects while the tunnel is down waits this long for it.
     link_wait_timeout: float = 10.0
+    # UDP exposes: a flow (one source address) ends after this many idle seconds, and each
+    # expose holds at most this many flows.
+    udp_idle_timeout: float = DEFAULT_IDLE_TIMEOUT
+    udp_max_flows: int = DEFAULT_MAX_FLOWS
     tls: ClientTls | None = None  # None: plaintext
     proxy: ProxyRoute | None = None  # None: connect directly
     proxy_credentials_file: str | None = None  # where the proxy's credentials were read

@@ -118,14 +118,21 @@ class ControlClient:
         pass
 
 
-def find_service(catalog: tuple[ServiceInfo, ...], ref: str) -> ServiceInfo | None:
-    """The catalog entry ``ref`` names (alias, port or alias:port), if exactly one does."""
+def find_service(
+    catalog: tuple[ServiceInfo, ...], ref: str, transport: str = "tcp"
+) -> ServiceInfo | None:
+    """The catalog entry of ``transport`` that ``ref`` names (alias, port or alias:port), if
+    exactly one does."""
     alias, _, port_text = ref.lower().rpartition(":")
     if not alias:
         alias, port_text = (ref.lower(), "") if not ref.isdigit() else ("", ref)
     port = int(port_text) if port_text.isdigit() else None
     found = [
-        s for s in catalog if (not alias or s.alias == alias) and (port is None or s.port == port)
+        s
+        for s in catalog
+        if (not alias or s.alias == alias)
+        and (port is None or s.port == port)
+        and s.transport == transport
     ]
     if port is not None and not alias:
         found = [s for s in found if s.alias is None] or found

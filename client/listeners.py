@@ -41,12 +41,24 @@ log = logging.getLogger("ambassador.client")
 throttled = Throttled(log)
 
 
-def choose_service(catalog: tuple[ServiceInfo, ...], refs: tuple[str, ...]) -> str | None:
+def choose_service(
+    catalog: tuple[ServiceInfo, ...], refs: tuple[str, ...], transport: str = "tcp"
+) -> str | None:
     """The first of ``refs`` (in order of preference) that names one catalog entry."""
     for ref in refs:
-        if find_service(catalog, ref) is not None:
+        if find_service(catalog, ref, transport) is not None:
             return ref
     return None
+
+
+def other_transport(service: str, offered: str) -> str:
+    """The one line for an expose whose service the server offers on the other transport."""
+    expose = f"udp:PORT={service}" if offered == "udp" else f"PORT={service} (no udp: prefix)"
+    wanted = "TCP" if offered == "udp" else "UDP"
+    return (
+        f"the server offers {service!r} as a {offered.upper()} service, not {wanted}: "
+        f"expose it as {expose}"
+    )
 
 
 @functools.lru_cache(maxsize=256)
@@ -304,6 +316,8 @@ class Listeners:
         missing: list[str] = []
         if not specs:
             for info in catalog or ():
+                if info.transport != "tcp":
+                    continue  # a UDP service: client.udp_expose binds those
                 ref = (
                     info.name
                     if find_service(catalog or (), info.name)
@@ -312,6 +326,8 @@ class Listeners:
                 wanted[(bind, info.port, ref)] = (ExposeSpec(None, info.port, ref), (ref,))
             return wanted, missing
         for spec in specs:
+            if spec.transport != "tcp":
+                continue  # client.udp_expose binds it
             port = spec.port
             refs = spec.refs
             found = None
@@ -417,6 +433,9 @@ class Listeners:
         who = f", identity {quoted(identity)}" if identity else ""
         for service in missing:
             if remind or service not in self.missing:
+                if find_service(catalog, service, "udp") is not None:
+                    log.warning("%s", other_transport(service, "udp"))
+                    continue
                 asked = " or ".join(
                     repr(ref) for spec in self.specs if spec.service == service for ref in spec.refs
                 ) or repr(service)

@@ -12,6 +12,7 @@ import logging
 from collections.abc import Mapping
 from typing import Protocol, cast
 
+from server.udp_backend import take_flow
 from tunnel.aio.relay import Relay
 from tunnel.aio.transport import TunnelConnection
 from tunnel.errors import ConfigError, Reason, RemoteProtocolError
@@ -82,6 +83,7 @@ class BackendStream(Relay):
         self.service: Service | None = None
         self.origin: Origin | None = None  # the consumer's endpoints, when the client sent them
         self._header: StreamHeaderParser | None = StreamHeaderParser()
+        self._first = True  # no byte of the stream seen yet
         self._label = "-"
         self._finished = False
         self._expiry: asyncio.TimerHandle | None = None  # the dial's timeout
@@ -91,6 +93,11 @@ class BackendStream(Relay):
 
     def on_stream_data(self, data: bytes | bytearray) -> None:
         if self._header is not None:
+            if self._first and data:
+                self._first = False
+                if take_flow(self, data):  # a UDP flow: server.udp_backend takes the stream
+                    self._header = None
+                    return
             try:
                 header, rest = self._header.feed(data)
             except RemoteProtocolError as exc:

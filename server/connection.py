@@ -71,7 +71,7 @@ GOING_AWAY_GRACE = 0.5
 
 
 def catalog_info(catalog: Catalog) -> tuple[ServiceInfo, ...]:
-    return tuple(ServiceInfo(service.alias, service.port) for service in catalog)
+    return tuple(ServiceInfo(service.alias, service.port, service.transport) for service in catalog)
 
 
 class ConnectionHost(Protocol):

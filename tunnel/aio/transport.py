@@ -222,6 +222,12 @@ class TunnelConnection(asyncio.BufferedProtocol):
         self._schedule_flush()
         return stream_id
 
+    def hand_over(self, stream_id: int, handler: StreamHandler) -> None:
+        """From now on ``handler`` gets the stream's events (a stream whose header says it is
+        a datagram flow moves to a flow handler)."""
+        if stream_id in self._handlers:
+            self._handlers[stream_id] = handler
+
     def send(self, stream_id: int, data: bytes) -> bool:
         """Queue data on a stream; True means pause the producer until ``on_drained``."""
         session = self.session

@@ -52,6 +52,7 @@ MAX_VERSION = 0xFFFF
 # the client warns once and uses the rest, rather than binding a name it cannot show or crashing.
 MAX_CATALOG = 4096
 _ALIAS = re.compile(r"[a-z][a-z0-9_-]{0,62}")
+TRANSPORTS = ("tcp", "udp")
 
 _U32 = struct.Struct(">I")
 _U16 = struct.Struct(">H")
@@ -64,13 +65,19 @@ class ServiceInfo:
 
     alias: str | None
     port: int
+    # "udp": reached by datagram flows (tunnel.protocol.datagrams). Sent only for UDP, so an
+    # older client, which ignores the field, sees a TCP catalog as before.
+    transport: str = "tcp"
 
     @property
     def name(self) -> str:
         return self.alias if self.alias is not None else str(self.port)
 
     def to_json(self) -> dict[str, Any]:
-        return {"alias": self.alias, "port": self.port}
+        entry: dict[str, Any] = {"alias": self.alias, "port": self.port}
+        if self.transport != "tcp":
+            entry["transport"] = self.transport
+        return entry
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,7 +286,10 @@ def _service(item: Any) -> ServiceInfo | None:
         return None
     if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
         return None
-    return ServiceInfo(alias, port)
+    transport = item.get("transport", "tcp")
+    if transport not in TRANSPORTS:  # a later kind of service: not one this client can expose
+        return None
+    return ServiceInfo(alias, port, transport)
 
 
 def _int(value: Any) -> int:

@@ -25,11 +25,16 @@ socket is touched (host names are kept as written and resolved at dial time).
 Every mistake in such text becomes one ``LinkError`` line that says what was wrong and which
 forms are accepted.
 
-Docker writes several variables per linked port. Only ``<ALIAS>_PORT_<N>_TCP`` is
-read; its ``_ADDR``, ``_PORT``, ``_PROTO`` (and ``_START``/``_END``) siblings
-repeat the same facts and are ignored rather than used as a fallback, so there
-is a single source for each service and nothing to reconcile when they disagree.
-``<ALIAS>_PORT`` (the first port again), ``<ALIAS>_NAME`` and ``_UDP`` ports are
+A service is TCP unless written with the ``udp:`` scheme (``--link dns=udp:10.0.0.2:53``,
+``--expose udp:127.0.0.1:5353=dns``): a UDP service is carried as datagram flows, and a TCP
+expose never reaches a UDP service nor the other way round. The scheme is one prefix in front
+of the forms above, read by :func:`_split_transport` and nothing else.
+
+Docker writes several variables per linked port. Only ``<ALIAS>_PORT_<N>_TCP`` (and its
+``_UDP`` twin, for a UDP port) is read; its ``_ADDR``, ``_PORT``, ``_PROTO`` (and
+``_START``/``_END``) siblings repeat the same facts and are ignored rather than used as a
+fallback, so there is a single source for each service and nothing to reconcile when they disagree.
+``<ALIAS>_PORT`` (the first port again) and ``<ALIAS>_NAME`` are
 not services either, and ``<ALIAS>_ENV_*`` variables are the linked container's
 own environment, re-exported by Docker, so a link found there is not ours.
 """
@@ -39,7 +44,8 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Literal
 
 from tunnel.errors import ConfigError, Reason
 from tunnel.settings.wording import hostport
@@ -53,6 +59,7 @@ __all__ = [
     "LinkError",
     "SeedLink",
     "Service",
+    "Transport",
     "UnknownService",
     "links_from_env",
     "named_links_from_env",
@@ -101,16 +108,24 @@ _ZONE = re.compile(r"[A-Za-z0-9_.-]+")
 _DOTTED_NUMBERS = re.compile(r"[0-9.]+")
 # Docker's form only: upper case, alias first. Matching lower case too would
 # pick up unrelated variables that merely look similar.
-_LINK_VARIABLE = re.compile(r"([A-Z][A-Z0-9_]*)_PORT_([0-9]+)_TCP")
+_LINK_VARIABLE = re.compile(r"([A-Z][A-Z0-9_]*)_PORT_([0-9]+)_(TCP|UDP)")
 # Kubernetes puts KUBERNETES_PORT_443_TCP in every pod, and our own settings
 # (AMBASSADOR_*) are never links, whatever they look like.
 _NOT_LINKS = ("KUBERNETES_", "AMBASSADOR_")
 _TCP_SCHEME = "tcp://"
 
-_LINK_FORMS = "ALIAS=HOST:PORT, PORT=HOST:PORT or ALIAS:PORT=HOST:PORT (IPv6 as [ADDR]:PORT)"
+#: How a service's bytes travel: a byte stream, or datagrams (see tunnel.protocol.datagrams).
+Transport = Literal["tcp", "udp"]
+_UDP_PREFIX = "udp:"
+
+_LINK_FORMS = (
+    "ALIAS=HOST:PORT, PORT=HOST:PORT or ALIAS:PORT=HOST:PORT (IPv6 as [ADDR]:PORT; "
+    "udp:HOST:PORT for a UDP service)"
+)
 _EXPOSE_FORMS = (
     "SERVICE, LOCALPORT=SERVICE or BIND:LOCALPORT=SERVICE, where SERVICE is ALIAS, PORT "
-    "or ALIAS:PORT (or NAME_PORT_N_TCP=tcp://HOST:PORT)"
+    "or ALIAS:PORT, each with a udp: prefix for a UDP service "
+    "(or NAME_PORT_N_TCP=tcp://HOST:PORT, NAME_PORT_N_UDP=udp://HOST:PORT)"
 )
 _REF_FORMS = "ALIAS, PORT or ALIAS:PORT"
 _MAX_OFFERED = 20
@@ -127,6 +142,17 @@ def _check_text(text: str) -> None:
         raise _Invalid("it is empty")
     if any(char.isspace() for char in text):
         raise _Invalid("it contains whitespace")
+
+
+def _split_transport(text: str) -> tuple[Transport, str]:
+    """``udp:REST`` is a UDP form of REST; anything else is TCP, kept whole."""
+    if text[: len(_UDP_PREFIX)].lower() == _UDP_PREFIX:
+        return "udp", text[len(_UDP_PREFIX) :]
+    return "tcp", text
+
+
+def _with_transport(transport: Transport, text: str) -> str:
+    return f"{_UDP_PREFIX}{text}" if transport == "udp" else text
 
 
 def _parse_port(text: str) -> int:
@@ -277,11 +303,13 @@ class Service:
 
     ``alias`` is lower case, or None for an entry linked by port alone. ``port`` is
     the port announced to clients, usually but not necessarily ``target.port``.
+    ``transport`` says whether clients reach it as a byte stream or as datagram flows.
     """
 
     alias: str | None
     port: int
     target: Address
+    transport: Transport = "tcp"
 
     def __post_init__(self) -> None:
         if self.alias is not None and not (
@@ -315,11 +343,12 @@ class Service:
 
     def to_text(self) -> str:
         """The ``--link`` value that parses back to this entry."""
+        target = _with_transport(self.transport, str(self.target))
         if self.alias is None:
-            return f"{self.port}={self.target}"
+            return f"{self.port}={target}"
         if self.port == self.target.port:
-            return f"{self.alias}={self.target}"
-        return f"{self.alias}:{self.port}={self.target}"
+            return f"{self.alias}={target}"
+        return f"{self.alias}:{self.port}={target}"
 
     def __str__(self) -> str:
         return self.to_text()
@@ -327,9 +356,11 @@ class Service:
 
 def _unique(services: Iterable[Service]) -> tuple[Service, ...]:
     """Drop exact repeats; refuse two targets for the same (alias, port)."""
-    seen: dict[tuple[str | None, int], Service] = {}
+    seen: dict[tuple[str | None, int, Transport], Service] = {}
     for service in services:
-        key = (service.alias, service.port)
+        # A TCP and a UDP service may share a name (DNS listens on both): a stream's header
+        # says which one it wants.
+        key = (service.alias, service.port, service.transport)
         earlier = seen.setdefault(key, service)
         if earlier.target != service.target:
             raise LinkError(
@@ -345,7 +376,9 @@ class Catalog:
 
     entries: tuple[Service, ...] = ()
     # What resolve() found for a name, so a busy service's streams skip the parsing.
-    _resolved: dict[str, Service] = field(default_factory=dict, compare=False, repr=False)
+    _resolved: dict[tuple[str, Transport], Service] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     def __post_init__(self) -> None:
         # Normalising here means every Catalog, however built, is free of repeats.
@@ -365,26 +398,42 @@ class Catalog:
         return Catalog(tuple(services))
 
     def describe(self) -> list[dict[str, str | int | None]]:
-        """What the server announces: names only, never where they lead."""
-        return [{"alias": service.alias, "port": service.port} for service in self.entries]
+        """What the server announces: names only, never where they lead. A UDP entry says so
+        (``transport``); an entry without the field is TCP, as older servers announce it."""
+        described: list[dict[str, str | int | None]] = []
+        for service in self.entries:
+            entry: dict[str, str | int | None] = {"alias": service.alias, "port": service.port}
+            if service.transport != "tcp":
+                entry["transport"] = service.transport
+            described.append(entry)
+        return described
 
-    def resolve(self, ref: str) -> Service:
-        """The one entry ``ref`` names; UnknownService or AmbiguousService otherwise."""
-        found = self._resolved.get(ref)
+    def resolve(self, ref: str, transport: Transport = "tcp") -> Service:
+        """The one entry of ``transport`` that ``ref`` names; UnknownService or
+        AmbiguousService otherwise."""
+        key = (ref, transport)
+        found = self._resolved.get(key)
         if found is None:
-            found = self._resolve(ref)
+            found = self._resolve(ref, transport)
             if len(self._resolved) < _RESOLVED_KEPT:
-                self._resolved[ref] = found
+                self._resolved[key] = found
         return found
 
-    def _resolve(self, ref: str) -> Service:
+    def _resolve(self, ref: str, transport: Transport = "tcp") -> Service:
         try:
             alias, port = _parse_ref(ref)
         except _Invalid as problem:
             raise UnknownService(
                 f"no service {_show(ref)}: {problem}; name it as {_REF_FORMS} ({self._offer()})"
             ) from None
-        found = [service for service in self.entries if service._matches(alias, port)]
+        named = [service for service in self.entries if service._matches(alias, port)]
+        found = [service for service in named if service.transport == transport]
+        if named and not found:
+            other = named[0].transport
+            raise UnknownService(
+                f"service {_show(ref)} is a {other.upper()} service, not {transport.upper()}; "
+                f"expose it as {_with_transport(other, 'PORT')}={ref}"
+            )
         if alias is None:
             # A bare port is the whole name of an entry linked by port alone;
             # preferring it gives that entry a name nothing else shares.
@@ -417,13 +466,14 @@ def parse_link(text: str) -> Service:
             raise _Invalid("'=' is missing")
         if name == "":
             raise _Invalid("the alias or port before '=' is missing")
+        transport, target_text = _split_transport(target_text)
         if target_text == "":
             raise _Invalid("the HOST:PORT after '=' is missing")
         alias, port = _parse_ref(name)
         target = _parse_address(target_text)
     except _Invalid as problem:
         raise LinkError(f"bad link {_show(text)}: {problem}; use {_LINK_FORMS}") from None
-    return Service(alias, target.port if port is None else port, target)
+    return Service(alias, target.port if port is None else port, target, transport)
 
 
 def _imported_by_docker(alias: str, environ: Mapping[str, str]) -> bool:
@@ -436,8 +486,8 @@ def _imported_by_docker(alias: str, environ: Mapping[str, str]) -> bool:
     return False
 
 
-def _link_variables(environ: Mapping[str, str]) -> Iterator[tuple[str, str, int]]:
-    """Yield (variable name, alias, port) for each Docker link variable of ours."""
+def _link_variables(environ: Mapping[str, str]) -> Iterator[tuple[str, str, int, Transport]]:
+    """Yield (variable name, alias, port, transport) for each Docker link variable of ours."""
     for name in sorted(environ):
         if name.startswith(_NOT_LINKS):
             continue
@@ -447,29 +497,32 @@ def _link_variables(environ: Mapping[str, str]) -> Iterator[tuple[str, str, int]
         yield name, *_link_name_parts(name)
 
 
-def _link_name_parts(name: str) -> tuple[str, int]:
-    """(alias, port) from a variable name of the form ``<ALIAS>_PORT_<N>_TCP``."""
+def _link_name_parts(name: str) -> tuple[str, int, Transport]:
+    """(alias, port, transport) from a variable name ``<ALIAS>_PORT_<N>_TCP`` (or ``_UDP``)."""
     match = _LINK_VARIABLE.fullmatch(name)
     try:
         if match is None:
-            raise _Invalid("the name is not of the form ALIAS_PORT_N_TCP")
+            raise _Invalid("the name is not of the form ALIAS_PORT_N_TCP or ALIAS_PORT_N_UDP")
         if len(match[1]) > 63:
             raise _Invalid("the alias is longer than 63 characters")
-        return match[1].lower(), _parse_port(match[2])
+        transport: Transport = "udp" if match[3] == "UDP" else "tcp"
+        return match[1].lower(), _parse_port(match[2]), transport
     except _Invalid as problem:
         raise LinkError(f"bad link variable {name}: {problem}") from None
 
 
-def _parse_tcp_url(name: str, value: str) -> Address:
+def _parse_url(name: str, value: str, transport: Transport = "tcp") -> Address:
+    """The address of a link variable's URL, whose scheme is the variable's transport."""
+    scheme = f"{transport}://"
     try:
         _check_text(value)
-        if not value.lower().startswith(_TCP_SCHEME):
-            raise _Invalid("it is not a tcp:// URL (the tunnel carries TCP only)")
-        return _parse_address(value[len(_TCP_SCHEME) :])
+        if not value.lower().startswith(scheme):
+            raise _Invalid(f"it is not a {scheme} URL")
+        return _parse_address(value[len(scheme) :])
     except _Invalid as problem:
         raise LinkError(
             f"bad link variable {name}={_show(value)}: {problem}; "
-            "Docker writes it as tcp://HOST:PORT"
+            f"Docker writes it as {scheme}HOST:PORT"
         ) from None
 
 
@@ -481,15 +534,15 @@ def links_from_env(environ: Mapping[str, str]) -> Catalog:
 def named_links_from_env(environ: Mapping[str, str]) -> list[tuple[str, Service]]:
     """Each Docker link variable's name with the catalog entry it describes (repeats kept)."""
     return [
-        (name, Service(alias, port, _parse_tcp_url(name, environ[name])))
-        for name, alias, port in _link_variables(environ)
+        (name, Service(alias, port, _parse_url(name, environ[name], transport), transport))
+        for name, alias, port, transport in _link_variables(environ)
     ]
 
 
 def named_seed_links_from_env(environ: Mapping[str, str]) -> list[tuple[str, SeedLink]]:
     """Each Docker link variable's name with what it asks the client to expose."""
     return [
-        (name, parse_seed_variable(name, environ[name])) for name, _, _ in _link_variables(environ)
+        (name, parse_seed_variable(name, environ[name])) for name, *_ in _link_variables(environ)
     ]
 
 
@@ -509,6 +562,7 @@ class ExposeSpec:
     # References to try, in order, when the server does not offer ``service``: the seed's
     # form names a service that the server may have linked by alias, by port or both.
     alternatives: tuple[str, ...] = ()
+    transport: Transport = "tcp"  # udp: a UDP socket, each source address a datagram flow
 
     def __post_init__(self) -> None:
         try:
@@ -540,13 +594,13 @@ class ExposeSpec:
     def to_text(self) -> str:
         """The ``--expose`` value that parses back to this entry (its first reference only,
         when it has alternatives: those come from a link variable, which names a host)."""
-        if self.port is None:
-            return self.service
-        if self.bind is not None:
-            return f"{Address(self.bind, self.port)}={self.service}"
-        if self.service == str(self.port):
-            return self.service
-        return f"{self.port}={self.service}"
+        if self.port is None or (self.service == str(self.port) and self.bind is None):
+            text = self.service
+        elif self.bind is not None:
+            text = f"{Address(self.bind, self.port)}={self.service}"
+        else:
+            text = f"{self.port}={self.service}"
+        return _with_transport(self.transport, text)
 
     def __str__(self) -> str:
         return self.to_text()
@@ -568,10 +622,11 @@ def parse_seed_variable(name: str, value: str) -> SeedLink:
     """Read ``REDIS_PORT_1234_TCP=tcp://192.168.1.52:6379`` as the seed did: "forward local
     port 1234 to the service 192.168.1.52 published on 6379", asking the server for
     ``redis:6379``, then ``6379``, then ``redis``. Raises LinkError naming the variable."""
-    alias, local_port = _link_name_parts(name)
-    remote = _parse_tcp_url(name, value)
+    alias, local_port, transport = _link_name_parts(name)
+    remote = _parse_url(name, value, transport)
     published = remote.port
-    spec = ExposeSpec(None, local_port, f"{alias}:{published}", (str(published), alias))
+    refs = (str(published), alias)
+    spec = ExposeSpec(None, local_port, f"{alias}:{published}", refs, transport)
     return SeedLink(remote.host, spec)
 
 
@@ -589,19 +644,31 @@ def _parse_local(text: str) -> tuple[str | None, int]:
 def _parse_expose(text: str) -> ExposeSpec | SeedLink:
     try:
         _check_text(text)
-        local, equals, service = text.partition("=")
-        if not equals:
-            return ExposeSpec(None, None, _canonical_ref(text))
-        if "://" in service or _LINK_VARIABLE.fullmatch(local):
-            if not _LINK_VARIABLE.fullmatch(local):
-                raise _Invalid("a URL belongs after a variable name such as REDIS_PORT_6379_TCP")
-            return parse_seed_variable(local, service)
-        if local == "" or service == "":
-            raise _Invalid("both sides of '=' are needed")
-        bind, port = _parse_local(local)
-        return ExposeSpec(bind, port, _canonical_ref(service))
+        transport, rest = _split_transport(text)
+        if transport != "tcp":
+            parsed = _parse_expose_form(rest)
+            if isinstance(parsed, SeedLink):
+                raise _Invalid("a link variable says its transport in its name (_UDP)")
+            return replace(parsed, transport=transport)
+        return _parse_expose_form(text)
     except _Invalid as problem:
         raise LinkError(f"bad expose {_show(text)}: {problem}; use {_EXPOSE_FORMS}") from None
+
+
+def _parse_expose_form(text: str) -> ExposeSpec | SeedLink:
+    """An expose value without its transport prefix; raises _Invalid."""
+    _check_text(text)
+    local, equals, service = text.partition("=")
+    if not equals:
+        return ExposeSpec(None, None, _canonical_ref(text))
+    if "://" in service or _LINK_VARIABLE.fullmatch(local):
+        if not _LINK_VARIABLE.fullmatch(local):
+            raise _Invalid("a URL belongs after a variable name such as REDIS_PORT_6379_TCP")
+        return parse_seed_variable(local, service)
+    if local == "" or service == "":
+        raise _Invalid("both sides of '=' are needed")
+    bind, port = _parse_local(local)
+    return ExposeSpec(bind, port, _canonical_ref(service))
 
 
 def parse_expose(text: str) -> ExposeSpec:
@@ -634,10 +701,11 @@ def _one_per_local_port(specs: Iterable[ExposeSpec]) -> list[ExposeSpec]:
     published port (the first alias is asked for first), and an error when they do not.
     """
     kept: dict[ExposeSpec, None] = {}
-    seeds: dict[tuple[str | None, int | None], ExposeSpec] = {}
+    seeds: dict[tuple[str | None, int | None, Transport], ExposeSpec] = {}
     for spec in specs:
         if spec.alternatives:
-            earlier = seeds.setdefault((spec.bind, spec.port), spec)
+            # A TCP and a UDP port of one number are two listeners (DNS_PORT_53_TCP and _UDP).
+            earlier = seeds.setdefault((spec.bind, spec.port, spec.transport), spec)
             if earlier is not spec:
                 if earlier.alternatives[0] != spec.alternatives[0]:
                     raise LinkError(

@@ -563,3 +563,18 @@ def test_a_challenge_names_the_version_that_says_how_to_prove() -> None:
     encoded = encode_message(Challenge(b"\x00\x01", 2))
     assert b'"version":2' in encoded
     assert decode_message(encoded[4:]) == Challenge(b"\x00\x01", 2)
+
+
+def test_a_udp_catalog_entry_says_so_and_a_tcp_one_is_written_as_before() -> None:
+    catalog = (ServiceInfo("dns", 53, "udp"), ServiceInfo("redis", 6379))
+    body = encode_message(CatalogChanged(catalog))[4:]
+    assert json.loads(body)["catalog"] == [
+        {"alias": "dns", "port": 53, "transport": "udp"},
+        {"alias": "redis", "port": 6379},
+    ]
+    assert decode_message(body) == CatalogChanged(catalog)
+
+
+def test_a_catalog_entry_of_an_unknown_transport_is_skipped() -> None:
+    body = b'{"type":"catalog","catalog":[{"alias":"x","port":1,"transport":"sctp"}]}'
+    assert decode_message(body) == CatalogChanged((), skipped=1)

@@ -437,6 +437,8 @@ def test_links_from_docker_env_one_entry_per_alias_and_port() -> None:
         service("db", 5432, "172.17.0.3"),
         service("redis", 6379, "172.17.0.2"),
         service("web", 443, "172.17.0.4"),
+        # The _UDP variable is a UDP service of the same name (it used to be skipped).
+        Service("web", 53, Address("172.17.0.4", 53), "udp"),
         service("web", 80, "172.17.0.4"),
     ]
 
@@ -489,8 +491,9 @@ def test_linked_containers_environment_is_not_ours_unless_it_is_a_link() -> None
     assert catalog.entries == (service("web_env", 80, "10.0.0.4"),)
 
 
-def test_udp_ports_are_skipped() -> None:
-    assert len(links_from_env({"DNS_PORT_53_UDP": "udp://10.0.0.53:53"})) == 0
+def test_udp_ports_are_udp_services() -> None:
+    (dns,) = links_from_env({"DNS_PORT_53_UDP": "udp://10.0.0.53:53"})
+    assert dns.transport == "udp"
 
 
 @pytest.mark.parametrize(
@@ -612,7 +615,7 @@ def test_parse_seed_variable() -> None:
     [
         ("REDIS_PORT_6379_TCP", "udp://192.168.1.52:6379", "tcp://"),
         ("REDIS_PORT_6379_TCP", "tcp://", "empty"),
-        ("REDIS_PORT_6379_UDP", "tcp://192.168.1.52:6379", "ALIAS_PORT_N_TCP"),
+        ("REDIS_PORT_6379_UDP", "tcp://192.168.1.52:6379", "udp://"),
         ("REDIS", "tcp://192.168.1.52:6379", "ALIAS_PORT_N_TCP"),
     ],
 )
@@ -785,3 +788,80 @@ def test_expose_round_trip(value: ExposeSpec) -> None:
 @given(st.builds(Address, HOSTS, PORTS))
 def test_address_round_trip(value: Address) -> None:
     assert parse_address(str(value)) == value
+
+
+# --- UDP forms
+
+
+def test_udp_link_forms() -> None:
+    dns = parse_link("dns=udp:127.0.0.1:53")
+    assert dns == Service("dns", 53, Address("127.0.0.1", 53), "udp")
+    assert dns.to_text() == "dns=udp:127.0.0.1:53"
+    assert parse_link(dns.to_text()) == dns
+    assert parse_link("5353=UDP:[::1]:53").to_text() == "5353=udp:[::1]:53"
+    assert parse_link("dns=127.0.0.1:53").transport == "tcp"
+
+
+def test_udp_link_errors_name_the_udp_form() -> None:
+    with pytest.raises(LinkError) as error:
+        parse_link("dns=udp:")
+    message = one_line(error)
+    assert "the HOST:PORT after '=' is missing" in message
+    assert "udp:HOST:PORT" in message
+
+
+def test_udp_expose_forms() -> None:
+    spec = parse_expose("udp:127.0.0.1:5353=dns")
+    assert (spec.bind, spec.port, spec.service, spec.transport) == ("127.0.0.1", 5353, "dns", "udp")
+    assert parse_expose(spec.to_text()) == spec
+    assert parse_expose("udp:5353=dns").to_text() == "udp:5353=dns"
+    assert parse_expose("udp:53").to_text() == "udp:53"
+    assert parse_expose("udp:dns").transport == "udp"
+    assert parse_expose("5353=dns").transport == "tcp"
+    with pytest.raises(LinkError, match="transport in its name"):
+        parse_expose("udp:DNS_PORT_53_UDP=udp://10.0.0.1:53")
+
+
+def test_tcp_and_udp_services_share_a_name_and_resolve_apart() -> None:
+    catalog = Catalog((parse_link("dns=10.0.0.2:53"), parse_link("dns=udp:10.0.0.2:53")))
+    assert len(catalog) == 2
+    assert catalog.resolve("dns").transport == "tcp"
+    assert catalog.resolve("dns", "udp").transport == "udp"
+    assert catalog.describe() == [
+        {"alias": "dns", "port": 53},
+        {"alias": "dns", "port": 53, "transport": "udp"},
+    ]
+
+
+def test_a_stream_of_the_other_transport_is_told_in_one_line() -> None:
+    udp_only = Catalog((parse_link("dns=udp:10.0.0.2:53"),))
+    with pytest.raises(UnknownService) as error:
+        udp_only.resolve("dns")
+    assert one_line(error) == ("service 'dns' is a UDP service, not TCP; expose it as udp:PORT=dns")
+    tcp_only = Catalog((parse_link("redis=10.0.0.5:6379"),))
+    with pytest.raises(UnknownService, match="is a TCP service, not UDP; expose it as PORT=redis"):
+        tcp_only.resolve("redis", "udp")
+
+
+def test_udp_link_variables_on_the_server() -> None:
+    catalog = links_from_env(
+        {"DNS_PORT_53_UDP": "udp://172.17.0.9:53", "DNS_PORT_53_TCP": "tcp://172.17.0.9:53"}
+    )
+    assert sorted((s.transport, s.to_text()) for s in catalog) == [
+        ("tcp", "dns=172.17.0.9:53"),
+        ("udp", "dns=udp:172.17.0.9:53"),
+    ]
+    with pytest.raises(LinkError, match=r"not a udp:// URL; Docker writes it as udp://HOST:PORT"):
+        links_from_env({"DNS_PORT_53_UDP": "tcp://172.17.0.9:53"})
+
+
+def test_udp_link_variables_on_the_client() -> None:
+    host, specs = seed_links_from_env(
+        {"DNS_PORT_5353_UDP": "udp://192.168.1.52:53", "DNS_PORT_5353_TCP": "tcp://192.168.1.52:53"}
+    )
+    assert host == "192.168.1.52"
+    assert sorted((spec.transport, spec.port, spec.refs) for spec in specs) == [
+        ("tcp", 5353, ("dns:53", "53", "dns")),
+        ("udp", 5353, ("dns:53", "53", "dns")),
+    ]
+    assert seed_links_from(["DNS_PORT_53_UDP=udp://10.0.0.1:53"])[1][0].transport == "udp"

@@ -48,6 +48,7 @@ from tunnel.settings.cli import (
     workers_option,
 )
 from tunnel.settings.effective import Item, Setting, source_of
+from tunnel.settings.helpgroups import GroupedHelp
 from tunnel.settings.links import (
     DEFAULT_TUNNEL_PORT,
     Catalog,
@@ -63,7 +64,9 @@ log = logging.getLogger("ambassador.server")
 PROG = "ambassador-server"
 
 
-@click.group(invoke_without_command=True, context_settings={"max_content_width": 100})
+@click.group(
+    cls=GroupedHelp, invoke_without_command=True, context_settings={"max_content_width": 100}
+)
 @config_option
 @click.option(
     "--listen",

@@ -281,9 +281,11 @@ def demo(streams: int, megabytes: int) -> None:
 @cli.command()
 @endpoint_option
 @click.pass_context
-def status(ctx: click.Context, endpoint: str | None, status_config: str | None) -> None:
+def status(
+    ctx: click.Context, /, endpoint: str | None, status_config: str | None, **view: Any
+) -> None:
     """Print the state of a running ambassador-client (remotes, services, bytes)."""
-    print_status(status_endpoint(ctx, endpoint, status_config), "ambassador-client")
+    print_status(status_endpoint(ctx, endpoint, status_config), "ambassador-client", **view)
 
 
 def main(argv: list[str] | None = None) -> None:

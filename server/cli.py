@@ -311,6 +311,8 @@ cli.add_command(certs)
 @cli.command()
 @endpoint_option
 @click.pass_context
-def status(ctx: click.Context, endpoint: str | None, status_config: str | None) -> None:
+def status(
+    ctx: click.Context, /, endpoint: str | None, status_config: str | None, **view: Any
+) -> None:
     """Print the state of a running ambassador-server (sessions, services, bytes)."""
-    print_status(status_endpoint(ctx, endpoint, status_config), "ambassador-server")
+    print_status(status_endpoint(ctx, endpoint, status_config), "ambassador-server", **view)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import html
 from typing import Any
 
+from tunnel.settings.wording import rate, size
+
 _SESSION_COLUMNS = ("peer", "state", "rtt_ms", "streams", "bytes_in", "bytes_out", "last_error")
 _SERVICE_COLUMNS = ("service", "open_streams", "streams_total", "bytes_in", "bytes_out", "refused")
 
@@ -90,3 +92,63 @@ def render_html(status: dict[str, Any]) -> str:
         "<p><a href='/metrics'>metrics</a> · <a href='/status'>status JSON</a></p>"
         "</body></html>"
     )
+
+
+# ------------------------------------------------------------------ the watching view
+
+_WATCH_SESSION = ("peer", "state", "rtt_ms", "streams", "in/s", "out/s", "bytes_in", "bytes_out",
+                  "last_error")  # fmt: skip
+_WATCH_SERVICE = ("service", "open_streams", "streams_total", "in/s", "out/s", "bytes_in",
+                  "bytes_out", "refused")  # fmt: skip
+
+
+def _key(row: dict[str, Any]) -> str:
+    return str(row.get("peer", row.get("service", "")))
+
+
+def with_rates(
+    status: dict[str, Any], previous: dict[str, Any] | None, seconds: float
+) -> dict[str, Any]:
+    """``status`` with each session's and service's ``rate_in``/``rate_out`` (bytes a second)
+    over the ``seconds`` since ``previous`` (None: no rate yet). A row the previous status
+    lacks, or whose counts went down (the process restarted), has no rate."""
+    status = dict(status)
+    for which in ("remotes", "sessions", "services"):
+        before = {_key(row): row for row in (previous or {}).get(which) or []}
+        rows = []
+        for row in status.get(which) or []:
+            row, old = dict(row), before.get(_key(row))
+            for field in ("in", "out"):
+                count = f"bytes_{field}"
+                moved = None if old is None else row.get(count, 0) - old.get(count, 0)
+                good = moved is not None and moved >= 0 and seconds > 0
+                row[f"rate_{field}"] = moved / seconds if good and moved is not None else None
+            rows.append(row)
+        if which in status:
+            status[which] = rows
+    return status
+
+
+def _human(column: str, row: dict[str, Any]) -> str:
+    if column in ("in/s", "out/s"):
+        value = row.get("rate_" + column[:-2])
+        return "-" if value is None else rate(value)
+    if column in ("bytes_in", "bytes_out"):
+        return size(row.get(column) or 0)
+    return _cell(row.get(column))
+
+
+def render_watch(status: dict[str, Any], endpoint: str, interval: float, problem: str = "") -> str:
+    """The view ``status --watch`` redraws: the tables with rates and sizes in human units,
+    and, when the last read failed, why (the figures are then the last ones read)."""
+    head = render_text(status, endpoint).splitlines()[0]
+    lines = [head, f"every {interval:g}s; Ctrl-C to stop" + (f"; {problem}" if problem else "")]
+    which = "remotes" if status.get("role") == "ambassador-client" else "sessions"
+    session_columns = ("worker", *_WATCH_SESSION) if "workers" in status else _WATCH_SESSION
+    for title, columns, items in (
+        (which.upper(), session_columns, _sessions(status)),
+        ("SERVICES", _WATCH_SERVICE, list(status.get("services") or [])),
+    ):
+        rows = [[_human(column, item) for column in columns] for item in items]
+        lines += ["", title, _table(columns, rows)]
+    return "\n".join(lines) + "\n"

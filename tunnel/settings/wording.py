@@ -17,3 +17,20 @@ def hostport(host: str, port: int) -> str:
     """``host:port`` as a person or a URL writes it: an IPv6 host in brackets (``[::1]:80``),
     so that the port cannot be read as part of the address."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+_UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
+
+
+def size(n: float) -> str:
+    """A byte count as people read it: ``0 B``, ``512 B``, ``1.5 KiB``, ``12.0 MiB``."""
+    value, unit = float(n), 0
+    while abs(value) >= 1024 and unit < len(_UNITS) - 1:
+        value /= 1024
+        unit += 1
+    return f"{int(value)} B" if unit == 0 else f"{value:.1f} {_UNITS[unit]}"
+
+
+def rate(bytes_per_second: float) -> str:
+    """A throughput as people read it: ``1.5 MiB/s``."""
+    return size(bytes_per_second) + "/s"

@@ -6,7 +6,7 @@ import pytest
 
 from tunnel.aio.transport import format_peer
 from tunnel.settings.links import Address
-from tunnel.settings.wording import counted, hostport
+from tunnel.settings.wording import counted, hostport, rate, size
 
 
 @pytest.mark.parametrize(
@@ -31,3 +31,12 @@ def test_every_formatter_brackets_ipv6(host: str, expected: str) -> None:
     assert format_peer((host, 16393, 0, 0)) == expected
     if "%" not in host:
         assert str(Address(host, 16393)) == expected
+
+
+@pytest.mark.parametrize(
+    ("n", "expected"),
+    [(0, "0 B"), (1023, "1023 B"), (1024, "1.0 KiB"), (1536, "1.5 KiB"), (5 * 2**30, "5.0 GiB")],
+)
+def test_sizes_are_written_in_binary_units(n: int, expected: str) -> None:
+    assert size(n) == expected
+    assert rate(n) == expected + "/s"

@@ -84,6 +84,7 @@ class Client:
                 "bytes_in": 0,
                 "bytes_out": 0,
                 "last_error": "",
+                "last_error_at": None,
             }
             tunnels = [t for t in connector.draining if t.peer == str(remote)]
             if connector.remote == remote and connector.tunnel is not None:
@@ -93,6 +94,7 @@ class Client:
                 row["state"] = "draining"
             else:
                 row["last_error"] = connector.errors.get(remote, "")
+                row["last_error_at"] = connector.error_times.get(remote)
             for tunnel in tunnels:
                 stats = tunnel.session.stats()
                 row["streams"] += stats.open_streams

@@ -15,6 +15,7 @@ import logging
 import os
 import random
 import ssl
+import time
 from collections.abc import Callable
 from functools import partial
 
@@ -152,6 +153,7 @@ class Connector:
         self.remote: Address | None = None
         self.last_error = ""  # the latest, whichever remote it came from
         self.errors: dict[Address, str] = {}  # each remote's last error, until it is up
+        self.error_times: dict[Address, float] = {}  # when it came (time.time()), for /status
         self.identity = ""  # the identity the server says it gave this client, if it says
         self.on_catalog = on_catalog
         self._up = asyncio.Event()
@@ -233,6 +235,7 @@ class Connector:
                     log.warning("%s; retrying", exc)
                 self._failing[remote] = exc.reason
                 self.last_error = self.errors[remote] = str(exc)
+                self.error_times[remote] = time.time()
                 failures += 1
                 index += 1
                 bound = min(self.config.backoff_max, self.config.backoff_min * 2**failures)
@@ -290,6 +293,7 @@ class Connector:
         self._offered.clear()
         self.last_error = ""
         self.errors.pop(remote, None)
+        self.error_times.pop(remote, None)
         names = ", ".join(service.name for service in welcome.catalog) or "nothing"
         log.info(
             "tunnel up to %s (%s), protocol %d, offering %s",
@@ -311,6 +315,7 @@ class Connector:
         metrics.SESSIONS_OPEN.labels("client").dec()
         metrics.SESSION_ENDS.labels("client", "draining" if level == logging.INFO else "lost").inc()
         self.last_error = self.errors[remote] = f"tunnel to {remote} lost: {reason}"
+        self.error_times[remote] = time.time()
         log.log(level, "%s; reconnecting", self.last_error)
 
     def _warn_skipped(

@@ -248,6 +248,7 @@ class Server:
                 "bytes_in": stats.bytes_received,
                 "bytes_out": stats.bytes_sent,
                 "last_error": "",
+                "last_error_at": None,
             })  # fmt: skip
         services = []
         for service in self.config.catalog:

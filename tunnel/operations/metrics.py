@@ -41,6 +41,8 @@ class _Refusals(Collector):
     def __init__(self) -> None:
         self.counts: dict[tuple[str, str, str], int] = {}
         self.created: dict[tuple[str, str, str], float] = {}
+        # (role, service) -> the latest refusal's reason and wall-clock time, for /status
+        self.latest: dict[tuple[str, str], tuple[str, float]] = {}
 
     def collect(self) -> Iterator[Metric]:
         family = CounterMetricFamily(
@@ -61,10 +63,12 @@ def refused(role: str, service: str, reason: str) -> None:
     """Count one stream of ``service`` refused or failed in ``role``, for ``reason``."""
     key = (role, service, reason)
     counts = _REFUSALS.counts
+    now = time.time()
     if key not in counts:
-        _REFUSALS.created[key] = time.time()
+        _REFUSALS.created[key] = now
         counts[key] = 0
     counts[key] += 1
+    _REFUSALS.latest[(role, service)] = (reason, now)
 
 
 def refusals(role: str, service: str) -> int:
@@ -74,6 +78,20 @@ def refusals(role: str, service: str) -> int:
         for (owner, name, _), count in list(_REFUSALS.counts.items())
         if owner == role and name == service
     )
+
+
+def refusals_by_reason(role: str, service: str) -> dict[str, int]:
+    """Streams of ``service`` refused or failed in ``role``, by reason."""
+    return {
+        reason: count
+        for (owner, name, reason), count in list(_REFUSALS.counts.items())
+        if owner == role and name == service
+    }
+
+
+def latest_refusal(role: str, service: str) -> tuple[str, float] | None:
+    """The reason and wall-clock time (time.time()) of ``service``'s latest refusal."""
+    return _REFUSALS.latest.get((role, service))
 
 
 RELOAD_CLOSES = Counter(

@@ -18,6 +18,7 @@ def service_stats(role: str, service: str) -> dict[str, Any]:
     """The /status row of one service, read from the counts themselves (never back through
     the Prometheus registry, which would cost a whole collection per number)."""
     found = metrics.counted(role, service)
+    latest = metrics.latest_refusal(role, service)
     return {
         "service": service,
         "open_streams": found.open_now,
@@ -25,6 +26,9 @@ def service_stats(role: str, service: str) -> dict[str, Any]:
         "bytes_in": found.to_backend,
         "bytes_out": found.to_consumer,
         "refused": metrics.refusals(role, service),
+        "refusals": metrics.refusals_by_reason(role, service),
+        "last_error": latest[0] if latest else "",
+        "last_error_at": latest[1] if latest else None,
     }
 
 

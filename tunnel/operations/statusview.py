@@ -1,14 +1,14 @@
 """Rendering a role's status (a plain dict, as served on /status) for people.
 
-Pure functions: the same facts become a text table for ``ambassador-* status`` and a small HTML
-page for the status endpoint. The dict has ``role``, ``name``, ``uptime``, a list of ``remotes``
-(client) or ``sessions`` (server) and a list of ``services``; with helper processes also
-``workers``, and each session or remote its ``worker``.
+Pure functions: the facts become the text tables of ``ambassador-* status`` and the view
+``status --watch`` redraws (the endpoint's page is :mod:`tunnel.operations.statuspage`). The
+dict has ``role``, ``name``, ``uptime``, a list of ``remotes`` (client) or ``sessions``
+(server) and a list of ``services``; with helper processes also ``workers``, and each session
+or remote its ``worker``.
 """
 
 from __future__ import annotations
 
-import html
 from typing import Any
 
 from tunnel.settings.wording import rate, size
@@ -60,38 +60,6 @@ def render_text(status: dict[str, Any], endpoint: str | None = None) -> str:
     services = list(status.get("services") or [])
     parts.append(_table(_SERVICE_COLUMNS, _rows(services, _SERVICE_COLUMNS)))
     return "\n".join(parts) + "\n"
-
-
-def _html_table(columns: tuple[str, ...], rows: list[list[str]], table_id: str) -> str:
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(v)}</td>" for v in row) + "</tr>" for row in rows
-    )
-    return f'<table id="{table_id}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
-
-
-def render_html(status: dict[str, Any]) -> str:
-    title = html.escape(f"{status.get('role', '?')} {status.get('name', '')}".strip())
-    ready = "ready" if status.get("ready") else "not ready"
-    which = "Remotes" if status.get("role") == "ambassador-client" else "Sessions"
-    columns = _session_columns(status)
-    sessions = _html_table(columns, _rows(_sessions(status), columns), "sessions")
-    services = _html_table(
-        _SERVICE_COLUMNS, _rows(list(status.get("services") or []), _SERVICE_COLUMNS), "services"
-    )
-    return (
-        "<!doctype html><html><head><meta charset='utf-8'>"
-        f"<meta http-equiv='refresh' content='5'><title>{title}</title>"
-        "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
-        "td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left}"
-        ".ready{color:#070}.not{color:#a00}</style></head><body>"
-        f"<h1>{title}</h1>"
-        f"<p id='state' class='{'ready' if status.get('ready') else 'not'}'>{ready}, "
-        f"up {html.escape(_cell(status.get('uptime')))} s</p>"
-        f"<h2>{which}</h2>{sessions}<h2>Services</h2>{services}"
-        "<p><a href='/metrics'>metrics</a> · <a href='/status'>status JSON</a></p>"
-        "</body></html>"
-    )
 
 
 # ------------------------------------------------------------------ the watching view

@@ -15,6 +15,7 @@ from typing import Any
 from client.config import ClientConfig
 from client.connector import Connector
 from client.listeners import ConsumerStream, Listeners
+from tunnel.operations import metrics
 from tunnel.operations.metrics import services as counted_services
 from tunnel.operations.observe import service_stats
 from tunnel.operations.runner import Reload
@@ -25,8 +26,15 @@ from tunnel.operations.workers.pool import WorkerPool
 from tunnel.operations.workers.report import helper_report
 from tunnel.protocol.messages import ServiceInfo
 from tunnel.security.auth import plaintext_warning
+from tunnel.security.tls import not_after
 
 log = logging.getLogger("ambassador.client")
+
+
+def export_expiry(config: ClientConfig) -> None:
+    """The client's own certificate's expiry, for ambassador_certificate_expiry_days."""
+    own = config.tls.cert if config.tls is not None else None
+    metrics.certificate_expires("client", "own", not_after(own) if own else None)
 
 
 class Client:
@@ -45,6 +53,7 @@ class Client:
 
     async def start(self) -> None:
         """Bind the fixed ports, start connecting, and bind the rest once the catalog is in."""
+        export_expiry(self.config)
         await self.listeners.reconfigure(self.config.expose, self.config.bind, None)
         self._task = asyncio.get_running_loop().create_task(self.connector.run())
         # Fixed ports are bound already (consumers wait there while the tunnel comes up); the
@@ -128,6 +137,7 @@ class Client:
         await self.listeners.reconfigure(new.expose, new.bind, catalog, remind=True)
         self.connector.reconfigure(new)
         self.config = new
+        export_expiry(new)
 
     async def _first_catalog(self) -> tuple[ServiceInfo, ...]:
         assert self._task is not None

@@ -42,6 +42,7 @@ from tunnel.protocol.session import Role, Session
 from tunnel.security import auth
 from tunnel.security.binding import UNBOUND, server_end_point
 from tunnel.security.tls import (
+    not_after_der,
     peer_certificate,
     spki_pin_of_der,
 )
@@ -363,6 +364,11 @@ class Connector:
                 "handshake (is it running without TLS?)",
                 "tls",
             ) from None
+        # The server's certificate as this client was shown it: its expiry is exported, so an
+        # alert on the client side warns of a server certificate about to lapse.
+        metrics.certificate_expires(
+            "client", "peer", not_after_der(peer_certificate(layer.ssl_object))
+        )
         if tls.pins:
             der = peer_certificate(layer.ssl_object)
             pin = spki_pin_of_der(der) if der else "none"

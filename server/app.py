@@ -23,6 +23,7 @@ from server.forward import start_forwarding
 from server.reauth import AdmissionPolicy
 from server.tls_accept import accept_tls
 from tunnel.errors import ConfigError, Reason
+from tunnel.operations import metrics
 from tunnel.operations.httpd import StatusServer
 from tunnel.operations.metrics import LIMIT_HITS
 from tunnel.operations.observe import service_stats
@@ -36,7 +37,7 @@ from tunnel.operations.workers.pool import WorkerPool
 from tunnel.operations.workers.report import helper_report
 from tunnel.protocol.frames import GoAwayCode
 from tunnel.security.auth import plaintext_warning
-from tunnel.security.tls import warn_about_files, warn_if_expiring
+from tunnel.security.tls import ServerTls, not_after, warn_about_files, warn_if_expiring
 from tunnel.settings.wording import counted
 
 log = logging.getLogger("ambassador.server")
@@ -80,6 +81,7 @@ class Server:
             mode = "TLS, client certificates required" if self.config.tls.ca else "TLS"
         log.info("listening on %s (%s), offering %s", listen, mode, names)
         warn_if_expiring(self.config.tls)
+        export_expiry(self.config.tls)
         warn_about_files(self.config.tls, self.config.token_file, datetime.now(UTC))
         if self.config.tls is None and self.config.tokens is not None:
             warning = plaintext_warning([listen.host])
@@ -206,6 +208,7 @@ class Server:
         log.info("configuration reloaded: offering %s to %s", names,
                  counted(len(self.connections), "session"))  # fmt: skip
         warn_if_expiring(new.tls)
+        export_expiry(new.tls)
         warn_about_files(new.tls, new.token_file, datetime.now(UTC))
 
     async def drain(self, timeout: float, now: asyncio.Event | None = None) -> bool:
@@ -384,6 +387,11 @@ async def serve(
 
 def _report(server: Server) -> Callable[[], dict[str, Any]]:
     return lambda: helper_report(server.status())
+
+
+def export_expiry(tls: ServerTls | None) -> None:
+    """The served certificate's expiry, for ambassador_certificate_expiry_days."""
+    metrics.certificate_expires("server", "own", None if tls is None else not_after(tls.cert))
 
 
 def forward_status(config: ServerConfig, started: float) -> dict[str, Any]:

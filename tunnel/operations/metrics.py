@@ -123,6 +123,39 @@ LIMIT_HITS = Counter(
 )
 
 
+class _CertificateExpiry(Collector):
+    """``ambassador_certificate_expiry_days``: days until each certificate in use expires,
+    computed at each scrape from its expiry time, so that it falls day by day without a
+    reload. ``certificate`` is ``own`` (the server's served certificate, or the client's
+    own) or ``peer`` (the server's certificate as the client was last shown it)."""
+
+    def __init__(self) -> None:
+        self.not_after: dict[tuple[str, str], float] = {}
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(
+            "ambassador_certificate_expiry_days",
+            "Days until the certificate expires (negative once it has)",
+            labels=["role", "certificate"],
+        )
+        now = time.time()
+        for key, when in list(self.not_after.items()):
+            family.add_metric(key, round((when - now) / 86400, 3))
+        yield family
+
+
+_CERTIFICATES = _CertificateExpiry()
+REGISTRY.register(_CERTIFICATES)
+
+
+def certificate_expires(role: str, certificate: str, not_after: float | None) -> None:
+    """Export when ``role``'s ``certificate`` (own or peer) expires; None: it has none."""
+    if not_after is None:
+        _CERTIFICATES.not_after.pop((role, certificate), None)
+    else:
+        _CERTIFICATES.not_after[(role, certificate)] = not_after
+
+
 class ServiceMeters:
     """The counts of one (role, service): streams and bytes.
 

@@ -99,7 +99,7 @@ def test_the_benchmark_shows_progress_on_a_terminal(tmp_path: Path) -> None:
     bench_programs()
     controller, terminal = pty.openpty()
     fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))
-    argv = [sys.executable, *BENCH, "--rounds", "2", "--out", str(tmp_path), "--port-base", "32100"]
+    argv = [sys.executable, *BENCH, "--rounds", "2", "--out", str(tmp_path), "--port-base", "23600"]
     environ = clean_environ()
     environ.pop("CI", None)
     bench = subprocess.Popen(argv, cwd=ROOT, stdin=terminal, stdout=terminal, stderr=terminal,
@@ -131,7 +131,7 @@ def test_the_benchmark_shows_progress_on_a_terminal(tmp_path: Path) -> None:
 @pytest.mark.timeout(120)
 def test_the_benchmark_in_a_log_has_no_progress_line(tmp_path: Path) -> None:
     bench_programs()
-    argv = [sys.executable, *BENCH, "--rounds", "1", "--out", str(tmp_path), "--port-base", "32200"]
+    argv = [sys.executable, *BENCH, "--rounds", "1", "--out", str(tmp_path), "--port-base", "27800"]
     result = run_program(argv, timeout=100, env=clean_environ({"CI": "true"}))
     assert result.returncode == 0, result.stderr[-3000:]
     assert "round 1/1: direct" in result.stdout

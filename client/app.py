@@ -16,6 +16,7 @@ from client.config import ClientConfig
 from client.connector import Connector
 from client.listeners import ConsumerStream, Listeners
 from client.udp_expose import UdpExposes
+from tunnel.operations import metrics
 from tunnel.operations.metrics import services as counted_services
 from tunnel.operations.observe import service_stats
 from tunnel.operations.runner import Reload
@@ -26,8 +27,15 @@ from tunnel.operations.workers.pool import WorkerPool
 from tunnel.operations.workers.report import helper_report
 from tunnel.protocol.messages import ServiceInfo
 from tunnel.security.auth import plaintext_warning
+from tunnel.security.tls import not_after
 
 log = logging.getLogger("ambassador.client")
+
+
+def export_expiry(config: ClientConfig) -> None:
+    """The client's own certificate's expiry, for ambassador_certificate_expiry_days."""
+    own = config.tls.cert if config.tls is not None else None
+    metrics.certificate_expires("client", "own", not_after(own) if own else None)
 
 
 class Client:
@@ -51,6 +59,7 @@ class Client:
 
     async def start(self) -> None:
         """Bind the fixed ports, start connecting, and bind the rest once the catalog is in."""
+        export_expiry(self.config)
         await self.listeners.reconfigure(self.config.expose, self.config.bind, None)
         await self.udp.reconfigure(self.config.expose, self.config.bind, None)
         self._task = asyncio.get_running_loop().create_task(self.connector.run())
@@ -95,6 +104,7 @@ class Client:
                 "bytes_in": 0,
                 "bytes_out": 0,
                 "last_error": "",
+                "last_error_at": None,
             }
             tunnels = [t for t in connector.draining if t.peer == str(remote)]
             if connector.remote == remote and connector.tunnel is not None:
@@ -104,6 +114,7 @@ class Client:
                 row["state"] = "draining"
             else:
                 row["last_error"] = connector.errors.get(remote, "")
+                row["last_error_at"] = connector.error_times.get(remote)
             for tunnel in tunnels:
                 stats = tunnel.session.stats()
                 row["streams"] += stats.open_streams
@@ -139,6 +150,7 @@ class Client:
         await self.udp.reconfigure(new.expose, new.bind, catalog)
         self.connector.reconfigure(new)
         self.config = new
+        export_expiry(new)
 
     async def _first_catalog(self) -> tuple[ServiceInfo, ...]:
         assert self._task is not None

@@ -43,6 +43,7 @@ from tunnel.settings.cli import (
     workers_option,
 )
 from tunnel.settings.effective import Item, Setting, source_of
+from tunnel.settings.helpgroups import GroupedHelp
 from tunnel.settings.links import (
     DEFAULT_TUNNEL_PORT,
     Address,
@@ -58,7 +59,9 @@ from tunnel.settings.proxy import ProxyRoute, proxy_route
 PROG = "ambassador-client"
 
 
-@click.group(invoke_without_command=True, context_settings={"max_content_width": 100})
+@click.group(
+    cls=GroupedHelp, invoke_without_command=True, context_settings={"max_content_width": 100}
+)
 @config_option
 @click.option(
     "--remote",
@@ -340,9 +343,11 @@ def demo(streams: int, megabytes: int) -> None:
 @cli.command()
 @endpoint_option
 @click.pass_context
-def status(ctx: click.Context, endpoint: str | None, status_config: str | None) -> None:
+def status(
+    ctx: click.Context, /, endpoint: str | None, status_config: str | None, **view: Any
+) -> None:
     """Print the state of a running ambassador-client (remotes, services, bytes)."""
-    print_status(status_endpoint(ctx, endpoint, status_config), "ambassador-client")
+    print_status(status_endpoint(ctx, endpoint, status_config), "ambassador-client", **view)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -15,6 +15,7 @@ import logging
 import os
 import random
 import ssl
+import time
 from collections.abc import Callable
 from functools import partial
 
@@ -51,6 +52,7 @@ from tunnel.protocol.session import Role, Session
 from tunnel.security import auth
 from tunnel.security.binding import UNBOUND, server_end_point
 from tunnel.security.tls import (
+    not_after_der,
     peer_certificate,
     spki_pin_of_der,
 )
@@ -169,6 +171,7 @@ class Connector:
         self.remote: Address | None = None
         self.last_error = ""  # the latest, whichever remote it came from
         self.errors: dict[Address, str] = {}  # each remote's last error, until it is up
+        self.error_times: dict[Address, float] = {}  # when it came (time.time()), for /status
         self.identity = ""  # the identity the server says it gave this client, if it says
         # The highest stream header version the server reads: 2 carries the consumer's origin.
         self.stream_header = HEADER_VERSION
@@ -252,6 +255,7 @@ class Connector:
                     log.warning("%s; retrying", exc)
                 self._failing[remote] = exc.reason
                 self.last_error = self.errors[remote] = str(exc)
+                self.error_times[remote] = time.time()
                 failures += 1
                 index += 1
                 bound = min(self.config.backoff_max, self.config.backoff_min * 2**failures)
@@ -310,6 +314,7 @@ class Connector:
         self._offered.clear()
         self.last_error = ""
         self.errors.pop(remote, None)
+        self.error_times.pop(remote, None)
         names = ", ".join(service.name for service in welcome.catalog) or "nothing"
         log.info(
             "tunnel up to %s (%s), protocol %d, offering %s",
@@ -331,6 +336,7 @@ class Connector:
         metrics.SESSIONS_OPEN.labels("client").dec()
         metrics.SESSION_ENDS.labels("client", "draining" if level == logging.INFO else "lost").inc()
         self.last_error = self.errors[remote] = f"tunnel to {remote} lost: {reason}"
+        self.error_times[remote] = time.time()
         log.log(level, "%s; reconnecting", self.last_error)
 
     def _warn_skipped(
@@ -379,6 +385,11 @@ class Connector:
                 "handshake (is it running without TLS?)",
                 "tls",
             ) from None
+        # The server's certificate as this client was shown it: its expiry is exported, so an
+        # alert on the client side warns of a server certificate about to lapse.
+        metrics.certificate_expires(
+            "client", "peer", not_after_der(peer_certificate(layer.ssl_object))
+        )
         if tls.pins:
             der = peer_certificate(layer.ssl_object)
             pin = spki_pin_of_der(der) if der else "none"

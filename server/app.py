@@ -21,6 +21,7 @@ from server.reauth import AdmissionPolicy
 from server.tls_accept import accept_tls
 from tunnel.aio.proxyaccept import Pending, ProxyAccept
 from tunnel.errors import ConfigError, Reason
+from tunnel.operations import metrics
 from tunnel.operations.metrics import CONNECTIONS_REJECTED, LIMIT_HITS
 from tunnel.operations.observe import service_stats
 from tunnel.operations.oserrors import listen_error
@@ -33,7 +34,7 @@ from tunnel.operations.workers.pool import WorkerPool
 from tunnel.operations.workers.report import helper_report
 from tunnel.protocol.frames import GoAwayCode
 from tunnel.security.auth import is_loopback, plaintext_warning
-from tunnel.security.tls import warn_about_files, warn_if_expiring
+from tunnel.security.tls import ServerTls, not_after, warn_about_files, warn_if_expiring
 from tunnel.settings.wording import counted
 
 log = logging.getLogger("ambassador.server")
@@ -84,6 +85,7 @@ class Server:
             mode = "TLS, client certificates required" if self.config.tls.ca else "TLS"
         log.info("listening on %s (%s), offering %s", listen, mode, names)
         warn_if_expiring(self.config.tls)
+        export_expiry(self.config.tls)
         warn_about_files(self.config.tls, self.config.token_file, datetime.now(UTC))
         if self.config.tls is None and self.config.tokens is not None:
             warning = plaintext_warning([listen.host])
@@ -228,6 +230,7 @@ class Server:
         log.info("configuration reloaded: offering %s to %s", names,
                  counted(len(self.connections), "session"))  # fmt: skip
         warn_if_expiring(new.tls)
+        export_expiry(new.tls)
         warn_about_files(new.tls, new.token_file, datetime.now(UTC))
 
     async def drain(self, timeout: float, now: asyncio.Event | None = None) -> bool:
@@ -270,6 +273,7 @@ class Server:
                 "bytes_in": stats.bytes_received,
                 "bytes_out": stats.bytes_sent,
                 "last_error": "",
+                "last_error_at": None,
             })  # fmt: skip
         services = []
         for service in self.config.catalog:
@@ -399,3 +403,8 @@ async def serve(
 
 def _report(server: Server) -> Callable[[], dict[str, Any]]:
     return lambda: helper_report(server.status())
+
+
+def export_expiry(tls: ServerTls | None) -> None:
+    """The served certificate's expiry, for ambassador_certificate_expiry_days."""
+    metrics.certificate_expires("server", "own", None if tls is None else not_after(tls.cert))

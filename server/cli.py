@@ -50,6 +50,7 @@ from tunnel.settings.cli import (
     workers_option,
 )
 from tunnel.settings.effective import Item, Setting, source_of
+from tunnel.settings.helpgroups import GroupedHelp
 from tunnel.settings.links import (
     DEFAULT_TUNNEL_PORT,
     Catalog,
@@ -66,7 +67,9 @@ log = logging.getLogger("ambassador.server")
 PROG = "ambassador-server"
 
 
-@click.group(invoke_without_command=True, context_settings={"max_content_width": 100})
+@click.group(
+    cls=GroupedHelp, invoke_without_command=True, context_settings={"max_content_width": 100}
+)
 @config_option
 @click.option(
     "--listen",
@@ -340,6 +343,8 @@ cli.add_command(certs)
 @cli.command()
 @endpoint_option
 @click.pass_context
-def status(ctx: click.Context, endpoint: str | None, status_config: str | None) -> None:
+def status(
+    ctx: click.Context, /, endpoint: str | None, status_config: str | None, **view: Any
+) -> None:
     """Print the state of a running ambassador-server (sessions, services, bytes)."""
-    print_status(status_endpoint(ctx, endpoint, status_config), "ambassador-server")
+    print_status(status_endpoint(ctx, endpoint, status_config), "ambassador-server", **view)

@@ -25,7 +25,10 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
+
+from tests.progress import Progress
 
 from . import report
 from .chains import CHAINS, HOLD_CHAINS, Chain, Ports, Setup
@@ -84,18 +87,29 @@ def main(argv: list[str] | None = None) -> int:
             if number:
                 shuffle.shuffle(order)
             orders.append(order)
+        # On a terminal, one status line says what runs, what is left and for how long.
+        progress = Progress(
+            [(f"round {n + 1}/{rounds}: {name}", name) for n, o in enumerate(orders) for name in o]
+        )
+        for number, order in enumerate(orders):
             for name in order:
                 backends = _check_backends(procs, ports, settings, backends)
+                progress.clear()
                 print(f"round {number + 1}/{rounds}: {name}", flush=True)
+                progress.next()
                 try:
-                    sample = run_chain(CHAINS[name], setup, settings)
+                    sample = run_chain(CHAINS[name], setup, settings, progress.phase)
                 except Exception as exc:  # reported as this chain's failure; the run goes on
                     sample = Sample(failures={"ping_rps": f"benchmark error: {exc!r}"})
+                    progress.clear()
                     traceback.print_exc()
                 samples[name].append(sample)
+                progress.clear()
                 _echo(name, sample)
+                progress.draw()
+        progress.close()
     except KeyboardInterrupt:
-        print("interrupted: writing what was measured so far", file=sys.stderr)
+        print("\ninterrupted: writing what was measured so far", file=sys.stderr)
     finally:
         procs.stop_all()
     elapsed = time.monotonic() - started
@@ -106,9 +120,13 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     text = report.markdown(summary, machine, settings_text, settings.conns, "benchmarks.png")
     (out / "benchmarks.md").write_text(text)
-    report.plot(summary, out / "benchmarks.png")
+    try:
+        report.plot(summary, out / "benchmarks.png")
+        wrote = f"{out / 'benchmarks.md'} and {out / 'benchmarks.png'}"
+    except ImportError:
+        wrote = f"{out / 'benchmarks.md'} (no plot: matplotlib is not installed)"
     _print_ratios(summary)
-    print(f"\nwrote {out / 'benchmarks.md'} and {out / 'benchmarks.png'} ({elapsed:.0f} s)")
+    print(f"\nwrote {wrote} ({elapsed:.0f} s)")
     if args.keep_logs:
         print(f"logs kept in {work}")
     else:
@@ -116,10 +134,17 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def run_chain(chain: Chain, setup: Setup, settings: Settings) -> Sample:
-    """One round of one chain: the loopback measurements, then the long-link ones."""
+def _quiet(detail: str) -> None:
+    """Where a phase is told when no one shows progress."""
+
+
+def run_chain(
+    chain: Chain, setup: Setup, settings: Settings, phase: Callable[[str], None] = _quiet
+) -> Sample:
+    """One round of one chain: the loopback measurements, then the long-link ones; ``phase``
+    is told what runs now."""
     setup.hop = lambda port: port
-    sample = _with_chain(chain, setup, settings, long_link=False)
+    sample = _with_chain(chain, setup, settings, long_link=False, phase=phase)
     ports = chain.tunnel_ports(setup.ports)
     mapping = {port: setup.ports.proxy(index) for index, port in enumerate(ports)}
     proxy = setup.procs.start(
@@ -136,7 +161,8 @@ def run_chain(chain: Chain, setup: Setup, settings: Settings) -> Sample:
         for via in mapping.values():
             setup.procs.wait_port(via, proxy)
         setup.hop = lambda port: mapping.get(port, port)
-        far = _with_chain(chain, setup, settings, long_link=True)
+        phase("50 ms link: starting")
+        far = _with_chain(chain, setup, settings, long_link=True, phase=phase)
         sample.values.update(far.values)
         sample.failures.update(far.failures)
         sample.notes += [f"50 ms link: {note}" for note in far.notes]
@@ -149,7 +175,13 @@ def run_chain(chain: Chain, setup: Setup, settings: Settings) -> Sample:
     return sample
 
 
-def _with_chain(chain: Chain, setup: Setup, settings: Settings, long_link: bool) -> Sample:
+def _with_chain(
+    chain: Chain,
+    setup: Setup,
+    settings: Settings,
+    long_link: bool,
+    phase: Callable[[str], None] = _quiet,
+) -> Sample:
     keys = (
         ["wan_ttfb_ms", "wan_mbps", "wan_down_mbps"]
         if long_link
@@ -171,12 +203,17 @@ def _with_chain(chain: Chain, setup: Setup, settings: Settings, long_link: bool)
         redis_port, iperf_port = chain.consumer_ports(setup)
         run = ChainRun(started, redis_port, iperf_port, settings)
         if long_link:
+            phase("50 ms link: first byte and throughput")
             run.long_link()
         else:
+            phase("redis and iperf3 throughput")
             run.throughput()
+            phase("CPU per GiB")
             run.cpu_per_gib()
+            phase("small requests beside bulk")
             run.fairness()
             if chain.name in HOLD_CHAINS:
+                phase(f"{settings.conns:,} held connections")
                 run.many_connections()
         _ambassador_log_notes(chain, started, run.sample)
         return run.sample

@@ -95,10 +95,15 @@ def test_each_plain_count_is_exported_under_its_documented_name() -> None:
     )
     assert abs(created.value - time.time()) < 60
 
-    assert service_stats("server", "unit-doc") == {
+    row = service_stats("server", "unit-doc")
+    latest = row.pop("last_error_at")
+    assert row == {
         "service": "unit-doc", "open_streams": 1, "streams_total": 3,
         "bytes_in": 7, "bytes_out": 100, "refused": 3,
+        "refusals": {"backend_refused": 2, "backend_timeout": 1},
+        "last_error": "backend_timeout",
     }  # fmt: skip
+    assert abs(latest - time.time()) < 60
 
 
 def test_every_documented_series_is_on_metrics_with_its_type() -> None:

@@ -74,7 +74,7 @@ def test_status_is_served_to_loopback_only(
     code, body = get(server, f"http://127.0.0.1:{metrics}/status")
     assert code == 200 and BACKEND in body, body  # the host still sees everything
 
-    for path in ("/status", "/", "/index.html"):
+    for path in ("/status", "/status/history", "/", "/index.html"):
         code, body = get(server, f"http://{OUTSIDE}:{metrics}{path}")
         assert code == 403, (path, code, body)
         assert BACKEND not in body and "secret" not in body, body

@@ -8,17 +8,22 @@ it shares the role's event loop and reads the role's live state without locks:
     /readyz    200 when the role can serve (client: tunnel up, catalog received and every
                exposed service in it; server: listening), 503 otherwise, saying why when the
                role knows
-    /status    the role's state as JSON (what ``ambassador-* status`` prints)
-    /          the same facts as a small HTML page
+    /status    the role's state as JSON (what ``ambassador-* status`` prints), each session
+               and service with its rate in and out
+    /status/history
+               the last minutes sampled (:mod:`tunnel.operations.history`), for the charts
+    /          a live page of the same facts: it fetches /status and /status/history each
+               second and redraws its tables and charts in place
 
 With helper processes (``--workers``), /metrics and /status first ask each helper for its own
 (:mod:`tunnel.operations.workers`) and serve everything merged, each series labelled with its
 worker.
 
-/status and the page name backends, client addresses and identities, with no authentication, so
-they are served only to loopback peers: a port bound beyond loopback (the kubelet's probes need
-``0.0.0.0`` in a pod) answers others /healthz, /readyz and /metrics only, and 403 for the rest.
-On the host, ``ambassador-* status`` (or ``kubectl port-forward``) still shows everything.
+/status, its history and the page name backends, client addresses and identities, with no
+authentication, so they are served only to loopback peers: a port bound beyond loopback (the
+kubelet's probes need ``0.0.0.0`` in a pod) answers others /healthz, /readyz and /metrics only,
+and 403 for the rest. On the host, ``ambassador-* status`` (or ``kubectl port-forward``) still
+shows everything.
 """
 
 from __future__ import annotations
@@ -28,20 +33,22 @@ import contextlib
 import ipaddress
 import json
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from tunnel.operations.history import SAMPLE_INTERVAL, History
 from tunnel.operations.metrics import REGISTRY
-from tunnel.operations.statusview import render_html
+from tunnel.operations.statuspage import render_html
 from tunnel.operations.workers.merge import MergedMetrics, merge_status
 from tunnel.operations.workers.pool import WorkerPool
 from tunnel.settings.wording import hostport
 
 log = logging.getLogger("ambassador.httpd")
 
-STATUS_PATHS = ("/status", "/", "/index.html")
+STATUS_PATHS = ("/status", "/status/history", "/", "/index.html")
 NOT_LOCAL = (
     b"the status names backends, client addresses and identities, so it is served to loopback "
     b"only; on the host run `ambassador-server status` (or `ambassador-client status`), or use "
@@ -75,14 +82,32 @@ class StatusServer:
         self._unready_reason = unready_reason
         self._server: asyncio.Server | None = None
         self.pool = pool  # helpers whose metrics and status are merged in
+        self.history = History()
+        self._sampler: asyncio.Task[None] | None = None
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
         self._server = await asyncio.start_server(self._handle, host, port)
         sockname = self._server.sockets[0].getsockname()
         log.info("metrics and status on http://%s/", hostport(host, sockname[1]))
+        self._sampler = asyncio.get_running_loop().create_task(self._sample())
         return sockname[0], sockname[1]
 
+    async def _sample(self) -> None:
+        """Feed the history once per interval, for as long as the endpoint is served."""
+        while True:
+            facts = self._status()
+            if self.pool is not None:
+                try:
+                    async with asyncio.timeout(SAMPLE_INTERVAL):
+                        facts = merge_status(facts, await self.pool.reports())
+                except TimeoutError:
+                    pass  # a helper too busy to answer: sample the main process alone
+            self.history.record(facts, time.monotonic())
+            await asyncio.sleep(SAMPLE_INTERVAL)
+
     async def stop(self) -> None:
+        if self._sampler is not None:
+            self._sampler.cancel()
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
@@ -105,7 +130,7 @@ class StatusServer:
         reports = None
         if (
             self.pool is not None
-            and path in ("/metrics", *STATUS_PATHS)
+            and path in ("/metrics", "/status", "/", "/index.html")
             and (local or path == "/metrics")
         ):
             reports = await self.pool.reports()
@@ -150,10 +175,15 @@ class StatusServer:
             why = self._unready_reason() if self._unready_reason is not None else ""
             text = f"not ready: {why}\n" if why else "not ready\n"
             return "503 Service Unavailable", "text/plain", text.encode()
+        if path == "/status/history":
+            body = json.dumps(self.history.series(time.monotonic())).encode()
+            return "200 OK", "application/json", body
         if path in STATUS_PATHS:
             facts = self._status()
             if reports is not None:
                 facts = merge_status(facts, reports)
+            facts = self.history.annotate(facts)
+            facts["time"] = time.time()  # the page tells the age of each error from it
             if path == "/status":
                 body = json.dumps(facts, indent=2, default=str).encode()
                 return "200 OK", "application/json", body

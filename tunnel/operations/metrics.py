@@ -41,6 +41,8 @@ class _Refusals(Collector):
     def __init__(self) -> None:
         self.counts: dict[tuple[str, str, str], int] = {}
         self.created: dict[tuple[str, str, str], float] = {}
+        # (role, service) -> the latest refusal's reason and wall-clock time, for /status
+        self.latest: dict[tuple[str, str], tuple[str, float]] = {}
 
     def collect(self) -> Iterator[Metric]:
         family = CounterMetricFamily(
@@ -61,10 +63,12 @@ def refused(role: str, service: str, reason: str) -> None:
     """Count one stream of ``service`` refused or failed in ``role``, for ``reason``."""
     key = (role, service, reason)
     counts = _REFUSALS.counts
+    now = time.time()
     if key not in counts:
-        _REFUSALS.created[key] = time.time()
+        _REFUSALS.created[key] = now
         counts[key] = 0
     counts[key] += 1
+    _REFUSALS.latest[(role, service)] = (reason, now)
 
 
 def refusals(role: str, service: str) -> int:
@@ -74,6 +78,20 @@ def refusals(role: str, service: str) -> int:
         for (owner, name, _), count in list(_REFUSALS.counts.items())
         if owner == role and name == service
     )
+
+
+def refusals_by_reason(role: str, service: str) -> dict[str, int]:
+    """Streams of ``service`` refused or failed in ``role``, by reason."""
+    return {
+        reason: count
+        for (owner, name, reason), count in list(_REFUSALS.counts.items())
+        if owner == role and name == service
+    }
+
+
+def latest_refusal(role: str, service: str) -> tuple[str, float] | None:
+    """The reason and wall-clock time (time.time()) of ``service``'s latest refusal."""
+    return _REFUSALS.latest.get((role, service))
 
 
 RELOAD_CLOSES = Counter(
@@ -103,6 +121,39 @@ CONNECTIONS_REJECTED = Counter(
 LIMIT_HITS = Counter(
     "ambassador_limit_hits", "Times a peer hit a limit, by limit", ["limit"], registry=REGISTRY
 )
+
+
+class _CertificateExpiry(Collector):
+    """``ambassador_certificate_expiry_days``: days until each certificate in use expires,
+    computed at each scrape from its expiry time, so that it falls day by day without a
+    reload. ``certificate`` is ``own`` (the server's served certificate, or the client's
+    own) or ``peer`` (the server's certificate as the client was last shown it)."""
+
+    def __init__(self) -> None:
+        self.not_after: dict[tuple[str, str], float] = {}
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(
+            "ambassador_certificate_expiry_days",
+            "Days until the certificate expires (negative once it has)",
+            labels=["role", "certificate"],
+        )
+        now = time.time()
+        for key, when in list(self.not_after.items()):
+            family.add_metric(key, round((when - now) / 86400, 3))
+        yield family
+
+
+_CERTIFICATES = _CertificateExpiry()
+REGISTRY.register(_CERTIFICATES)
+
+
+def certificate_expires(role: str, certificate: str, not_after: float | None) -> None:
+    """Export when ``role``'s ``certificate`` (own or peer) expires; None: it has none."""
+    if not_after is None:
+        _CERTIFICATES.not_after.pop((role, certificate), None)
+    else:
+        _CERTIFICATES.not_after[(role, certificate)] = not_after
 
 
 class ServiceMeters:

@@ -1,15 +1,17 @@
 """Rendering a role's status (a plain dict, as served on /status) for people.
 
-Pure functions: the same facts become a text table for ``ambassador-* status`` and a small HTML
-page for the status endpoint. The dict has ``role``, ``name``, ``uptime``, a list of ``remotes``
-(client) or ``sessions`` (server) and a list of ``services``; with helper processes also
-``workers``, and each session or remote its ``worker``.
+Pure functions: the facts become the text tables of ``ambassador-* status`` and the view
+``status --watch`` redraws (the endpoint's page is :mod:`tunnel.operations.statuspage`). The
+dict has ``role``, ``name``, ``uptime``, a list of ``remotes`` (client) or ``sessions``
+(server) and a list of ``services``; with helper processes also ``workers``, and each session
+or remote its ``worker``.
 """
 
 from __future__ import annotations
 
-import html
 from typing import Any
+
+from tunnel.settings.wording import rate, size
 
 _SESSION_COLUMNS = ("peer", "state", "rtt_ms", "streams", "bytes_in", "bytes_out", "last_error")
 _SERVICE_COLUMNS = ("service", "open_streams", "streams_total", "bytes_in", "bytes_out", "refused")
@@ -60,33 +62,61 @@ def render_text(status: dict[str, Any], endpoint: str | None = None) -> str:
     return "\n".join(parts) + "\n"
 
 
-def _html_table(columns: tuple[str, ...], rows: list[list[str]], table_id: str) -> str:
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(v)}</td>" for v in row) + "</tr>" for row in rows
-    )
-    return f'<table id="{table_id}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+# ------------------------------------------------------------------ the watching view
+
+_WATCH_SESSION = ("peer", "state", "rtt_ms", "streams", "in/s", "out/s", "bytes_in", "bytes_out",
+                  "last_error")  # fmt: skip
+_WATCH_SERVICE = ("service", "open_streams", "streams_total", "in/s", "out/s", "bytes_in",
+                  "bytes_out", "refused")  # fmt: skip
 
 
-def render_html(status: dict[str, Any]) -> str:
-    title = html.escape(f"{status.get('role', '?')} {status.get('name', '')}".strip())
-    ready = "ready" if status.get("ready") else "not ready"
-    which = "Remotes" if status.get("role") == "ambassador-client" else "Sessions"
-    columns = _session_columns(status)
-    sessions = _html_table(columns, _rows(_sessions(status), columns), "sessions")
-    services = _html_table(
-        _SERVICE_COLUMNS, _rows(list(status.get("services") or []), _SERVICE_COLUMNS), "services"
-    )
-    return (
-        "<!doctype html><html><head><meta charset='utf-8'>"
-        f"<meta http-equiv='refresh' content='5'><title>{title}</title>"
-        "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
-        "td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left}"
-        ".ready{color:#070}.not{color:#a00}</style></head><body>"
-        f"<h1>{title}</h1>"
-        f"<p id='state' class='{'ready' if status.get('ready') else 'not'}'>{ready}, "
-        f"up {html.escape(_cell(status.get('uptime')))} s</p>"
-        f"<h2>{which}</h2>{sessions}<h2>Services</h2>{services}"
-        "<p><a href='/metrics'>metrics</a> · <a href='/status'>status JSON</a></p>"
-        "</body></html>"
-    )
+def _key(row: dict[str, Any]) -> str:
+    return str(row.get("peer", row.get("service", "")))
+
+
+def with_rates(
+    status: dict[str, Any], previous: dict[str, Any] | None, seconds: float
+) -> dict[str, Any]:
+    """``status`` with each session's and service's ``rate_in``/``rate_out`` (bytes a second)
+    over the ``seconds`` since ``previous`` (None: no rate yet). A row the previous status
+    lacks, or whose counts went down (the process restarted), has no rate."""
+    status = dict(status)
+    for which in ("remotes", "sessions", "services"):
+        before = {_key(row): row for row in (previous or {}).get(which) or []}
+        rows = []
+        for row in status.get(which) or []:
+            row, old = dict(row), before.get(_key(row))
+            for field in ("in", "out"):
+                count = f"bytes_{field}"
+                moved = None if old is None else row.get(count, 0) - old.get(count, 0)
+                good = moved is not None and moved >= 0 and seconds > 0
+                row[f"rate_{field}"] = moved / seconds if good and moved is not None else None
+            rows.append(row)
+        if which in status:
+            status[which] = rows
+    return status
+
+
+def _human(column: str, row: dict[str, Any]) -> str:
+    if column in ("in/s", "out/s"):
+        value = row.get("rate_" + column[:-2])
+        return "-" if value is None else rate(value)
+    if column in ("bytes_in", "bytes_out"):
+        return size(row.get(column) or 0)
+    return _cell(row.get(column))
+
+
+def render_watch(status: dict[str, Any], endpoint: str, interval: float, problem: str = "") -> str:
+    """The view ``status --watch`` redraws: the tables with rates and sizes in human units,
+    and, when the last read failed, why (the figures are then the last ones read)."""
+    head = render_text(status, endpoint).splitlines()[0]
+    lines = [head, f"every {interval:g}s; Ctrl-C to stop" + (f"; {problem}" if problem else "")]
+    which = "remotes" if status.get("role") == "ambassador-client" else "sessions"
+    session_columns = ("worker", *_WATCH_SESSION) if "workers" in status else _WATCH_SESSION
+    for title, columns, items in (
+        (which.upper(), session_columns, _sessions(status)),
+        ("SERVICES", _WATCH_SERVICE, list(status.get("services") or [])),
+    ):
+        rows = [[_human(column, item) for column in columns] for item in items]
+        lines += ["", title, _table(columns, rows)]
+    return "\n".join(lines) + "\n"

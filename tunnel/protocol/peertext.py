@@ -9,7 +9,7 @@ safe: at most ``limit`` characters of the original are kept (the rest is counted
 and every character that is not printable (control characters, line and paragraph separators,
 bidirectional overrides and other format characters, unassigned code points), and the backslash
 itself, is written as a Python escape, so the result is one line and says unambiguously what was
-sent. HTML pages escape the result again for markup (``tunnel.operations.statusview``).
+sent. HTML pages escape the result again for markup (``tunnel.operations.statuspage``).
 """
 
 from __future__ import annotations

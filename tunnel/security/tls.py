@@ -243,6 +243,31 @@ def days_left(cert_path: str) -> float | None:
     return remaining.total_seconds() / 86400
 
 
+def not_after(cert_path: str) -> float | None:
+    """When the PEM certificate at ``cert_path`` expires, as a POSIX time; None when it
+    cannot be read (the TLS context has refused it already)."""
+    from cryptography import x509
+
+    try:
+        with open(cert_path, "rb") as file:
+            cert = x509.load_pem_x509_certificate(file.read())
+    except (OSError, ValueError):
+        return None
+    return cert.not_valid_after_utc.timestamp()
+
+
+def not_after_der(der: bytes | None) -> float | None:
+    """When a DER certificate (a peer's, from the handshake) expires, as a POSIX time."""
+    from cryptography import x509
+
+    if not der:
+        return None
+    try:
+        return x509.load_der_x509_certificate(der).not_valid_after_utc.timestamp()
+    except ValueError:
+        return None
+
+
 EXPIRY_WARNING_DAYS = 30
 
 

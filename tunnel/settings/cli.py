@@ -74,7 +74,34 @@ DEFAULT_STATUS_ENDPOINT = "127.0.0.1:9700"
 
 
 def endpoint_option(f: F) -> F:
-    """The status command's options: where the running process serves its status."""
+    """The status command's options: where the running process serves its status, and how
+    to show it (tables or JSON, once or redrawn)."""
+    f = click.option(
+        "--count",
+        type=click.IntRange(1),
+        default=None,
+        metavar="N",
+        help="With --watch: stop after N refreshes [default: at Ctrl-C].",
+    )(f)
+    f = click.option(
+        "--interval",
+        type=click.FloatRange(0.2, 3600),
+        default=2.0,
+        show_default=True,
+        metavar="SECONDS",
+        help="With --watch: seconds between refreshes.",
+    )(f)
+    f = click.option(
+        "--watch",
+        is_flag=True,
+        help="Redraw the status every --interval, as top does, with rates in and out.",
+    )(f)
+    f = click.option(
+        "--json",
+        "as_json",
+        is_flag=True,
+        help="Print /status as JSON, for scripts (with --watch: one object a line).",
+    )(f)
     f = click.option(
         "--config",
         "status_config",

@@ -34,3 +34,20 @@ def unreadable(path: object, exc: OSError, what: str = "") -> ConfigError:
         text = exc.strerror or str(exc)
         why = text[:1].lower() + text[1:]
     return ConfigError(f"cannot read {what + ' ' if what else ''}{path}: {why}")
+
+
+_UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
+
+
+def size(n: float) -> str:
+    """A byte count as people read it: ``0 B``, ``512 B``, ``1.5 KiB``, ``12.0 MiB``."""
+    value, unit = float(n), 0
+    while abs(value) >= 1024 and unit < len(_UNITS) - 1:
+        value /= 1024
+        unit += 1
+    return f"{int(value)} B" if unit == 0 else f"{value:.1f} {_UNITS[unit]}"
+
+
+def rate(bytes_per_second: float) -> str:
+    """A throughput as people read it: ``1.5 MiB/s``."""
+    return size(bytes_per_second) + "/s"

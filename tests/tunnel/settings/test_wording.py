@@ -15,7 +15,7 @@ from tunnel.security.pemfiles import read_file
 from tunnel.security.trust import load_crl, load_trust
 from tunnel.settings.config import load_config_file
 from tunnel.settings.links import Address
-from tunnel.settings.wording import counted, hostport
+from tunnel.settings.wording import counted, hostport, rate, size
 
 
 @pytest.mark.parametrize(
@@ -65,3 +65,12 @@ def test_every_file_a_user_names_is_unreadable_in_the_same_words(tmp_path: Path,
         with pytest.raises(ConfigError) as raised:
             read(path)
         assert str(raised.value) == f"cannot read {what}{path}: {why}"
+
+
+@pytest.mark.parametrize(
+    ("n", "expected"),
+    [(0, "0 B"), (1023, "1023 B"), (1024, "1.0 KiB"), (1536, "1.5 KiB"), (5 * 2**30, "5.0 GiB")],
+)
+def test_sizes_are_written_in_binary_units(n: int, expected: str) -> None:
+    assert size(n) == expected
+    assert rate(n) == expected + "/s"

@@ -51,9 +51,23 @@ def merge_status(main: dict[str, Any], reports: list[tuple[int, dict[str, Any]]]
                 if row["service"] == extra["service"] or row["service"].startswith(
                     extra["service"] + " "
                 ):
-                    for name, value in extra.items():
-                        if name != "service" and isinstance(value, int | float):
-                            row[name] = row.get(name, 0) + value
+                    merge_service(row, extra)
                     break
     merged["services"] = services
     return merged
+
+
+def merge_service(row: dict[str, Any], extra: dict[str, Any]) -> None:
+    """Add one worker's counts of a service to ``row``: counts summed (by reason too), the
+    latest error the one most recently seen by any worker."""
+    if (extra.get("last_error_at") or 0) > (row.get("last_error_at") or 0):
+        row["last_error"], row["last_error_at"] = extra["last_error"], extra["last_error_at"]
+    for name, value in extra.items():
+        if name in ("service", "last_error", "last_error_at"):
+            continue
+        if isinstance(value, int | float):
+            row[name] = row.get(name, 0) + value
+        elif isinstance(value, dict):
+            into = row.setdefault(name, {})
+            for key, count in value.items():
+                into[key] = into.get(key, 0) + count

@@ -32,6 +32,10 @@ DYNAMIC = {
     "server/cli.py": [("tunnel/security/access.py", "unmatched")],
     "client/cli.py": [("tunnel/security/auth.py", "load_tokens")],
     "client/listeners.py": [("tunnel/operations/oserrors.py", "listen_error")],
+    "client/udp_expose.py": [
+        ("client/listeners.py", "other_transport"),
+        ("tunnel/operations/oserrors.py", "listen_error"),
+    ],
     # The log budget and the throttle themselves: their callers are read as calls.
     "tunnel/operations/loglimit.py": [],
     "tunnel/operations/logonce.py": [],

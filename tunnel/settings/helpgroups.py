@@ -41,6 +41,10 @@ OPTION_GROUPS: Mapping[str, str] = {
     "backoff_max": TUNNEL,
     "keepalive_interval": TUNNEL,
     "keepalive_timeout": TUNNEL,
+    "proxy": TUNNEL,
+    "proxy_credentials_file": TUNNEL,
+    "proxy_from_env": TUNNEL,
+    "accept_proxy_protocol": TUNNEL,
     "workers": TUNNEL,
     "drain_timeout": TUNNEL,
     # what is offered or exposed, and where
@@ -53,6 +57,9 @@ OPTION_GROUPS: Mapping[str, str] = {
     "dial_timeout": SERVICES,
     "forward": SERVICES,
     "forward_bind": SERVICES,
+    "proxy_protocol": SERVICES,
+    "udp_idle_timeout": SERVICES,
+    "udp_max_flows": LIMITS,
     # encryption and whose certificate is trusted
     "tls": TLS,
     "tls_cert": TLS,
@@ -64,6 +71,8 @@ OPTION_GROUPS: Mapping[str, str] = {
     # who may reach what
     "access": ACCESS,
     "token_file": ACCESS,
+    "allow_from": ACCESS,
+    "expose_allow": ACCESS,
     # bounds on what a peer may cost
     "max_pending_dials": LIMITS,
     "max_unauthenticated": LIMITS,

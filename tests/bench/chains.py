@@ -38,6 +38,10 @@ class Ports:
         return self.base + 201
 
     @property
+    def pg(self) -> int:
+        return self.base + 432
+
+    @property
     def c_redis(self) -> int:  # where the consumer connects (client half)
         return self.base + 1379
 
@@ -46,12 +50,20 @@ class Ports:
         return self.base + 1201
 
     @property
+    def c_pg(self) -> int:
+        return self.base + 1432
+
+    @property
     def s_redis(self) -> int:  # server halves of per-service pairs
         return self.base + 2379
 
     @property
     def s_iperf(self) -> int:
         return self.base + 2201
+
+    @property
+    def s_pg(self) -> int:
+        return self.base + 2432
 
     @property
     def tunnel(self) -> int:  # ambassador-server
@@ -72,8 +84,10 @@ class Ports:
         return [
             self.c_redis,
             self.c_iperf,
+            self.c_pg,
             self.s_redis,
             self.s_iperf,
+            self.s_pg,
             self.tunnel,
             self.ssh,
             self.asyncssh,
@@ -88,6 +102,7 @@ class Setup:
     amb_bin: Path  # folder of ambassador-server and ambassador-client
     max_streams: int
     hop: Callable[[int], int] = lambda port: port
+    pg: bool = False  # PostgreSQL runs as a backend (the pgbench columns)
 
 
 class Chain:
@@ -102,10 +117,14 @@ class Chain:
 
     def tunnel_ports(self, ports: Ports) -> list[int]:
         """The server-half ports the link crosses to: where a delay proxy goes."""
-        return [ports.s_redis, ports.s_iperf]
+        return [ports.s_redis, ports.s_iperf, ports.s_pg]
 
     def consumer_ports(self, setup: Setup) -> tuple[int, int]:
         return setup.ports.c_redis, setup.ports.c_iperf
+
+    def pg_port(self, setup: Setup) -> int:
+        """Where the consumer reaches PostgreSQL (pgbench) through the chain."""
+        return setup.ports.c_pg
 
     def start(self, setup: Setup) -> list[Proc]:
         raise NotImplementedError
@@ -165,10 +184,13 @@ class Direct(Chain):
     name, label, anchor = "direct", "direct (no chain)", False
 
     def tunnel_ports(self, ports: Ports) -> list[int]:
-        return [ports.redis, ports.iperf]
+        return [ports.redis, ports.iperf, ports.pg]
 
     def consumer_ports(self, setup: Setup) -> tuple[int, int]:
         return setup.hop(setup.ports.redis), setup.hop(setup.ports.iperf)
+
+    def pg_port(self, setup: Setup) -> int:
+        return setup.hop(setup.ports.pg)
 
     def start(self, setup: Setup) -> list[Proc]:
         return []
@@ -185,6 +207,7 @@ class Socat(Chain):
         for backend, server_half, consumer in (
             (p.redis, p.s_redis, p.c_redis),
             (p.iperf, p.s_iperf, p.c_iperf),
+            (p.pg, p.s_pg, p.c_pg),
         ):
             far = setup.procs.start(
                 f"socat-server-{server_half}",
@@ -219,6 +242,7 @@ class Stunnel(Chain):
         services = {
             "redis": (p.redis, p.s_redis, p.c_redis),
             "iperf": (p.iperf, p.s_iperf, p.c_iperf),
+            "pg": (p.pg, p.s_pg, p.c_pg),
         }
         server_conf = ["foreground = yes", "pid ="]
         client_conf = ["foreground = yes", "pid =", "client = yes"]
@@ -242,7 +266,7 @@ class Stunnel(Chain):
         far = setup.procs.start(
             "stunnel-server", ["stunnel", str(setup.work / "stunnel-server.conf")]
         )
-        for port in (p.s_redis, p.s_iperf):
+        for port in (p.s_redis, p.s_iperf, p.s_pg):
             setup.procs.wait_port(port, far)
         near = setup.procs.start(
             "stunnel-client", ["stunnel", str(setup.work / "stunnel-client.conf")]
@@ -316,6 +340,8 @@ class Ssh(Chain):
                 f"127.0.0.1:{p.c_redis}:127.0.0.1:{p.redis}",
                 "-L",
                 f"127.0.0.1:{p.c_iperf}:127.0.0.1:{p.iperf}",
+                "-L",
+                f"127.0.0.1:{p.c_pg}:127.0.0.1:{p.pg}",
                 f"{getpass.getuser()}@127.0.0.1",
             ],
         )
@@ -336,6 +362,7 @@ class Spiped(Chain):
         for backend, server_half, consumer in (
             (p.redis, p.s_redis, p.c_redis),
             (p.iperf, p.s_iperf, p.c_iperf),
+            (p.pg, p.s_pg, p.c_pg),
         ):
             far = setup.procs.start(
                 f"spiped-d-{server_half}",
@@ -393,6 +420,7 @@ class Haproxy(Chain):
         for name, backend, server_half, consumer in (
             ("redis", p.redis, p.s_redis, p.c_redis),
             ("iperf", p.iperf, p.s_iperf, p.c_iperf),
+            ("pg", p.pg, p.s_pg, p.c_pg),
         ):
             lines += [
                 f"listen server-{name}",
@@ -447,6 +475,7 @@ class AsyncSsh(Chain):
                 str(client_key),
                 f"{p.c_redis}=127.0.0.1:{p.redis}",
                 f"{p.c_iperf}=127.0.0.1:{p.iperf}",
+                f"{p.c_pg}=127.0.0.1:{p.pg}",
             ],
         )
         return self._wait_consumer(setup, [far, near])
@@ -484,6 +513,8 @@ class Ambassador(Chain):
                 f"redis=127.0.0.1:{p.redis}",
                 "--link",
                 f"iperf=127.0.0.1:{p.iperf}",
+                "--link",
+                f"pg=127.0.0.1:{p.pg}",
                 *limit,
                 *self.server_flags(setup),
             ],
@@ -499,6 +530,8 @@ class Ambassador(Chain):
                 f"127.0.0.1:{p.c_redis}=redis",
                 "--expose",
                 f"127.0.0.1:{p.c_iperf}=iperf",
+                "--expose",
+                f"127.0.0.1:{p.c_pg}=pg",
                 *limit,
                 *self.client_flags(setup),
             ],

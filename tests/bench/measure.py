@@ -26,6 +26,13 @@ GIB = 1024**3
 T = TypeVar("T")
 
 
+# pgbench runs (select-only): one client, eight, and eight with a new connection each transaction.
+PGBENCH_RUNS = {
+    "pg1_tps": ["-S", "-c", "1"],
+    "pg8_tps": ["-S", "-c", "8", "-j", "2"],
+    "pgC_tps": ["-S", "-C", "-c", "8", "-j", "2"],
+}
+
 PACED_RATE = "1G"  # iperf3 -b of the paced transfer beside a PING series (step 6)
 
 
@@ -40,6 +47,7 @@ class Settings:
     paced_hold: bool = False  # each held connection PINGs once as it opens (see load.hold)
     wan_samples: int = 20
     wan_iperf_seconds: float = 3.0
+    pgbench_seconds: float = 5.0
 
     @classmethod
     def quick(cls) -> Settings:
@@ -52,6 +60,7 @@ class Settings:
             series_seconds=1.0,
             wan_samples=8,
             wan_iperf_seconds=2.0,
+            pgbench_seconds=2.0,
         )
 
 
@@ -95,6 +104,22 @@ def redis_benchmark(port: int, args: list[str], timeout: float) -> dict[str, flo
         "p50": float(row["p50_latency_ms"]),
         "p99": float(row["p99_latency_ms"]),
     }
+
+
+def pgbench(port: int, args: list[str], timeout: float) -> float:
+    """Transactions per second of one pgbench run against 127.0.0.1:``port``."""
+    argv = ["pgbench", "-n", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", *args]
+    try:
+        result = subprocess.run(
+            [*argv, "postgres"], capture_output=True, text=True, timeout=timeout
+        )
+    except subprocess.TimeoutExpired:
+        raise StepFailed(f"pgbench did not finish within {timeout:g}s") from None
+    for line in result.stdout.splitlines():
+        if line.startswith("tps = "):
+            return float(line.split()[2])
+    why = result.stderr.strip() or result.stdout.strip() or f"status {result.returncode}"
+    raise StepFailed(f"pgbench: {why.splitlines()[-1][:200]}")
 
 
 def iperf3(
@@ -184,11 +209,17 @@ class ChainRun:
     """Runs the steps against one started chain and collects a Sample."""
 
     def __init__(
-        self, procs: list[Proc], redis_port: int, iperf_port: int, settings: Settings
+        self,
+        procs: list[Proc],
+        redis_port: int,
+        iperf_port: int,
+        settings: Settings,
+        pg_port: int | None = None,
     ) -> None:
         self.procs = procs
         self.redis = redis_port
         self.iperf = iperf_port
+        self.pg = pg_port  # None: no PostgreSQL in this run
         self.s = settings
         self.sample = Sample()
         self.dead: str | None = None
@@ -252,8 +283,17 @@ class ChainRun:
             return figures
 
         self.step(["set_rps", "set_cpu_us"], new_connections)
+        if self.pg is not None:
+            seconds = s.pgbench_seconds
+            for key, args in PGBENCH_RUNS.items():
+                argv = [*args, "-T", f"{seconds:g}"]
+                self.step([key], functools.partial(self._pgbench, key, argv, seconds + 60))
         for streams in (1, 8):
             self.step([f"iperf{streams}_gbps"], functools.partial(self._streams, streams))
+
+    def _pgbench(self, key: str, args: list[str], timeout: float) -> dict[str, float]:
+        assert self.pg is not None
+        return {key: pgbench(self.pg, args, timeout)}
 
     def _streams(self, streams: int) -> dict[str, float]:
         seconds = self.s.iperf_seconds

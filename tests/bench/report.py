@@ -31,6 +31,11 @@ class Metric:
 METRICS = {
     m.key: m
     for m in (
+        Metric("pg1_tps", "pgbench -S tps, 1 client", True, main=True),
+        Metric("pg8_tps", "pgbench -S tps, 8 clients", True, main=True),
+        Metric("pgC_tps", "pgbench -S -C tps, 8 clients, new connection each", True, main=True),
+        Metric("idle_p50_ms", "idle PING p50 ms", False, 3, main=True),
+        Metric("idle_p99_ms", "idle PING p99 ms", False, 3, main=True),
         Metric("ping_rps", "PING rps, 50 clients", True, main=True),
         Metric("ping_p50_ms", "PING p50 ms", False, 3),
         Metric("ping_p99_ms", "PING p99 ms", False, 3, main=True),
@@ -40,8 +45,6 @@ METRICS = {
         Metric("iperf8_gbps", "iperf3 8 streams Gbit/s", True, 2, main=True),
         Metric("cpu_s_per_gib", "CPU s per GiB", False, 2, main=True),
         Metric("cpu_kernel_s_per_gib", "of which in the kernel", False, 2),
-        Metric("idle_p50_ms", "idle PING p50 ms", False, 3),
-        Metric("idle_p99_ms", "idle PING p99 ms", False, 3),
         Metric("bulk_p50_ms", "PING p50 ms during bulk", False, 3),
         Metric("bulk_p99_ms", "PING p99 ms during bulk", False, 3, main=True),
         Metric("bulk_gbps", "bulk Gbit/s meanwhile", True, 2),
@@ -66,11 +69,20 @@ METRICS = {
 TABLES = (
     (
         "Request rate, throughput and CPU",
+        "pgbench select-only against PostgreSQL (1 client, 8 clients, and 8 clients opening a "
+        "new connection for each transaction), the latency of one request at a time (a PING "
+        "series on one connection, nothing else running: the same series as the fairness "
+        "table's idle columns), "
         "redis-benchmark (PING inline, 50 clients; SET with a new connection per request, and "
         "the CPU time the chain's processes spent per connection meanwhile), iperf3 for 1 and 8 "
         "parallel streams (Gbit/s received), and CPU seconds the chain's processes spent per GiB "
         "of one iperf3 transfer of known size (and of them, the seconds spent in the kernel).",
         [
+            "pg1_tps",
+            "pg8_tps",
+            "pgC_tps",
+            "idle_p50_ms",
+            "idle_p99_ms",
             "ping_rps",
             "ping_p50_ms",
             "ping_p99_ms",
@@ -366,7 +378,7 @@ def plot(summary: Summary, path: Path) -> None:
     chains = [c for c in summary.chains if c not in summary.unavailable]
     if not keys or not chains:
         return
-    fig, ax = plt.subplots(figsize=(16, 7), dpi=110)
+    fig, ax = plt.subplots(figsize=(20, 7), dpi=110)
     width = 0.85 / len(chains)
     for index, chain in enumerate(chains):
         heights = []
@@ -406,6 +418,11 @@ def plot(summary: Summary, path: Path) -> None:
 
 def _short(key: str) -> str:
     return {
+        "pg1_tps": "pgbench -S\n1 client",
+        "pg8_tps": "pgbench -S\n8 clients",
+        "pgC_tps": "pgbench -S -C\n(new conn each)",
+        "idle_p50_ms": "one request:\np50 latency",
+        "idle_p99_ms": "one request:\np99 latency",
         "ping_rps": "PING rps\n(50 clients)",
         "ping_p99_ms": "PING p99\nlatency",
         "set_rps": "SET rps\n(new conn each)",

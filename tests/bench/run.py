@@ -30,7 +30,7 @@ from pathlib import Path
 
 from tests.progress import Progress
 
-from . import report
+from . import postgres, report
 from .chains import CHAINS, HOLD_CHAINS, Chain, Ports, Setup
 from .measure import ChainRun, Sample, Settings
 from .procs import Proc, Procs, StartError, listening, wait_ports_free
@@ -70,12 +70,21 @@ def main(argv: list[str] | None = None) -> int:
     orders: list[list[str]] = []
     load_before = _loadavg()
     started = time.monotonic()
+    pg_home: Path | None = None
     try:
         busy = [p for p in (ports.redis, ports.iperf, *ports.chain_ports()) if listening(p)]
         if busy:
             print(f"ports {busy} are in use: pick another --port-base", file=sys.stderr)
             return 2
         backends = _start_backends(procs, ports, settings)
+        if why := postgres.unavailable():
+            print(f"pgbench columns left out: {why}", flush=True)
+        else:
+            try:
+                _, pg_home = postgres.start(procs, ports.pg)
+                setup.pg = True
+            except (StartError, subprocess.SubprocessError, OSError) as exc:
+                print(f"pgbench columns left out: PostgreSQL did not start: {exc}", flush=True)
         for name in chains:
             if why := CHAINS[name].unavailable(setup):
                 unavailable[name] = why
@@ -112,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
         print("\ninterrupted: writing what was measured so far", file=sys.stderr)
     finally:
         procs.stop_all()
+        if pg_home is not None:
+            shutil.rmtree(pg_home, ignore_errors=True)
     elapsed = time.monotonic() - started
     summary = report.Summary.of(chains, samples, unavailable, rounds)
     machine = _machine(setup, load_before, _loadavg(), elapsed)
@@ -201,7 +212,8 @@ def _with_chain(
     try:
         time.sleep(0.3)  # let the client half finish its own connection set-up
         redis_port, iperf_port = chain.consumer_ports(setup)
-        run = ChainRun(started, redis_port, iperf_port, settings)
+        pg_port = chain.pg_port(setup) if setup.pg else None
+        run = ChainRun(started, redis_port, iperf_port, settings, pg_port)
         if long_link:
             phase("50 ms link: first byte and throughput")
             run.long_link()
@@ -227,7 +239,8 @@ def _with_chain(
 
 
 def _backends(setup: Setup) -> list[Proc]:
-    return [p for p in setup.procs.running if p.name in ("redis-server", "iperf3-server")]
+    names = ("redis-server", "iperf3-server", "postgres")
+    return [p for p in setup.procs.running if p.name in names]
 
 
 def _start_backends(procs: Procs, ports: Ports, settings: Settings) -> list[Proc]:
@@ -323,6 +336,8 @@ def _settings_text(settings: Settings, rounds: int, orders: list[list[str]], set
         f"Rounds: {rounds}; figures are medians over the rounds. Orders: "
         + "; ".join(f"{i + 1}: {', '.join(order)}" for i, order in enumerate(orders))
         + ".",
+        f"pgbench -S (select-only, scale 1) for {settings.pgbench_seconds:g} s each: -c 1; "
+        "-c 8 -j 2; -C -c 8 -j 2 (a new connection each transaction). "
         f"redis-benchmark: PING -n {settings.ping_requests:,} -c 50; SET -n "
         f"{settings.set_requests:,} -c 20 -k 0. iperf3: -t {settings.iperf_seconds:g}; CPU per "
         f"GiB over -n {settings.cpu_bytes / 2**20:,.0f} MiB. PING series: "

@@ -179,8 +179,10 @@ class TunnelConnection(asyncio.BufferedProtocol):
         return self.session.get_buffer()
 
     def buffer_updated(self, nbytes: int) -> None:
-        self._dispatch(self.session.buffer_updated(nbytes, clock()))
-        self._schedule_flush()
+        session = self.session
+        self._dispatch(session.buffer_updated(nbytes, clock()))
+        if session.has_output:  # an answer to send (an ACK, a ping's); data was written at once
+            self._schedule_flush()
         # Read budget: an event loop may read a busy socket many times in one turn (libuv
         # reads up to 32 times). Past READ_BUDGET bytes, yield the turn, so that a consumer's
         # small request is read (and its answer sent) between the chunks of a bulk transfer.
@@ -231,6 +233,23 @@ class TunnelConnection(asyncio.BufferedProtocol):
     def send(self, stream_id: int, data: bytes) -> bool:
         """Queue data on a stream; True means pause the producer until ``on_drained``."""
         session = self.session
+        transport = self._transport
+        if (
+            not self._flush_scheduled
+            and transport is not None
+            and not self._write_paused
+            and not transport.get_write_buffer_size()
+        ):
+            # Nothing written or queued yet this turn and the socket idle: a small message
+            # that nothing waits ahead of is written now, without waiting for the end of the
+            # turn. The flush scheduled after it makes later sends of the same turn queue and
+            # leave together, so a busy turn still costs one write.
+            frame = session.send_at_once(stream_id, data)
+            if frame is not None:
+                transport.write(frame)
+                self._flush_scheduled = True
+                self._loop.call_soon(self._flush)
+                return False
         was_full = session.full
         full = session.send_data(stream_id, data)
         if session.full and not was_full:
@@ -391,10 +410,12 @@ class TunnelConnection(asyncio.BufferedProtocol):
     def _flush(self) -> None:
         self._flush_scheduled = False
         self._turn_bytes = 0
+        session = self.session
+        if not session.has_output:
+            return  # the turn's messages went out at once (or there were none)
         transport = self._transport
         if transport is None or transport.is_closing():
             return
-        session = self.session
         while not self._write_paused:
             buffers = session.buffers_to_send()
             if not buffers:

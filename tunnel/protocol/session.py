@@ -550,6 +550,40 @@ class Session:
                 self.full = True
         return stream.paused or self.full
 
+    def send_at_once(self, stream_id: int, data: bytes | bytearray) -> bytes | None:
+        """The Data frame carrying ``data``, when it may leave ahead of everything queued.
+
+        For a driver whose socket is idle: with nothing queued anywhere (no control frame, no
+        stream waiting to send) and a stream that has nothing queued, window for all of it and
+        a message under ``GATHER_MIN`` bytes, the frame is accounted as sent and returned for the
+        driver to write now. A round trip then costs no queue, no gathering and no turn of the
+        driver's loop. None: queue it with :meth:`send_data` as usual.
+        """
+        if self._control or self._ready:
+            return None  # frames are waiting: this one goes after them
+        stream = self._streams.get(stream_id)
+        size = len(data)
+        if (
+            stream is None
+            or not stream.can_send
+            or stream.outbox.size
+            or stream.fin_queued
+            or stream.rst_queued
+            or not 0 < size < GATHER_MIN
+            or size > stream.send_window
+            or size > self.limits.max_frame_size
+        ):
+            return None
+        stream.send_window -= size
+        self._stats[3] += HEADER_SIZE + size
+        return _pack_header(0, _DATA, 0, stream_id, size) + data
+
+    @property
+    def has_output(self) -> bool:
+        """Something waits for the driver: frames for :meth:`buffers_to_send` (control frames,
+        or a stream that can send now), or events for :meth:`take_events`."""
+        return bool(self._control or self._ready or self._events)
+
     def end_stream(self, stream_id: int) -> None:
         """Half-close: a FIN follows the data already queued."""
         stream = self._streams.get(stream_id)

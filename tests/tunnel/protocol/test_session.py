@@ -2022,3 +2022,54 @@ def test_a_stream_frame_on_stream_zero_ends_the_session_saying_so(type_: FrameTy
 
 def test_a_session_made_without_a_time_starts_its_clock_at_zero() -> None:
     assert Session(Role.CLIENT).get_timer() == DEFAULT.keepalive_interval
+
+
+# ------------------------------------------------------------------ sending at once
+
+
+def test_send_at_once_gives_the_frame_of_a_lone_message(pair: Pair) -> None:
+    stream_id = open_established(pair)
+    client = pair.client.session
+    assert not client.has_output
+    frame = client.send_at_once(stream_id, b"PING\r\n")
+    assert frame is not None
+    assert frames_in(frame) == [Frame(DATA, Flags.NONE, stream_id, 6, b"PING\r\n")]
+    # Accounted as sent: nothing queued, the window used, the bytes counted.
+    assert not client.has_output and client.queued == 0
+    assert client.stats().bytes_sent == len(frame) + len(pair.client.sent)
+    assert pair.server.session.receive_data(frame, 0.0) == [DataReceived(stream_id, b"PING\r\n")]
+
+
+def test_send_at_once_leaves_a_message_to_the_queue_when_something_goes_first(
+    pair: Pair,
+) -> None:
+    client = pair.client.session
+    fresh = client.open_stream()  # its SYN is queued: data must not overtake it
+    assert client.has_output
+    assert client.send_at_once(fresh, b"x") is None
+    pair.flush()
+    stream_id, other = open_established(pair), open_established(pair)
+    client.send_data(stream_id, b"queued")  # the stream's own queue goes first
+    assert client.has_output
+    assert client.send_at_once(stream_id, b"after") is None
+    assert client.send_at_once(other, b"other") is None  # and every stream waits behind it
+    pair.flush()
+    assert pair.server.received(stream_id) == b"queued"
+    assert client.send_at_once(stream_id, b"big" * GATHER_MIN) is None  # bulk is gathered
+    client.end_stream(stream_id)
+    pair.flush()
+    assert client.send_at_once(stream_id, b"after FIN") is None
+    assert client.send_at_once(999, b"unknown stream") is None
+
+
+def test_send_at_once_never_exceeds_the_window(make_pair: Callable[..., Pair]) -> None:
+    pair = make_pair(auto_consume=False)
+    stream_id = open_established(pair)
+    client = pair.client.session
+    chunk = b"z" * (GATHER_MIN - 1)
+    sent = 0
+    while (frame := client.send_at_once(stream_id, chunk)) is not None:
+        sent += len(chunk)
+        pair.server.session.receive_data(frame, 0.0)
+    assert WINDOW - len(chunk) < sent <= WINDOW
+    assert not pair.server.session.has_output  # the peer took every frame: none over the window

@@ -1,0 +1,151 @@
+"""The tunnel connection over a real loopback socket: when its frames are written.
+
+A message that finds the socket idle and nothing queued is written at once, in the call that
+sent it; whatever else is sent in the same loop turn is gathered into one write at its end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any, cast
+
+import pytest
+
+from tunnel.aio.transport import TunnelConnection
+from tunnel.operations.runtime import loop_factory
+from tunnel.protocol.session import Role, Session
+
+LOOPS = {"asyncio": asyncio.new_event_loop, "uvloop": loop_factory() or asyncio.new_event_loop}
+
+
+class Collect:
+    """A stream handler that keeps what arrives."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.arrived = asyncio.Event()
+
+    def on_data(self, data: bytes | bytearray) -> None:
+        self.data += data
+        self.arrived.set()
+
+    def on_end(self) -> None:
+        pass
+
+    def on_reset(self, reason: str) -> None:
+        pass
+
+    def on_drained(self) -> None:
+        pass
+
+    async def wait_for(self, size: int) -> bytes:
+        while len(self.data) < size:
+            self.arrived.clear()
+            await asyncio.wait_for(self.arrived.wait(), 5)
+        return bytes(self.data)
+
+
+class CountingLayer(asyncio.BufferedProtocol):
+    """Sits between the socket's transport and the tunnel connection, as the TLS layer does,
+    and counts the tunnel's write calls."""
+
+    def __init__(self, inner: TunnelConnection) -> None:
+        self.inner = inner
+        self.writes = 0
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        self.inner.connection_made(cast(asyncio.Transport, self))
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.inner.get_buffer(sizehint)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.inner.buffer_updated(nbytes)
+
+    def eof_received(self) -> bool | None:
+        return self.inner.eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.inner.connection_lost(exc)
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.writes += 1
+        assert self.transport is not None
+        self.transport.write(data)
+
+    def writelines(self, chunks: list[bytes | bytearray | memoryview]) -> None:
+        self.writes += 1
+        assert self.transport is not None
+        self.transport.writelines(chunks)
+
+    def __getattr__(self, name: str) -> Any:  # the rest of the transport, as it is
+        return getattr(self.transport, name)
+
+
+async def connected(
+    streams: int,
+) -> tuple[TunnelConnection, CountingLayer, list[int], dict[int, Collect]]:
+    """A client tunnel connection to a server one, with ``streams`` streams open and accepted."""
+    loop = asyncio.get_running_loop()
+    handlers: dict[int, Collect] = {}
+
+    def accept(tunnel: TunnelConnection, stream_id: int) -> Collect:
+        handlers[stream_id] = Collect()
+        return handlers[stream_id]
+
+    server = await loop.create_server(
+        lambda: TunnelConnection(Session(Role.SERVER), accept), "127.0.0.1", 0
+    )
+    port = server.sockets[0].getsockname()[1]
+    client = TunnelConnection(Session(Role.CLIENT), lambda tunnel, stream_id: None)
+    layer = CountingLayer(client)
+    await loop.create_connection(lambda: layer, "127.0.0.1", port)
+    ids = [client.open_stream(Collect()) for _ in range(streams)]
+    for _ in range(500):  # until the server has every stream and the client its answers
+        if len(handlers) == streams and not client.session.has_output:
+            break
+        await asyncio.sleep(0.01)
+    await client.ping()  # every SYN answered: nothing is left queued on either side
+    return client, layer, ids, handlers
+
+
+@pytest.mark.parametrize("new_loop", LOOPS.values(), ids=LOOPS.keys())
+def test_a_lone_message_is_written_at_once(
+    new_loop: Callable[[], asyncio.AbstractEventLoop],
+) -> None:
+    async def scenario() -> None:
+        client, layer, (stream_id,), handlers = await connected(1)
+        before = layer.writes
+        assert client.send(stream_id, b"PING\r\n") is False
+        assert layer.writes == before + 1  # in the call itself, not at the end of the turn
+        assert await handlers[stream_id].wait_for(6) == b"PING\r\n"
+        client.close()
+
+    with asyncio.Runner(loop_factory=new_loop) as runner:
+        runner.run(asyncio.wait_for(scenario(), 30))
+
+
+@pytest.mark.parametrize("new_loop", LOOPS.values(), ids=LOOPS.keys())
+def test_messages_sent_in_one_turn_still_leave_in_one_gathered_write(
+    new_loop: Callable[[], asyncio.AbstractEventLoop],
+) -> None:
+    async def scenario() -> None:
+        client, layer, ids, handlers = await connected(4)
+        before = layer.writes
+        for round_ in range(25):  # 100 small messages in one turn, over 4 streams
+            for stream_id in ids:
+                client.send(stream_id, b"%d;" % round_)
+        await asyncio.sleep(0)  # the end of the turn
+        await asyncio.sleep(0)
+        # The first went out at once, the other 99 together: two writes, not a hundred.
+        assert layer.writes - before == 2
+        expected = b"".join(b"%d;" % round_ for round_ in range(25))
+        for stream_id in ids:
+            assert await handlers[stream_id].wait_for(len(expected)) == expected
+        client.close()
+
+    with asyncio.Runner(loop_factory=new_loop) as runner:
+        runner.run(asyncio.wait_for(scenario(), 30))

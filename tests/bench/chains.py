@@ -516,6 +516,9 @@ class Ambassador(Chain):
                 "--link",
                 f"pg=127.0.0.1:{p.pg}",
                 *limit,
+                # One client holds every connection: its identity's share must fit them too.
+                "--max-streams-per-identity",
+                str(setup.max_streams),
                 *self.server_flags(setup),
             ],
         )

@@ -342,7 +342,7 @@ def _settings_text(settings: Settings, rounds: int, orders: list[list[str]], set
         f"{settings.set_requests:,} -c 20 -k 0. iperf3: -t {settings.iperf_seconds:g}; CPU per "
         f"GiB over -n {settings.cpu_bytes / 2**20:,.0f} MiB. PING series: "
         f"{settings.series_seconds:g} s. Held connections: {settings.conns:,} (ambassador runs "
-        f"with --max-streams {setup.max_streams} so that they fit"
+        f"with --max-streams and --max-streams-per-identity {setup.max_streams} so that they fit"
         + ("; each PINGs once as it opens, at most 100 at once" if settings.paced_hold else "")
         + "). 50 ms link: "
         f"{settings.wan_samples} fresh connections, iperf3 -t {settings.wan_iperf_seconds:g}.",

@@ -251,7 +251,7 @@ def test_a_name_the_catalog_lacks_is_answered_and_logged_with_the_reason(
             ]
             assert refused_count("-", Reason.UNKNOWN_SERVICE) == before + 1
             assert backend_streams(server) == [], "the refused stream was kept"
-            assert server.streams_by_identity["anonymous"] == 0
+            assert (server.streams_by_identity["anonymous"], server.stream_count) == (0, 0)
 
     asyncio.run(asyncio.wait_for(scenario(), 10))
 
@@ -344,7 +344,7 @@ def test_a_stream_over_the_identity_limit_is_refused_and_not_counted(
                 f"(limit_exceeded): {text}"
             ]
             # Never counted, so never uncounted: the count stays at 0, not -1.
-            assert server.streams_by_identity["anonymous"] == 0
+            assert (server.streams_by_identity["anonymous"], server.stream_count) == (0, 0)
 
     asyncio.run(asyncio.wait_for(scenario(), 10))
 
@@ -447,11 +447,18 @@ def test_a_stream_is_counted_metered_and_credited_from_its_header_to_its_end() -
             tunnel.send(stream_id, b" again")
             await wait_for(lambda: end.data.endswith(b" again"), "the echo of ' again'")
             assert (meters.read - read, meters.written - written) == (11, 11)
+            second = StreamEnd()
+            second_id = tunnel.open_stream(second)
+            tunnel.send(second_id, StreamHeader("counted").encode())
+            await wait_for(lambda: second.data == CONNECTED, "the second stream's answer")
+            assert (meters.opened, meters.open_now) == (opened + 2, 2)
+            assert (server.streams_by_identity["anonymous"], server.stream_count) == (2, 2)
             tunnel.end(stream_id)
-            await wait_for(lambda: not backend_streams(server), "the end of the stream")
+            tunnel.end(second_id)
+            await wait_for(lambda: not backend_streams(server), "the end of the streams")
             assert end.reset is None, f"stream {stream_id} was reset: {end.reset}"
             assert meters.open_now == 0
-            assert server.streams_by_identity["anonymous"] == 0
+            assert (server.streams_by_identity["anonymous"], server.stream_count) == (0, 0)
         backend.close()
 
     asyncio.run(asyncio.wait_for(scenario(), 10))

@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import socket
 import struct
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -26,6 +27,7 @@ from tunnel.aio.relay import (
     LOCAL_LOW_WATER,
     Relay,
     abort_with_reset,
+    read_buffer,
 )
 from tunnel.aio.transport import READ_SIZE
 from tunnel.operations.metrics import ServiceMeters
@@ -520,16 +522,20 @@ def test_the_session_budget_pauses_and_resumes_reading_of_an_open_relay_only() -
     run(scenario())
 
 
-def test_held_bytes_that_fill_the_stream_pause_reading_and_others_do_not() -> None:
+@pytest.mark.parametrize("with_tunnel", [False, True], ids=["tunnel down", "stream not open"])
+def test_held_bytes_that_fill_the_stream_pause_reading_and_others_do_not(
+    with_tunnel: bool,
+) -> None:
     async def scenario() -> None:
         for full in (False, True):
             tunnel = Recorder()
             tunnel.stream_full = full
-            relay = relay_on(None, None)
+            relay = relay_on(tunnel if with_tunnel else None, None)
             transport, other = await connect(relay)
             with other:
                 other.sendall(b"held")
                 await until(lambda r=relay: r._unsent, "the bytes sent during the outage")
+                assert tunnel.calls == [], "bytes were sent before the stream existed"
                 assert not transport.is_reading(), "bytes without a stream did not pause reading"
                 transport.resume_reading()
                 relay.tunnel, relay.stream_id = tunnel, 7  # type: ignore[assignment]
@@ -539,6 +545,23 @@ def test_held_bytes_that_fill_the_stream_pause_reading_and_others_do_not() -> No
                 transport.close()
 
     run(scenario())
+
+
+def test_one_read_buffer_serves_every_relay_of_a_thread() -> None:
+    # Each read is copied out of it at once, so one per thread is enough, however many
+    # relays there are; a thread of its own, so that the buffer is made here.
+    buffers: list[memoryview] = []
+
+    def take() -> None:
+        buffers.extend((read_buffer(), Relay(None)._buffer))
+
+    for _ in range(2):
+        thread = threading.Thread(target=take)
+        thread.start()
+        thread.join()
+    first, same, other, _ = buffers
+    assert first is same and len(first) == READ_SIZE
+    assert other is not first, "threads share a read buffer"
 
 
 def test_stream_bytes_are_delivered_as_they_are_without_a_preamble_handler() -> None:

@@ -9,6 +9,8 @@ import asyncio
 import contextlib
 import hashlib
 import socket
+import struct
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -19,7 +21,16 @@ from client.config import ClientConfig
 from server.app import Server
 from server.config import ServerConfig
 from tests.bounded import drain, read_to_eof
-from tunnel.aio.relay import Relay
+from tunnel.aio.relay import (
+    CREDIT_BATCH,
+    LOCAL_HIGH_WATER,
+    LOCAL_LOW_WATER,
+    Relay,
+    abort_with_reset,
+    read_buffer,
+)
+from tunnel.aio.transport import READ_SIZE
+from tunnel.operations.metrics import ServiceMeters
 from tunnel.operations.runtime import loop_factory
 from tunnel.settings.links import Address, Catalog, ExposeSpec, parse_link
 
@@ -275,34 +286,392 @@ def test_half_close_sent_while_the_tunnel_is_down_reaches_the_backend(
 
 
 class Recorder:
-    """Stands in for the tunnel where only the calls a relay makes matter."""
+    """Stands in for the tunnel where only the calls a relay makes matter: what it sends, ends,
+    resets and credits; ``send_room`` and the flags are what the relay reads of the session."""
 
-    def __init__(self) -> None:
+    def __init__(self, send_room: int = 1 << 30, metered: bool = False) -> None:
         self.calls: list[tuple[object, ...]] = []
+        self.send_room = send_room
+        self.metered = metered
+        self.full = False  # the session's send budget
+        self.stream_full = False  # what send answers: pause this producer
 
     def send(self, stream_id: int, data: bytes) -> bool:
         self.calls.append(("send", stream_id, bytes(data)))
-        return False
+        return self.stream_full
 
     def end(self, stream_id: int) -> None:
         self.calls.append(("FIN", stream_id))
 
+    def reset(self, stream_id: int, after_data: bool = False) -> None:
+        self.calls.append(("RST", stream_id))
 
+    def consumed(self, stream_id: int, length: int) -> None:
+        self.calls.append(("credit", stream_id, length))
+
+    def sent(self) -> list[bytes]:
+        return [call[2] for call in self.calls if call[0] == "send"]  # type: ignore[misc]
+
+    def credited(self) -> int:
+        return sum(call[2] for call in self.calls if call[0] == "credit")  # type: ignore[misc]
+
+
+class Closing(Relay):
+    """A relay that keeps what its ``on_closed`` hook was given, each time it was called."""
+
+    def __init__(self, tunnel: Recorder | None) -> None:
+        super().__init__(tunnel)  # type: ignore[arg-type]
+        self.endings: list[BaseException | None] = []
+
+    @property
+    def ended(self) -> BaseException | None:
+        (exc,) = self.endings
+        return exc
+
+    def on_closed(self, exc: BaseException | None) -> None:
+        self.endings.append(exc)
+
+
+def relay_on(tunnel: Recorder | None, stream_id: int | None = 7) -> Closing:
+    relay = Closing(tunnel)
+    relay.stream_id = stream_id
+    relay.meters = ServiceMeters("client", "relay under test")  # its own counts, not shared
+    return relay
+
+
+async def connect(relay: Relay) -> tuple[asyncio.Transport, socket.socket]:
+    """``relay`` as the protocol of a real loopback connection: its transport, and the other
+    end's socket (non-blocking: read it with ``receive``)."""
+    loop = asyncio.get_running_loop()
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        listener.setblocking(False)
+        accepting = loop.create_task(loop.sock_accept(listener))
+        transport, _ = await loop.create_connection(lambda: relay, *listener.getsockname()[:2])
+        other, _ = await asyncio.wait_for(accepting, 5)
+    return transport, other  # type: ignore[return-value]
+
+
+async def receive(other: socket.socket, size: int) -> bytes:
+    """Exactly ``size`` bytes from ``other``, within 5 s."""
+    loop = asyncio.get_running_loop()
+    got = bytearray()
+    while len(got) < size:
+        data = await asyncio.wait_for(loop.sock_recv(other, size - len(got)), 5)
+        assert data, f"EOF after {len(got)} of {size} bytes"
+        got += data
+    return bytes(got)
+
+
+async def until(condition: Callable[[], object], what: str, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what} did not happen within {timeout:g}s")
+        await asyncio.sleep(0.002)
+
+
+def on_each_loop(scenario: Callable[[], Awaitable[None]]) -> Callable[..., None]:
+    """Run ``scenario`` once on asyncio's loop and once on uvloop's, which differ in how and
+    when they read."""
+
+    @pytest.mark.parametrize("new_loop", LOOPS.values(), ids=LOOPS.keys())
+    def test(new_loop: Callable[[], asyncio.AbstractEventLoop]) -> None:
+        with asyncio.Runner(loop_factory=new_loop) as runner:
+            runner.run(asyncio.wait_for(scenario(), 10))  # type: ignore[arg-type]
+
+    test.__name__ = scenario.__name__
+    test.__doc__ = scenario.__doc__
+    return test
+
+
+@pytest.mark.parametrize("with_tunnel", [False, True], ids=["tunnel down", "stream not open"])
 @pytest.mark.parametrize("held", [[], [b"GET / HTTP/1.0\r\n\r\n"]], ids=["nothing", "request"])
 def test_eof_taken_before_the_stream_existed_is_sent_after_what_was_held(
-    held: list[bytes],
+    held: list[bytes], with_tunnel: bool
 ) -> None:
     # Whether a loop hands over the EOF of a paused socket (uvloop does, for a connection that
     # sent nothing else) or only after reading resumes (asyncio) is the loop's business: once
     # taken, the EOF must reach the stream, after the bytes held with it. End to end above
     # uvloop also delivers the EOF again on resume, which hides a lost one: hence this check.
-    relay = Relay(None)
+    # The tunnel may be up with the stream not open yet (a session going away): no FIN then.
+    tunnel = Recorder()
+    relay = relay_on(tunnel if with_tunnel else None, None)
     for data in held:
         relay.data_received(data)
     relay.eof_received()
-    tunnel = Recorder()
+    assert tunnel.calls == [], "stream bytes or a FIN were sent before the stream existed"
     relay.tunnel, relay.stream_id = tunnel, 7  # type: ignore[assignment]
     relay.send_held()
     assert tunnel.calls == [*(("send", 7, data) for data in held), ("FIN", 7)], (
         "stream 7: the consumer's EOF, taken while the tunnel was down, was not sent as a FIN"
     )
+
+
+@pytest.mark.parametrize(
+    ("send_room", "read"),
+    [
+        (None, READ_SIZE),  # no tunnel: whatever comes
+        (2 * READ_SIZE, READ_SIZE),
+        (2 * READ_SIZE - 1, READ_SIZE - 1),
+        (3, 1),
+        (1, 1),
+        (0, 1),  # full: the one read uvloop makes of a new connection costs a byte
+    ],
+)
+def test_a_read_takes_at_most_half_of_the_session_send_room(
+    send_room: int | None, read: int
+) -> None:
+    tunnel = None if send_room is None else Recorder(send_room)
+    assert len(relay_on(tunnel).get_buffer(-1)) == read
+
+
+async def test_a_connection_made_while_reads_are_metered_is_read_in_sized_pieces() -> None:
+    tunnel = Recorder(send_room=6, metered=True)
+    relay = relay_on(tunnel)
+    transport, other = await connect(relay)
+    with other:
+        assert transport.get_write_buffer_limits() == (LOCAL_LOW_WATER, LOCAL_HIGH_WATER)
+        other.sendall(b"abcdefgh")
+        await until(lambda: b"".join(tunnel.sent()) == b"abcdefgh", "8 bytes read")
+        assert tunnel.sent() == [b"abc", b"def", b"gh"], "reads were not sized by the send room"
+        assert relay.meters.read == 8
+        # A reset and an EOF reach the relay through its metered side as well.
+        other.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    await until(lambda: relay.closed, "the consumer's reset")
+    assert isinstance(relay.ended, ConnectionResetError), relay.ended
+    assert tunnel.calls[-1] == ("RST", 7)
+    relay = relay_on(tunnel)
+    _, other = await connect(relay)
+    with other:
+        other.shutdown(socket.SHUT_WR)
+        await until(lambda: relay.local_eof, "the consumer's EOF")
+        assert tunnel.calls[-1] == ("FIN", 7)
+
+
+test_a_connection_made_while_reads_are_metered_is_read_in_sized_pieces = on_each_loop(
+    test_a_connection_made_while_reads_are_metered_is_read_in_sized_pieces  # type: ignore[arg-type]
+)
+
+
+async def test_metering_is_switched_on_and_off_without_changing_whether_the_socket_is_read() -> (
+    None
+):
+    tunnel = Recorder(send_room=6)
+    relay = relay_on(tunnel)
+    transport, other = await connect(relay)
+    with other:
+
+        async def read_of(data: bytes) -> list[bytes]:
+            tunnel.calls.clear()
+            other.sendall(data)
+            await until(lambda: b"".join(tunnel.sent()) == data, f"{len(data)} bytes read")
+            return tunnel.sent()
+
+        assert await read_of(b"abcdefgh") == [b"abcdefgh"]
+        relay.meter(True)
+        relay.meter(True)  # twice: no change
+        assert transport.is_reading()
+        assert await read_of(b"abcdefgh") == [b"abc", b"def", b"gh"]
+        relay.meter(False)
+        assert await read_of(b"abcdefgh") == [b"abcdefgh"]
+        # Paused (the stream is full) stays paused across the switch.
+        transport.pause_reading()
+        relay.meter(True)
+        assert not transport.is_reading(), "switching the protocol resumed a paused socket"
+        transport.resume_reading()
+        assert await read_of(b"abcd") == [b"abc", b"d"]
+        transport.pause_reading()
+        relay.meter(False)
+        assert not transport.is_reading(), "switching the protocol resumed a paused socket"
+    # Nothing to switch before the socket is connected, or once it is gone.
+    unconnected = relay_on(tunnel)
+    unconnected.meter(True)
+    assert unconnected.get_buffer(-1) is not None
+    relay.connection_lost(None)
+    relay.meter(True)
+    assert transport.get_protocol() is relay
+
+
+test_metering_is_switched_on_and_off_without_changing_whether_the_socket_is_read = on_each_loop(
+    test_metering_is_switched_on_and_off_without_changing_whether_the_socket_is_read  # type: ignore[arg-type]
+)
+
+
+def test_a_relay_not_connected_yet_takes_full_and_drained_as_nothing_to_do() -> None:
+    # A server stream still dialing its backend is told about the session's send budget
+    # like every other producer.
+    relay = relay_on(Recorder())
+    relay.on_full()
+    relay.on_drained()
+    relay.resume_writing()
+
+
+def test_the_session_budget_pauses_and_resumes_reading_of_an_open_relay_only() -> None:
+    async def scenario() -> None:
+        relay = relay_on(Recorder())
+        transport, other = await connect(relay)
+        with other:
+            relay.on_full()
+            assert not transport.is_reading()
+            relay.on_drained()
+            assert transport.is_reading()
+            relay.on_reset("reset by the peer")
+            relay.on_drained()  # the transport is gone: no read is resumed on it
+            relay.on_full()
+
+    run(scenario())
+
+
+@pytest.mark.parametrize("with_tunnel", [False, True], ids=["tunnel down", "stream not open"])
+def test_held_bytes_that_fill_the_stream_pause_reading_and_others_do_not(
+    with_tunnel: bool,
+) -> None:
+    async def scenario() -> None:
+        for full in (False, True):
+            tunnel = Recorder()
+            tunnel.stream_full = full
+            relay = relay_on(tunnel if with_tunnel else None, None)
+            transport, other = await connect(relay)
+            with other:
+                other.sendall(b"held")
+                await until(lambda r=relay: r._unsent, "the bytes sent during the outage")
+                assert tunnel.calls == [], "bytes were sent before the stream existed"
+                assert not transport.is_reading(), "bytes without a stream did not pause reading"
+                transport.resume_reading()
+                relay.tunnel, relay.stream_id = tunnel, 7  # type: ignore[assignment]
+                relay.send_held()
+                assert tunnel.calls == [("send", 7, b"held")]
+                assert transport.is_reading() is not full, f"stream full: {full}"
+                transport.close()
+
+    run(scenario())
+
+
+def test_one_read_buffer_serves_every_relay_of_a_thread() -> None:
+    # Each read is copied out of it at once, so one per thread is enough, however many
+    # relays there are; a thread of its own, so that the buffer is made here.
+    buffers: list[memoryview] = []
+
+    def take() -> None:
+        buffers.extend((read_buffer(), Relay(None)._buffer))
+
+    for _ in range(2):
+        thread = threading.Thread(target=take)
+        thread.start()
+        thread.join()
+    first, same, other, _ = buffers
+    assert first is same and len(first) == READ_SIZE
+    assert other is not first, "threads share a read buffer"
+
+
+def test_stream_bytes_are_delivered_as_they_are_without_a_preamble_handler() -> None:
+    async def scenario() -> None:
+        relay = relay_on(Recorder())
+        relay.preamble = True  # a subclass would strip its preamble here
+        relay.on_data(b"before the socket, ")
+        transport, other = await connect(relay)
+        with other:
+            relay.on_data(b"after")
+            assert await receive(other, 24) == b"before the socket, after"
+            transport.close()
+
+    run(scenario())
+
+
+def test_a_stream_reset_closes_the_relay_with_the_peer_reason() -> None:
+    # The client names it in its "connection to 'svc' reset: ..." line.
+    relay = relay_on(Recorder())
+    relay.on_reset("stream reset by the peer")
+    assert isinstance(relay.ended, ConnectionResetError)
+    assert str(relay.ended) == "stream reset by the peer"
+
+
+def test_resetting_a_connection_that_is_already_closed_is_not_an_error() -> None:
+    async def scenario() -> None:
+        relay = relay_on(Recorder())
+        transport, other = await connect(relay)
+        with other:
+            transport.abort()
+            await until(lambda: relay.closed, "the connection's loss")
+            abort_with_reset(transport)
+
+    run(scenario())
+
+
+def test_stream_bytes_are_credited_once_the_socket_has_taken_them() -> None:
+    # Credit is what left the relay for the socket: what is still in the transport's buffer
+    # is not credited, what the consumer then reads is, once the buffer is down to its low
+    # mark; a batch is credited as soon as it is complete.
+    async def scenario() -> None:
+        tunnel = Recorder()
+        relay = relay_on(tunnel)
+        transport, other = await connect(relay)
+        with other:
+            relay.deliver(b"x")
+            assert await receive(other, 1) == b"x"
+            assert tunnel.credited() == 0
+            relay.resume_writing()  # the transport's buffer is down to its low mark
+            assert tunnel.credited() == 1, "resume_writing did not credit what left the relay"
+            tunnel.calls.clear()
+            relay.deliver(b"x" * (CREDIT_BATCH - 1))
+            await asyncio.sleep(0)
+            assert tunnel.credited() == 0
+            relay.deliver(b"x")
+            assert tunnel.credited() == CREDIT_BATCH, "a complete batch was not credited"
+            assert await receive(other, CREDIT_BATCH) == b"x" * CREDIT_BATCH
+            # A consumer that stops reading: the socket's buffers fill, the rest waits.
+            other.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+            transport.get_extra_info("socket").setsockopt(
+                socket.SOL_SOCKET, socket.SO_SNDBUF, 65536
+            )
+            size = 2**20
+            relay.deliver(b"y" * size)
+            waiting = transport.get_write_buffer_size()
+            assert waiting > LOCAL_HIGH_WATER
+            assert tunnel.credited() == CREDIT_BATCH + size - waiting
+            assert await receive(other, size) == b"y" * size
+            await asyncio.sleep(0.01)
+            assert tunnel.credited() >= CREDIT_BATCH + size - LOCAL_LOW_WATER, (
+                "the bytes the consumer read were not credited when it caught up"
+            )
+            assert relay.meters.written == 1 + CREDIT_BATCH + size
+            transport.close()
+
+    run(scenario())
+
+
+@pytest.mark.parametrize(
+    ("stream", "eof", "reset"),
+    [
+        (False, (False, False), False),  # no stream yet: nothing to reset
+        (True, (False, False), True),
+        (True, (True, False), True),  # the consumer half-closed; the answer had not ended
+        (True, (False, True), True),
+        (True, (True, True), False),  # both directions done: the stream ends cleanly
+    ],
+)
+def test_a_consumer_that_leaves_resets_its_stream_unless_both_directions_are_done(
+    stream: bool, eof: tuple[bool, bool], reset: bool
+) -> None:
+    tunnel = Recorder()
+    relay = relay_on(tunnel, 7 if stream else None)
+    relay.local_eof, relay.remote_eof = eof
+    relay.connection_lost(None)
+    assert tunnel.calls == ([("RST", 7)] if reset else [])
+    assert relay.endings == [None]
+    relay.connection_lost(None)
+    relay.on_reset("the session ended")  # gone already: said once
+    assert relay.endings == [None]
+
+
+def test_stream_bytes_for_a_connection_being_closed_are_dropped() -> None:
+    async def scenario() -> None:
+        tunnel = Recorder()
+        relay = relay_on(tunnel)
+        transport, other = await connect(relay)
+        with other:
+            transport.close()
+            relay.deliver(b"x" * CREDIT_BATCH)
+            assert (relay.meters.written, tunnel.calls) == (0, [])
+
+    run(scenario())

@@ -28,6 +28,7 @@ from server.admission import DESCRIPTOR_RESERVE, Admission, address_key, strange
 from server.backend import BackendStream
 from server.config import ServerConfig
 from tunnel.aio.transport import StreamHandler, TunnelConnection, clock, format_peer
+from tunnel.aio.wslayer import WebSocketLayer
 from tunnel.errors import Reason, RemoteProtocolError
 from tunnel.operations import metrics
 from tunnel.operations.logonce import Throttled
@@ -99,7 +100,7 @@ class ServerConnection:
     """Everything the server knows about one tunnel connection."""
 
     def __init__(
-        self, config: ServerConfig, host: ConnectionHost, peer: str = "", tls: bool = False
+        self, config: ServerConfig, host: ConnectionHost, peer: str = "", layered: bool = False
     ) -> None:
         self.config = config  # the server's, with its tokens; a reload pushes the new one
         self.host = host
@@ -108,7 +109,7 @@ class ServerConnection:
             Session(Role.SERVER, config.limits, clock(), guarded=True),
             self._accept,
             peer,
-            on_connect=None if tls else self.admit,  # under TLS, the TLS layer asks
+            on_connect=None if layered else self.admit,  # else the layer in front asks
         )
         self._admitted: str | None = None  # the source it counts against while unauthenticated
         self._headerless: dict[BackendStream, float] = {}  # streams yet to name a service
@@ -241,6 +242,14 @@ class ServerConnection:
         stranger_log.warning("refused connection from %s: %s", peer, why)
         self.refused = True
         metrics.SESSION_ENDS.labels("server", "tls_handshake").inc()
+        self.tunnel.close(why)
+
+    def websocket_refused(self, layer: WebSocketLayer, why: str) -> None:
+        """The WebSocket upgrade failed: one line, one count, and the connection closes."""
+        peer = format_peer(layer.get_extra_info("peername"))
+        stranger_log.warning("refused connection from %s: %s", peer, why)
+        self.refused = True
+        metrics.SESSION_ENDS.labels("server", "websocket_upgrade").inc()
         self.tunnel.close(why)
 
     def _authenticated(self) -> None:

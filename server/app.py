@@ -144,7 +144,7 @@ class Server:
         if path is not None:  # inside TLS, when there is TLS: wss
             inner = WebSocketLayer.server(
                 inner, path, timeout, on_connect=None if tls else connection.admit,
-                on_refused=connection.websocket_refused,
+                on_refused=connection.websocket_refused, on_upgraded=connection.upgraded,
             )  # fmt: skip
         if config.tls_context is not None:
             return accept_tls(connection, config.tls_context, config.tls_binding, timeout, inner)

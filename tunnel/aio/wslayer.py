@@ -80,14 +80,17 @@ class WebSocketLayer(asyncio.BufferedProtocol):
         timeout: float,
         path: str = "",
         on_connect: Callable[[asyncio.BaseTransport], bool] | None = None,
-        on_refused: Callable[[WebSocketLayer, str], None] | None = None,
+        on_refused: Callable[[WebSocketLayer, str | None], None] | None = None,
+        on_upgraded: Callable[[], None] | None = None,
     ) -> None:
         self._codec = codec
         self.inner = inner
         self._timeout = timeout
         self._path = path  # the server's: the only path it upgrades
         self._on_connect = on_connect  # False from it: refused, before any upgrade
-        self._on_refused = on_refused  # the server's: told once why an upgrade failed
+        # The server's: told once that an upgrade failed, and why (None: nothing worth a line).
+        self._on_refused = on_refused
+        self._on_upgraded = on_upgraded  # the server's: told when the upgrade is complete
         self.handshake_done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.transport: asyncio.Transport | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -115,10 +118,11 @@ class WebSocketLayer(asyncio.BufferedProtocol):
         path: str,
         timeout: float,
         on_connect: Callable[[asyncio.BaseTransport], bool] | None = None,
-        on_refused: Callable[[WebSocketLayer, str], None] | None = None,
+        on_refused: Callable[[WebSocketLayer, str | None], None] | None = None,
+        on_upgraded: Callable[[], None] | None = None,
     ) -> WebSocketLayer:
         codec = ServerProtocol(subprotocols=_PROTOCOLS, max_size=MAX_MESSAGE, logger=_library_log)
-        return cls(codec, inner, timeout, path, on_connect, on_refused)
+        return cls(codec, inner, timeout, path, on_connect, on_refused, on_upgraded)
 
     # ----------------------------------------------------------- socket side
 
@@ -170,7 +174,7 @@ class WebSocketLayer(asyncio.BufferedProtocol):
         self._lose_inner(self.error or exc)
         self._received = _EMPTY
         self._closing = True
-        self._on_refused = None
+        self._on_refused = self._on_upgraded = None
         if self.error is not None:
             self.error.__traceback__ = None  # it holds the frames that raised it: a cycle
 
@@ -335,6 +339,9 @@ class WebSocketLayer(asyncio.BufferedProtocol):
         self._cancel_timer()
         self._established = True
         self._finish_handshake(None)
+        on_upgraded, self._on_upgraded = self._on_upgraded, None
+        if on_upgraded is not None:
+            on_upgraded()
         if not self._closing:
             self.inner.connection_made(cast(asyncio.Transport, self))
 
@@ -366,8 +373,8 @@ class WebSocketLayer(asyncio.BufferedProtocol):
         self.error = exc
         self._cancel_timer()
         on_refused, self._on_refused = self._on_refused, None
-        if not self._established and not told and on_refused is not None:
-            on_refused(self, str(exc))
+        if not self._established and on_refused is not None:
+            on_refused(self, None if told else str(exc))
         self._finish_handshake(exc)
         self._closing = True
         if self.transport is not None:

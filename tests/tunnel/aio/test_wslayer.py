@@ -120,7 +120,7 @@ async def serving(
 
     def protocol() -> WebSocketLayer:
         layer = WebSocketLayer.server(
-            inner, PATH, timeout, on_refused=lambda layer, why: refused.append(why)
+            inner, PATH, timeout, on_refused=lambda layer, why: why and refused.append(why)
         )
         layers.append(layer)
         return layer

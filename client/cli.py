@@ -50,11 +50,11 @@ from tunnel.settings.links import (
     ExposeSpec,
     LinkError,
     named_seed_links_from_env,
-    parse_address,
     seed_links_from,
     seed_links_from_env,
 )
 from tunnel.settings.proxy import ProxyRoute, proxy_route
+from tunnel.settings.websocket import WebSocketAddress, parse_remote
 
 PROG = "ambassador-client"
 
@@ -67,8 +67,10 @@ PROG = "ambassador-client"
     "--remote",
     multiple=True,
     envvar="AMBASSADOR_REMOTE",
-    metavar="HOST[:PORT]",
-    help=f"The ambassador-server to connect to (port {DEFAULT_TUNNEL_PORT} unless given).",
+    metavar="HOST[:PORT]|URL",
+    help=f"The ambassador-server to connect to (port {DEFAULT_TUNNEL_PORT} unless given), or "
+    "ws://HOST[:PORT]/PATH (wss:// for TLS) to reach it through an HTTP ingress, inside one "
+    "WebSocket. Repeatable: tried in turn.",
 )
 @click.option(
     "--expose",
@@ -203,7 +205,7 @@ def build_config(params: dict[str, Any], environ: Mapping[str, str]) -> ClientCo
     remotes: list[Address] = []
     for text in params["remote"]:
         try:
-            remotes.append(parse_address(text, default_port=DEFAULT_TUNNEL_PORT))
+            remotes.append(parse_remote(text, default_port=DEFAULT_TUNNEL_PORT))
         except LinkError as exc:
             raise ConfigError(f"bad --remote: {exc}") from None
     if not remotes and seed_host:
@@ -220,7 +222,7 @@ def build_config(params: dict[str, Any], environ: Mapping[str, str]) -> ClientCo
             logging.getLogger("ambassador.client").warning("%s", warning)
         token = next(iter(tokens.items()))
     proxy = client_proxy(params, environ)
-    tls = client_tls(params)
+    tls = remote_tls(client_tls(params), remotes)
     # Built once here, so a broken file is a one-line error at start (or keeps the old
     # configuration on a reload), and the client connects with what was checked.
     context = client_context(tls) if tls is not None else None
@@ -315,6 +317,20 @@ def client_tls(params: dict[str, Any]) -> ClientTls | None:
         except ConfigError as exc:
             raise ConfigError(f"--pin: {exc}") from None
     return ClientTls(ca=ca, cert=cert, key=key, server_name=name or None, pins=pins)
+
+
+def remote_tls(tls: ClientTls | None, remotes: list[Address]) -> ClientTls | None:
+    """TLS as the remotes' schemes say: a wss:// remote implies it (as --tls does), and a
+    ws:// remote, which is plaintext, cannot have it."""
+    kinds = {remote.secure for remote in remotes if isinstance(remote, WebSocketAddress)}
+    if False in kinds and (tls is not None or True in kinds):
+        raise ConfigError(
+            "a ws:// remote is plaintext, but TLS is asked for (a wss:// remote, --tls, "
+            "--tls-ca, --pin or --tls-cert); write the remote as wss:// for TLS"
+        )
+    if True in kinds and tls is None:
+        return ClientTls()  # verified against the system's CAs, like --tls
+    return tls
 
 
 @cli.command()

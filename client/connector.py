@@ -24,6 +24,7 @@ from tunnel import __version__
 from tunnel.aio.proxydial import dial_through
 from tunnel.aio.tlslayer import TlsLayer
 from tunnel.aio.transport import StreamHandler, TunnelConnection, clock
+from tunnel.aio.wslayer import WebSocketLayer
 from tunnel.errors import EgressFailed, Reason, RemoteProtocolError
 from tunnel.operations import metrics
 from tunnel.operations.oserrors import connect_error
@@ -58,6 +59,7 @@ from tunnel.security.tls import (
 )
 from tunnel.security.tlserrors import describe_tls_error
 from tunnel.settings.links import Address
+from tunnel.settings.websocket import WebSocketAddress
 
 log = logging.getLogger("ambassador.client")
 
@@ -408,11 +410,15 @@ class Connector:
         tls = self.config.tls
         session = Session(Role.CLIENT, limits, clock())
         tunnel = TunnelConnection(session, _refuse_server_stream)
-        protocol: asyncio.BaseProtocol = tunnel
+        protocol: asyncio.BufferedProtocol = tunnel
+        websocket: WebSocketLayer | None = None
+        if isinstance(remote, WebSocketAddress):  # inside TLS, when wss://
+            websocket = WebSocketLayer.client(tunnel, remote, self.config.handshake_timeout)
+            protocol = websocket
         layer: TlsLayer | None = None
         if tls is not None and self.tls_context is not None:
             server_name = tls.server_name or remote.host
-            layer = TlsLayer(self.tls_context, tunnel, server_side=False,
+            layer = TlsLayer(self.tls_context, protocol, server_side=False,
                              server_hostname=server_name)  # fmt: skip
             protocol = layer
         route = self.config.proxy
@@ -439,6 +445,8 @@ class Connector:
         if layer is not None:
             await self._tls_handshake(remote, layer, tunnel)
             binding = server_end_point(peer_certificate(layer.ssl_object))
+        if websocket is not None:
+            await _upgraded(remote, websocket)
         tunnel.on_rtt = metrics.RTT.labels(str(remote)).set
         token = self.config.token
         nonce = os.urandom(auth.NONCE_SIZE) if token else b""
@@ -497,3 +505,11 @@ class Connector:
                 f"{remote} ended the session during the hello: {item}{hint}", item.reason
             )
         return item
+
+
+async def _upgraded(remote: Address, layer: WebSocketLayer) -> None:
+    """Wait for the WebSocket upgrade (the layer keeps its deadline); ConnectFailed if none."""
+    try:
+        await layer.handshake_done
+    except (ConnectionError, TimeoutError) as exc:
+        raise ConnectFailed(f"WebSocket upgrade with {remote} failed: {exc}", "websocket") from None

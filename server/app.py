@@ -20,6 +20,7 @@ from server.connection import ServerConnection
 from server.reauth import AdmissionPolicy
 from server.tls_accept import accept_tls
 from tunnel.aio.proxyaccept import Pending, ProxyAccept
+from tunnel.aio.wslayer import WebSocketLayer
 from tunnel.errors import ConfigError, Reason
 from tunnel.operations import metrics
 from tunnel.operations.metrics import CONNECTIONS_REJECTED, LIMIT_HITS
@@ -83,6 +84,8 @@ class Server:
         mode = "plaintext"
         if self.config.tls is not None:
             mode = "TLS, client certificates required" if self.config.tls.ca else "TLS"
+        if self.config.websocket_path is not None:
+            mode += f", inside a WebSocket at {self.config.websocket_path}"
         log.info("listening on %s (%s), offering %s", listen, mode, names)
         warn_if_expiring(self.config.tls)
         export_expiry(self.config.tls)
@@ -136,14 +139,21 @@ class Server:
 
     def _session_protocol(self) -> asyncio.BaseProtocol:
         config = self.config  # the context and its binding taken together, as one
+        tls, path = config.tls_context is not None, config.websocket_path
+        connection = self.make_connection(layered=tls or path is not None)
+        timeout = config.handshake_timeout
+        inner: asyncio.BufferedProtocol = connection.tunnel
+        if path is not None:  # inside TLS, when there is TLS: wss
+            inner = WebSocketLayer.server(
+                inner, path, timeout, on_connect=None if tls else connection.admit,
+                on_refused=connection.websocket_refused, on_upgraded=connection.upgraded,
+            )  # fmt: skip
         if config.tls_context is not None:
-            connection = self.make_connection(tls=True)
-            timeout = config.handshake_timeout
-            return accept_tls(connection, config.tls_context, config.tls_binding, timeout)
-        return self.make_connection().tunnel
+            return accept_tls(connection, config.tls_context, config.tls_binding, timeout, inner)
+        return inner
 
-    def make_connection(self, peer: str = "", tls: bool = False) -> ServerConnection:
-        connection = ServerConnection(self.config, self, peer, tls)
+    def make_connection(self, peer: str = "", layered: bool = False) -> ServerConnection:
+        connection = ServerConnection(self.config, self, peer, layered)
         self.connections.add(connection)
         return connection
 
@@ -217,7 +227,9 @@ class Server:
             raise ConfigError("turning TLS on or off needs a restart")
         new = with_credentials(new)  # read by the CLI already; here only if it was not
         admission = AdmissionPolicy.of(new, new.tokens, datetime.now(UTC))
-        self.config = replace(new, listen=old.listen)
+        if new.websocket_path != old.websocket_path:
+            log.warning("--websocket-path changed; restart to serve the new one")
+        self.config = replace(new, listen=old.listen, websocket_path=old.websocket_path)
         for connection in self.connections:
             connection.reconfigure(self.config)
         for connection in list(self.connections):

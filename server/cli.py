@@ -62,6 +62,7 @@ from tunnel.settings.links import (
     parse_link,
 )
 from tunnel.settings.proxyprotocol import parse_proxy_protocol
+from tunnel.settings.websocket import parse_path
 
 log = logging.getLogger("ambassador.server")
 PROG = "ambassador-server"
@@ -121,6 +122,14 @@ PROG = "ambassador-server"
     metavar="CIDR",
     help="Only these source addresses may open a tunnel connection (10.0.0.0/8, 2001:db8::/32, "
     "192.0.2.7; commas or repeats for more); others are closed at once. Default: any.",
+)
+@click.option(
+    "--websocket-path",
+    envvar="AMBASSADOR_WEBSOCKET_PATH",
+    metavar="/PATH",
+    help="Take each tunnel connection inside a WebSocket upgraded at this path, as an HTTP "
+    "ingress passes it (clients use --remote ws://HOST/PATH, or wss:// with TLS). Other "
+    "paths are answered 404. Default: plain tunnel connections.",
 )
 @click.option(
     "--accept-proxy-protocol",
@@ -256,6 +265,7 @@ def build_config(params: dict[str, Any], environ: Mapping[str, str]) -> ServerCo
         access=access,
         proxy_protocol=proxy_protocol,
         accept_proxy_protocol=params["accept_proxy_protocol"],
+        websocket_path=websocket_path(params["websocket_path"]),
         allow_from=parse_networks(params["allow_from"], "--allow-from"),
         token_file=token_file,
         tokens=tokens,
@@ -274,6 +284,15 @@ def build_config(params: dict[str, Any], environ: Mapping[str, str]) -> ServerCo
             params["max_unauthenticated"], params["max_unauthenticated_per_address"]
         ),
     )
+
+
+def websocket_path(text: str | None) -> str | None:
+    if text is None:
+        return None
+    try:
+        return parse_path(text)
+    except LinkError as exc:
+        raise ConfigError(f"--websocket-path: {exc}") from None
 
 
 def effective_settings(

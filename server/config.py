@@ -33,6 +33,9 @@ class ServerConfig:
     allow_from: Allowlist = field(default_factory=Allowlist)  # empty: every address may try
     # Read a PROXY protocol header (from a load balancer) before each tunnel connection.
     accept_proxy_protocol: bool = False
+    # Take the tunnel inside a WebSocket upgraded at this path (behind an HTTP ingress); None:
+    # the tunnel starts with the first byte, as without an ingress.
+    websocket_path: str | None = None
     # Links whose backend gets a PROXY protocol header first, and its version (1 or 2).
     proxy_protocol: Mapping[Service, int] = field(default_factory=dict)
     # What token_file and tls hold, read once per configuration (with_credentials): the files

@@ -28,6 +28,7 @@ from server.admission import DESCRIPTOR_RESERVE, Admission, address_key, strange
 from server.backend import BackendStream
 from server.config import ServerConfig
 from tunnel.aio.transport import StreamHandler, TunnelConnection, clock, format_peer
+from tunnel.aio.wslayer import WebSocketLayer
 from tunnel.errors import Reason, RemoteProtocolError
 from tunnel.operations import metrics
 from tunnel.operations.logonce import Throttled
@@ -99,7 +100,7 @@ class ServerConnection:
     """Everything the server knows about one tunnel connection."""
 
     def __init__(
-        self, config: ServerConfig, host: ConnectionHost, peer: str = "", tls: bool = False
+        self, config: ServerConfig, host: ConnectionHost, peer: str = "", layered: bool = False
     ) -> None:
         self.config = config  # the server's, with its tokens; a reload pushes the new one
         self.host = host
@@ -108,8 +109,9 @@ class ServerConnection:
             Session(Role.SERVER, config.limits, clock(), guarded=True),
             self._accept,
             peer,
-            on_connect=None if tls else self.admit,  # under TLS, the TLS layer asks
+            on_connect=None if layered else self.admit,  # else the layer in front asks
         )
+        self.in_front = layered  # a layer in front is still handshaking, under its deadline
         self._admitted: str | None = None  # the source it counts against while unauthenticated
         self._headerless: dict[BackendStream, float] = {}  # streams yet to name a service
         self._sweep: asyncio.TimerHandle | None = None  # refuses those past the timeout
@@ -125,6 +127,7 @@ class ServerConnection:
         self.closing = False  # close_with was called: said once, counted once
         self.broken = False  # the peer broke the protocol: nothing more it says is heard
         self.tls_done = False  # a TLS handshake completed on this connection
+        self.upgraded_done = False  # a WebSocket upgrade completed on this connection
         self.channel_binding = b""  # its tunnel.security.binding, which token proofs cover
         self.streams: set[BackendStream] = set()
         self.tasks: set[asyncio.Task[object]] = set()  # backend dials under way
@@ -232,6 +235,7 @@ class ServerConnection:
     def tls_established(self, cert_name: str | None, cert: bytes | None, binding: bytes) -> None:
         """The TLS handshake completed (:func:`server.tls_accept.accept_tls`)."""
         self.tls_done = True
+        self.in_front = self.config.websocket_path is not None  # then the upgrade follows
         self.cert_name = cert_name
         self.peer_cert = cert
         self.channel_binding = binding
@@ -242,6 +246,21 @@ class ServerConnection:
         self.refused = True
         metrics.SESSION_ENDS.labels("server", "tls_handshake").inc()
         self.tunnel.close(why)
+
+    def upgraded(self) -> None:
+        """The WebSocket upgrade completed: the hello's deadline is the session's own now."""
+        self.upgraded_done = True
+        self.in_front = False
+
+    def websocket_refused(self, layer: WebSocketLayer, why: str | None) -> None:
+        """The WebSocket upgrade failed: one line (unless ``why`` is None: said already, or a
+        probe that sent nothing), one count, and the connection closes."""
+        if why is not None and not self.refused:
+            peer = format_peer(layer.get_extra_info("peername"))
+            stranger_log.warning("refused connection from %s: %s", peer, why)
+            self.refused = True
+            metrics.SESSION_ENDS.labels("server", "websocket_upgrade").inc()
+        self.tunnel.close(why or "closed before the WebSocket upgrade")
 
     def _authenticated(self) -> None:
         if self._admitted is not None:
@@ -508,6 +527,8 @@ class ServerConnection:
         self.tunnel.send(self.control_id, encode_message(message))
 
     def _hello_timeout(self) -> None:
+        if self.in_front:
+            return  # the layer in front keeps its own deadline, and says why it closes
         if not self.welcomed and self.tunnel.is_open:
             reason = self._deadline.no_hello()
             stranger_log.warning("closing connection from %s: %s", self.tunnel.peer, reason)
@@ -536,7 +557,11 @@ class ServerConnection:
         elif not self.refused:
             # A connection that closes without a byte is a port probe (a load balancer's
             # health check, a port scanner): not worth a warning. Anything else is.
-            said_something = self.tls_done or self.tunnel.session.stats().bytes_received > 0
+            said_something = (
+                self.tls_done
+                or self.upgraded_done
+                or self.tunnel.session.stats().bytes_received > 0
+            )
             stranger_log.log(
                 logging.WARNING if said_something else logging.DEBUG,
                 "connection from %s ended before its hello: %s",

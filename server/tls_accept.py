@@ -39,9 +39,14 @@ class TlsAccepting(Protocol):
 
 
 def accept_tls(
-    connection: TlsAccepting, context: ssl.SSLContext, binding: bytes, timeout: float
+    connection: TlsAccepting,
+    context: ssl.SSLContext,
+    binding: bytes,
+    timeout: float,
+    inner: asyncio.BufferedProtocol | None = None,
 ) -> TlsLayer:
-    """The protocol for one accepted socket: TLS first, then the tunnel session.
+    """The protocol for one accepted socket: TLS first, then ``inner`` (a WebSocket layer) or
+    the tunnel session.
 
     ``binding`` is the channel binding of the certificate ``context`` presents; both are taken
     together at accept time, so a reload in the middle of a handshake cannot mix them up.
@@ -59,7 +64,7 @@ def accept_tls(
             _refused(connection, layer, exc)
 
     layer = TlsLayer(
-        context, connection.tunnel, server_side=True, on_handshake=on_handshake,
+        context, inner or connection.tunnel, server_side=True, on_handshake=on_handshake,
         on_connect=connection.admit,
     )  # fmt: skip
     timer = asyncio.get_running_loop().call_later(

@@ -500,6 +500,9 @@ class Ambassador(Chain):
     def client_flags(self, setup: Setup) -> list[str]:
         return []
 
+    def remote(self, setup: Setup) -> str:
+        return f"127.0.0.1:{setup.hop(setup.ports.tunnel)}"
+
     def start(self, setup: Setup) -> list[Proc]:
         p = setup.ports
         limit = ["--max-streams", str(setup.max_streams), "--workers", str(self.workers)]
@@ -528,7 +531,7 @@ class Ambassador(Chain):
             [
                 str(setup.amb_bin / "ambassador-client"),
                 "--remote",
-                f"127.0.0.1:{setup.hop(p.tunnel)}",
+                self.remote(setup),
                 "--expose",
                 f"127.0.0.1:{p.c_redis}=redis",
                 "--expose",
@@ -584,6 +587,18 @@ class AmbassadorTls(Ambassador):
         return ["--tls-ca", str(setup.work / "ambassador-certs" / "ca.pem")]
 
 
+class AmbassadorWebSocket(Ambassador):
+    """The tunnel inside one WebSocket (what an HTTP ingress passes), no proxy between."""
+
+    name, label = "ambassador-ws", "ambassador (plaintext, inside a WebSocket)"
+
+    def server_flags(self, setup: Setup) -> list[str]:
+        return ["--websocket-path", "/ambassador"]
+
+    def remote(self, setup: Setup) -> str:
+        return f"ws://127.0.0.1:{setup.hop(setup.ports.tunnel)}/ambassador"
+
+
 class AmbassadorWorkers(Ambassador):
     name, label, workers = "ambassador-w2", "ambassador (plaintext, --workers 2)", 2
 
@@ -612,6 +627,7 @@ CHAINS: dict[str, Chain] = {
         AsyncSsh(),
         Ambassador(),
         AmbassadorTls(),
+        AmbassadorWebSocket(),
         AmbassadorWorkers(),
         AmbassadorTlsWorkers(),
     )

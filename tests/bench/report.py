@@ -137,7 +137,9 @@ TABLES = (
     ),
 )
 
-AMBASSADORS = ("ambassador", "ambassador-tls", "ambassador-w2", "ambassador-tls-w2")
+AMBASSADORS = (
+    "ambassador", "ambassador-tls", "ambassador-ws", "ambassador-w2", "ambassador-tls-w2",
+)  # fmt: skip
 # One colour per chain, the same in every run whatever --chains selects.
 COLOURS = {
     "direct": "#c7c7c7",
@@ -149,6 +151,7 @@ COLOURS = {
     "asyncssh": "#17becf",
     "ambassador": "#2ca02c",
     "ambassador-tls": "#d62728",
+    "ambassador-ws": "#bcbd22",
     "ambassador-w2": "#98df8a",
     "ambassador-tls-w2": "#ff9896",
 }

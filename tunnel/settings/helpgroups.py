@@ -45,6 +45,7 @@ OPTION_GROUPS: Mapping[str, str] = {
     "proxy_credentials_file": TUNNEL,
     "proxy_from_env": TUNNEL,
     "accept_proxy_protocol": TUNNEL,
+    "websocket_path": TUNNEL,
     "workers": TUNNEL,
     "drain_timeout": TUNNEL,
     # what is offered or exposed, and where

@@ -294,6 +294,12 @@ class TunnelConnection(asyncio.BufferedProtocol):
         return not self.closed.done() and not self.session.terminated
 
     @property
+    def suspect(self) -> bool:
+        """The peer has been silent past the liveness deadline and is being probed: a new
+        stream had better wait for the answer (or for the next session)."""
+        return self.session.liveness.probe_at is not None
+
+    @property
     def accepts_streams(self) -> bool:
         s = self.session
         return self.is_open and not (s.goaway_sent or s.goaway_received) and s.streams_left > 0
@@ -373,6 +379,8 @@ class TunnelConnection(asyncio.BufferedProtocol):
         if self.session.limit_hit:
             metrics.LIMIT_HITS.labels(self.session.limit_hit).inc()
             log.warning("closing the session with %s: %s", self.peer, event.reason)
+        if self.session.unresponsive:
+            metrics.UNRESPONSIVE_PEERS.inc()
         log.debug("session with %s ended (%s): %s", self.peer, who, event.reason)
         self._flush()
         if self._transport is not None:
@@ -395,11 +403,15 @@ class TunnelConnection(asyncio.BufferedProtocol):
         if transport is None or transport.is_closing():
             return
         session = self.session
+        now = clock()
         while not self._write_paused:
-            buffers = session.buffers_to_send()
+            buffers = session.buffers_to_send(now=now)
             if not buffers:
                 break
             transport.writelines(buffers)
+        if session.timer_moved:  # the session now waits for the peer: its deadline is sooner
+            session.timer_moved = False
+            self._rearm_timer()
         if self.metered and self.send_room >= 2 * len(self._handlers) * READ_SIZE:
             self._meter(False)  # room for a whole read of every producer, twice over
         events = session.take_events()

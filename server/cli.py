@@ -120,6 +120,14 @@ PROG = "ambassador-server"
     "192.0.2.7; commas or repeats for more); others are closed at once. Default: any.",
 )
 @click.option(
+    "--reuse-port",
+    is_flag=True,
+    default=False,
+    envvar="AMBASSADOR_REUSE_PORT",
+    help="Bind the tunnel port with SO_REUSEPORT, so that a new server process (same user) can "
+    "listen beside this one during an upgrade; then SIGTERM this one to drain it.",
+)
+@click.option(
     "--accept-proxy-protocol",
     is_flag=True,
     default=False,
@@ -253,6 +261,7 @@ def build_config(params: dict[str, Any], environ: Mapping[str, str]) -> ServerCo
         access=access,
         proxy_protocol=proxy_protocol,
         accept_proxy_protocol=params["accept_proxy_protocol"],
+        reuse_port=params["reuse_port"],
         allow_from=parse_networks(params["allow_from"], "--allow-from"),
         token_file=token_file,
         tokens=tokens,

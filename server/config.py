@@ -33,6 +33,8 @@ class ServerConfig:
     allow_from: Allowlist = field(default_factory=Allowlist)  # empty: every address may try
     # Read a PROXY protocol header (from a load balancer) before each tunnel connection.
     accept_proxy_protocol: bool = False
+    # SO_REUSEPORT on the tunnel listener: an upgraded process may bind beside this one.
+    reuse_port: bool = False
     # Links whose backend gets a PROXY protocol header first, and its version (1 or 2).
     proxy_protocol: Mapping[Service, int] = field(default_factory=dict)
     # What token_file and tls hold, read once per configuration (with_credentials): the files

@@ -2,8 +2,8 @@
 
 Kinds: a short connection per request (``SET`` then ``GET`` of a random value, then close),
 and kept connections that make requests for a while and then ``QUIT``. Every outcome is
-tallied: completed, failed (a reset or a refusal, with its text) and corrupted (a wrong
-answer, or a clean EOF in the middle of one, which must never happen).
+tallied: completed, failed (a reset or a refusal, with its text), corrupted (a wrong answer,
+which must never happen) and short EOFs (which only a backend's own close may cause).
 """
 
 from __future__ import annotations
@@ -18,10 +18,15 @@ from dataclasses import dataclass, field
 class Tally:
     completed: int = 0
     failed: list[str] = field(default_factory=list)  # resets, refusals: the consumer was told
-    corrupted: list[str] = field(default_factory=list)  # wrong bytes or a short EOF: never
+    corrupted: list[str] = field(default_factory=list)  # wrong bytes: never
+    # A clean EOF before the answer was whole, and when (time.monotonic()): the tunnel passes
+    # on a backend's own close this way, and must never make one up itself.
+    eof: list[float] = field(default_factory=list)
 
     def fail(self, exc: BaseException) -> None:
-        if isinstance(exc, Corrupted | asyncio.IncompleteReadError):
+        if isinstance(exc, asyncio.IncompleteReadError):
+            self.eof.append(time.monotonic())
+        elif isinstance(exc, Corrupted):
             self.corrupted.append(repr(exc))
         else:
             self.failed.append(repr(exc))

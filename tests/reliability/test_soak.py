@@ -19,6 +19,7 @@ def test_short_soak_under_faults_corrupts_nothing(tmp_path: Path) -> None:
     result = asyncio.run(soak(20, 3, tmp_path, print))
     print(result)
     assert result.corrupted == 0, result.corruptions
+    assert result.eof_otherwise == 0, result
     assert len(result.faults) >= 4, result.faults
     assert result.completed > 500, result
     assert (tmp_path / "memory.svg").read_text().startswith("<svg")

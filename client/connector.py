@@ -219,14 +219,15 @@ class Connector:
     async def wait_tunnel(self, timeout: float) -> TunnelConnection | None:
         """The tunnel once it is up, or None if it is not up within ``timeout`` seconds."""
         tunnel = self.tunnel
-        if tunnel is not None and tunnel.accepts_streams:
+        if tunnel is not None and tunnel.accepts_streams and not tunnel.suspect:
             return tunnel
         try:
             async with asyncio.timeout(timeout):
                 while True:
                     await self._up.wait()
                     tunnel = self.tunnel
-                    if tunnel is not None and tunnel.accepts_streams:
+                    # A session being probed may be dead: wait for its answer or the next one.
+                    if tunnel is not None and tunnel.accepts_streams and not tunnel.suspect:
                         return tunnel
                     await asyncio.sleep(0.01)
         except TimeoutError:
@@ -274,7 +275,10 @@ class Connector:
             waiter.cancel()
             if tunnel.closed.done():
                 self._session_down(remote, self._server_reason() or tunnel.closed.result())
-                index = 0  # after a loss, try the remotes in order again: the first is preferred
+                # After a loss, try the remotes in order again: the first is preferred. Not
+                # after a peer that stopped answering: a frozen server's kernel still accepts
+                # connections, and the hello would wait out its whole timeout there.
+                index = index + 1 if tunnel.session.unresponsive else 0
                 # A session that lasted counts as health: reconnect at once. One that was lost
                 # soon after it came up (a server or balancer that drops every session) counts
                 # as a failure, so the backoff grows instead of reconnecting in a tight loop.

@@ -38,6 +38,7 @@ from tunnel.settings.links import ExposeSpec
 from tunnel.settings.wording import hostport
 
 log = logging.getLogger("ambassador.client")
+MAX_MOVES = 3  # a consumer whose session keeps dying under it is reset in the end
 throttled = Throttled(log)
 
 
@@ -99,11 +100,12 @@ class ConsumerStream(Relay):
         self.refused = False
         self.meters = metrics.meters("client", service)
         self.preamble = True  # the server's answer comes first
+        self.moves = 0  # times the stream started again on a new session
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         tunnel = self.tunnel
-        if tunnel is not None and tunnel.accepts_streams:
+        if tunnel is not None and tunnel.accepts_streams and not tunnel.suspect:
             self._open()
         else:
             # The link is down: hold the consumer (not reading) until it is back or we give up.
@@ -220,6 +222,41 @@ class ConsumerStream(Relay):
         if self.stream_id is not None and self.tunnel is not None:
             self.tunnel.reset(self.stream_id)
         self.on_reset(text)
+
+    def on_reset(self, reason: str) -> None:
+        if self._may_move():
+            self._move()
+        else:
+            super().on_reset(reason)
+
+    def _may_move(self) -> bool:
+        """The session under this stream is gone, and nothing of the consumer's can have
+        reached a backend (it has sent no byte, and the server has not answered): the stream
+        may start again on the next session, unseen by the consumer. Any other is reset, so
+        that the consumer, which alone knows whether its request may run twice, decides."""
+        tunnel = self.tunnel
+        return (
+            not self.closed
+            and not self.forwarded
+            and not self.local_eof
+            and self._answer is not None
+            and self.moves < MAX_MOVES
+            and tunnel is not None
+            and not tunnel.is_open
+            and self.transport is not None
+        )
+
+    def _move(self) -> None:
+        assert self.transport is not None
+        self.moves += 1
+        self.meters.open_now -= 1
+        self.stream_id = None
+        self.tunnel = None
+        self._answer = StreamAnswerParser()
+        self.transport.pause_reading()
+        log.debug("connection to %r waits for the next session: its session was lost before "
+                  "it sent anything", self.service)  # fmt: skip
+        self._wait = asyncio.get_running_loop().create_task(self._wait_for_tunnel())
 
     def on_closed(self, exc: BaseException | None) -> None:
         if self._wait is not None:

@@ -76,7 +76,12 @@ class Server:
         listen = self.config.listen
         try:
             self._listener = await loop.create_server(
-                self._new_connection, listen.host, listen.port, reuse_address=True, backlog=1024
+                self._new_connection,
+                listen.host,
+                listen.port,
+                reuse_address=True,
+                reuse_port=self.config.reuse_port or None,
+                backlog=1024,
             )
         except OSError as exc:
             raise ConfigError(listen_error(str(listen), exc)) from None

@@ -132,6 +132,14 @@ PROG = "ambassador-server"
     "paths are answered 404. Default: plain tunnel connections.",
 )
 @click.option(
+    "--reuse-port",
+    is_flag=True,
+    default=False,
+    envvar="AMBASSADOR_REUSE_PORT",
+    help="Bind the tunnel port with SO_REUSEPORT, so that a new server process (same user) can "
+    "listen beside this one during an upgrade; then SIGTERM this one to drain it.",
+)
+@click.option(
     "--accept-proxy-protocol",
     is_flag=True,
     default=False,
@@ -266,6 +274,7 @@ def build_config(params: dict[str, Any], environ: Mapping[str, str]) -> ServerCo
         proxy_protocol=proxy_protocol,
         accept_proxy_protocol=params["accept_proxy_protocol"],
         websocket_path=websocket_path(params["websocket_path"]),
+        reuse_port=params["reuse_port"],
         allow_from=parse_networks(params["allow_from"], "--allow-from"),
         token_file=token_file,
         tokens=tokens,

@@ -36,6 +36,8 @@ class ServerConfig:
     # Take the tunnel inside a WebSocket upgraded at this path (behind an HTTP ingress); None:
     # the tunnel starts with the first byte, as without an ingress.
     websocket_path: str | None = None
+    # SO_REUSEPORT on the tunnel listener: an upgraded process may bind beside this one.
+    reuse_port: bool = False
     # Links whose backend gets a PROXY protocol header first, and its version (1 or 2).
     proxy_protocol: Mapping[Service, int] = field(default_factory=dict)
     # What token_file and tls hold, read once per configuration (with_credentials): the files

@@ -135,8 +135,10 @@ class TappedSession(Session):
         self._record(events)
         return events
 
-    def buffers_to_send(self, limit: int = 256 * 1024) -> list[bytes | bytearray | memoryview]:
-        buffers = super().buffers_to_send(limit)
+    def buffers_to_send(
+        self, limit: int = 256 * 1024, now: float | None = None
+    ) -> list[bytes | bytearray | memoryview]:
+        buffers = super().buffers_to_send(limit, now)
         self.outbound.feed(b"".join(buffers))
         return buffers
 

@@ -18,6 +18,7 @@ import pytest
 from tests.integration.conftest import (
     processes,
     pytest_runtest_makereport,
+    redis_server,
     start_backend,
     start_client,
     start_server,
@@ -33,6 +34,7 @@ __all__ = [
     "make_proxy",
     "processes",
     "pytest_runtest_makereport",
+    "redis_server",
     "start_backend",
     "start_client",
     "start_server",

@@ -98,7 +98,7 @@ class Pair:
     def step(self, source: Side, limit: int = 256 * 1024) -> bool:
         """One ``data_to_send`` from ``source`` delivered to its peer; False if it had nothing."""
         source.events += source.session.take_events()
-        data = source.session.data_to_send(limit)
+        data = source.session.data_to_send(limit, now=self.now)
         if not data:
             return False
         source.sent += data

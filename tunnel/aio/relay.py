@@ -102,6 +102,7 @@ class Relay(asyncio.Protocol):
         self.local_eof = False  # the local side sent EOF
         self.remote_eof = False  # the stream's peer sent FIN
         self.closed = False
+        self.forwarded = False  # a byte of the local socket's went to a stream
         self._buffer = read_buffer()
         self._metered: _Metered | None = None  # the protocol while reads are sized
 
@@ -166,6 +167,7 @@ class Relay(asyncio.Protocol):
             if self.transport is not None:
                 self.transport.pause_reading()
             return
+        self.forwarded = True
         if tunnel.send(stream_id, data) and self.transport is not None:
             self.transport.pause_reading()
 
@@ -179,6 +181,7 @@ class Relay(asyncio.Protocol):
 
     def _forward(self, data: bytes) -> None:
         assert self.tunnel is not None and self.stream_id is not None
+        self.forwarded = True
         if self.tunnel.send(self.stream_id, data) and self.transport is not None:
             self.transport.pause_reading()
 

@@ -244,7 +244,7 @@ class TunnelConnection(asyncio.BufferedProtocol):
             # that nothing waits ahead of is written now, without waiting for the end of the
             # turn. The flush scheduled after it makes later sends of the same turn queue and
             # leave together, so a busy turn still costs one write.
-            frame = session.send_at_once(stream_id, data)
+            frame = session.send_at_once(stream_id, data, clock())
             if frame is not None:
                 transport.write(frame)
                 self._flush_scheduled = True
@@ -311,6 +311,12 @@ class TunnelConnection(asyncio.BufferedProtocol):
     @property
     def is_open(self) -> bool:
         return not self.closed.done() and not self.session.terminated
+
+    @property
+    def suspect(self) -> bool:
+        """The peer has been silent past the liveness deadline and is being probed: a new
+        stream had better wait for the answer (or for the next session)."""
+        return self.session.liveness.probe_at is not None
 
     @property
     def accepts_streams(self) -> bool:
@@ -392,6 +398,8 @@ class TunnelConnection(asyncio.BufferedProtocol):
         if self.session.limit_hit:
             metrics.LIMIT_HITS.labels(self.session.limit_hit).inc()
             log.warning("closing the session with %s: %s", self.peer, event.reason)
+        if self.session.unresponsive:
+            metrics.UNRESPONSIVE_PEERS.inc()
         log.debug("session with %s ended (%s): %s", self.peer, who, event.reason)
         self._flush()
         if self._transport is not None:
@@ -411,16 +419,23 @@ class TunnelConnection(asyncio.BufferedProtocol):
         self._flush_scheduled = False
         self._turn_bytes = 0
         session = self.session
+        if session.timer_moved:  # a message written at once started a liveness clock
+            session.timer_moved = False
+            self._rearm_timer()
         if not session.has_output:
             return  # the turn's messages went out at once (or there were none)
         transport = self._transport
         if transport is None or transport.is_closing():
             return
+        now = clock()
         while not self._write_paused:
-            buffers = session.buffers_to_send()
+            buffers = session.buffers_to_send(now=now)
             if not buffers:
                 break
             transport.writelines(buffers)
+        if session.timer_moved:  # the session now waits for the peer: its deadline is sooner
+            session.timer_moved = False
+            self._rearm_timer()
         if self.metered and self.send_room >= 2 * len(self._handlers) * READ_SIZE:
             self._meter(False)  # room for a whole read of every producer, twice over
         events = session.take_events()

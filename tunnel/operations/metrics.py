@@ -118,6 +118,12 @@ CONNECTIONS_REJECTED = Counter(
     ["reason"],
     registry=REGISTRY,
 )
+UNRESPONSIVE_PEERS = Counter(
+    "ambassador_unresponsive_peers",
+    "Sessions ended because the peer answered neither a stream open or data nor the probe "
+    "ping that followed (fast detection)",
+    registry=REGISTRY,
+)
 LIMIT_HITS = Counter(
     "ambassador_limit_hits", "Times a peer hit a limit, by limit", ["limit"], registry=REGISTRY
 )

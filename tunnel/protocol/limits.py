@@ -37,6 +37,10 @@ class Limits:
     # ``keepalive_timeout`` seconds declares the peer dead.
     keepalive_interval: float = 15.0
     keepalive_timeout: float = 30.0
+    # Fast detection (tunnel.protocol.liveness): a peer silent for max(probe_floor, 4 round
+    # trips) after a stream open or data is probed with a ping at once, and declared dead if
+    # that goes unanswered as long. 0 leaves only the keepalive.
+    probe_floor: float = 1.0
     # Budgets against floods: frames that cost us work and move no data. A peer over one of
     # them is cut off with a Go Away (the HTTP/2 "rapid reset" and "ping flood" attacks).
     resets_per_second: int = 1000
@@ -50,6 +54,8 @@ class Limits:
             raise ValueError("max_stream_window must be at least stream_window")
         if self.max_frame_size < 1024:
             raise ValueError("max_frame_size must be at least 1024 bytes")
+        if self.probe_floor < 0:
+            raise ValueError("probe_floor must be 0 (off) or more seconds")
         if self.max_streams < 1:
             raise ValueError("max_streams must be at least 1")
 

@@ -66,6 +66,7 @@ from tunnel.protocol.frames import (
     encode_header,
 )
 from tunnel.protocol.limits import INITIAL_WINDOW, Budget, Limits
+from tunnel.protocol.liveness import Liveness, Verdict
 from tunnel.protocol.streams import StreamInput, StreamState, next_state
 from tunnel.protocol.windows import ReceiveWindow
 
@@ -293,6 +294,12 @@ class Session:
         self._ping_budget = Budget(self.limits.pings_per_second)
         self._empty_frames = Budget(self.limits.empty_frames_per_second)
         self.limit_hit: str | None = None  # the limit that ended the session, if one did
+        self.liveness = Liveness(self.limits.probe_floor)
+        self._syn_unsent = False  # a stream was opened since the last buffers_to_send
+        # get_timer() moved earlier than the driver's armed timer (a liveness clock started):
+        # the driver re-arms and clears it.
+        self.timer_moved = False
+        self.unresponsive = False  # the session ended because the peer stopped answering
 
     # ----------------------------------------------------------------- receiving
 
@@ -316,6 +323,8 @@ class Session:
             return self.take_events()
         self._last_received = self._now = now
         self._stats[4] += size
+        if self.liveness.waiting_since is not None:
+            self.liveness.heard()
         streams, events = self._streams, self._events
         try:
             for type_, flags, stream_id, length, payload in decode(arg):
@@ -510,6 +519,7 @@ class Session:
         self._next_id += 2
         stream = self._new_stream(stream_id)
         self._stats[0] += 1
+        self._syn_unsent = True
         grow = stream.recv.target - INITIAL_WINDOW
         self._control.append(encode_header(FrameType.WINDOW_UPDATE, Flags.SYN, stream_id, grow))
         return stream_id
@@ -550,14 +560,17 @@ class Session:
                 self.full = True
         return stream.paused or self.full
 
-    def send_at_once(self, stream_id: int, data: bytes | bytearray) -> bytes | None:
+    def send_at_once(
+        self, stream_id: int, data: bytes | bytearray, now: float | None = None
+    ) -> bytes | None:
         """The Data frame carrying ``data``, when it may leave ahead of everything queued.
 
         For a driver whose socket is idle: with nothing queued anywhere (no control frame, no
         stream waiting to send) and a stream that has nothing queued, window for all of it and
         a message under ``GATHER_MIN`` bytes, the frame is accounted as sent and returned for the
         driver to write now. A round trip then costs no queue, no gathering and no turn of the
-        driver's loop. None: queue it with :meth:`send_data` as usual.
+        driver's loop. None: queue it with :meth:`send_data` as usual. ``now`` (the last time
+        the session was given, if None) starts the liveness clock, as for queued data.
         """
         if self._control or self._ready:
             return None  # frames are waiting: this one goes after them
@@ -576,6 +589,8 @@ class Session:
             return None
         stream.send_window -= size
         self._stats[3] += HEADER_SIZE + size
+        if self.liveness.sent(self._now if now is None else now):
+            self.timer_moved = True
         return _pack_header(0, _DATA, 0, stream_id, size) + data
 
     @property
@@ -688,13 +703,18 @@ class Session:
         if code is not GoAwayCode.NORMAL:
             self._terminate(code, reason or code.name.lower(), remote=False)
 
-    def data_to_send(self, limit: int = 256 * 1024) -> bytes:
+    def data_to_send(self, limit: int = 256 * 1024, now: float | None = None) -> bytes:
         """Frames ready to go, about ``limit`` bytes at most (control frames always go)."""
-        return b"".join(self.buffers_to_send(limit))
+        return b"".join(self.buffers_to_send(limit, now))
 
-    def buffers_to_send(self, limit: int = 256 * 1024) -> list[bytes | bytearray | memoryview]:
+    def buffers_to_send(
+        self, limit: int = 256 * 1024, now: float | None = None
+    ) -> list[bytes | bytearray | memoryview]:
         """The same frames as :meth:`data_to_send`, as buffers for one gathered write
-        (``writelines``): large payloads are handed over without being copied."""
+        (``writelines``): large payloads are handed over without being copied. ``now`` (the
+        last time the session was given, if None) starts the liveness clock when a SYN or
+        Data leaves."""
+        queued = self._queued
         control = self._control
         out = _Gather(bytearray().join(control) if control else bytearray())
         control.clear()
@@ -738,6 +758,10 @@ class Session:
         self._stats[3] += out.size
         if self.full:
             self._check_room()
+        if self._queued < queued or self._syn_unsent:
+            self._syn_unsent = False
+            if self.liveness.sent(self._now if now is None else now):
+                self.timer_moved = True
         return out.finish()
 
     def _emit_frame(self, stream: _Stream, out: _Gather, max_frame: int) -> None:
@@ -776,13 +800,24 @@ class Session:
         if self.terminated:
             return None
         if self._pings:
-            return min(self._pings.values()) + self.limits.keepalive_timeout
-        return self._last_received + self.limits.keepalive_interval
+            when = min(self._pings.values()) + self.limits.keepalive_timeout
+        else:
+            when = self._last_received + self.limits.keepalive_interval
+        due = self.liveness.due(self.rtt)
+        return when if due is None else min(when, due)
 
     def handle_timer(self, now: float) -> None:
         """Keepalive: ping an idle peer, and give up on one that stopped answering."""
         if self.terminated:
             return
+        self._now = now
+        verdict = self.liveness.check(now, self.rtt)
+        if verdict is Verdict.DEAD:
+            self.unresponsive = True
+            self._terminate(GoAwayCode.INTERNAL_ERROR, self.liveness.reason(self.rtt), False)
+            return
+        if verdict is Verdict.PROBE:
+            self.ping(now)
         if self._pings and now - min(self._pings.values()) >= self.limits.keepalive_timeout:
             timeout = self.limits.keepalive_timeout
             self._terminate(

@@ -473,6 +473,13 @@ def limit_options(f: F) -> F:
             "Seconds an unanswered ping may wait before the peer is declared dead.",
         ),
         setting(
+            "--probe-after",
+            click.FloatRange(0),
+            _DEFAULTS.probe_floor,
+            "Seconds (or 4 round trips, if longer) a peer may stay silent after a stream "
+            "open or data before it is pinged at once, and its answer may take; 0: off.",
+        ),
+        setting(
             "--resets-per-second",
             click.IntRange(1),
             _DEFAULTS.resets_per_second,
@@ -499,6 +506,7 @@ def limits_from(params: dict[str, Any]) -> Limits:
             session_memory=params.pop("session_memory") * KIB * KIB,
             keepalive_interval=params.pop("keepalive_interval"),
             keepalive_timeout=params.pop("keepalive_timeout"),
+            probe_floor=params.pop("probe_after"),
             resets_per_second=params.pop("resets_per_second"),
             pings_per_second=params.pop("pings_per_second"),
         )

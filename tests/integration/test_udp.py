@@ -39,6 +39,19 @@ def udp_port(host: str = "127.0.0.1") -> int:
         return port
 
 
+def dns_port(host: str = "127.0.0.1") -> int:
+    """A port free for both UDP and TCP on ``host``: dnsmasq listens on both."""
+    for _ in range(50):
+        port = udp_port(host)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue  # a TCP socket holds it: another
+        return port
+    raise AssertionError("no port free for both UDP and TCP on the loopback")
+
+
 def metric(port: int, name: str, **labels: str) -> float:
     """The sum of the samples of ``name`` with ``labels`` on a role's /metrics."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
@@ -71,7 +84,7 @@ def dnsmasq(processes: Processes) -> Callable[..., int]:
         missing("root, to run dnsmasq (it drops privileges to a user only root can become)")
 
     def start(*records: str) -> int:
-        port = udp_port()
+        port = dns_port()
         argv = [
             "/usr/sbin/dnsmasq", "--no-daemon", f"--port={port}", "--listen-address=127.0.0.1",
             "--bind-interfaces", "--no-resolv", "--no-hosts", "--user=root", "--log-facility=-",

@@ -306,7 +306,7 @@ ROLE_ONLY_VARIABLES = {
                      "DRAIN_TIMEOUT", "FORWARD", "FORWARD_BIND", "HANDSHAKE_TIMEOUT", "LINK",
                      "LINKS_FROM_ENV_IN_POD", "LISTEN",
                      "MAX_PENDING_DIALS", "MAX_STREAMS_PER_IDENTITY", "MAX_UNAUTHENTICATED",
-                     "MAX_UNAUTHENTICATED_PER_ADDRESS", "PROXY_PROTOCOL", "TLS_CRL",
+                     "MAX_UNAUTHENTICATED_PER_ADDRESS", "PROXY_PROTOCOL", "REUSE_PORT", "TLS_CRL",
                      "WEBSOCKET_PATH")
     ),
     "ambassador-client": frozenset(

@@ -46,6 +46,8 @@ OPTION_GROUPS: Mapping[str, str] = {
     "proxy_from_env": TUNNEL,
     "accept_proxy_protocol": TUNNEL,
     "websocket_path": TUNNEL,
+    "reuse_port": TUNNEL,
+    "probe_after": TUNNEL,
     "workers": TUNNEL,
     "drain_timeout": TUNNEL,
     # what is offered or exposed, and where

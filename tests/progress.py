@@ -47,6 +47,7 @@ class Progress:
         stream: TextIO | None = None,
         clock: Callable[[], float] = time.monotonic,
         enabled: bool | None = None,
+        expect: dict[str, float] | None = None,
     ) -> None:
         self.plan = plan
         self.stream = stream if stream is not None else sys.stderr
@@ -56,7 +57,9 @@ class Progress:
         self.current = -1  # index in plan of the step running, -1 before the first
         self.detail = ""
         self._step_started = self.started
-        self._took: dict[str, float] = {}  # kind -> seconds its last step took
+        # kind -> seconds its last step took; ``expect`` seeds it for a step of known length
+        # (a soak of N seconds), so that the first step has an estimate too.
+        self._took: dict[str, float] = dict(expect or {})
         self._durations: list[float] = []
 
     def next(self) -> None:
@@ -81,9 +84,9 @@ class Progress:
 
     def left(self) -> float | None:
         """Seconds left, or None before any step is done."""
-        if not self._durations:
+        if not self._durations and not self._took:
             return None
-        mean = sum(self._durations) / len(self._durations)
+        mean = sum(self._durations) / len(self._durations) if self._durations else 0.0
         expect = lambda kind: self._took.get(kind, mean)  # noqa: E731
         rest = sum(expect(kind) for _, kind in self.plan[self.current + 1 :])
         if 0 <= self.current < len(self.plan):

@@ -63,6 +63,15 @@ def test_the_line_says_what_runs_and_estimates_from_the_same_step_before(
     assert screen.getvalue().endswith("\r\x1b[K")
 
 
+def test_a_step_of_known_length_is_estimated_before_any_step_is_done() -> None:
+    clock, out = Clock(), Terminal()
+    progress = Progress([("soak", "soak")], stream=out, clock=clock, expect={"soak": 600.0})
+    progress.next()
+    clock.now += 240
+    progress.phase("1,000 completed")
+    assert progress.line().endswith("soak: 1,000 completed · 4m00s so far, ~6m00s left")
+
+
 def test_nothing_is_written_in_a_pipe_or_under_ci(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("CI", raising=False)
     pipe = io.StringIO()

@@ -35,6 +35,7 @@ from pathlib import Path
 
 from tests.conftest import pick_free_port, wait_until_accepting
 from tests.integration.support import BACKENDS, Processes, Started, ambassador
+from tests.progress import Progress
 from tests.reliability.faultproxy import FaultProxy
 from tests.reliability.redistraffic import Tally, command, kept_connection, short_request
 from tests.reliability.support import Transfer, echo_transfer, fd_count, rss
@@ -232,7 +233,13 @@ def svg(samples: list[Sample], path: Path) -> None:
     path.write_text("\n".join(parts))
 
 
-async def soak(seconds: float, fault_every: float, out: Path, log: Callable[[str], None]) -> Result:
+async def soak(
+    seconds: float,
+    fault_every: float,
+    out: Path,
+    log: Callable[[str], None],
+    progress: Progress | None = None,
+) -> Result:
     out.mkdir(parents=True, exist_ok=True)
     rig = await asyncio.to_thread(Rig, out)
     tally, stop, rng = Tally(), asyncio.Event(), random.Random(7)
@@ -246,6 +253,11 @@ async def soak(seconds: float, fault_every: float, out: Path, log: Callable[[str
             for name, pid in rig.pids().items():
                 with contextlib.suppress(OSError):  # it was just restarted
                     samples.append(Sample(at, name, rss(pid), fd_count(pid)))
+            if progress is not None:
+                progress.phase(
+                    f"{tally.completed:,} completed, {len(tally.failed):,} failed, "
+                    f"{len(tally.corrupted)} corrupted, {len(result.faults)} faults"
+                )
             await asyncio.sleep(max(1.0, seconds / 200))
 
     async def faults() -> None:
@@ -317,7 +329,17 @@ def main() -> None:
     parser.add_argument("--fault-every", type=float, default=20)
     parser.add_argument("--out", type=Path, default=Path("soak-out"))
     args = parser.parse_args()
-    result = asyncio.run(soak(args.seconds, args.fault_every, args.out, print))
+    # On a terminal, one status line (counts, time left); in a log or under CI, only the lines.
+    progress = Progress([("mixed traffic under faults", "soak")], expect={"soak": args.seconds})
+    progress.next()
+
+    def log(line: str) -> None:
+        progress.clear()
+        print(line, flush=True)
+        progress.draw()
+
+    result = asyncio.run(soak(args.seconds, args.fault_every, args.out, log, progress))
+    progress.close()
     print(json.dumps(asdict(result), indent=2))
     sys.exit(1 if result.corrupted or result.eof_otherwise else 0)
 

@@ -192,6 +192,19 @@ class ConsumerStream(Relay):
                 metrics.refused("client", self.service, "tunnel_lost")
 
 
+def _note_portless(name: str) -> None:
+    """The server offers ``name`` without a port (a unix socket linked by alias alone), so
+    there is no port to listen on unless the expose list gives one."""
+    throttled.warning(
+        f"portless:{name}",
+        "not exposing %r: the server announces it without a port; expose it with "
+        "--expose LOCALPORT=%s or --expose unix:/PATH=%s",
+        name,
+        name,
+        name,
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Listening:
     spec: ExposeSpec
@@ -246,6 +259,9 @@ class Listeners:
         missing: list[str] = []
         if not specs:
             for info in catalog or ():
+                if info.port is None:
+                    _note_portless(info.name)
+                    continue
                 ref = (
                     info.name
                     if find_service(catalog or (), info.name)
@@ -268,6 +284,9 @@ class Listeners:
             if port is None:
                 if found is None:
                     continue  # its port comes from the catalog: nothing to bind yet
+                if found.port is None:
+                    _note_portless(found.name)
+                    continue
                 port = found.port
             wanted[(spec.bind or bind, port, spec.service)] = (spec, refs)
         return wanted, missing

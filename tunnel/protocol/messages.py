@@ -41,7 +41,9 @@ MAX_VERSIONS = 16
 MAX_VERSION = 0xFFFF
 # What a client takes from a catalog. Entries beyond the first MAX_CATALOG, and entries that are
 # not a port 1..65535 with, optionally, an alias as the server writes them (tunnel.settings.links: a
-# letter, then letters, digits, '-' or '_', at most 63, lower case), are skipped and counted:
+# letter, then letters, digits, '-' or '_', at most 63, lower case), or an alias with a null port
+# (a unix socket linked by alias alone; a client before it skips such an entry), are skipped and
+# counted:
 # the client warns once and uses the rest, rather than binding a name it cannot show or crashing.
 MAX_CATALOG = 4096
 _ALIAS = re.compile(r"[a-z][a-z0-9_-]{0,62}")
@@ -55,7 +57,7 @@ class ServiceInfo:
     """One catalog entry as the client sees it: never the backend's address."""
 
     alias: str | None
-    port: int
+    port: int | None  # None: reached by the alias alone (a unix socket linked without a port)
 
     @property
     def name(self) -> str:
@@ -255,6 +257,8 @@ def _service(item: Any) -> ServiceInfo | None:
     alias, port = item.get("alias"), item.get("port")
     if alias is not None and not (isinstance(alias, str) and _ALIAS.fullmatch(alias)):
         return None
+    if port is None and alias is not None and "port" in item:  # null, not left out
+        return ServiceInfo(alias, None)
     if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
         return None
     return ServiceInfo(alias, port)

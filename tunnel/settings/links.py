@@ -15,6 +15,12 @@ URL's host is the server (reached on the tunnel port); the service is asked for
 as ``redis:6379``, then ``6379``, then ``redis``, and the first one the server's
 catalog offers is used, since a server may link it by alias, by port or both.
 
+A link's target, and where an expose listens, is an *endpoint*: TCP's ``HOST:PORT``, or a
+form with a scheme prefix, ``unix:/run/app.sock`` for a unix socket (``tunnel.settings.unixpath``).
+The prefixes are read in one place, ``_SCHEMES``: a new form of endpoint is one more entry
+there. A unix link may go without a port (``pg=unix:/run/postgresql/.s.PGSQL.5432``): it is
+then announced and reached by its alias alone, which no other entry may share.
+
 A reference to a service is one of ``ALIAS``, ``PORT`` or ``ALIAS:PORT``. A bare
 port reaches the entry linked by port alone when there is one, so that every
 entry has a name that reaches only it; otherwise a reference matching several
@@ -38,10 +44,12 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import TypeAlias
 
 from tunnel.errors import ConfigError, Reason
+from tunnel.settings.unixpath import UnixPath, unix_path_problem
 from tunnel.settings.wording import hostport
 
 __all__ = [
@@ -49,6 +57,7 @@ __all__ = [
     "Address",
     "AmbiguousService",
     "Catalog",
+    "Endpoint",
     "ExposeSpec",
     "LinkError",
     "SeedLink",
@@ -58,6 +67,7 @@ __all__ = [
     "named_links_from_env",
     "named_seed_links_from_env",
     "parse_address",
+    "parse_endpoint",
     "parse_expose",
     "parse_link",
     "parse_seed_variable",
@@ -107,10 +117,13 @@ _LINK_VARIABLE = re.compile(r"([A-Z][A-Z0-9_]*)_PORT_([0-9]+)_TCP")
 _NOT_LINKS = ("KUBERNETES_", "AMBASSADOR_")
 _TCP_SCHEME = "tcp://"
 
-_LINK_FORMS = "ALIAS=HOST:PORT, PORT=HOST:PORT or ALIAS:PORT=HOST:PORT (IPv6 as [ADDR]:PORT)"
+_LINK_FORMS = (
+    "ALIAS=TARGET, PORT=TARGET or ALIAS:PORT=TARGET, where TARGET is HOST:PORT "
+    "(IPv6 as [ADDR]:PORT) or unix:/PATH"
+)
 _EXPOSE_FORMS = (
-    "SERVICE, LOCALPORT=SERVICE or BIND:LOCALPORT=SERVICE, where SERVICE is ALIAS, PORT "
-    "or ALIAS:PORT (or NAME_PORT_N_TCP=tcp://HOST:PORT)"
+    "SERVICE, LOCALPORT=SERVICE, BIND:LOCALPORT=SERVICE or unix:/PATH=SERVICE, where SERVICE "
+    "is ALIAS, PORT or ALIAS:PORT (or NAME_PORT_N_TCP=tcp://HOST:PORT)"
 )
 _REF_FORMS = "ALIAS, PORT or ALIAS:PORT"
 _MAX_OFFERED = 20
@@ -250,6 +263,53 @@ def parse_address(
         raise LinkError(f"bad address {_show(text)}: {problem}; use {', '.join(forms)}") from None
 
 
+Endpoint: TypeAlias = Address | UnixPath
+"""Where a link leads or an expose listens: a TCP address or a unix socket's path."""
+
+
+def _parse_unix(text: str) -> UnixPath:
+    # unix:///run/app.sock is how Docker and others write it (a URL with no host).
+    path = text[2:] if text.startswith("///") else text
+    problem = unix_path_problem(path)
+    if problem is not None:
+        raise _Invalid(problem)
+    return UnixPath(path)
+
+
+# The endpoint forms written with a scheme prefix, by scheme (lower case): text without one of
+# these prefixes is TCP's HOST:PORT. Another form of endpoint is one more entry here (and a
+# type in Endpoint); "unix" is thus never read as a host name before a port.
+_SCHEMES: dict[str, Callable[[str], Endpoint]] = {"unix": _parse_unix}
+
+
+def _split_scheme(text: str) -> tuple[str | None, str]:
+    """(scheme, rest) when ``text`` starts with a known ``scheme:``; (None, text) otherwise."""
+    scheme, colon, rest = text.partition(":")
+    if colon and scheme.lower() in _SCHEMES:
+        return scheme.lower(), rest
+    return None, text
+
+
+def _parse_endpoint(
+    text: str, default_port: int | None = None, default_host: str | None = None
+) -> Endpoint:
+    _check_text(text)
+    scheme, rest = _split_scheme(text)
+    if scheme is None:
+        return _parse_address(text, default_port, default_host)
+    return _SCHEMES[scheme](rest)
+
+
+def parse_endpoint(text: str) -> Endpoint:
+    """Parse ``HOST:PORT``, ``[IPV6]:PORT`` or ``unix:/PATH``; raises LinkError."""
+    try:
+        return _parse_endpoint(text)
+    except _Invalid as problem:
+        raise LinkError(
+            f"bad endpoint {_show(text)}: {problem}; use HOST:PORT, [IPV6]:PORT or unix:/PATH"
+        ) from None
+
+
 def _parse_ref(text: str) -> tuple[str | None, int | None]:
     """Split a service reference into (alias, port); either may be absent, not both."""
     _check_text(text)
@@ -276,18 +336,23 @@ class Service:
     """One catalog entry: what the client may ask for and where the server dials.
 
     ``alias`` is lower case, or None for an entry linked by port alone. ``port`` is
-    the port announced to clients, usually but not necessarily ``target.port``.
+    the port announced to clients, usually but not necessarily ``target.port``; None for a
+    unix socket linked by alias alone, which has no port to announce.
     """
 
     alias: str | None
-    port: int
-    target: Address
+    port: int | None
+    target: Endpoint
 
     def __post_init__(self) -> None:
         if self.alias is not None and not (
             _ALIAS.fullmatch(self.alias) and self.alias == self.alias.lower()
         ):
             raise ValueError(f"{_show(self.alias)} is not a lower-case alias")
+        if self.port is None:
+            if self.alias is None:
+                raise ValueError("an entry without a port needs an alias")
+            return
         problem = _port_problem(self.port)
         if problem is not None:
             raise ValueError(problem)
@@ -299,8 +364,11 @@ class Service:
 
     @property
     def full_name(self) -> str:
-        """A reference that reaches this entry alone (``alias:port``, or the port)."""
-        return f"{self.alias}:{self.port}" if self.alias is not None else str(self.port)
+        """A reference that reaches this entry alone (``alias:port``, the port, or the alias
+        of an entry without a port)."""
+        if self.alias is None:
+            return str(self.port)
+        return self.alias if self.port is None else f"{self.alias}:{self.port}"
 
     def matches(self, ref: str) -> bool:
         """Whether ``ref`` (ALIAS, PORT or ALIAS:PORT, any case) names this entry."""
@@ -317,7 +385,8 @@ class Service:
         """The ``--link`` value that parses back to this entry."""
         if self.alias is None:
             return f"{self.port}={self.target}"
-        if self.port == self.target.port:
+        own_port = self.target.port if isinstance(self.target, Address) else None
+        if self.port is None or self.port == own_port:
             return f"{self.alias}={self.target}"
         return f"{self.alias}:{self.port}={self.target}"
 
@@ -327,7 +396,7 @@ class Service:
 
 def _unique(services: Iterable[Service]) -> tuple[Service, ...]:
     """Drop exact repeats; refuse two targets for the same (alias, port)."""
-    seen: dict[tuple[str | None, int], Service] = {}
+    seen: dict[tuple[str | None, int | None], Service] = {}
     for service in services:
         key = (service.alias, service.port)
         earlier = seen.setdefault(key, service)
@@ -336,6 +405,17 @@ def _unique(services: Iterable[Service]) -> tuple[Service, ...]:
                 f"conflicting links {earlier.to_text()} and {service.to_text()}: "
                 f"{service.full_name} can lead to only one target; keep one of them"
             )
+    # An entry without a port is reached by its alias alone, so nothing else may have it.
+    for alias, port in seen:
+        if port is None:
+            shared = [s for (a, p), s in seen.items() if a == alias and p is not None]
+            if shared:
+                lone = seen[(alias, None)]
+                raise LinkError(
+                    f"links {lone.to_text()} and {shared[0].to_text()} share the alias "
+                    f"{alias!r}, and the first has no port to tell them apart; give it one, "
+                    f"like {alias}:PORT={lone.target}, or another alias"
+                )
     return tuple(seen.values())
 
 
@@ -418,12 +498,14 @@ def parse_link(text: str) -> Service:
         if name == "":
             raise _Invalid("the alias or port before '=' is missing")
         if target_text == "":
-            raise _Invalid("the HOST:PORT after '=' is missing")
+            raise _Invalid("the target after '=' is missing")
         alias, port = _parse_ref(name)
-        target = _parse_address(target_text)
+        target = _parse_endpoint(target_text)
     except _Invalid as problem:
         raise LinkError(f"bad link {_show(text)}: {problem}; use {_LINK_FORMS}") from None
-    return Service(alias, target.port if port is None else port, target)
+    if port is None and isinstance(target, Address):
+        port = target.port
+    return Service(alias, port, target)
 
 
 def _imported_by_docker(alias: str, environ: Mapping[str, str]) -> bool:
@@ -464,7 +546,10 @@ def _parse_tcp_url(name: str, value: str) -> Address:
     try:
         _check_text(value)
         if not value.lower().startswith(_TCP_SCHEME):
-            raise _Invalid("it is not a tcp:// URL (the tunnel carries TCP only)")
+            raise _Invalid(
+                "it is not a tcp:// URL (a link variable names a TCP port; link a unix socket "
+                "with --link ALIAS=unix:/PATH instead)"
+            )
         return _parse_address(value[len(_TCP_SCHEME) :])
     except _Invalid as problem:
         raise LinkError(

@@ -278,7 +278,7 @@ def test_parse_link_errors(text: str, reason: str) -> None:
     message = one_line(error)
     assert reason in message
     assert repr(text) in message
-    assert "ALIAS=HOST:PORT" in message  # says which forms are accepted
+    assert "ALIAS=TARGET" in message and "HOST:PORT" in message  # says which forms are accepted
 
 
 def test_service_names_and_matching() -> None:

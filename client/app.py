@@ -33,7 +33,7 @@ class Client:
     def __init__(self, config: ClientConfig) -> None:
         self.config = config
         self.connector = Connector(config, on_catalog=self._catalog_changed)
-        self.listeners = Listeners(self.connector, config.expose, config.bind)
+        self.listeners = Listeners(self.connector, config.expose, config.bind, config.sockets)
         self._task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._started = False
@@ -104,7 +104,7 @@ class Client:
         services = []
         for listening in self.listeners.bound:
             row = service_stats("client", listening.service)
-            row["service"] = f"{listening.service} on {listening.host}:{listening.port}"
+            row["service"] = f"{listening.service} on {listening.where}"
             services.append(row)
         return {
             "role": "ambassador-client",

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, replace
 from tunnel.protocol.limits import Limits
 from tunnel.security.tls import ClientTls, client_context
 from tunnel.settings.links import Address, ExposeSpec
+from tunnel.settings.unixpath import SocketAccess
 
 
 @dataclass(frozen=True, slots=True)
@@ -15,6 +16,9 @@ class ClientConfig:
     remotes: tuple[Address, ...]
     expose: tuple[ExposeSpec, ...] = ()  # empty: expose the whole catalog
     bind: str = "127.0.0.1"
+    sockets: SocketAccess = field(
+        default_factory=SocketAccess
+    )  # the mode and owner of exposed unix sockets
     name: str = "ambassador-client"
     limits: Limits = field(default_factory=Limits)
     connect_timeout: float = 5.0

@@ -258,6 +258,7 @@ ROLE_ONLY_VARIABLES = {
     "ambassador-client": frozenset(
         f"AMBASSADOR_{name}"
         for name in ("BACKOFF_MAX", "BACKOFF_MIN", "BIND", "CONNECT_TIMEOUT", "EXPOSE",
+                     "EXPOSE_SOCKET_MODE", "EXPOSE_SOCKET_OWNER",
                      "LINK_WAIT_TIMEOUT", "PIN", "REMOTE", "SERVER_NAME", "TLS")
     ),
 }  # fmt: skip

@@ -583,7 +583,8 @@ class ExposeSpec:
     """One service the client listens for locally.
 
     ``bind`` None means the ``--bind`` default; ``port`` None means the service's
-    own port from the catalog. ``service`` is a reference (ALIAS, PORT or
+    own port from the catalog; ``socket`` set means a unix socket at that path instead of
+    a port (``bind`` and ``port`` are then None). ``service`` is a reference (ALIAS, PORT or
     ALIAS:PORT), kept in canonical form; a bare-port service with no local port
     listens on that same port.
     """
@@ -594,6 +595,7 @@ class ExposeSpec:
     # References to try, in order, when the server does not offer ``service``: the seed's
     # form names a service that the server may have linked by alias, by port or both.
     alternatives: tuple[str, ...] = ()
+    socket: UnixPath | None = None
 
     def __post_init__(self) -> None:
         try:
@@ -603,6 +605,10 @@ class ExposeSpec:
             raise ValueError(str(invalid)) from None
         object.__setattr__(self, "service", service)
         object.__setattr__(self, "alternatives", alternatives)
+        if self.socket is not None:
+            if self.bind is not None or self.port is not None or alternatives:
+                raise ValueError("a unix socket takes neither a bind address nor a port")
+            return
         if alternatives and self.port is None:
             raise ValueError("a service with alternatives needs a local port")
         if self.port is None and _DIGITS.fullmatch(service):
@@ -625,6 +631,8 @@ class ExposeSpec:
     def to_text(self) -> str:
         """The ``--expose`` value that parses back to this entry (its first reference only,
         when it has alternatives: those come from a link variable, which names a host)."""
+        if self.socket is not None:
+            return f"{self.socket}={self.service}"
         if self.port is None:
             return self.service
         if self.bind is not None:
@@ -675,8 +683,18 @@ def _parse_expose(text: str) -> ExposeSpec | SeedLink:
     try:
         _check_text(text)
         local, equals, service = text.partition("=")
+        scheme, _ = _split_scheme(local)
         if not equals:
+            if scheme is not None:
+                raise _Invalid("the service after '=' is missing")
             return ExposeSpec(None, None, _canonical_ref(text))
+        if scheme is not None:
+            if service == "":
+                raise _Invalid("the service after '=' is missing")
+            where = _parse_endpoint(local)
+            if not isinstance(where, UnixPath):  # pragma: no cover - every scheme is unix today
+                raise _Invalid(f"cannot listen on {where}")
+            return ExposeSpec(None, None, _canonical_ref(service), socket=where)
         if "://" in service or _LINK_VARIABLE.fullmatch(local):
             if not _LINK_VARIABLE.fullmatch(local):
                 raise _Invalid("a URL belongs after a variable name such as REDIS_PORT_6379_TCP")

@@ -17,7 +17,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-__all__ = ["MAX_PATH_BYTES", "UnixPath", "unix_path_problem"]
+__all__ = [
+    "DEFAULT_SOCKET_MODE",
+    "MAX_PATH_BYTES",
+    "SocketAccess",
+    "UnixPath",
+    "parse_socket_mode",
+    "unix_path_problem",
+]
 
 #: The longest path a unix socket may have: ``sun_path`` is 108 bytes on Linux, the
 #: terminating NUL included.
@@ -63,3 +70,30 @@ class UnixPath:
 
     def __str__(self) -> str:
         return f"unix:{self.path}"
+
+
+#: The mode an exposed socket gets unless told otherwise: its owner only, the safe default
+#: for a service that may hold secrets; --expose-socket-mode 0660 shares it with a group.
+DEFAULT_SOCKET_MODE = 0o600
+
+
+@dataclass(frozen=True, slots=True)
+class SocketAccess:
+    """Who may connect to the sockets the client listens on: their mode, and their owner
+    (-1 leaves the user or group as created, which is os.chown's own convention)."""
+
+    mode: int = DEFAULT_SOCKET_MODE
+    uid: int = -1
+    gid: int = -1
+    owner: str = ""  # as the user wrote it, for messages
+
+
+def parse_socket_mode(text: str) -> int:
+    """An octal mode like ``0660`` or ``660``; ValueError saying what is accepted."""
+    digits = text[1:] if len(text) == 4 and text.startswith("0") else text
+    if len(digits) != 3 or any(char not in "01234567" for char in digits):
+        raise ValueError(
+            f"bad socket mode {text[:20]!r}: give three octal digits like 0660 "
+            "(owner, group, others; 6 is read and write)"
+        )
+    return int(digits, 8)

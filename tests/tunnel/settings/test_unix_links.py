@@ -8,11 +8,13 @@ from tunnel.protocol.messages import CatalogChanged, ServiceInfo, decode_message
 from tunnel.settings.links import (
     Address,
     Catalog,
+    ExposeSpec,
     LinkError,
     Service,
     UnknownService,
     links_from_env,
     parse_endpoint,
+    parse_expose,
     parse_link,
 )
 from tunnel.settings.unixpath import UnixPath
@@ -81,3 +83,27 @@ def test_a_link_variable_is_tcp_only_and_says_how_to_link_a_socket() -> None:
     with pytest.raises(LinkError) as error:
         links_from_env({"PG_PORT_5432_TCP": f"unix://{PG}"})
     assert "link a unix socket with --link ALIAS=unix:/PATH instead" in str(error.value)
+
+
+def test_parse_unix_expose() -> None:
+    spec = parse_expose("unix:/run/ambassador/redis.sock=redis:6379")
+    assert spec == ExposeSpec(
+        None, None, "redis:6379", socket=UnixPath("/run/ambassador/redis.sock")
+    )
+    assert parse_expose(spec.to_text()) == spec
+    assert parse_expose("unix:/run/a.sock=6379").port is None  # a socket, not port 6379
+
+
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        ("unix:/run/a.sock", "the service after '=' is missing"),
+        ("unix:/run/a.sock=", "the service after '=' is missing"),
+        ("unix:run/a.sock=redis", "is not absolute"),
+    ],
+)
+def test_unix_expose_errors(text: str, said: str) -> None:
+    with pytest.raises(LinkError) as error:
+        parse_expose(text)
+    assert said in str(error.value)
+    assert "unix:/PATH=SERVICE" in str(error.value)

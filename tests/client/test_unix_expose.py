@@ -4,9 +4,12 @@ connect to the path, the socket has the mode asked for, and it is gone after a c
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import stat
 from pathlib import Path
+
+import pytest
 
 from client.app import Client
 from client.config import ClientConfig
@@ -83,3 +86,32 @@ def test_an_expose_into_a_missing_directory_stops_the_start_in_one_line(tmp_path
         f"ConfigError: cannot listen on unix:{path}: the directory {tmp_path}/absent does not "
         "exist; create it (owned by the client's user) or choose another path"
     )
+
+
+def test_a_service_without_a_port_is_not_exposed_on_one_and_says_how(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # With no --expose the client listens on each service's own port; a socket linked by
+    # alias alone has none, so the client says how to expose it instead of guessing one.
+    async def scenario() -> list[int]:
+        server = Server(
+            ServerConfig(
+                listen=Address("127.0.0.1", 0),
+                catalog=Catalog((parse_link(f"portless=unix:{tmp_path}/pg.sock"),)),
+            )
+        )
+        await server.start()
+        client = Client(ClientConfig(remotes=(Address(*server.address),)))
+        await client.start()
+        try:
+            return [listening.port for listening in client.listeners.bound]
+        finally:
+            await client.stop()
+            await server.stop()
+
+    with caplog.at_level(logging.WARNING, logger="ambassador.client"):
+        assert asyncio.run(scenario()) == []
+    assert (
+        "not exposing 'portless': the server announces it without a port; expose it with "
+        "--expose LOCALPORT=portless or --expose unix:/PATH=portless"
+    ) in caplog.messages

@@ -43,7 +43,7 @@ class Client:
         self.config = config
         self.connector = Connector(config, on_catalog=self._catalog_changed)
         # ``pool``: helper processes, in the main one of several, to share connections with.
-        self.listeners = Listeners(self.connector, config.expose, config.bind, pool)
+        self.listeners = Listeners(self.connector, config.expose, config.bind, pool, config.sockets)
         self.udp = UdpExposes(
             self.connector, config.expose, config.bind, config.udp_max_flows,
             config.udp_idle_timeout,
@@ -126,7 +126,7 @@ class Client:
         services = []
         for listening in self.listeners.bound:
             row = service_stats("client", listening.service)
-            row["service"] = f"{listening.service} on {listening.host}:{listening.port}"
+            row["service"] = f"{listening.service} on {listening.where}"
             services.append(row)
         return {
             "udp": self.udp.status(),

@@ -12,6 +12,7 @@ import click
 
 from client.app import serve, serve_helper
 from client.config import ClientConfig
+from tunnel.aio.unixlisten import socket_access
 from tunnel.errors import ConfigError
 from tunnel.operations.observe import print_status
 from tunnel.operations.runner import worker_processes
@@ -77,9 +78,11 @@ PROG = "ambassador-client"
     multiple=True,
     envvar="AMBASSADOR_EXPOSE",
     metavar="SPEC",
-    help="A service to listen for locally: 6379, redis, 16379=redis, 127.0.0.1:16379=6379, or "
-    "the seed's REDIS_PORT_1234_TCP=tcp://HOST:6379 (listen on 1234 for the service HOST "
-    "published on 6379). Repeatable; none: the whole catalog.",
+    help="A service to listen for locally: 6379, redis, 16379=redis, 127.0.0.1:16379=6379, "
+    "unix:/run/ambassador/redis.sock=redis (a unix socket), udp:127.0.0.1:5353=dns (a UDP "
+    "service, on a UDP port), or the seed's "
+    "REDIS_PORT_1234_TCP=tcp://HOST:6379 (listen on 1234 for the service HOST published on 6379). "
+    "Repeatable; none: the whole catalog.",
 )
 @click.option(
     "--expose-allow",
@@ -101,6 +104,21 @@ PROG = "ambassador-client"
     show_default=True,
     envvar="AMBASSADOR_BIND",
     help="Address the local listeners bind to (0.0.0.0 in a container).",
+)
+@click.option(
+    "--expose-socket-mode",
+    default="0600",
+    show_default=True,
+    envvar="AMBASSADOR_EXPOSE_SOCKET_MODE",
+    metavar="OCTAL",
+    help="Mode of the unix sockets --expose listens on (0660: the owner and its group).",
+)
+@click.option(
+    "--expose-socket-owner",
+    envvar="AMBASSADOR_EXPOSE_SOCKET_OWNER",
+    metavar="USER[:GROUP]",
+    help="Owner of the unix sockets --expose listens on (:GROUP for the group alone); "
+    "default: the client's own user.",
 )
 @name_option("client", "sent in its hello")
 @setting("--connect-timeout", click.FloatRange(0.1), 5.0, "Seconds to reach the server.")
@@ -237,6 +255,7 @@ def build_config(params: dict[str, Any], environ: Mapping[str, str]) -> ClientCo
         expose=tuple(expose),
         expose_allow=expose_allow(params["expose_allow"], expose),
         bind=params["bind"],
+        sockets=socket_access(params["expose_socket_mode"], params["expose_socket_owner"]),
         name=params["name"] or os.uname().nodename,
         limits=limits,
         connect_timeout=params["connect_timeout"],

@@ -12,6 +12,7 @@ from tunnel.security.allowlist import Allowlist
 from tunnel.security.tls import ClientTls, client_context
 from tunnel.settings.links import Address, ExposeSpec
 from tunnel.settings.proxy import ProxyRoute
+from tunnel.settings.unixpath import SocketAccess
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,6 +23,7 @@ class ClientConfig:
     # Who may connect to each exposed port, by service reference ("" for every port); a port
     # with no list is open to whoever can reach it.
     expose_allow: Mapping[str, Allowlist] = field(default_factory=dict)
+    sockets: SocketAccess = field(default_factory=SocketAccess)  # exposed unix sockets' mode, owner
     name: str = "ambassador-client"
     limits: Limits = field(default_factory=Limits)
     connect_timeout: float = 5.0

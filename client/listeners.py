@@ -19,6 +19,7 @@ from client.connector import Connector, find_service
 from tunnel.aio.relay import Relay, abort_with_reset
 from tunnel.aio.sourcegate import SourceGate
 from tunnel.aio.transport import format_peer
+from tunnel.aio.unixlisten import SocketFile, listen_unix
 from tunnel.errors import ConfigError, Reason, RemoteProtocolError
 from tunnel.operations import metrics
 from tunnel.operations.logonce import Throttled
@@ -35,6 +36,7 @@ from tunnel.protocol.origin import UNSPECIFIED, Origin, origin_of
 from tunnel.protocol.peertext import quoted, shown
 from tunnel.security.allowlist import EVERY_EXPOSE, Allowlist
 from tunnel.settings.links import ExposeSpec
+from tunnel.settings.unixpath import SocketAccess
 from tunnel.settings.wording import hostport
 
 log = logging.getLogger("ambassador.client")
@@ -270,12 +272,30 @@ class ConsumerStream(Relay):
                 metrics.refused("client", self.service, "tunnel_lost")
 
 
+def _note_portless(name: str) -> None:
+    """The server offers ``name`` without a port (a unix socket linked by alias alone), so
+    there is no port to listen on unless the expose list gives one."""
+    throttled.warning(
+        f"portless:{name}",
+        "not exposing %r: the server announces it without a port; expose it with "
+        "--expose LOCALPORT=%s or --expose unix:/PATH=%s",
+        name,
+        name,
+        name,
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Listening:
     spec: ExposeSpec
     service: str
-    host: str
+    host: str  # for a unix socket, ``unix:PATH`` (and port 0)
     port: int
+
+    @property
+    def where(self) -> str:
+        """Where consumers connect: ``host:port`` or ``unix:PATH``."""
+        return self.host if self.spec.socket is not None else hostport(self.host, self.port)
 
 
 class Listeners:
@@ -294,10 +314,13 @@ class Listeners:
         specs: tuple[ExposeSpec, ...],
         bind: str,
         pool: WorkerPool | None = None,
+        access: SocketAccess | None = None,
     ) -> None:
         self.connector = connector
         self.specs = specs
         self.bind = bind
+        self.access = access or SocketAccess()  # unix sockets' mode and owner, set at bind
+        self._files: dict[tuple[str, int, str], SocketFile] = {}  # removed when closed
         self._servers: dict[tuple[str, int, str], tuple[Listening, asyncio.Server]] = {}
         # What each listener's new streams ask for, preferred first: one reference once the
         # catalog has chosen, all of the spec's while it is unknown.
@@ -355,6 +378,9 @@ class Listeners:
             for info in catalog or ():
                 if info.transport != "tcp":
                     continue  # a UDP service: client.udp_expose binds those
+                if info.port is None:
+                    _note_portless(info.name)
+                    continue
                 ref = (
                     info.name
                     if find_service(catalog or (), info.name)
@@ -376,9 +402,15 @@ class Listeners:
                     missing.append(spec.service)
                 else:
                     found, refs = find_service(catalog, chosen), (chosen,)
+            if spec.socket is not None:
+                wanted[(str(spec.socket), 0, spec.service)] = (spec, refs)
+                continue
             if port is None:
                 if found is None:
                     continue  # its port comes from the catalog: nothing to bind yet
+                if found.port is None:
+                    _note_portless(found.name)
+                    continue
                 port = found.port
             wanted[(spec.bind or bind, port, spec.service)] = (spec, refs)
         return wanted, missing
@@ -412,8 +444,9 @@ class Listeners:
                 if key not in self._servers:
                     added[key] = await self._listen(spec, key, refs)
         except ConfigError:
-            for _, server in added.values():
+            for key, (_, server) in added.items():
                 server.close()
+                self._remove_file(key)
             raise
         self.specs, self.bind = specs, bind
         for key in unwanted:
@@ -445,7 +478,7 @@ class Listeners:
 
     @staticmethod
     def _log_exposing(listening: Listening, alternatives: tuple[str, ...]) -> None:
-        where = hostport(listening.host, listening.port)
+        where = listening.where
         if alternatives:
             others = ", or ".join(repr(ref) for ref in alternatives)
             log.info("exposing %r on %s (or %s: the first the server offers)",
@@ -457,8 +490,13 @@ class Listeners:
         listening, server = self._servers.pop(key)
         self._refs.pop(key, None)
         server.close()
-        log.info("no longer exposing %r on %s", listening.service,
-                 hostport(listening.host, listening.port))  # fmt: skip
+        self._remove_file(key)
+        log.info("no longer exposing %r on %s", listening.service, listening.where)
+
+    def _remove_file(self, key: tuple[str, int, str]) -> None:
+        file = self._files.pop(key, None)
+        if file is not None:
+            file.remove()
 
     def _note_missing(
         self, missing: list[str], catalog: tuple[ServiceInfo, ...], remind: bool
@@ -493,6 +531,11 @@ class Listeners:
         self, spec: ExposeSpec, key: tuple[str, int, str], refs: tuple[str, ...]
     ) -> tuple[Listening, asyncio.Server]:
         host, port, _ = key
+        if spec.socket is not None:
+            server, file = await listen_unix(lambda: self._protocol(key), spec.socket.path,
+                                             self.access)  # fmt: skip
+            self._files[key] = file
+            return Listening(spec, refs[0], host, 0), server
         loop = asyncio.get_running_loop()
         try:
             server = await loop.create_server(
@@ -512,5 +555,7 @@ class Listeners:
         self._refs.clear()
         for server in servers:
             server.close()
+        for key in list(self._files):
+            self._remove_file(key)
         for server in servers:
             await server.wait_closed()

@@ -258,7 +258,8 @@ class UdpExposes:
         missing: list[str] = []
         if not specs:
             for info in catalog or ():
-                if info.transport == "udp":
+                # A UDP entry always has a port (only a unix socket, a stream, goes without).
+                if info.transport == "udp" and info.port is not None:
                     ref = (
                         info.name
                         if find_service(catalog or (), info.name, "udp")
@@ -278,7 +279,7 @@ class UdpExposes:
                 else:
                     found, refs = find_service(catalog, chosen, "udp"), (chosen,)
             if port is None:
-                if found is None:
+                if found is None or found.port is None:
                     continue
                 port = found.port
             wanted[(spec.bind or bind, port, spec.service)] = (spec, refs)

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Protocol, cast
 
 from server.udp_backend import take_flow
+from tunnel.aio.dial import connect
 from tunnel.aio.relay import Relay
 from tunnel.aio.transport import TunnelConnection
 from tunnel.errors import ConfigError, Reason, RemoteProtocolError
@@ -179,9 +180,7 @@ class BackendStream(Relay):
         assert self.service is not None  # dialed only once the header named it
         target = self.service.target
         loop = self.owner.loop
-        attempt: asyncio.Task[object] = loop.create_task(
-            loop.create_connection(self._protocol, target.host, target.port)
-        )
+        attempt: asyncio.Task[object] = loop.create_task(connect(loop, self._protocol, target))
         self._expiry = loop.call_later(timeout, self._expire, attempt, timeout)
         attempt.add_done_callback(self._dialed)
         return attempt
@@ -197,7 +196,7 @@ class BackendStream(Relay):
         if self._expiry is not None:
             self._expiry.cancel()
         assert self.service is not None  # dialed only once the header named it
-        target = str(self.service.target)
+        target = self.service.target
         if attempt.cancelled():
             if self._timed_out is not None:  # else the session is closing: nothing to say
                 self.refuse(*dial_error(target, TimeoutError(), self._timed_out))

@@ -85,7 +85,8 @@ PROG = "ambassador-server"
     multiple=True,
     envvar="AMBASSADOR_LINK",
     metavar="ALIAS=HOST:PORT",
-    help="A backend to offer: ALIAS=HOST:PORT, PORT=HOST:PORT or ALIAS:PORT=HOST:PORT. Repeatable.",
+    help="A backend to offer: ALIAS=TARGET, PORT=TARGET or ALIAS:PORT=TARGET, where TARGET is "
+    "HOST:PORT, udp:HOST:PORT (a UDP service) or unix:/PATH (a unix socket). Repeatable.",
 )
 @links_from_env_option(
     "Also offer the backends named by Docker link variables (REDIS_PORT_6379_TCP=...)."

@@ -24,6 +24,7 @@ from functools import partial
 from typing import Any, cast
 
 from server.config import ServerConfig
+from tunnel.aio.dial import connect
 from tunnel.aio.relay import abort_with_reset
 from tunnel.errors import ConfigError
 from tunnel.operations import metrics
@@ -134,9 +135,9 @@ class _Consumer(_Side):
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self.dial_timeout):
-                await loop.create_connection(lambda: backend, target.host, target.port)
+                await connect(loop, lambda: backend, target)
         except (OSError, TimeoutError) as exc:
-            reason, text = dial_error(str(target), exc, self.dial_timeout)
+            reason, text = dial_error(target, exc, self.dial_timeout)
             name = self.service.name
             throttled.warning(f"{name}:{reason.label}", "connection to %r refused (%s): %s",
                               name, reason.label, text)  # fmt: skip
@@ -159,6 +160,10 @@ async def start_forwarding(
     loop = asyncio.get_running_loop()
     servers: list[asyncio.Server] = []
     for service in catalog:
+        if service.port is None:
+            log.warning("not forwarding %s: it has no port to listen on; link it as "
+                        "%s:PORT=%s", service.name, service.name, service.target)  # fmt: skip
+            continue
         try:
             server = await loop.create_server(
                 partial(_Consumer, service, dial_timeout), bind, service.port, reuse_address=True

@@ -24,7 +24,7 @@ from tunnel.operations.oserrors import dial_error
 from tunnel.protocol.datagrams import FlowHeaderParser, is_flow
 from tunnel.protocol.messages import CONNECTED, StreamAnswer
 from tunnel.protocol.peertext import quoted, shown
-from tunnel.settings.links import Service
+from tunnel.settings.links import Address, Service
 
 if TYPE_CHECKING:
     from server.backend import BackendStream, StreamOwner
@@ -106,6 +106,7 @@ class BackendFlow(FlowStream, asyncio.DatagramProtocol):
     def _open(self, service: Service) -> None:
         loop = self.owner.loop
         target = service.target
+        assert isinstance(target, Address)  # a UDP service's target is HOST:PORT (Service checks)
         self.opening = loop.create_task(
             loop.create_datagram_endpoint(lambda: self, remote_addr=(target.host, target.port))
         )

@@ -57,11 +57,11 @@ def assert_one_line_error(
     ("args", "fix"),
     [
         pytest.param([], ["nothing to offer", "give --link ALIAS=HOST:PORT"], id="no-links"),
-        pytest.param(["--link", "redis"], ["bad link 'redis'", "use ALIAS=HOST:PORT"], id="no-="),
+        pytest.param(["--link", "redis"], ["bad link 'redis'", "use ALIAS=TARGET"], id="no-="),
         pytest.param(
             ["--link", "redis=127.0.0.1:99999"], ["port 99999 is outside 1..65535"], id="port"
         ),
-        pytest.param(["--link", "redis=:6379"], ["bad link", "use ALIAS=HOST:PORT"], id="no-host"),
+        pytest.param(["--link", "redis=:6379"], ["bad link", "use ALIAS=TARGET"], id="no-host"),
     ],
 )
 def test_server_usage_error(args: list[str], fix: list[str], free_port: Callable[..., int]) -> None:

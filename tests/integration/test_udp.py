@@ -10,6 +10,7 @@ import asyncio
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import struct
@@ -19,11 +20,13 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
 from tests.environment import missing
 from tests.integration.support import AmbassadorServer, Processes, Started
+from tests.integration.test_unix_sockets import redis_cli_s, wait_for_socket
 from tests.reliability import rawpeer
 
 DNS_NAME = "example.test"
@@ -39,17 +42,18 @@ def udp_port(host: str = "127.0.0.1") -> int:
         return port
 
 
-def dns_port(host: str = "127.0.0.1") -> int:
-    """A port free for both UDP and TCP on ``host``: dnsmasq listens on both."""
+def dns_port() -> int:
+    """A loopback port free for UDP and for TCP: dnsmasq listens on both, and a port picked for
+    UDP alone is now and then some connection's TCP port (its start then fails)."""
     for _ in range(50):
-        port = udp_port(host)
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        port = udp_port()
+        with socket.socket() as tcp:
             try:
-                sock.bind((host, port))
+                tcp.bind(("127.0.0.1", port))
             except OSError:
-                continue  # a TCP socket holds it: another
+                continue
         return port
-    raise AssertionError("no port free for both UDP and TCP on the loopback")
+    raise AssertionError("no loopback port free for both UDP and TCP in 50 tries")
 
 
 def metric(port: int, name: str, **labels: str) -> float:
@@ -379,7 +383,7 @@ def test_an_expose_of_the_other_transport_is_one_line(
     server = start_server(f"dns=udp:127.0.0.1:{sink.port}", "redis=127.0.0.1:6379")
     client = start_client(
         f"--remote=127.0.0.1:{server.port}",
-        f"--expose=127.0.0.1:{udp_port()}=dns",
+        f"--expose=127.0.0.1:{dns_port()}=dns",  # a TCP port
         f"--expose=udp:127.0.0.1:{udp_port()}=redis",
     )
     client.wait_for_stderr("as a UDP service, not TCP")
@@ -390,3 +394,44 @@ def test_an_expose_of_the_other_transport_is_one_line(
         "the server offers 'redis' as a TCP service, not UDP: expose it as PORT=redis "
         "(no udp: prefix)" in log
     )
+
+
+# --------------------------------------------------------------------- beside unix sockets
+
+
+def test_a_udp_port_and_a_unix_socket_through_one_pair(
+    dnsmasq: Callable[..., int],
+    processes: Processes,
+    start_server: Callable[..., AmbassadorServer],
+    start_client: Callable[..., Started],
+    tmp_path: Path,
+) -> None:
+    """dig over a UDP expose to dnsmasq, and redis-cli -s over an exposed socket to a
+    redis-server on a socket, through one pair; a client exposing the whole catalog binds the
+    UDP service and says once why the port-less socket link gets no port."""
+    if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
+        missing("redis-server and redis-cli (Debian packages redis-server, redis-tools)")
+    backend = tmp_path / "redis.sock"
+    redis = processes.start(
+        "redis-server",
+        ["redis-server", "--port", "0", "--unixsocket", str(backend), "--unixsocketperm", "700",
+         "--save", "", "--appendonly", "no"],
+    )  # fmt: skip
+    wait_for_socket(backend, redis.alive)
+    server = start_server(f"dns=udp:127.0.0.1:{dnsmasq()}", f"cache=unix:{backend}")
+    port, exposed = udp_port(), tmp_path / "cache.sock"
+    client = start_client(
+        f"--remote=127.0.0.1:{server.port}",
+        f"--expose=udp:127.0.0.1:{port}=dns",
+        f"--expose=unix:{exposed}=cache",
+    )
+    client.wait_for_stderr(rf"exposing UDP 'dns' on 127\.0\.0\.1:{port}")
+    client.wait_for_stderr(rf"exposing 'cache' on {re.escape(f'unix:{exposed}')}")
+    assert dig(port) == DNS_ANSWER
+    assert redis_cli_s(exposed, "SET", "k", "beside udp") == "OK"
+    assert redis_cli_s(backend, "GET", "k") == "beside udp"
+    # The whole catalog, on another loopback address (dnsmasq holds the port on 127.0.0.1).
+    whole = start_client(f"--remote=127.0.0.1:{server.port}", "--bind=127.0.0.2")
+    found = whole.wait_for_stderr(r"exposing UDP 'dns' on 127\.0\.0\.2:(\d+)")
+    whole.wait_for_stderr(r"not exposing 'cache': the server announces it without a port")
+    assert dig(int(found[1]), host="127.0.0.2") == DNS_ANSWER

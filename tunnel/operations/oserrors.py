@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import errno
+import os
 import socket
+import stat
 
 from tunnel.errors import Reason
+from tunnel.settings.unixpath import UnixPath
 
 
 def listen_error(where: str, exc: OSError) -> str:
@@ -47,13 +50,62 @@ def connect_error(where: str, exc: BaseException, timeout: float) -> tuple[str, 
     return f"cannot reach {where}: {exc}", "error"
 
 
-def dial_error(target: str, exc: BaseException, timeout: float) -> tuple[Reason, str]:
+def dial_error(target: object, exc: BaseException, timeout: float) -> tuple[Reason, str]:
     """Why a dial to a backend at ``target`` failed: the reason code the tunnel answers a
-    stream with (and labels metrics with), and one line for the log."""
+    stream with (and labels metrics with), and one line for the log.
+
+    ``target`` is shown as ``str(target)``; a :class:`UnixPath` gets the reasons of a unix
+    socket, which the kernel's errors alone do not tell apart (connecting to a plain file or
+    a directory is "refused", like a socket nobody listens on).
+    """
     if isinstance(exc, TimeoutError):
         return Reason.BACKEND_TIMEOUT, f"{target} did not answer within {timeout:g}s"
+    if isinstance(target, UnixPath) and isinstance(exc, OSError):
+        return _unix_dial_error(target, exc)
     if isinstance(exc, ConnectionRefusedError):
         return Reason.BACKEND_REFUSED, f"{target} refused the connection"
     if isinstance(exc, OSError):
         return Reason.BACKEND_UNREACHABLE, f"cannot reach {target}: {exc.strerror or exc}"
     return Reason.BACKEND_UNREACHABLE, f"cannot reach {target}: {exc!r}"
+
+
+def _unix_dial_error(target: UnixPath, exc: OSError) -> tuple[Reason, str]:
+    if isinstance(exc, FileNotFoundError):
+        return Reason.BACKEND_UNREACHABLE, (
+            f"cannot reach {target}: no such socket; start the backend, or fix the link's path"
+        )
+    if isinstance(exc, PermissionError):
+        return Reason.BACKEND_UNREACHABLE, (
+            f"cannot reach {target}: permission denied; let the server's user write the socket "
+            "(its group or mode) and search its directories"
+        )
+    if isinstance(exc, ConnectionRefusedError):
+        kind = _file_kind(target.path)
+        if kind is not None:
+            return Reason.BACKEND_UNREACHABLE, (
+                f"cannot reach {target}: it is {kind}, not a socket; fix the link's path"
+            )
+        return Reason.BACKEND_REFUSED, (
+            f"{target} refused the connection: nobody listens on that socket (a stale file?); "
+            "start the backend"
+        )
+    if exc.errno == errno.ENOTDIR:
+        return Reason.BACKEND_UNREACHABLE, (
+            f"cannot reach {target}: a part of the path is not a directory; fix the link's path"
+        )
+    return Reason.BACKEND_UNREACHABLE, f"cannot reach {target}: {exc.strerror or exc}"
+
+
+def _file_kind(path: str) -> str | None:
+    """What ``path`` is when it exists and is not a socket: a directory, a plain file..."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    if stat.S_ISSOCK(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISREG(mode):
+        return "a regular file"
+    return "a special file"

@@ -48,7 +48,9 @@ MAX_VERSIONS = 16
 MAX_VERSION = 0xFFFF
 # What a client takes from a catalog. Entries beyond the first MAX_CATALOG, and entries that are
 # not a port 1..65535 with, optionally, an alias as the server writes them (tunnel.settings.links: a
-# letter, then letters, digits, '-' or '_', at most 63, lower case), are skipped and counted:
+# letter, then letters, digits, '-' or '_', at most 63, lower case), or an alias with a null port
+# (a unix socket linked by alias alone; a client before it skips such an entry), are skipped and
+# counted:
 # the client warns once and uses the rest, rather than binding a name it cannot show or crashing.
 MAX_CATALOG = 4096
 _ALIAS = re.compile(r"[a-z][a-z0-9_-]{0,62}")
@@ -64,7 +66,7 @@ class ServiceInfo:
     """One catalog entry as the client sees it: never the backend's address."""
 
     alias: str | None
-    port: int
+    port: int | None  # None: reached by the alias alone (a unix socket linked without a port)
     # "udp": reached by datagram flows (tunnel.protocol.datagrams). Sent only for UDP, so an
     # older client, which ignores the field, sees a TCP catalog as before.
     transport: str = "tcp"
@@ -284,10 +286,13 @@ def _service(item: Any) -> ServiceInfo | None:
     alias, port = item.get("alias"), item.get("port")
     if alias is not None and not (isinstance(alias, str) and _ALIAS.fullmatch(alias)):
         return None
-    if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
-        return None
     transport = item.get("transport", "tcp")
     if transport not in TRANSPORTS:  # a later kind of service: not one this client can expose
+        return None
+    if port is None and alias is not None and "port" in item:  # null, not left out
+        # Only a unix socket goes without a port, and a unix socket is a byte stream.
+        return ServiceInfo(alias, None) if transport == "tcp" else None
+    if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
         return None
     return ServiceInfo(alias, port, transport)
 

@@ -53,7 +53,9 @@ def unmatched(rules: AccessRules, catalog: Catalog) -> list[str]:
     Such a rule is legal (the service may be linked later) but usually a typo, which would
     otherwise show only as a client told that the server does not offer what it asks for.
     """
-    names = sorted({n for s in catalog for n in (s.alias, s.full_name, str(s.port)) if n})
+    names = sorted(
+        {n for s in catalog for n in (s.alias, s.full_name, s.port and f"{s.port}") if n}
+    )
     warnings = []
     for who, refs in rules.grants:
         for ref in refs:

@@ -56,6 +56,8 @@ OPTION_GROUPS: Mapping[str, str] = {
     "links_from_env_in_pod": SERVICES,
     "expose": SERVICES,
     "bind": SERVICES,
+    "expose_socket_mode": SERVICES,
+    "expose_socket_owner": SERVICES,
     "link_wait_timeout": SERVICES,
     "dial_timeout": SERVICES,
     "forward": SERVICES,

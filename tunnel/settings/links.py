@@ -15,6 +15,12 @@ URL's host is the server (reached on the tunnel port); the service is asked for
 as ``redis:6379``, then ``6379``, then ``redis``, and the first one the server's
 catalog offers is used, since a server may link it by alias, by port or both.
 
+A link's target, and where an expose listens, is an *endpoint*: TCP's ``HOST:PORT``, or a
+form with a scheme prefix, ``unix:/run/app.sock`` for a unix socket (``tunnel.settings.unixpath``).
+The prefixes are read in one place, ``_SCHEMES``: a new form of endpoint is one more entry
+there. A unix link may go without a port (``pg=unix:/run/postgresql/.s.PGSQL.5432``): it is
+then announced and reached by its alias alone, which no other entry may share.
+
 A reference to a service is one of ``ALIAS``, ``PORT`` or ``ALIAS:PORT``. A bare
 port reaches the entry linked by port alone when there is one, so that every
 entry has a name that reaches only it; otherwise a reference matching several
@@ -25,10 +31,13 @@ socket is touched (host names are kept as written and resolved at dial time).
 Every mistake in such text becomes one ``LinkError`` line that says what was wrong and which
 forms are accepted.
 
-A service is TCP unless written with the ``udp:`` scheme (``--link dns=udp:10.0.0.2:53``,
-``--expose udp:127.0.0.1:5353=dns``): a UDP service is carried as datagram flows, and a TCP
-expose never reaches a UDP service nor the other way round. The scheme is one prefix in front
-of the forms above, read by :func:`_split_transport` and nothing else.
+A service is TCP unless written with the ``udp:`` prefix (``--link dns=udp:10.0.0.2:53``,
+``--expose udp:127.0.0.1:5353=dns``, ``--expose udp:dns``): a UDP service is carried as datagram
+flows, and a TCP expose never reaches a UDP service nor the other way round. The prefix is read
+by :func:`_split_transport` and nothing else, in front of everything else, endpoint schemes
+included: it says how the bytes travel, where a scheme says where they go, and it also prefixes
+an expose that names no endpoint at all (``udp:dns``), so it is not an entry of ``_SCHEMES``.
+A unix socket is a byte stream here (SOCK_STREAM), so ``udp:`` with ``unix:`` is refused.
 
 Docker writes several variables per linked port. Only ``<ALIAS>_PORT_<N>_TCP`` (and its
 ``_UDP`` twin, for a UDP port) is read; its ``_ADDR``, ``_PORT``, ``_PROTO`` (and
@@ -43,11 +52,12 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Literal, TypeAlias
 
 from tunnel.errors import ConfigError, Reason
+from tunnel.settings.unixpath import UnixPath, unix_path_problem
 from tunnel.settings.wording import hostport
 
 __all__ = [
@@ -55,6 +65,7 @@ __all__ = [
     "Address",
     "AmbiguousService",
     "Catalog",
+    "Endpoint",
     "ExposeSpec",
     "LinkError",
     "SeedLink",
@@ -65,6 +76,7 @@ __all__ = [
     "named_links_from_env",
     "named_seed_links_from_env",
     "parse_address",
+    "parse_endpoint",
     "parse_expose",
     "parse_link",
     "parse_seed_variable",
@@ -119,14 +131,16 @@ Transport = Literal["tcp", "udp"]
 _UDP_PREFIX = "udp:"
 
 _LINK_FORMS = (
-    "ALIAS=HOST:PORT, PORT=HOST:PORT or ALIAS:PORT=HOST:PORT (IPv6 as [ADDR]:PORT; "
-    "udp:HOST:PORT for a UDP service)"
+    "ALIAS=TARGET, PORT=TARGET or ALIAS:PORT=TARGET, where TARGET is HOST:PORT "
+    "(IPv6 as [ADDR]:PORT), udp:HOST:PORT for a UDP service, or unix:/PATH"
 )
 _EXPOSE_FORMS = (
-    "SERVICE, LOCALPORT=SERVICE or BIND:LOCALPORT=SERVICE, where SERVICE is ALIAS, PORT "
-    "or ALIAS:PORT, each with a udp: prefix for a UDP service "
+    "SERVICE, LOCALPORT=SERVICE, BIND:LOCALPORT=SERVICE or unix:/PATH=SERVICE, where SERVICE "
+    "is ALIAS, PORT or ALIAS:PORT, the first three with a udp: prefix for a UDP service "
     "(or NAME_PORT_N_TCP=tcp://HOST:PORT, NAME_PORT_N_UDP=udp://HOST:PORT)"
 )
+# udp: and unix: together: one line, whichever of --link and --expose it was written in.
+_UDP_UNIX = "a unix socket carries TCP services only, so udp: does not go with unix:"
 _REF_FORMS = "ALIAS, PORT or ALIAS:PORT"
 _MAX_OFFERED = 20
 _RESOLVED_KEPT = 256  # names remembered per catalog: a peer cannot make the memo grow forever
@@ -276,6 +290,53 @@ def parse_address(
         raise LinkError(f"bad address {_show(text)}: {problem}; use {', '.join(forms)}") from None
 
 
+Endpoint: TypeAlias = Address | UnixPath
+"""Where a link leads or an expose listens: a TCP address or a unix socket's path."""
+
+
+def _parse_unix(text: str) -> UnixPath:
+    # unix:///run/app.sock is how Docker and others write it (a URL with no host).
+    path = text[2:] if text.startswith("///") else text
+    problem = unix_path_problem(path)
+    if problem is not None:
+        raise _Invalid(problem)
+    return UnixPath(path)
+
+
+# The endpoint forms written with a scheme prefix, by scheme (lower case): text without one of
+# these prefixes is TCP's HOST:PORT. Another form of endpoint is one more entry here (and a
+# type in Endpoint); "unix" is thus never read as a host name before a port.
+_SCHEMES: dict[str, Callable[[str], Endpoint]] = {"unix": _parse_unix}
+
+
+def _split_scheme(text: str) -> tuple[str | None, str]:
+    """(scheme, rest) when ``text`` starts with a known ``scheme:``; (None, text) otherwise."""
+    scheme, colon, rest = text.partition(":")
+    if colon and scheme.lower() in _SCHEMES:
+        return scheme.lower(), rest
+    return None, text
+
+
+def _parse_endpoint(
+    text: str, default_port: int | None = None, default_host: str | None = None
+) -> Endpoint:
+    _check_text(text)
+    scheme, rest = _split_scheme(text)
+    if scheme is None:
+        return _parse_address(text, default_port, default_host)
+    return _SCHEMES[scheme](rest)
+
+
+def parse_endpoint(text: str) -> Endpoint:
+    """Parse ``HOST:PORT``, ``[IPV6]:PORT`` or ``unix:/PATH``; raises LinkError."""
+    try:
+        return _parse_endpoint(text)
+    except _Invalid as problem:
+        raise LinkError(
+            f"bad endpoint {_show(text)}: {problem}; use HOST:PORT, [IPV6]:PORT or unix:/PATH"
+        ) from None
+
+
 def _parse_ref(text: str) -> tuple[str | None, int | None]:
     """Split a service reference into (alias, port); either may be absent, not both."""
     _check_text(text)
@@ -302,13 +363,14 @@ class Service:
     """One catalog entry: what the client may ask for and where the server dials.
 
     ``alias`` is lower case, or None for an entry linked by port alone. ``port`` is
-    the port announced to clients, usually but not necessarily ``target.port``.
-    ``transport`` says whether clients reach it as a byte stream or as datagram flows.
+    the port announced to clients, usually but not necessarily ``target.port``; None for a
+    unix socket linked by alias alone, which has no port to announce. ``transport`` says
+    whether clients reach it as a byte stream or as datagram flows (a unix target: a stream).
     """
 
     alias: str | None
-    port: int
-    target: Address
+    port: int | None
+    target: Endpoint
     transport: Transport = "tcp"
 
     def __post_init__(self) -> None:
@@ -316,6 +378,12 @@ class Service:
             _ALIAS.fullmatch(self.alias) and self.alias == self.alias.lower()
         ):
             raise ValueError(f"{_show(self.alias)} is not a lower-case alias")
+        if self.transport != "tcp" and isinstance(self.target, UnixPath):
+            raise ValueError(_UDP_UNIX)
+        if self.port is None:
+            if self.alias is None:
+                raise ValueError("an entry without a port needs an alias")
+            return
         problem = _port_problem(self.port)
         if problem is not None:
             raise ValueError(problem)
@@ -327,8 +395,11 @@ class Service:
 
     @property
     def full_name(self) -> str:
-        """A reference that reaches this entry alone (``alias:port``, or the port)."""
-        return f"{self.alias}:{self.port}" if self.alias is not None else str(self.port)
+        """A reference that reaches this entry alone (``alias:port``, the port, or the alias
+        of an entry without a port)."""
+        if self.alias is None:
+            return str(self.port)
+        return self.alias if self.port is None else f"{self.alias}:{self.port}"
 
     def matches(self, ref: str) -> bool:
         """Whether ``ref`` (ALIAS, PORT or ALIAS:PORT, any case) names this entry."""
@@ -346,7 +417,8 @@ class Service:
         target = _with_transport(self.transport, str(self.target))
         if self.alias is None:
             return f"{self.port}={target}"
-        if self.port == self.target.port:
+        own_port = self.target.port if isinstance(self.target, Address) else None
+        if self.port is None or self.port == own_port:
             return f"{self.alias}={target}"
         return f"{self.alias}:{self.port}={target}"
 
@@ -356,7 +428,7 @@ class Service:
 
 def _unique(services: Iterable[Service]) -> tuple[Service, ...]:
     """Drop exact repeats; refuse two targets for the same (alias, port)."""
-    seen: dict[tuple[str | None, int, Transport], Service] = {}
+    seen: dict[tuple[str | None, int | None, Transport], Service] = {}
     for service in services:
         # A TCP and a UDP service may share a name (DNS listens on both): a stream's header
         # says which one it wants.
@@ -367,6 +439,22 @@ def _unique(services: Iterable[Service]) -> tuple[Service, ...]:
                 f"conflicting links {earlier.to_text()} and {service.to_text()}: "
                 f"{service.full_name} can lead to only one target; keep one of them"
             )
+    # An entry without a port is reached by its alias alone, so nothing else of its transport
+    # may have it (a UDP entry is told apart by the stream's header, as above).
+    for alias, port, transport in seen:
+        if port is None:
+            shared = [
+                s
+                for (a, p, t), s in seen.items()
+                if a == alias and p is not None and t == transport
+            ]
+            if shared:
+                lone = seen[(alias, None, transport)]
+                raise LinkError(
+                    f"links {lone.to_text()} and {shared[0].to_text()} share the alias "
+                    f"{alias!r}, and the first has no port to tell them apart; give it one, "
+                    f"like {alias}:PORT={lone.target}, or another alias"
+                )
     return tuple(seen.values())
 
 
@@ -468,12 +556,18 @@ def parse_link(text: str) -> Service:
             raise _Invalid("the alias or port before '=' is missing")
         transport, target_text = _split_transport(target_text)
         if target_text == "":
-            raise _Invalid("the HOST:PORT after '=' is missing")
+            # A UDP service's target can only be HOST:PORT: name what is missing exactly.
+            missing = "the HOST:PORT after 'udp:'" if transport == "udp" else "the target after '='"
+            raise _Invalid(f"{missing} is missing")
+        if transport != "tcp" and _split_scheme(target_text)[0] == "unix":
+            raise _Invalid(_UDP_UNIX)
         alias, port = _parse_ref(name)
-        target = _parse_address(target_text)
+        target = _parse_endpoint(target_text)
     except _Invalid as problem:
         raise LinkError(f"bad link {_show(text)}: {problem}; use {_LINK_FORMS}") from None
-    return Service(alias, target.port if port is None else port, target, transport)
+    if port is None and isinstance(target, Address):
+        port = target.port
+    return Service(alias, port, target, transport)
 
 
 def _imported_by_docker(alias: str, environ: Mapping[str, str]) -> bool:
@@ -517,6 +611,11 @@ def _parse_url(name: str, value: str, transport: Transport = "tcp") -> Address:
     try:
         _check_text(value)
         if not value.lower().startswith(scheme):
+            if _split_scheme(value)[0] == "unix":
+                raise _Invalid(
+                    f"it is not a {scheme} URL (a link variable names a port; link a unix "
+                    "socket with --link ALIAS=unix:/PATH instead)"
+                )
             raise _Invalid(f"it is not a {scheme} URL")
         return _parse_address(value[len(scheme) :])
     except _Invalid as problem:
@@ -551,7 +650,8 @@ class ExposeSpec:
     """One service the client listens for locally.
 
     ``bind`` None means the ``--bind`` default; ``port`` None means the service's
-    own port from the catalog. ``service`` is a reference (ALIAS, PORT or
+    own port from the catalog; ``socket`` set means a unix socket at that path instead of
+    a port (``bind`` and ``port`` are then None). ``service`` is a reference (ALIAS, PORT or
     ALIAS:PORT), kept in canonical form; a bare-port service with no local port
     listens on that same port.
     """
@@ -563,6 +663,7 @@ class ExposeSpec:
     # form names a service that the server may have linked by alias, by port or both.
     alternatives: tuple[str, ...] = ()
     transport: Transport = "tcp"  # udp: a UDP socket, each source address a datagram flow
+    socket: UnixPath | None = None
 
     def __post_init__(self) -> None:
         try:
@@ -572,6 +673,12 @@ class ExposeSpec:
             raise ValueError(str(invalid)) from None
         object.__setattr__(self, "service", service)
         object.__setattr__(self, "alternatives", alternatives)
+        if self.socket is not None:
+            if self.bind is not None or self.port is not None or alternatives:
+                raise ValueError("a unix socket takes neither a bind address nor a port")
+            if self.transport != "tcp":
+                raise ValueError(_UDP_UNIX)
+            return
         if alternatives and self.port is None:
             raise ValueError("a service with alternatives needs a local port")
         if self.port is None and _DIGITS.fullmatch(service):
@@ -594,7 +701,9 @@ class ExposeSpec:
     def to_text(self) -> str:
         """The ``--expose`` value that parses back to this entry (its first reference only,
         when it has alternatives: those come from a link variable, which names a host)."""
-        if self.port is None or (self.service == str(self.port) and self.bind is None):
+        if self.socket is not None:
+            text = f"{self.socket}={self.service}"
+        elif self.port is None or (self.service == str(self.port) and self.bind is None):
             text = self.service
         elif self.bind is not None:
             text = f"{Address(self.bind, self.port)}={self.service}"
@@ -646,6 +755,8 @@ def _parse_expose(text: str) -> ExposeSpec | SeedLink:
         _check_text(text)
         transport, rest = _split_transport(text)
         if transport != "tcp":
+            if _split_scheme(rest)[0] == "unix":
+                raise _Invalid(_UDP_UNIX)
             parsed = _parse_expose_form(rest)
             if isinstance(parsed, SeedLink):
                 raise _Invalid("a link variable says its transport in its name (_UDP)")
@@ -659,8 +770,18 @@ def _parse_expose_form(text: str) -> ExposeSpec | SeedLink:
     """An expose value without its transport prefix; raises _Invalid."""
     _check_text(text)
     local, equals, service = text.partition("=")
+    scheme, _ = _split_scheme(local)
     if not equals:
+        if scheme is not None:
+            raise _Invalid("the service after '=' is missing")
         return ExposeSpec(None, None, _canonical_ref(text))
+    if scheme is not None:
+        if service == "":
+            raise _Invalid("the service after '=' is missing")
+        where = _parse_endpoint(local)
+        if not isinstance(where, UnixPath):  # pragma: no cover - every scheme is unix today
+            raise _Invalid(f"cannot listen on {where}")
+        return ExposeSpec(None, None, _canonical_ref(service), socket=where)
     if "://" in service or _LINK_VARIABLE.fullmatch(local):
         if not _LINK_VARIABLE.fullmatch(local):
             raise _Invalid("a URL belongs after a variable name such as REDIS_PORT_6379_TCP")

@@ -278,7 +278,7 @@ def test_parse_link_errors(text: str, reason: str) -> None:
     message = one_line(error)
     assert reason in message
     assert repr(text) in message
-    assert "ALIAS=HOST:PORT" in message  # says which forms are accepted
+    assert "ALIAS=TARGET" in message and "HOST:PORT" in message  # says which forms are accepted
 
 
 def test_service_names_and_matching() -> None:
@@ -806,7 +806,7 @@ def test_udp_link_errors_name_the_udp_form() -> None:
     with pytest.raises(LinkError) as error:
         parse_link("dns=udp:")
     message = one_line(error)
-    assert "the HOST:PORT after '=' is missing" in message
+    assert "the HOST:PORT after 'udp:' is missing" in message
     assert "udp:HOST:PORT" in message
 
 

@@ -59,6 +59,8 @@ def dial_error(target: object, exc: BaseException, timeout: float) -> tuple[Reas
     a directory is "refused", like a socket nobody listens on).
     """
     if isinstance(exc, TimeoutError):
+        if timeout <= 0:  # the system gave up on the connect before our own deadline did
+            return Reason.BACKEND_TIMEOUT, f"{target} did not answer (the connection timed out)"
         return Reason.BACKEND_TIMEOUT, f"{target} did not answer within {timeout:g}s"
     if isinstance(target, UnixPath) and isinstance(exc, OSError):
         return _unix_dial_error(target, exc)

@@ -3,6 +3,7 @@ real connect() to a real path."""
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import subprocess
@@ -111,3 +112,14 @@ def test_a_socket_of_another_user_is_permission_denied(tmp_path: Path) -> None:
         f"cannot reach unix:{path}: permission denied; let the server's user write the socket "
         "(its group or mode) and search its directories"
     )
+
+
+def test_a_connect_the_system_timed_out_names_no_deadline_of_ours() -> None:
+    # ETIMEDOUT from the kernel (about two minutes of SYN retries) arrives as TimeoutError
+    # before --dial-timeout passed: "within 0s" would be wrong.
+    timed_out = TimeoutError(errno.ETIMEDOUT, "Connection timed out")
+    reason, text = dial_error("10.0.0.5:6379", timed_out, 0.0)
+    assert reason is Reason.BACKEND_TIMEOUT
+    assert text == "10.0.0.5:6379 did not answer (the connection timed out)"
+    reason, text = dial_error("10.0.0.5:6379", TimeoutError(), 2.5)
+    assert text == "10.0.0.5:6379 did not answer within 2.5s"

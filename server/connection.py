@@ -89,16 +89,23 @@ class ServerConnection:
     """Everything the server knows about one tunnel connection."""
 
     def __init__(
-        self, config: ServerConfig, host: ConnectionHost, peer: str = "", tls: bool = False
+        self,
+        config: ServerConfig,
+        host: ConnectionHost,
+        peer: str = "",
+        tls: bool = False,
+        dialed: bool = False,
     ) -> None:
         self.config = config  # the server's, with its tokens; a reload pushes the new one
         self.host = host
         self.loop = loop = asyncio.get_running_loop()
+        self.dialed = dialed  # this server dialed the client (server/dialer.py): no stranger
         self.tunnel = TunnelConnection(
             Session(Role.SERVER, config.limits, clock(), guarded=True),
             self._accept,
             peer,
-            on_connect=None if tls else self.admit,  # under TLS, the TLS layer asks
+            # Under TLS, the TLS layer asks; a connection this server dialed is not admitted.
+            on_connect=None if tls or dialed else self.admit,
         )
         self._admitted: str | None = None  # the source it counts against while unauthenticated
         self._headerless: dict[BackendStream, float] = {}  # streams yet to name a service
@@ -125,6 +132,7 @@ class ServerConnection:
         self._reachable = Catalog()
         self._reachable_for: object = None  # the configuration _reachable was computed from
         self._rtt_label = ""  # the peer label of this session's ambassador_rtt_seconds
+        self.up: asyncio.Future[None] = loop.create_future()  # done at the welcome
         self._hello_timer = loop.call_later(config.handshake_timeout, self._hello_timeout)
         self.tunnel.closed.add_done_callback(self._closed)
 
@@ -338,6 +346,8 @@ class ServerConnection:
             bound=self.tls_done,
             verify=self._verify,
             offer=self._offer,
+            dialed=self.dialed,
+            own_token=next(iter(self.config.tokens or ()), None),
         )
 
     def on_message(self, message: Message) -> None:
@@ -382,6 +392,8 @@ class ServerConnection:
 
     def _welcomed(self, event: Welcomed) -> None:
         self._hello_timer.cancel()
+        if not self.up.done():
+            self.up.set_result(None)
         self._reachable_for = None  # the identity is settled now
         self.tunnel.session.unguard()
         self._authenticated()

@@ -250,15 +250,14 @@ OTHER_VARIABLES = frozenset(
 ROLE_ONLY_VARIABLES = {
     "ambassador-server": frozenset(
         f"AMBASSADOR_{name}"
-        for name in ("ACCESS", "DIAL_TIMEOUT", "DRAIN_TIMEOUT", "FORWARD", "FORWARD_BIND",
-                     "HANDSHAKE_TIMEOUT", "LINK", "LINKS_FROM_ENV_IN_POD", "LISTEN",
-                     "MAX_PENDING_DIALS", "MAX_STREAMS_PER_IDENTITY", "MAX_UNAUTHENTICATED",
-                     "MAX_UNAUTHENTICATED_PER_ADDRESS", "TLS_CRL")
+        for name in ("ACCESS", "CONNECT", "DIAL_TIMEOUT", "DRAIN_TIMEOUT", "FORWARD",
+                     "FORWARD_BIND", "LINK", "LINKS_FROM_ENV_IN_POD", "MAX_PENDING_DIALS",
+                     "MAX_STREAMS_PER_IDENTITY", "TLS_CRL")
     ),
     "ambassador-client": frozenset(
         f"AMBASSADOR_{name}"
         for name in ("BACKOFF_MAX", "BACKOFF_MIN", "BIND", "CONNECT_TIMEOUT", "EXPOSE",
-                     "LINK_WAIT_TIMEOUT", "PIN", "REMOTE", "SERVER_NAME", "TLS")
+                     "LINK_WAIT_TIMEOUT", "PIN", "REMOTE", "TLS")
     ),
 }  # fmt: skip
 # What a container linked as "ambassador" (Docker links) or a Kubernetes Service called

@@ -3,8 +3,9 @@
 Locally a test whose program or capability is missing is skipped, with the package to install.
 Under CI (``CI=true``) the same test fails instead, naming what is missing: .ci/run installs
 every program the suite needs (redis-server, redis-tools, iperf3, iproute2, socat, procps,
-golang-go, golang-github-hashicorp-yamux-dev, chromium) and runs as root, so a skip there is
-coverage lost without anyone noticing.
+golang-go, golang-github-hashicorp-yamux-dev, chromium, docker.io, haproxy, nginx-light,
+postgresql, dnsmasq-base, bind9-dnsutils, tinyproxy, dante-server, prometheus) and runs as root,
+so a skip there is coverage lost without anyone noticing.
 
 Skips that describe the platform rather than a missing piece stay plain ``pytest.skip``: a
 kernel without PR_SET_MDWE, a one-CPU machine, a port another program holds, no Linux /proc,

@@ -62,7 +62,8 @@ class HostLink:
 
     @property
     def who(self) -> str:
-        return shown(self.identity, NAME_LIMIT)
+        """The identity, quoted, escaped and bounded for logs, labels and /status."""
+        return quoted(self.identity, NAME_LIMIT)
 
     def offers(self, service: str) -> bool:
         known = self._offered.get(service)

@@ -508,7 +508,7 @@ class ServerConnection:
             metrics.SESSIONS_OPEN.labels("server").dec()
             metrics.SESSION_ENDS.labels("server", "closed").inc()
             log.info("session with %s ended: %s", self.peer_name, future.result())
-        elif not self.refused:
+        elif not self.refused and not self.dialed:  # the dialer says why, once per target
             # A connection that closes without a byte is a port probe (a load balancer's
             # health check, a port scanner): not worth a warning. Anything else is.
             said_something = self.tls_done or self.tunnel.session.stats().bytes_received > 0

@@ -31,14 +31,15 @@ log = logging.getLogger("ambassador.client")
 
 
 class Client:
-    def __init__(self, config: ClientConfig) -> None:
+    def __init__(self, config: ClientConfig, pool: WorkerPool | None = None) -> None:
         self.config = config
         self.connector: Connector | TunnelListener
         if config.listen is not None:
             self.connector = TunnelListener(config, on_catalog=self._catalog_changed)
         else:
             self.connector = Connector(config, on_catalog=self._catalog_changed)
-        self.listeners = Listeners(self.connector, config.expose, config.bind)
+        # ``pool``: helper processes, in the main one of several, to share connections with.
+        self.listeners = Listeners(self.connector, config.expose, config.bind, pool)
         self._task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._started = False
@@ -165,7 +166,6 @@ class ClientRole:
     """The client's part in :func:`tunnel.operations.runner.serve`: nothing to bind before
     the status endpoint, a start that waits for the first catalog, no drain."""
 
-    kind = "client"
     log = log
     drain_timeout = None
 
@@ -186,9 +186,6 @@ class ClientRole:
 
     def reload(self, new: ClientConfig) -> Awaitable[None] | None:
         return self.client.reload(new)
-
-    def use_pool(self, pool: WorkerPool) -> None:
-        self.client.listeners.pool = pool
 
     def status(self) -> dict[str, Any]:
         return self.client.status()
@@ -250,20 +247,20 @@ async def serve(
     load: Callable[[], ClientConfig] | None = None,
     files: Callable[[ClientConfig], Iterable[str | None]] | None = None,
     metrics: tuple[str, int] | None = None,
-    helpers: tuple[list[str], int] | None = None,
+    pool: WorkerPool | None = None,
 ) -> None:
     """Run the client until SIGINT or SIGTERM; reload on SIGHUP and changed files.
 
-    ``helpers`` (the command that starts one, and how many) makes this the main process of
+    ``pool`` (its helper processes, not started yet) makes this the main process of
     several: it accepts every consumer connection and hands some to its helpers.
     """
-    client = Client(config)
+    client = Client(config, pool)
     if config.tls is None and config.token is not None:
         hosts = [remote.host for remote in config.remotes]
         warning = plaintext_warning([config.listen.host] if config.listen else hosts)
         if warning is not None:
             log.warning("%s", warning)
-    await run_role(ClientRole(client), _reload(config, load, files), metrics, helpers)
+    await run_role(ClientRole(client), _reload(config, load, files), metrics, pool)
 
 
 async def serve_helper(

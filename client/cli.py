@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 import sys
@@ -22,7 +21,7 @@ from tunnel.operations.admission import (
 from tunnel.operations.observe import print_status
 from tunnel.operations.runner import worker_processes
 from tunnel.operations.runtime import run, setup_logging
-from tunnel.security.auth import load_tokens, token_names
+from tunnel.security.auth import is_loopback, load_tokens, token_names
 from tunnel.security.binding import UNBOUND
 from tunnel.security.certs import parse_pin
 from tunnel.security.tls import ClientTls, ServerTls, bound_server_context, client_context
@@ -197,11 +196,11 @@ def cli(ctx: click.Context, /, **params: Any) -> None:
             raise ConfigError("--workers applies to --remote; a --listen client serves its "
                               "hosts in one process: drop --workers")  # fmt: skip
         workers = 1
-    channel, helpers = worker_processes("client", (ctx.obj or {})["argv"], workers)
+    channel, pool = worker_processes("client", (ctx.obj or {})["argv"], workers)
     if channel is not None:
         run(serve_helper(config, channel, load, files))
         return
-    run(serve(config, load, files, metrics, helpers))
+    run(serve(config, load, files, metrics, pool))
 
 
 def build_config(params: dict[str, Any], environ: Mapping[str, str]) -> ClientConfig:
@@ -346,15 +345,6 @@ def listening_tls(params: dict[str, Any], listen: Address) -> ClientTls | None:
     if cert is None or key is None:
         raise ConfigError("--tls-cert and --tls-key go together; give both")
     return ClientTls(ca=ca, cert=cert, key=key)
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def client_tls(params: dict[str, Any]) -> ClientTls | None:

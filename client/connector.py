@@ -25,7 +25,15 @@ from tunnel.aio.transport import StreamHandler, TunnelConnection, clock
 from tunnel.errors import Reason, RemoteProtocolError
 from tunnel.operations import metrics
 from tunnel.operations.oserrors import connect_error
-from tunnel.protocol.handshake import ClientHandshake, Failed, Notice, Step, TokenProofs, Welcomed
+from tunnel.protocol.handshake import (
+    ClientHandshake,
+    Deadline,
+    Failed,
+    Notice,
+    Step,
+    TokenProofs,
+    Welcomed,
+)
 from tunnel.protocol.messages import (
     MAX_CATALOG,
     CatalogChanged,
@@ -421,20 +429,18 @@ class Connector:
     ) -> Step:
         """The handshake's next step, or ConnectFailed saying why there is none."""
         tls = self.config.tls
+        deadline = Deadline(self.config.handshake_timeout, asyncio.get_running_loop().time())
         getting = asyncio.ensure_future(control.steps.get())
         try:
-            async with asyncio.timeout(self.config.handshake_timeout):
+            async with asyncio.timeout_at(deadline.at):
                 done, _ = await asyncio.wait(
                     (getting, tunnel.closed), return_when=asyncio.FIRST_COMPLETED
                 )
         except TimeoutError:
             getting.cancel()
-            tunnel.close("no answer to hello")
-            raise ConnectFailed(
-                f"{remote} accepted the connection but did not answer the hello within "
-                f"{self.config.handshake_timeout:g}s; is it an ambassador-server?",
-                "handshake_timeout",
-            ) from None
+            failed = deadline.no_answer()
+            tunnel.close(failed.close_reason)
+            raise ConnectFailed(f"{remote} {failed.text}", failed.label) from None
         if getting not in done:
             getting.cancel()
             reason = tunnel.closed.result()

@@ -218,7 +218,11 @@ class Listeners:
     """
 
     def __init__(
-        self, connector: Connector | TunnelListener, specs: tuple[ExposeSpec, ...], bind: str
+        self,
+        connector: Connector | TunnelListener,
+        specs: tuple[ExposeSpec, ...],
+        bind: str,
+        pool: WorkerPool | None = None,
     ) -> None:
         self.connector = connector
         self.specs = specs
@@ -227,7 +231,7 @@ class Listeners:
         # What each listener's new streams ask for, preferred first: one reference once the
         # catalog has chosen, all of the spec's while it is unknown.
         self._refs: dict[tuple[str, int, str], tuple[str, ...]] = {}
-        self.pool: WorkerPool | None = None  # helper processes to share connections with
+        self.pool = pool  # helper processes to share connections with
         self.missing: tuple[str, ...] = ()  # exposed services the server's catalog lacks
 
     def _protocol(self, key: tuple[str, int, str]) -> asyncio.BaseProtocol:

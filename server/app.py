@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import os
 import resource
-import signal
 import socket
 import time
 from collections import Counter
@@ -20,11 +18,9 @@ from server.admission import DESCRIPTOR_RESERVE, Admission
 from server.config import ServerConfig, with_credentials
 from server.connection import ServerConnection
 from server.dialer import Dialer
-from server.forward import start_forwarding
 from server.reauth import AdmissionPolicy
 from server.tls_accept import accept_tls
 from tunnel.errors import ConfigError, Reason
-from tunnel.operations.httpd import StatusServer
 from tunnel.operations.metrics import LIMIT_HITS
 from tunnel.operations.observe import service_stats
 from tunnel.operations.oserrors import listen_error
@@ -36,7 +32,7 @@ from tunnel.operations.workers.handoff import Handoff, serve_handed
 from tunnel.operations.workers.pool import WorkerPool
 from tunnel.operations.workers.report import helper_report
 from tunnel.protocol.frames import GoAwayCode
-from tunnel.security.auth import plaintext_warning
+from tunnel.security.auth import is_loopback, plaintext_warning
 from tunnel.security.tls import warn_about_files, warn_if_expiring
 from tunnel.settings.wording import counted
 
@@ -44,7 +40,12 @@ log = logging.getLogger("ambassador.server")
 
 
 class Server:
-    def __init__(self, config: ServerConfig, on_closed: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        config: ServerConfig,
+        on_closed: Callable[[], None] | None = None,
+        pool: WorkerPool | None = None,
+    ) -> None:
         config = with_credentials(config)
         self.config = config
         self.connections: set[ServerConnection] = set()
@@ -56,7 +57,7 @@ class Server:
         self._listener: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._started = time.monotonic()
-        self.pool: WorkerPool | None = None  # helper processes, in the main one of several
+        self.pool = pool  # helper processes, in the main one of several
         self.on_closed = on_closed  # in a helper, tells the main process a connection ended
         self.dialer: Dialer | None = None  # with --connect: dials instead of listening
 
@@ -339,25 +340,22 @@ def descriptor_budget() -> tuple[int, int]:
     return soft, open_now
 
 
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 class ServerRole:
     """The server's part in :func:`tunnel.operations.runner.serve`: the listener first (or,
     in a helper, the channel to its main process), a drain on the first signal."""
 
-    kind = "server"
     log = log
 
-    def __init__(self, config: ServerConfig, drain_timeout: float, channel: int | None) -> None:
+    def __init__(
+        self,
+        config: ServerConfig,
+        drain_timeout: float,
+        channel: int | None,
+        pool: WorkerPool | None = None,
+    ) -> None:
         # A helper's connections end through the channel to its main process, once open.
-        self.server = Server(config, None if channel is None else self._connection_ended)
+        on_closed = None if channel is None else self._connection_ended
+        self.server = Server(config, on_closed, pool)
         self.drain_timeout = drain_timeout
         self._channel = channel
         self._link: HelperChannel | None = None
@@ -391,9 +389,6 @@ class ServerRole:
     def reload(self, new: ServerConfig) -> None:
         self.server.reload(new)
 
-    def use_pool(self, pool: WorkerPool) -> None:
-        self.server.pool = pool
-
     def status(self) -> dict[str, Any]:
         return self.server.status()
 
@@ -409,7 +404,7 @@ async def serve(
     reload: Callable[[ServerConfig], Reload[ServerConfig]] | None = None,
     drain_timeout: float = 30.0,
     metrics: tuple[str, int] | None = None,
-    helpers: tuple[list[str], int] | None = None,
+    pool: WorkerPool | None = None,
     channel: int | None = None,
 ) -> None:
     """Run the server until SIGINT or SIGTERM, then drain; reload on SIGHUP and changed files.
@@ -417,49 +412,12 @@ async def serve(
     The first SIGTERM (or SIGINT) sends every client a Go Away and lets open streams finish
     for up to ``drain_timeout`` seconds; a second one closes at once.
 
-    ``helpers`` (the command that starts one, and how many) makes this the main process of
+    ``pool`` (its helper processes, not started yet) makes this the main process of
     several; ``channel`` makes this process a helper, serving what the main one hands it.
     """
-    role = ServerRole(config, drain_timeout, channel)
-    await run_role(role, None if reload is None else reload(config), metrics, helpers)
+    role = ServerRole(config, drain_timeout, channel, pool)
+    await run_role(role, None if reload is None else reload(config), metrics, pool)
 
 
 def _report(server: Server) -> Callable[[], dict[str, Any]]:
     return lambda: helper_report(server.status())
-
-
-def forward_status(config: ServerConfig, started: float) -> dict[str, Any]:
-    """The live state in forward mode (``started``: time.monotonic() then), for /status."""
-    services = []
-    for service in config.catalog:
-        row = service_stats("forward", service.name)
-        row["service"] = f"{service.full_name} -> {service.target}"
-        services.append(row)
-    return {"role": "ambassador-server", "pid": os.getpid(), "name": config.name,
-            "mode": "forward",
-            "uptime": round(time.monotonic() - started, 1), "ready": True,
-            "sessions": [], "services": services}  # fmt: skip
-
-
-async def serve_forwarding(
-    config: ServerConfig, bind: str, metrics: tuple[str, int] | None = None
-) -> None:
-    """Drop-in mode: per-port forwarding of every linked service until SIGINT or SIGTERM."""
-    servers = await start_forwarding(config.catalog, bind, config.dial_timeout)
-    started = time.monotonic()
-    endpoint = StatusServer(lambda: forward_status(config, started), lambda: True)
-    if metrics is not None:
-        await endpoint.start(*metrics)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(
-        signal.SIGHUP, log.warning, "forward mode does not reload; restart to change the links"
-    )
-    try:
-        await stop.wait()
-    finally:
-        await endpoint.stop()
-        for server in servers:
-            server.close()

@@ -16,15 +16,16 @@ from server.admission import (
     UNAUTHENTICATED_PER_ADDRESS,
     AdmissionLimits,
 )
-from server.app import is_loopback, serve, serve_forwarding
+from server.app import serve
 from server.certs_cli import certs
 from server.config import ServerConfig
+from server.forward import serve_forwarding
 from tunnel.errors import ConfigError
 from tunnel.operations.observe import print_status
 from tunnel.operations.runner import Reload, worker_processes
 from tunnel.operations.runtime import run, setup_logging
 from tunnel.security.access import parse_access, unmatched
-from tunnel.security.auth import load_tokens
+from tunnel.security.auth import is_loopback, load_tokens
 from tunnel.security.binding import UNBOUND
 from tunnel.security.tls import ClientTls, ServerTls, bound_server_context, client_context
 from tunnel.settings.cli import (
@@ -209,7 +210,7 @@ def cli(ctx: click.Context, /, **params: Any) -> None:
                 "one session, in one process: drop --workers"
             )
         workers = 1
-    channel, helpers = worker_processes("server", (ctx.obj or {})["argv"], workers)
+    channel, pool = worker_processes("server", (ctx.obj or {})["argv"], workers)
     if channel is not None:
         metrics = None  # the main process serves every worker's metrics
     load, files = reloading(cli, PROG, ctx, build_config)
@@ -219,7 +220,7 @@ def cli(ctx: click.Context, /, **params: Any) -> None:
             lambda config: Reload(load, files, config),
             params["drain_timeout"],
             metrics,
-            helpers,
+            pool,
             channel,
         )
     )

@@ -31,7 +31,14 @@ from tunnel.errors import Reason, RemoteProtocolError
 from tunnel.operations import metrics
 from tunnel.operations.logonce import Throttled
 from tunnel.protocol.frames import GoAwayCode
-from tunnel.protocol.handshake import Refused, ServerHandshake, TokenAttempt, Violation, Welcomed
+from tunnel.protocol.handshake import (
+    Deadline,
+    Refused,
+    ServerHandshake,
+    TokenAttempt,
+    Violation,
+    Welcomed,
+)
 from tunnel.protocol.messages import (
     CatalogChanged,
     GoingAway,
@@ -133,7 +140,8 @@ class ServerConnection:
         self._reachable_for: object = None  # the configuration _reachable was computed from
         self._rtt_label = ""  # the peer label of this session's ambassador_rtt_seconds
         self.up: asyncio.Future[None] = loop.create_future()  # done at the welcome
-        self._hello_timer = loop.call_later(config.handshake_timeout, self._hello_timeout)
+        self._deadline = Deadline(config.handshake_timeout, loop.time())
+        self._hello_timer = loop.call_at(self._deadline.at, self._hello_timeout)
         self.tunnel.closed.add_done_callback(self._closed)
 
     def reconfigure(self, config: ServerConfig) -> None:
@@ -484,7 +492,7 @@ class ServerConnection:
 
     def _hello_timeout(self) -> None:
         if not self.welcomed and self.tunnel.is_open:
-            reason = f"no hello within {self.config.handshake_timeout:g}s"
+            reason = self._deadline.no_hello()
             stranger_log.warning("closing connection from %s: %s", self.tunnel.peer, reason)
             self.refused = True  # logged: the close needs no second line
             metrics.SESSION_ENDS.labels("server", "handshake_timeout").inc()

@@ -8,21 +8,31 @@ and a reset on one side becomes a reset on the other.
 It is counted as the tunnel is (role ``forward``): streams and bytes per service in the same
 meters, and a failed dial under the same reason codes (refused, timed out, unreachable) a
 tunnel stream would be refused with, logged once per service and reason, then rate-limited.
+
+It runs as the tunnel roles do (:func:`tunnel.operations.runner.serve`): the same signals,
+status endpoint and teardown; it has nothing to drain, and a reload is refused with one line.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import time
+from collections.abc import Callable
 from functools import partial
-from typing import cast
+from typing import Any, cast
 
+from server.config import ServerConfig
 from tunnel.aio.relay import abort_with_reset
 from tunnel.errors import ConfigError
 from tunnel.operations import metrics
 from tunnel.operations.logonce import Throttled
 from tunnel.operations.metrics import ServiceMeters
+from tunnel.operations.observe import service_stats
 from tunnel.operations.oserrors import dial_error, listen_error
+from tunnel.operations.runner import Reload
+from tunnel.operations.runner import serve as run_role
 from tunnel.settings.links import Catalog, Service
 from tunnel.settings.wording import hostport
 
@@ -161,3 +171,64 @@ async def start_forwarding(
         log.info("forwarding %s to %s (%s)", hostport(bind, service.port), service.target,
                  service.name)  # fmt: skip
     return servers
+
+
+class ForwardRole:
+    """Forward mode's part in :func:`tunnel.operations.runner.serve`: the per-port listeners
+    first, nothing to drain, no reload (the links are read once, at start)."""
+
+    log = log
+    drain_timeout = None
+
+    def __init__(self, config: ServerConfig, bind: str) -> None:
+        self.config = config
+        self.bind = bind
+        self._servers: list[asyncio.Server] = []
+        self._started = time.monotonic()
+
+    async def open(self, stop: Callable[[], None]) -> None:
+        config = self.config
+        self._servers = await start_forwarding(config.catalog, self.bind, config.dial_timeout)
+
+    async def start(self) -> None:
+        pass  # forwarding since open()
+
+    async def drain(self, now: asyncio.Event) -> None:
+        pass  # a forwarded connection ends with the process
+
+    async def stop(self) -> None:
+        for server in self._servers:
+            server.close()
+
+    def reload(self, new: ServerConfig) -> None:
+        raise ConfigError("forward mode does not reload; restart to change the links")
+
+    def status(self) -> dict[str, Any]:
+        return forward_status(self.config, self._started)
+
+    def ready(self) -> bool:
+        return True
+
+    def unready_reason(self) -> str:
+        return ""
+
+
+async def serve_forwarding(
+    config: ServerConfig, bind: str, metrics: tuple[str, int] | None = None
+) -> None:
+    """Drop-in mode: per-port forwarding of every linked service until SIGINT or SIGTERM."""
+    unchanged = Reload(lambda: config, lambda _: (), config)  # SIGHUP: says it does not reload
+    await run_role(ForwardRole(config, bind), unchanged, metrics)
+
+
+def forward_status(config: ServerConfig, started: float) -> dict[str, Any]:
+    """The live state in forward mode (``started``: time.monotonic() then), for /status."""
+    services = []
+    for service in config.catalog:
+        row = service_stats("forward", service.name)
+        row["service"] = f"{service.full_name} -> {service.target}"
+        services.append(row)
+    return {"role": "ambassador-server", "pid": os.getpid(), "name": config.name,
+            "mode": "forward",
+            "uptime": round(time.monotonic() - started, 1), "ready": True,
+            "sessions": [], "services": services}  # fmt: skip

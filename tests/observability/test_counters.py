@@ -23,9 +23,9 @@ from prometheus_client import generate_latest
 
 from client.app import Client
 from client.config import ClientConfig
-from server.app import Server, forward_status
+from server.app import Server
 from server.config import ServerConfig
-from server.forward import start_forwarding
+from server.forward import forward_status, start_forwarding
 from tests.observability.support import Metrics
 from tunnel.operations import metrics
 from tunnel.operations.httpd import StatusServer

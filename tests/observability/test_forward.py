@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import signal
 import socket
 import socketserver
 import threading
@@ -14,7 +16,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from tests.integration.support import Processes, Redis, ambassador, redis_cli
+from tests.integration.support import Processes, Redis, ambassador, redis_cli, run_program
 from tests.observability.support import http_get, listening_ports, scrape
 
 pytestmark = pytest.mark.integration
@@ -234,4 +236,37 @@ def test_forward_mode_counts_bytes_and_failures_by_reason_in_metrics_and_status(
     assert rows["digest"]["bytes_out"] == 64
     for name in ("digest", "dead", "slow"):
         assert rows[name]["refused"] == counted(refusals, service=name), rows[name]
+    assert server.stop() == 0
+
+
+def test_forward_mode_runs_as_the_roles_do_a_taken_metrics_port_and_sighup(
+    processes: Processes, free_port: Callable[..., int], wait_for_port: Callable[..., None]
+) -> None:
+    """Signals, the status endpoint and teardown are the tunnel roles' own: a taken
+    --metrics-listen port is one line, SIGHUP is refused with one line and changes nothing,
+    and SIGTERM stops it."""
+    linked, backend = free_port(), free_port()
+    link = ["--link", f"db:{linked}=127.0.0.1:{backend}", "--forward", "--forward-bind",
+            "127.0.0.1"]  # fmt: skip
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        refused = run_program(
+            [*ambassador("server"), *link, "--metrics-listen", f"127.0.0.1:{port}"]
+        )
+    assert refused.returncode == 2, refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert f"error: cannot listen on 127.0.0.1:{port}" in refused.stderr.splitlines()[-1]
+
+    metrics = free_port()
+    server = processes.start(
+        "ambassador-server", [*ambassador("server"), *link, "--metrics-listen",
+                              f"127.0.0.1:{metrics}"]
+    )  # fmt: skip
+    wait_for_port("127.0.0.1", metrics, alive=server.alive)
+    os.kill(server.pid, signal.SIGHUP)
+    server.wait_for_stderr(r"forward mode does not reload; restart to change the links", 5)
+    assert server.alive()
+    assert listening_ports(server.pid) >= {linked, metrics}
     assert server.stop() == 0

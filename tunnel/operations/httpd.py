@@ -68,12 +68,13 @@ class StatusServer:
         status: Callable[[], dict[str, Any]],
         ready: Callable[[], bool],
         unready_reason: Callable[[], str] | None = None,
+        pool: WorkerPool | None = None,
     ) -> None:
         self._status = status
         self._ready = ready
         self._unready_reason = unready_reason
         self._server: asyncio.Server | None = None
-        self.pool: WorkerPool | None = None  # helpers whose metrics and status are merged in
+        self.pool = pool  # helpers whose metrics and status are merged in
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
         self._server = await asyncio.start_server(self._handle, host, port)

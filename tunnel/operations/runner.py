@@ -3,7 +3,9 @@
 Every role runs the same way: SIGTERM or SIGINT stop it (after a drain, where it has one),
 SIGHUP and a changed file reload it, ``--metrics-listen`` serves its status, ``--workers``
 starts helper processes, and stopping undoes all of it in the reverse order. :func:`serve`
-owns that; a :class:`Role` brings only what is its own.
+owns that; a :class:`Role` brings only what is its own. The worker pool is made first
+(:func:`worker_processes`) and handed to the role's constructor and to :func:`serve`, so
+each part that uses it has it from the start.
 
 It lives in operations/ with what it drives (the status endpoint, the reloader, the worker
 pool); it needs nothing of aio/ or security/, since each role passes itself in.
@@ -36,7 +38,6 @@ C_contra = TypeVar("C_contra", contravariant=True)
 class Role(Protocol[C_contra]):
     """What a role brings to :func:`serve`."""
 
-    kind: str  # "server" or "client": names its helper processes
     log: logging.Logger  # where "stopping" and the second signal are logged
 
     @property
@@ -59,9 +60,6 @@ class Role(Protocol[C_contra]):
 
     def reload(self, new: C_contra) -> Awaitable[Any] | None: ...
 
-    def use_pool(self, pool: WorkerPool) -> None:
-        """Hand new work to ``pool``'s helpers as well."""
-
     def status(self) -> dict[str, Any]: ...
 
     def ready(self) -> bool: ...
@@ -83,16 +81,16 @@ async def serve(
     role: Role[C],
     reload: Reload[C] | None = None,
     metrics: tuple[str, int] | None = None,
-    helpers: tuple[list[str], int] | None = None,
+    pool: WorkerPool | None = None,
 ) -> None:
     """Run ``role`` until SIGINT or SIGTERM; reload on SIGHUP and changed files.
 
-    ``helpers`` (the command that starts one, and how many) makes this the main process of
-    several: the signals it takes it passes on to them.
+    ``pool`` (the helper processes, not started yet) makes this the main process of
+    several: it starts them, and the signals it takes it passes on to them.
     """
     loop = asyncio.get_running_loop()
     stop, now = asyncio.Event(), asyncio.Event()
-    pool: WorkerPool | None = None
+    helpers: WorkerPool | None = None  # the pool, once it is started
     drains = role.drain_timeout is not None
 
     def on_signal() -> None:
@@ -100,12 +98,12 @@ async def serve(
             role.log.info("second signal: closing at once")
             now.set()
         stop.set()
-        if pool is not None and drains:
-            pool.signal_all(signal.SIGTERM)  # each helper drains as it would alone
+        if helpers is not None and drains:
+            helpers.signal_all(signal.SIGTERM)  # each helper drains as it would alone
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
-    endpoint = StatusServer(role.status, role.ready, role.unready_reason)
+    endpoint = StatusServer(role.status, role.ready, role.unready_reason, pool)
     watcher: asyncio.Task[None] | None = None
     stopping = asyncio.ensure_future(stop.wait())
     started = False
@@ -120,11 +118,9 @@ async def serve(
             # Installed before the role has started: SIGHUP must never end the process.
             reloading = Reloader(reload.load, role.reload, reload.files, reload.config)
             watcher = reloading.install()
-        if helpers is not None:
-            pool = WorkerPool(role.kind, *helpers)
-            role.use_pool(pool)
-            endpoint.pool = pool
-            await pool.start()
+        if pool is not None:
+            helpers = pool  # a pool that fails to start is stopped with what it started
+            await helpers.start()
             if watcher is not None:
                 loop.add_signal_handler(signal.SIGHUP, reload_all, reloading, pool)
         starting = asyncio.ensure_future(role.start())
@@ -142,23 +138,23 @@ async def serve(
             role.log.info("stopping")
         if watcher is not None:
             watcher.cancel()
-        if pool is not None:
+        if helpers is not None:
             timeout = role.drain_timeout
-            await pool.stop(HELPER_STOP_TIMEOUT if timeout is None else timeout)
+            await helpers.stop(HELPER_STOP_TIMEOUT if timeout is None else timeout)
         await endpoint.stop()
         await role.stop()
 
 
 def worker_processes(
     kind: str, argv: list[str], workers: int
-) -> tuple[int | None, tuple[list[str], int] | None]:
+) -> tuple[int | None, WorkerPool | None]:
     """This process's place among ``workers`` processes: in a helper, the channel to its
-    main process (and its logs tagged with its number); in the main process of several, the
-    command that starts a helper and how many to start; alone, neither."""
+    main process (and its logs tagged with its number); in the main process of several, its
+    pool of helpers (started by :func:`serve`); alone, neither."""
     channel = helper_channel_fd()
     if channel is not None:
         tag_logs(helper_index())
         return channel, None
     if workers > 1:
-        return None, (helper_command(kind, argv), workers - 1)
+        return None, WorkerPool(kind, helper_command(kind, argv), workers - 1)
     return None, None

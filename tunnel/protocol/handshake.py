@@ -22,9 +22,11 @@ small table of states; a message a state does not expect from the peer is a prot
 does not act on, which are ignored so that later versions can add some.
 
 Nothing here computes a proof or draws a nonce: the roles pass in their nonce and callables
-built on :mod:`tunnel.security.auth`, which knows the secrets and the TLS channel binding. The
-server's timeout for the whole hello is a connection deadline and stays with its adapter; the
-client's per-message wait is its adapter's too.
+built on :mod:`tunnel.security.auth`, which knows the secrets and the TLS channel binding.
+
+Both roles' time limit is a :class:`Deadline` (the time passed in): the server gives the whole
+hello the handshake timeout from the connection's start; the client gives each message the
+server owes as long. The adapters only wake up at :attr:`Deadline.at`.
 """
 
 from __future__ import annotations
@@ -119,6 +121,38 @@ class Step:
 
 
 NOTHING = Step()
+
+
+# ------------------------------------------------------------------ deadline
+
+
+@dataclass(frozen=True, slots=True)
+class Deadline:
+    """When a handshake that has not moved on has failed: ``timeout`` seconds after ``since``
+    (times in the adapter's clock)."""
+
+    timeout: float
+    since: float
+
+    @property
+    def at(self) -> float:
+        return self.since + self.timeout
+
+    def passed(self, now: float) -> bool:
+        return now >= self.at
+
+    def no_hello(self) -> str:
+        """Server: why a connection is closed that did not finish its hello in time."""
+        return f"no hello within {self.timeout:g}s"
+
+    def no_answer(self) -> Failed:
+        """Client: the server did not send what it owed in time."""
+        return Failed(
+            "handshake_timeout",
+            f"accepted the connection but did not answer the hello within {self.timeout:g}s; "
+            "is it an ambassador-server?",
+            "no answer to hello",
+        )
 
 
 # ------------------------------------------------------------------ server

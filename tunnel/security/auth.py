@@ -37,6 +37,7 @@ from pathlib import Path
 
 from tunnel.errors import ConfigError
 from tunnel.protocol.handshake import BOUND_SINCE  # a rule of the protocol, proved here
+from tunnel.settings.wording import unreadable
 
 NONCE_SIZE = 32
 _CONTEXTS = {1: b"ambassador token v1", 2: b"ambassador token v2"}
@@ -86,7 +87,7 @@ def server_proof(
 
 def plaintext_warning(hosts: list[str]) -> str | None:
     """The warning for a token used without TLS, unless every host is this machine."""
-    if all(_is_loopback(host) for host in hosts):
+    if all(is_loopback(host) for host in hosts):
         return None
     return (
         "a token over plaintext proves who the client is but protects nothing on the path: "
@@ -95,7 +96,7 @@ def plaintext_warning(hosts: list[str]) -> str | None:
     )
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
     try:
@@ -143,9 +144,9 @@ def load_tokens(path: str) -> tuple[dict[str, bytes], str | None]:
     try:
         text = Path(path).read_text()
         mode = os.stat(path).st_mode
-    except FileNotFoundError:
-        raise ConfigError(f"cannot read token file {path}: no such file") from None
-    except (PermissionError, IsADirectoryError, UnicodeDecodeError) as exc:
+    except OSError as exc:
+        raise unreadable(path, exc, "token file") from None
+    except UnicodeDecodeError as exc:
         raise ConfigError(f"cannot read token file {path}: {exc}") from None
     warning = None
     if mode & (stat.S_IRWXG | stat.S_IRWXO):

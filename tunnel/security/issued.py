@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 
 from tunnel.errors import ConfigError
+from tunnel.settings.wording import unreadable
 
 ISSUED = "issued.txt"
 
@@ -42,7 +43,7 @@ def serials_for(directory: Path, kind: str, name: str) -> list[int]:
     except FileNotFoundError:
         return []
     except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+        raise unreadable(path, exc) from None
     serials = []
     for line in text.splitlines():
         fields = line.split("\t", 2)

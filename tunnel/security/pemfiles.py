@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives import serialization
 
 from tunnel.errors import ConfigError
 from tunnel.security.certs import ISSUER_PRIVATE_KEYS, IssuerKey, PathLike, check_key_matches
+from tunnel.settings.wording import unreadable
 
 
 def cert_pem(cert: x509.Certificate) -> bytes:
@@ -91,12 +92,8 @@ def pem_kind(data: bytes) -> str:
 def read_file(path: PathLike) -> bytes:
     try:
         return Path(path).read_bytes()
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{path}: is a directory, expected a file") from None
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+        raise unreadable(path, exc) from None
 
 
 def _read_pem(path: PathLike, wanted: str, what: str) -> bytes:

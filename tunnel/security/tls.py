@@ -27,6 +27,7 @@ from tunnel.security.binding import server_end_point_of_chain
 from tunnel.security.certs import spki_pin
 from tunnel.security.tlserrors import CRL_REFRESH
 from tunnel.security.trust import crl_expired, load_crl
+from tunnel.settings.wording import unreadable
 
 log = logging.getLogger("ambassador.tls")
 
@@ -65,8 +66,7 @@ def _load_chain(context: ssl.SSLContext, cert: str, key: str) -> None:
     except (FileNotFoundError, PermissionError) as exc:
         # ssl does not say which of the two files it could not open: find it.
         name = exc.filename or next((p for p in (cert, key) if not os.access(p, os.R_OK)), cert)
-        why = "no such file" if isinstance(exc, FileNotFoundError) else "permission denied"
-        raise ConfigError(f"cannot read {name}: {why}") from None
+        raise unreadable(name, exc) from None
     except ssl.SSLError as exc:
         raise ConfigError(
             _chain_problem(cert, key)

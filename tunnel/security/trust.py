@@ -25,6 +25,7 @@ from cryptography.x509.verification import PolicyBuilder, Store, VerificationErr
 from tunnel.errors import ConfigError
 from tunnel.security.certs import issued_by
 from tunnel.security.tlserrors import CRL_REFRESH
+from tunnel.settings.wording import unreadable
 
 # How to refresh a CRL: revoking any serial it lists again re-signs it with a new validity.
 
@@ -89,7 +90,7 @@ def load_trust(ca_path: str, crl_path: str | None) -> Trust:
         with open(ca_path, "rb") as file:
             cas = tuple(x509.load_pem_x509_certificates(file.read()))
     except OSError as exc:
-        raise ConfigError(f"cannot read CA file {ca_path}: {exc.strerror}") from None
+        raise unreadable(ca_path, exc, "CA file") from None
     except ValueError:
         raise ConfigError(f"cannot load CA file {ca_path}: it must hold PEM certificates") from None
     return Trust(cas, load_crl(crl_path) if crl_path is not None else None)
@@ -100,7 +101,7 @@ def load_crl(crl_path: str) -> x509.CertificateRevocationList:
         with open(crl_path, "rb") as file:
             return x509.load_pem_x509_crl(file.read())
     except OSError as exc:
-        raise ConfigError(f"cannot read CRL {crl_path}: {exc.strerror}") from None
+        raise unreadable(crl_path, exc, "CRL") from None
     except ValueError:
         raise ConfigError(
             f"cannot load CRL {crl_path}: not a PEM certificate revocation list"

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import click
 
 from tunnel.errors import ConfigError
+from tunnel.settings.wording import unreadable
 
 __all__ = [
     "Kind",
@@ -68,12 +69,8 @@ def load_config_file(path: str | os.PathLike[str]) -> dict[str, object]:
     try:
         with open(name, "rb") as file:
             return tomllib.load(file)
-    except FileNotFoundError:
-        raise ConfigError(f"config file {name} does not exist; check the path") from None
-    except IsADirectoryError:
-        raise ConfigError(f"config file {name} is a directory; give a TOML file") from None
     except OSError as error:
-        raise ConfigError(f"cannot read config file {name}: {error.strerror or error}") from None
+        raise unreadable(name, error, "config file") from None
     except UnicodeDecodeError:
         raise ConfigError(f"config file {name} is not UTF-8 text; save it as UTF-8") from None
     except tomllib.TOMLDecodeError as error:

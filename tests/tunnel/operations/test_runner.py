@@ -14,7 +14,6 @@ import pytest
 
 from tunnel.errors import ConfigError
 from tunnel.operations.runner import serve
-from tunnel.operations.workers.pool import WorkerPool
 
 log = logging.getLogger("ambassador.test-runner")
 
@@ -22,7 +21,6 @@ log = logging.getLogger("ambassador.test-runner")
 class Recorder:
     """A role that writes down what the runner asks of it."""
 
-    kind = "server"
     log = log
 
     def __init__(self, drain_timeout: float | None, start_blocks: bool = False) -> None:
@@ -49,9 +47,6 @@ class Recorder:
         self.calls.append("stop")
 
     def reload(self, new: object) -> None:
-        pass
-
-    def use_pool(self, pool: WorkerPool) -> None:
         pass
 
     def status(self) -> dict[str, Any]:

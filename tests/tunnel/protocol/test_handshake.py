@@ -16,6 +16,7 @@ from tunnel.errors import Reason
 from tunnel.protocol.handshake import (
     BOUND_SINCE,
     ClientHandshake,
+    Deadline,
     Event,
     Failed,
     Notice,
@@ -429,3 +430,21 @@ def test_version_negotiation(offered: tuple[int, ...], token: bool, tls: bool) -
         assert event.welcome.version == max(common)
         if token and tls:
             assert event.welcome.version >= BOUND_SINCE
+
+
+def test_the_deadline_passes_exactly_its_timeout_after_its_start() -> None:
+    deadline = Deadline(timeout=2.5, since=100.0)
+    assert deadline.at == 102.5
+    assert not deadline.passed(102.4)
+    assert deadline.passed(102.5)
+    assert deadline.no_hello() == "no hello within 2.5s"  # the server's line
+
+
+def test_a_passed_deadline_is_the_clients_handshake_timeout_failure() -> None:
+    failed = Deadline(timeout=5.0, since=0.0).no_answer()
+    assert failed.label == "handshake_timeout"
+    assert failed.text == (
+        "accepted the connection but did not answer the hello within 5s; "
+        "is it an ambassador-server?"
+    )
+    assert failed.close_reason == "no answer to hello"

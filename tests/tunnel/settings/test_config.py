@@ -80,7 +80,7 @@ def test_missing_file(tmp_path: Path) -> None:
         load_config_file(path)
     message = one_line(error)
     assert str(path) in message
-    assert "does not exist" in message
+    assert "no such file" in message
 
 
 def test_directory_instead_of_file(tmp_path: Path) -> None:
@@ -357,7 +357,7 @@ def test_bad_file_is_one_clear_error_not_a_traceback(
 def test_missing_file_through_the_cli(tmp_path: Path) -> None:
     result = CliRunner().invoke(serve, ["--config", str(tmp_path / "none.toml")])
     assert result.exit_code == 2
-    assert "does not exist" in result.output
+    assert "no such file" in result.output
 
 
 def test_file_value_is_checked_by_click_too(tmp_path: Path) -> None:

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
+from pathlib import Path
+
 import pytest
 
 from tunnel.aio.transport import format_peer
+from tunnel.errors import ConfigError
+from tunnel.security.auth import load_tokens
+from tunnel.security.pemfiles import read_file
+from tunnel.security.trust import load_crl, load_trust
+from tunnel.settings.config import load_config_file
 from tunnel.settings.links import Address
 from tunnel.settings.wording import counted, hostport
 
@@ -31,3 +40,28 @@ def test_every_formatter_brackets_ipv6(host: str, expected: str) -> None:
     assert format_peer((host, 16393, 0, 0)) == expected
     if "%" not in host:
         assert str(Address(host, 16393)) == expected
+
+
+READERS: dict[str, Callable[[Path], object]] = {
+    "config file ": load_config_file,
+    "token file ": lambda path: load_tokens(str(path)),
+    "CA file ": lambda path: load_trust(str(path), None),
+    "CRL ": lambda path: load_crl(str(path)),
+    "": read_file,  # a key or certificate named by its option
+}
+
+
+@pytest.mark.parametrize("what", list(READERS))
+def test_every_file_a_user_names_is_unreadable_in_the_same_words(tmp_path: Path, what: str) -> None:
+    read = READERS[what]
+    gone, folder, locked = tmp_path / "gone", tmp_path / "folder", tmp_path / "locked"
+    folder.mkdir()
+    locked.write_text("x")
+    locked.chmod(0)
+    cases = [(gone, "no such file"), (folder, "is a directory, expected a file")]
+    if os.geteuid() != 0:  # root reads any file
+        cases.append((locked, "permission denied"))
+    for path, why in cases:
+        with pytest.raises(ConfigError) as raised:
+            read(path)
+        assert str(raised.value) == f"cannot read {what}{path}: {why}"

@@ -15,6 +15,7 @@ from typing import Any
 from client.config import ClientConfig
 from client.connector import Connector
 from client.listeners import ConsumerStream, Listeners
+from client.tunnel_listener import TunnelListener
 from client.udp_expose import UdpExposes
 from tunnel.operations import metrics
 from tunnel.operations.metrics import services as counted_services
@@ -41,7 +42,11 @@ def export_expiry(config: ClientConfig) -> None:
 class Client:
     def __init__(self, config: ClientConfig, pool: WorkerPool | None = None) -> None:
         self.config = config
-        self.connector = Connector(config, on_catalog=self._catalog_changed)
+        self.connector: Connector | TunnelListener
+        if config.listen is not None:
+            self.connector = TunnelListener(config, on_catalog=self._catalog_changed)
+        else:
+            self.connector = Connector(config, on_catalog=self._catalog_changed)
         # ``pool``: helper processes, in the main one of several, to share connections with.
         self.listeners = Listeners(self.connector, config.expose, config.bind, pool, config.sockets)
         self.udp = UdpExposes(
@@ -70,7 +75,7 @@ class Client:
         await self.udp.reconfigure(self.config.expose, self.config.bind, catalog)
         self._started = True
 
-    def _catalog_changed(self, catalog: tuple[ServiceInfo, ...]) -> None:
+    def _catalog_changed(self, catalog: tuple[ServiceInfo, ...] | None) -> None:
         if not self._started:
             return  # the first catalog is awaited in start(), which binds for it
         # Later catalogs (a reconnect, or the server's reload) rewire the listeners; a
@@ -94,35 +99,10 @@ class Client:
     def status(self) -> dict[str, Any]:
         """The live state, for /status and ``ambassador-client status``."""
         connector = self.connector
-        remotes = []
-        for remote in connector.config.remotes:
-            row: dict[str, Any] = {
-                "peer": str(remote),
-                "state": "down",
-                "rtt_ms": None,
-                "streams": 0,
-                "bytes_in": 0,
-                "bytes_out": 0,
-                "last_error": "",
-                "last_error_at": None,
-            }
-            tunnels = [t for t in connector.draining if t.peer == str(remote)]
-            if connector.remote == remote and connector.tunnel is not None:
-                tunnels.insert(0, connector.tunnel)
-                row["state"] = "up"
-            elif tunnels:
-                row["state"] = "draining"
-            else:
-                row["last_error"] = connector.errors.get(remote, "")
-                row["last_error_at"] = connector.error_times.get(remote)
-            for tunnel in tunnels:
-                stats = tunnel.session.stats()
-                row["streams"] += stats.open_streams
-                row["bytes_in"] += stats.bytes_received
-                row["bytes_out"] += stats.bytes_sent
-                if stats.rtt is not None:
-                    row["rtt_ms"] = stats.rtt * 1000
-            remotes.append(row)
+        if isinstance(connector, TunnelListener):
+            remotes = connector.status_rows()
+        else:
+            remotes = remote_rows(connector)
         services = []
         for listening in self.listeners.bound:
             row = service_stats("client", listening.service)
@@ -152,7 +132,7 @@ class Client:
         self.config = new
         export_expiry(new)
 
-    async def _first_catalog(self) -> tuple[ServiceInfo, ...]:
+    async def _first_catalog(self) -> tuple[ServiceInfo, ...] | None:
         assert self._task is not None
         catalog = asyncio.ensure_future(self.connector.wait_catalog())
         done, _ = await asyncio.wait((catalog, self._task), return_when=asyncio.FIRST_COMPLETED)
@@ -169,8 +149,42 @@ class Client:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         tunnel = self.connector.tunnel
-        if tunnel is not None:
+        if tunnel is not None and isinstance(self.connector, Connector):
             tunnel.close("client shutting down")
+
+
+def remote_rows(connector: Connector) -> list[dict[str, Any]]:
+    """A row per --remote, for /status."""
+    remotes = []
+    for remote in connector.config.remotes:
+        row: dict[str, Any] = {
+            "peer": str(remote),
+            "state": "down",
+            "rtt_ms": None,
+            "streams": 0,
+            "bytes_in": 0,
+            "bytes_out": 0,
+            "last_error": "",
+            "last_error_at": None,
+        }
+        tunnels = [t for t in connector.draining if t.peer == str(remote)]
+        if connector.remote == remote and connector.tunnel is not None:
+            tunnels.insert(0, connector.tunnel)
+            row["state"] = "up"
+        elif tunnels:
+            row["state"] = "draining"
+        else:
+            row["last_error"] = connector.errors.get(remote, "")
+            row["last_error_at"] = connector.error_times.get(remote)
+        for tunnel in tunnels:
+            stats = tunnel.session.stats()
+            row["streams"] += stats.open_streams
+            row["bytes_in"] += stats.bytes_received
+            row["bytes_out"] += stats.bytes_sent
+            if stats.rtt is not None:
+                row["rtt_ms"] = stats.rtt * 1000
+        remotes.append(row)
+    return remotes
 
 
 class ClientRole:
@@ -222,6 +236,7 @@ class ClientHelperRole(ClientRole):
         client, loop = self.client, asyncio.get_running_loop()
 
         def take(sock: socket.socket, service: str) -> None:
+            assert isinstance(client.connector, Connector)  # helpers serve --remote only
             here = functools.partial(ConsumerStream, client.connector, service)
             client.track(loop.create_task(serve_handed(sock, here)))
 
@@ -266,7 +281,8 @@ async def serve(
     """
     client = Client(config, pool)
     if config.tls is None and config.token is not None:
-        warning = plaintext_warning([remote.host for remote in config.remotes])
+        hosts = [remote.host for remote in config.remotes]
+        warning = plaintext_warning([config.listen.host] if config.listen else hosts)
         if warning is not None:
             log.warning("%s", warning)
     await run_role(ClientRole(client), _reload(config, load, files), metrics, pool)

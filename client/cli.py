@@ -14,16 +14,23 @@ from client.app import serve, serve_helper
 from client.config import ClientConfig
 from tunnel.aio.unixlisten import socket_access
 from tunnel.errors import ConfigError
+from tunnel.operations.admission import (
+    UNAUTHENTICATED,
+    UNAUTHENTICATED_PER_ADDRESS,
+    AdmissionLimits,
+)
 from tunnel.operations.observe import print_status
 from tunnel.operations.runner import worker_processes
 from tunnel.operations.runtime import run, setup_logging
 from tunnel.protocol.flows import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_FLOWS
 from tunnel.security.allowlist import Allowlist, parse_expose_allow
-from tunnel.security.auth import load_tokens, token_names
+from tunnel.security.auth import is_loopback, load_tokens, token_names
+from tunnel.security.binding import UNBOUND
 from tunnel.security.certs import parse_pin
 from tunnel.security.proxycreds import load_proxy_credentials
-from tunnel.security.tls import ClientTls, client_context
+from tunnel.security.tls import ClientTls, ServerTls, bound_server_context, client_context
 from tunnel.settings.cli import (
+    AutoWorkers,
     begin,
     config_option,
     effective_name,
@@ -51,6 +58,7 @@ from tunnel.settings.links import (
     ExposeSpec,
     LinkError,
     named_seed_links_from_env,
+    parse_address,
     seed_links_from,
     seed_links_from_env,
 )
@@ -72,6 +80,42 @@ PROG = "ambassador-client"
     help=f"The ambassador-server to connect to (port {DEFAULT_TUNNEL_PORT} unless given), or "
     "ws://HOST[:PORT]/PATH (wss:// for TLS) to reach it through an HTTP ingress, inside one "
     "WebSocket. Repeatable: tried in turn.",
+)
+@click.option(
+    "--listen",
+    default=None,
+    envvar="AMBASSADOR_LISTEN",
+    metavar="HOST[:PORT]",
+    help="Wait for servers to dial in (ambassador-server --connect) on this address instead "
+    f"of dialing a --remote (port {DEFAULT_TUNNEL_PORT} unless given); expose a host's "
+    "service as HOST/SERVICE.",
+)
+@click.option(
+    "--insecure-plaintext",
+    is_flag=True,
+    default=False,
+    envvar="AMBASSADOR_INSECURE_PLAINTEXT",
+    help="Allow --listen without TLS on an address beyond this machine.",
+)
+@setting(
+    "--handshake-timeout",
+    click.FloatRange(0.1),
+    10.0,
+    "Seconds a server has for the TLS handshake and the hello (a --listen client's "
+    "connections, and answers to a --remote's hello).",
+)
+@setting(
+    "--max-unauthenticated",
+    click.IntRange(1),
+    UNAUTHENTICATED,
+    "With --listen: connections that have not completed their hello held at once; more are "
+    "closed as soon as they are accepted.",
+)
+@setting(
+    "--max-unauthenticated-per-address",
+    click.IntRange(1),
+    UNAUTHENTICATED_PER_ADDRESS,
+    "With --listen: of those, how many may come from one address (an IPv6 /64).",
 )
 @click.option(
     "--expose",
@@ -200,7 +244,13 @@ def cli(ctx: click.Context, /, **params: Any) -> None:
         print_effective(ctx, params, settings, token_names(params["token_file"]))
         return
     load, files = reloading(cli, PROG, ctx, build_config)
-    channel, pool = worker_processes("client", (ctx.obj or {})["argv"], params["workers"])
+    workers = params["workers"]
+    if config.listen is not None:
+        if workers > 1 and not isinstance(workers, AutoWorkers):
+            raise ConfigError("--workers applies to --remote; a --listen client serves its "
+                              "hosts in one process: drop --workers")  # fmt: skip
+        workers = 1
+    channel, pool = worker_processes("client", (ctx.obj or {})["argv"], workers)
     if channel is not None:
         run(serve_helper(config, channel, load, files))
         return
@@ -226,25 +276,51 @@ def build_config(params: dict[str, Any], environ: Mapping[str, str]) -> ClientCo
             remotes.append(parse_remote(text, default_port=DEFAULT_TUNNEL_PORT))
         except LinkError as exc:
             raise ConfigError(f"bad --remote: {exc}") from None
-    if not remotes and seed_host:
+    listen = listen_address(params)
+    if listen is not None and remotes:
+        raise ConfigError(
+            "--listen waits for servers to dial in and --remote dials a server: give one of them"
+        )
+    if not remotes and seed_host and listen is None:
         remotes.append(Address(seed_host, DEFAULT_TUNNEL_PORT))
-    if not remotes:
+    if not remotes and listen is None:
         raise ConfigError(
             "no server to connect to: give --remote HOST[:PORT] "
             "(or a link variable such as REDIS_PORT_6379_TCP=tcp://HOST:6379)"
         )
-    token = None
+    token, tokens = None, None
     if params["token_file"] is not None:
         tokens, warning = load_tokens(params["token_file"])
         if warning:
             logging.getLogger("ambassador.client").warning("%s", warning)
         token = next(iter(tokens.items()))
     proxy = client_proxy(params, environ)
-    tls = remote_tls(client_tls(params), remotes)
+    if listen is not None and proxy is not None:
+        raise ConfigError(
+            "--proxy carries this client's dial to a --remote; with --listen the servers dial "
+            "in: drop --proxy (and --proxy-from-env)"
+        )
     # Built once here, so a broken file is a one-line error at start (or keeps the old
     # configuration on a reload), and the client connects with what was checked.
-    context = client_context(tls) if tls is not None else None
+    listen_context, binding = None, UNBOUND
+    if listen is not None:
+        tls = listening_tls(params, listen)
+        if tls is not None:
+            assert tls.cert is not None and tls.key is not None
+            listen_context, binding = bound_server_context(ServerTls(tls.cert, tls.key, tls.ca))
+        context = None
+    else:
+        tls = remote_tls(client_tls(params), remotes)
+        context = client_context(tls) if tls is not None else None
     return ClientConfig(
+        listen=listen,
+        tokens=tokens,
+        listen_context=listen_context,
+        listen_binding=binding,
+        handshake_timeout=params["handshake_timeout"],
+        admission=AdmissionLimits(
+            params["max_unauthenticated"], params["max_unauthenticated_per_address"]
+        ),
         token=token,
         token_file=params["token_file"],
         tls=tls,
@@ -321,6 +397,46 @@ def client_proxy(params: dict[str, Any], environ: Mapping[str, str]) -> ProxyRou
         if warning:
             logging.getLogger("ambassador.client").warning("%s", warning)
     return proxy_route(params["proxy"], params["proxy_from_env"], environ, credentials)
+
+
+def listen_address(params: dict[str, Any]) -> Address | None:
+    if params["listen"] is None:
+        if params["insecure_plaintext"]:
+            raise ConfigError("--insecure-plaintext applies to --listen")
+        return None
+    try:
+        return parse_address(params["listen"], default_port=DEFAULT_TUNNEL_PORT)
+    except LinkError as exc:
+        raise ConfigError(f"bad --listen: {exc}") from None
+
+
+def listening_tls(params: dict[str, Any], listen: Address) -> ClientTls | None:
+    """TLS as the side that listens: --tls-cert/--tls-key are this client's (a server
+    certificate, which dialing servers verify), --tls-ca requires theirs (mutual TLS)."""
+    ca, cert, key = (params[k] for k in ("tls_ca", "tls_cert", "tls_key"))
+    for flag in ("pin", "server_name"):
+        if params[flag]:
+            raise ConfigError(
+                f"--{flag.replace('_', '-')} checks the server this client dials; with --listen "
+                "the servers dial in: drop it (--tls-ca checks their certificates)"
+            )
+    if cert is None and key is None:
+        if ca is not None or params["tls"]:
+            raise ConfigError(
+                "--listen with TLS needs this client's certificate: give --tls-cert and "
+                "--tls-key (a server certificate: 'ambassador-server certs server')"
+            )
+        if not is_loopback(listen.host) and not params["insecure_plaintext"]:
+            raise ConfigError(
+                f"--listen {listen} without TLS would let anyone who reaches it offer services "
+                "to this host's consumers, and carry their traffic unencrypted; give "
+                "--tls-cert/--tls-key (and --tls-ca for host certificates), or "
+                "--insecure-plaintext to accept that"
+            )
+        return None
+    if cert is None or key is None:
+        raise ConfigError("--tls-cert and --tls-key go together; give both")
+    return ClientTls(ca=ca, cert=cert, key=key)
 
 
 def client_tls(params: dict[str, Any]) -> ClientTls | None:

@@ -6,10 +6,12 @@ import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
+from tunnel.operations.admission import AdmissionLimits
 from tunnel.protocol.flows import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_FLOWS
 from tunnel.protocol.limits import Limits
 from tunnel.security.allowlist import Allowlist
-from tunnel.security.tls import ClientTls, client_context
+from tunnel.security.binding import UNBOUND
+from tunnel.security.tls import ClientTls, ServerTls, bound_server_context, client_context
 from tunnel.settings.links import Address, ExposeSpec
 from tunnel.settings.proxy import ProxyRoute
 from tunnel.settings.unixpath import SocketAccess
@@ -46,6 +48,14 @@ class ClientConfig:
     # What tls names, built once per configuration (with_context): the files checked at
     # start or reload are the ones the client then connects with.
     tls_context: ssl.SSLContext | None = field(default=None, compare=False, repr=False)
+    # --listen: servers dial this address (ambassador-server --connect) instead of the client
+    # dialing ``remotes``; tokens then holds every host's NAME:SECRET line, and under TLS this
+    # side is the TLS server (tls.cert and tls.key its certificate, tls.ca the hosts' CA).
+    listen: Address | None = None
+    tokens: Mapping[str, bytes] | None = field(default=None, compare=False, repr=False)
+    admission: AdmissionLimits = field(default_factory=AdmissionLimits)
+    listen_context: ssl.SSLContext | None = field(default=None, compare=False, repr=False)
+    listen_binding: bytes = field(default=UNBOUND, compare=False, repr=False)
 
     def watched_files(self) -> list[str | None]:
         """The files besides the config file that a change of reloads."""
@@ -60,6 +70,11 @@ class ClientConfig:
 def with_context(config: ClientConfig) -> ClientConfig:
     """``config`` with its TLS context built, unless already done; raises ConfigError, in
     words, for a broken file."""
-    if config.tls is None or config.tls_context is not None:
+    tls = config.tls
+    if tls is None or config.tls_context is not None or config.listen_context is not None:
         return config
-    return replace(config, tls_context=client_context(config.tls))
+    if config.listen is not None:
+        assert tls.cert is not None and tls.key is not None  # the CLI says so
+        context, binding = bound_server_context(ServerTls(tls.cert, tls.key, tls.ca))
+        return replace(config, listen_context=context, listen_binding=binding)
+    return replace(config, tls_context=client_context(tls))

@@ -16,6 +16,8 @@ import socket
 from dataclasses import dataclass, replace
 
 from client.connector import Connector, find_service
+from client.hosts import HostLink
+from client.tunnel_listener import TunnelListener
 from tunnel.aio.relay import Relay, abort_with_reset
 from tunnel.aio.sourcegate import SourceGate
 from tunnel.aio.transport import format_peer
@@ -89,18 +91,23 @@ class ConsumerStream(Relay):
     """One consumer connection and its stream."""
 
     def __init__(
-        self, connector: Connector, service: str, alternatives: tuple[str, ...] = ()
+        self,
+        connector: Connector | HostLink,
+        service: str,
+        alternatives: tuple[str, ...] = (),
+        label: str = "",
     ) -> None:
         super().__init__(connector.tunnel)
         self.connector = connector
         self.service = service
+        self.label = label or service  # how logs and metrics name it (HOST/SERVICE, say)
         # Set only while the catalog is unknown: the stream opens with the first of
         # (service, *alternatives) that the catalog offers once it is in.
         self.alternatives = alternatives
         self._answer: StreamAnswerParser | None = StreamAnswerParser()
         self._wait: asyncio.Task[None] | None = None
         self.refused = False
-        self.meters = metrics.meters("client", service)
+        self.meters = metrics.meters("client", self.label)
         self.preamble = True  # the server's answer comes first
         self.moves = 0  # times the stream started again on a new session
 
@@ -122,13 +129,13 @@ class ConsumerStream(Relay):
             return
         if tunnel is None:
             throttled.warning(
-                f"link_down:{self.service}",
+                f"link_down:{self.label}",
                 "connection to %r dropped: the tunnel has been down for %gs (%s)",
-                self.service,
+                self.label,
                 timeout,
                 self.connector.last_error or "connecting",
             )
-            metrics.refused("client", self.service, "link_down")
+            metrics.refused("client", self.label, "link_down")
             self.closed = True
             if self.transport is not None:
                 abort_with_reset(self.transport)
@@ -179,12 +186,12 @@ class ConsumerStream(Relay):
         server would only bring back its refusal one round trip later."""
         catalog = self.connector.catalog or ()
         throttled.warning(
-            f"missing:{self.service}",
+            f"missing:{self.label}",
             "connection to %r refused: the server does not offer it (offered: %s)",
-            self.service,
+            self.label,
             ", ".join(service.name for service in catalog) or "nothing",
         )
-        metrics.refused("client", self.service, Reason.UNKNOWN_SERVICE.label)
+        metrics.refused("client", self.label, Reason.UNKNOWN_SERVICE.label)
         self.closed = True
         if self.transport is not None:
             abort_with_reset(self.transport)
@@ -203,13 +210,13 @@ class ConsumerStream(Relay):
             self._answer = None
             if not answer.ok:
                 throttled.warning(
-                    f"refused:{self.service}:{answer.reason.label}",
+                    f"refused:{self.label}:{answer.reason.label}",
                     "connection to %r refused by the server (%s): %s",
-                    self.service,
+                    self.label,
                     answer.reason.label,
                     shown(answer.text),
                 )
-                metrics.refused("client", self.service, answer.reason.label)
+                metrics.refused("client", self.label, answer.reason.label)
                 self.refused = True
                 return  # the server's RST follows and resets the consumer
             self.preamble = False
@@ -220,7 +227,7 @@ class ConsumerStream(Relay):
 
     def _fail(self, text: str, reason: str) -> None:
         log.warning("connection to %r failed: %s", self.service, text)
-        metrics.refused("client", self.service, reason)
+        metrics.refused("client", self.label, reason)
         if self.stream_id is not None and self.tunnel is not None:
             self.tunnel.reset(self.stream_id)
         self.on_reset(text)
@@ -267,9 +274,9 @@ class ConsumerStream(Relay):
             self.meters.open_now -= 1
             if self._answer is not None and isinstance(exc, ConnectionResetError):
                 # Reset before the server answered: the tunnel went away under the stream.
-                throttled.warning(f"reset:{self.service}", "connection to %r reset: %s",
+                throttled.warning(f"reset:{self.label}", "connection to %r reset: %s",
                                   self.service, exc)  # fmt: skip
-                metrics.refused("client", self.service, "tunnel_lost")
+                metrics.refused("client", self.label, "tunnel_lost")
 
 
 def _note_portless(name: str) -> None:
@@ -310,7 +317,7 @@ class Listeners:
 
     def __init__(
         self,
-        connector: Connector,
+        connector: Connector | TunnelListener,
         specs: tuple[ExposeSpec, ...],
         bind: str,
         pool: WorkerPool | None = None,
@@ -355,13 +362,18 @@ class Listeners:
     def _admitted(self, key: tuple[str, int, str]) -> asyncio.BaseProtocol:
         service, *others = self._refs.get(key, (key[2],))
         alternatives = tuple(others)
-        connector = self.connector
+        connector: Connector | HostLink
+        label = service
+        if isinstance(self.connector, TunnelListener):
+            connector, service = self.connector.route(service)  # a host's, by its name
+        else:
+            connector = self.connector
         if self.pool is not None:
             helper = self.pool.least_busy()
             if helper is not None:
                 here = functools.partial(ConsumerStream, connector, service, alternatives)
                 return Handoff(self.pool, helper, service, here)
-        return ConsumerStream(connector, service, alternatives)
+        return ConsumerStream(connector, service, alternatives, label)
 
     @property
     def bound(self) -> list[Listening]:

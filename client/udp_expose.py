@@ -19,7 +19,9 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from client.connector import Connector, find_service
+from client.hosts import HostLink, split_service
 from client.listeners import choose_service, other_transport
+from client.tunnel_listener import TunnelListener
 from tunnel.aio.flowstream import FlowStream
 from tunnel.aio.transport import TunnelConnection
 from tunnel.errors import ConfigError, RemoteProtocolError
@@ -110,7 +112,11 @@ class UdpExpose(asyncio.DatagramProtocol):
     """One exposed UDP port and its flows."""
 
     def __init__(
-        self, connector: Connector, refs: tuple[str, ...], max_flows: int, idle_timeout: float
+        self,
+        connector: Connector | TunnelListener,
+        refs: tuple[str, ...],
+        max_flows: int,
+        idle_timeout: float,
     ) -> None:
         self.connector = connector
         self.refs = refs
@@ -140,15 +146,22 @@ class UdpExpose(asyncio.DatagramProtocol):
         pass  # an ICMP error about a consumer that went away: its flow will go idle
 
     def _new_flow(self, addr: Source, data: bytes, now: float) -> None:
-        tunnel = self.connector.tunnel
+        connector: Connector | HostLink
+        refs = self.refs
+        if isinstance(self.connector, TunnelListener):
+            # A listening client's flow goes to the host its service names (HOST/SERVICE),
+            # which knows the service by its own name.
+            connector, _ = self.connector.route(self.refs[0])
+            refs = tuple(split_service(ref)[1] for ref in refs)
+        else:
+            connector = self.connector
+        tunnel = connector.tunnel
         if tunnel is None or not tunnel.accepts_streams:
-            self._drop(
-                "no_tunnel", f"the tunnel is down ({self.connector.last_error or 'connecting'})"
-            )
+            self._drop("no_tunnel", f"the tunnel is down ({connector.last_error or 'connecting'})")
             return
-        catalog = self.connector.catalog
+        catalog = connector.catalog
         if catalog is not None:
-            chosen = choose_service(catalog, self.refs, "udp")
+            chosen = choose_service(catalog, refs, "udp")
             if chosen is None:
                 self._drop("not_offered", "the server does not offer it as a UDP service")
                 return
@@ -233,7 +246,7 @@ class UdpExposes:
 
     def __init__(
         self,
-        connector: Connector,
+        connector: Connector | TunnelListener,
         specs: tuple[ExposeSpec, ...],
         bind: str,
         max_flows: int,

@@ -17,6 +17,7 @@ from typing import Any
 from server.admission import DESCRIPTOR_RESERVE, Admission, stranger_log
 from server.config import ServerConfig, with_credentials
 from server.connection import ServerConnection
+from server.dialer import Dialer
 from server.reauth import AdmissionPolicy
 from server.tls_accept import accept_tls
 from tunnel.aio.proxyaccept import Pending, ProxyAccept
@@ -63,6 +64,7 @@ class Server:
         self._awaiting_header = Pending(config.admission.unauthenticated)
         self.pool = pool  # helper processes, in the main one of several
         self.on_closed = on_closed  # in a helper, tells the main process a connection ended
+        self.dialer: Dialer | None = None  # with --connect: dials instead of listening
 
     @property
     def address(self) -> tuple[str, int]:
@@ -71,7 +73,27 @@ class Server:
         sockname = self._listener.sockets[0].getsockname()
         return sockname[0], sockname[1]
 
+    def _start_dialing(self) -> None:
+        config = self.config
+        self.dialer = Dialer(
+            lambda: self.config.connect,
+            lambda peer, tls: self.make_connection(peer, tls, dialed=True),
+            lambda: (self.config.tls_context, self.config.dial_server_name),
+            lambda: (self.config.dial_timeout, self.config.handshake_timeout),
+        )
+        self.dialer.start()
+        names = ", ".join(service.full_name for service in config.catalog) or "nothing"
+        targets = ", ".join(str(target) for target in config.connect)
+        mode = "plaintext" if config.dial_tls is None else "TLS"
+        if config.dial_tls is not None and config.dial_tls.cert is not None:
+            mode = "TLS with a client certificate"
+        log.info("dialing %s (%s), offering %s", targets, mode, names)
+        warn_if_expiring(config.dial_tls)
+
     async def start(self) -> None:
+        if self.config.connect:
+            self._start_dialing()
+            return
         loop = asyncio.get_running_loop()
         listen = self.config.listen
         try:
@@ -157,8 +179,12 @@ class Server:
             return accept_tls(connection, config.tls_context, config.tls_binding, timeout, inner)
         return inner
 
-    def make_connection(self, peer: str = "", layered: bool = False) -> ServerConnection:
-        connection = ServerConnection(self.config, self, peer, layered)
+    def make_connection(
+        self, peer: str = "", layered: bool = False, dialed: bool = False
+    ) -> ServerConnection:
+        """``layered``: TLS or a WebSocket comes first, whose layer admits the connection;
+        ``dialed``: this server dialed it (--connect), and nothing admits it."""
+        connection = ServerConnection(self.config, self, peer, layered, dialed)
         self.connections.add(connection)
         return connection
 
@@ -228,8 +254,12 @@ class Server:
         old = self.config
         if new.listen != old.listen:
             log.warning("--listen changed to %s; restart to move the listener", new.listen)
-        if (new.tls is None) != (old.tls is None):
+        if (new.tls is None) != (old.tls is None) or (new.dial_tls is None) != (
+            old.dial_tls is None
+        ):
             raise ConfigError("turning TLS on or off needs a restart")
+        if bool(new.connect) != bool(old.connect):
+            raise ConfigError("switching between --listen and --connect needs a restart")
         new = with_credentials(new)  # read by the CLI already; here only if it was not
         admission = AdmissionPolicy.of(new, new.tokens, datetime.now(UTC))
         if new.websocket_path != old.websocket_path:
@@ -257,6 +287,8 @@ class Server:
         """
         if self._listener is not None:
             self._listener.close()
+        if self.dialer is not None:
+            self.dialer.stop()
         open_streams = sum(len(c.streams) for c in self.connections)
         log.info("draining: %s, %s, up to %gs", counted(len(self.connections), "session"),
                  counted(open_streams, "open stream"), timeout)  # fmt: skip
@@ -275,6 +307,8 @@ class Server:
 
     @property
     def ready(self) -> bool:
+        if self.dialer is not None:
+            return self.dialer.connection is not None
         return self._listener is not None and self._listener.is_serving()
 
     def status(self) -> dict[str, Any]:
@@ -292,6 +326,14 @@ class Server:
                 "last_error": "",
                 "last_error_at": None,
             })  # fmt: skip
+        dialer = self.dialer
+        if dialer is not None:
+            up = {c.tunnel.peer for c in self.connections}
+            for target in self.config.connect:
+                if str(target) not in up:
+                    sessions.append({"peer": str(target), "state": "down", "rtt_ms": None,
+                                     "streams": 0, "bytes_in": 0, "bytes_out": 0,
+                                     "last_error": dialer.errors.get(target, "")})  # fmt: skip
         services = []
         for service in self.config.catalog:
             row = service_stats("server", service.name)
@@ -301,7 +343,8 @@ class Server:
             "role": "ambassador-server",
             "pid": os.getpid(),
             "name": self.config.name,
-            "listen": str(self.config.listen),
+            "listen": "" if self.config.connect else str(self.config.listen),
+            "connect": [str(target) for target in self.config.connect],
             "tls": self.config.tls is not None,
             "uptime": round(time.monotonic() - self._started, 1),
             "ready": self.ready,
@@ -312,6 +355,8 @@ class Server:
     async def stop(self) -> None:
         if self._listener is not None:
             self._listener.close()
+        if self.dialer is not None:
+            self.dialer.stop()
         for task in list(self._tasks):
             task.cancel()
         for connection in list(self.connections):

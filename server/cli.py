@@ -26,9 +26,9 @@ from tunnel.operations.runner import Reload, worker_processes
 from tunnel.operations.runtime import run, setup_logging
 from tunnel.security.access import parse_access, unmatched
 from tunnel.security.allowlist import parse_networks
-from tunnel.security.auth import load_tokens
+from tunnel.security.auth import is_loopback, load_tokens
 from tunnel.security.binding import UNBOUND
-from tunnel.security.tls import ServerTls, bound_server_context
+from tunnel.security.tls import ClientTls, ServerTls, bound_server_context, client_context
 from tunnel.settings.cli import (
     AutoWorkers,
     begin,
@@ -53,6 +53,7 @@ from tunnel.settings.effective import Item, Setting, source_of
 from tunnel.settings.helpgroups import GroupedHelp
 from tunnel.settings.links import (
     DEFAULT_TUNNEL_PORT,
+    Address,
     Catalog,
     LinkError,
     Service,
@@ -74,11 +75,31 @@ PROG = "ambassador-server"
 @config_option
 @click.option(
     "--listen",
-    default=f"0.0.0.0:{DEFAULT_TUNNEL_PORT}",
-    show_default=True,
+    default=None,
     envvar="AMBASSADOR_LISTEN",
     metavar="HOST:PORT",
-    help="Where to accept tunnel connections.",
+    help=f"Where to accept tunnel connections [default: 0.0.0.0:{DEFAULT_TUNNEL_PORT}].",
+)
+@click.option(
+    "--connect",
+    multiple=True,
+    envvar="AMBASSADOR_CONNECT",
+    metavar="HOST[:PORT]",
+    help="Dial out to this ambassador-client --listen instead of listening (for a host behind "
+    "NAT or an outbound-only firewall); several are tried in turn. Repeatable.",
+)
+@click.option(
+    "--server-name",
+    envvar="AMBASSADOR_SERVER_NAME",
+    help="With --connect and TLS: the name the client's certificate must carry "
+    "[default: the --connect host].",
+)
+@click.option(
+    "--insecure-plaintext",
+    is_flag=True,
+    default=False,
+    envvar="AMBASSADOR_INSECURE_PLAINTEXT",
+    help="Allow --connect without TLS to a host beyond this machine.",
 )
 @click.option(
     "--link",
@@ -229,7 +250,15 @@ def cli(ctx: click.Context, /, **params: Any) -> None:
             raise ConfigError("--workers applies to the tunnel; --forward runs in one process")
         run(serve_forwarding(config, params["forward_bind"], metrics))
         return
-    channel, pool = worker_processes("server", (ctx.obj or {})["argv"], params["workers"])
+    workers = params["workers"]
+    if config.connect:
+        if workers > 1 and not isinstance(workers, AutoWorkers):
+            raise ConfigError(
+                "--workers applies to accepted connections; with --connect the server dials "
+                "one session, in one process: drop --workers"
+            )
+        workers = 1
+    channel, pool = worker_processes("server", (ctx.obj or {})["argv"], workers)
     if channel is not None:
         metrics = None  # the main process serves every worker's metrics
     load, files = reloading(cli, PROG, ctx, build_config)
@@ -248,8 +277,11 @@ def cli(ctx: click.Context, /, **params: Any) -> None:
 def build_config(params: dict[str, Any], environ: Mapping[str, str]) -> ServerConfig:
     params = dict(params)
     limits = limits_from(params)
+    connect = connect_targets(params)
     try:
-        listen = parse_address(params["listen"], default_port=DEFAULT_TUNNEL_PORT)
+        listen = parse_address(
+            params["listen"] or f"0.0.0.0:{DEFAULT_TUNNEL_PORT}", default_port=DEFAULT_TUNNEL_PORT
+        )
     except LinkError as exc:
         raise ConfigError(f"bad --listen: {exc}") from None
     catalog = Catalog(tuple(parse_link(text) for text in params["link"]))
@@ -268,9 +300,16 @@ def build_config(params: dict[str, Any], environ: Mapping[str, str]) -> ServerCo
     # Read once here, so a broken file is a one-line error at start (or keeps the old
     # configuration on a reload), and the server runs with what was checked.
     tokens = None if token_file is None else load_tokens(token_file)[0]
-    tls = server_tls(params)
-    context, binding = bound_server_context(tls) if tls is not None else (None, UNBOUND)
+    dial_tls = None
+    if connect:
+        dial_tls = dialing_tls(params, connect)
+        context, binding, tls = (client_context(dial_tls) if dial_tls else None), UNBOUND, None
+    else:
+        tls = server_tls(params)
+        context, binding = bound_server_context(tls) if tls is not None else (None, UNBOUND)
     return ServerConfig(
+        connect=connect,
+        dial_tls=dial_tls,
         access=access,
         proxy_protocol=proxy_protocol,
         accept_proxy_protocol=params["accept_proxy_protocol"],
@@ -347,6 +386,60 @@ def env_links(explicit: Catalog, in_pod_too: bool, environ: Mapping[str, str]) -
         "--link ALIAS=HOST:PORT, or set enableServiceLinks: false in the pod spec and add "
         "--links-from-env-in-pod (AMBASSADOR_LINKS_FROM_ENV_IN_POD=true)"
     )
+
+
+def connect_targets(params: dict[str, Any]) -> tuple[Address, ...]:
+    """The --connect targets; refused together with --listen or --remote's place."""
+    if params["connect"] and params["listen"] is not None:
+        raise ConfigError(
+            "--connect dials out instead of listening: give --connect or --listen, not both"
+        )
+    if params["connect"]:
+        # These shape the tunnel listener, which a dialing server does not have.
+        for flag in ("allow_from", "websocket_path", "reuse_port", "accept_proxy_protocol"):
+            if params[flag]:
+                raise ConfigError(
+                    f"--{flag.replace('_', '-')} applies to the connections a listening server "
+                    "accepts; with --connect this server dials out: drop it"
+                )
+    if params["server_name"] and not params["connect"]:
+        raise ConfigError("--server-name applies to --connect with TLS (the name the client's "
+                          "certificate must carry)")  # fmt: skip
+    targets = []
+    for text in params["connect"]:
+        try:
+            targets.append(parse_address(text, default_port=DEFAULT_TUNNEL_PORT))
+        except LinkError as exc:
+            raise ConfigError(f"bad --connect: {exc}") from None
+    return tuple(targets)
+
+
+def dialing_tls(params: dict[str, Any], targets: tuple[Address, ...]) -> ClientTls | None:
+    """TLS as the side that dials: --tls-ca checks the listening client's certificate, and
+    --tls-cert/--tls-key, when given, are this server's own (a client certificate)."""
+    cert, key, ca, crl = (params[k] for k in ("tls_cert", "tls_key", "tls_ca", "tls_crl"))
+    if crl is not None:
+        raise ConfigError("--tls-crl checks the certificates of clients that dial in; with "
+                          "--connect this server dials: drop it")  # fmt: skip
+    if ca is None:
+        if cert is not None or key is not None:
+            raise ConfigError(
+                "--connect with --tls-cert needs --tls-ca, the CA that signed the listening "
+                "client's certificate, to verify the host it dials"
+            )
+        if params["server_name"]:
+            raise ConfigError("--server-name only applies with TLS (--tls-ca)")
+        insecure = [str(t) for t in targets if not is_loopback(t.host)]
+        if insecure and not params["insecure_plaintext"]:
+            raise ConfigError(
+                f"--connect {insecure[0]} without TLS would offer this host's services to "
+                "whoever answers at that address, unencrypted; give --tls-ca (and "
+                "--tls-cert/--tls-key for mutual TLS), or --insecure-plaintext to accept that"
+            )
+        return None
+    if (cert is None) != (key is None):
+        raise ConfigError("--tls-cert and --tls-key go together; give both")
+    return ClientTls(ca=ca, cert=cert, key=key, server_name=params["server_name"] or None)
 
 
 def server_tls(params: dict[str, Any]) -> ServerTls | None:

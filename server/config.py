@@ -12,7 +12,7 @@ from tunnel.security.access import AccessRules
 from tunnel.security.allowlist import Allowlist
 from tunnel.security.auth import load_tokens
 from tunnel.security.binding import UNBOUND
-from tunnel.security.tls import ServerTls, bound_server_context
+from tunnel.security.tls import ClientTls, ServerTls, bound_server_context, client_context
 from tunnel.settings.links import DEFAULT_TUNNEL_PORT, Address, Catalog, Service
 
 
@@ -40,6 +40,10 @@ class ServerConfig:
     reuse_port: bool = False
     # Links whose backend gets a PROXY protocol header first, and its version (1 or 2).
     proxy_protocol: Mapping[Service, int] = field(default_factory=dict)
+    # --connect: dial these ambassador-client --listen addresses (in turn) instead of listening;
+    # under TLS this side is then the TLS client: dial_tls, and tls stays None.
+    connect: tuple[Address, ...] = ()
+    dial_tls: ClientTls | None = None
     # What token_file and tls hold, read once per configuration (with_credentials): the files
     # checked at start or reload are the ones the server then runs with.
     tokens: Mapping[str, bytes] | None = field(default=None, compare=False, repr=False)
@@ -48,9 +52,14 @@ class ServerConfig:
 
     def watched_files(self) -> list[str | None]:
         """The files besides the config file that a change of reloads."""
-        tls = self.tls
+        tls, dial = self.tls, self.dial_tls
         files = (tls.cert, tls.key, tls.ca, tls.crl) if tls is not None else ()
-        return [self.token_file, *files]
+        dialing = (dial.ca, dial.cert, dial.key) if dial is not None else ()
+        return [self.token_file, *files, *dialing]
+
+    @property
+    def dial_server_name(self) -> str | None:
+        return None if self.dial_tls is None else self.dial_tls.server_name
 
 
 def with_credentials(config: ServerConfig) -> ServerConfig:
@@ -59,6 +68,8 @@ def with_credentials(config: ServerConfig) -> ServerConfig:
     context, binding, tokens = config.tls_context, config.tls_binding, config.tokens
     if config.tls is not None and context is None:
         context, binding = bound_server_context(config.tls)
+    if config.dial_tls is not None and context is None:
+        context = client_context(config.dial_tls)  # its binding comes from each handshake
     if config.token_file is not None and tokens is None:
         tokens, _ = load_tokens(config.token_file)  # its warning is said in Server.start()
     return replace(config, tokens=tokens, tls_context=context, tls_binding=binding)

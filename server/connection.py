@@ -100,16 +100,24 @@ class ServerConnection:
     """Everything the server knows about one tunnel connection."""
 
     def __init__(
-        self, config: ServerConfig, host: ConnectionHost, peer: str = "", layered: bool = False
+        self,
+        config: ServerConfig,
+        host: ConnectionHost,
+        peer: str = "",
+        layered: bool = False,
+        dialed: bool = False,
     ) -> None:
         self.config = config  # the server's, with its tokens; a reload pushes the new one
         self.host = host
         self.loop = loop = asyncio.get_running_loop()
+        self.dialed = dialed  # this server dialed the client (server/dialer.py): no stranger
         self.tunnel = TunnelConnection(
             Session(Role.SERVER, config.limits, clock(), guarded=True),
             self._accept,
             peer,
-            on_connect=None if layered else self.admit,  # else the layer in front asks
+            # A layer in front (TLS, a WebSocket) asks; a connection this server dialed is
+            # not admitted.
+            on_connect=None if layered or dialed else self.admit,
         )
         self.in_front = layered  # a layer in front is still handshaking, under its deadline
         self._admitted: str | None = None  # the source it counts against while unauthenticated
@@ -139,6 +147,7 @@ class ServerConnection:
         self._reachable = Catalog()
         self._reachable_for: object = None  # the configuration _reachable was computed from
         self._rtt_label = ""  # the peer label of this session's ambassador_rtt_seconds
+        self.up: asyncio.Future[None] = loop.create_future()  # done at the welcome
         self._deadline = Deadline(config.handshake_timeout, loop.time())
         self._hello_timer = loop.call_at(self._deadline.at, self._hello_timeout)
         self.tunnel.closed.add_done_callback(self._closed)
@@ -392,6 +401,8 @@ class ServerConnection:
             verify=self._verify,
             offer=self._offer,
             stream_header=self.stream_header,
+            dialed=self.dialed,
+            own_token=next(iter(self.config.tokens or ()), None),
         )
 
     def on_message(self, message: Message) -> None:
@@ -436,6 +447,8 @@ class ServerConnection:
 
     def _welcomed(self, event: Welcomed) -> None:
         self._hello_timer.cancel()
+        if not self.up.done():
+            self.up.set_result(None)
         self._reachable_for = None  # the identity is settled now
         self.tunnel.session.unguard()
         self._authenticated()
@@ -554,7 +567,7 @@ class ServerConnection:
             metrics.SESSIONS_OPEN.labels("server").dec()
             metrics.SESSION_ENDS.labels("server", "closed").inc()
             log.info("session with %s ended: %s", self.peer_name, future.result())
-        elif not self.refused:
+        elif not self.refused and not self.dialed:  # the dialer says why, once per target
             # A connection that closes without a byte is a port probe (a load balancer's
             # health check, a port scanner): not worth a warning. Anything else is.
             said_something = (

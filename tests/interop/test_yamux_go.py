@@ -22,17 +22,21 @@ from tests.interop.support import (
     GoPeer,
     PythonServer,
     SendingStream,
+    TappedSession,
     connect,
     digest,
     go_peer,
     pattern,
+    refuse_streams,
     run,
     tapped,
 )
+from tunnel.aio.transport import TunnelConnection
 from tunnel.errors import LocalProtocolError
 from tunnel.protocol.events import GoAwayReceived
 from tunnel.protocol.frames import Flags, FrameType, GoAwayCode
 from tunnel.protocol.limits import INITIAL_WINDOW, Limits
+from tunnel.protocol.session import Role
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -410,3 +414,40 @@ def test_fin_travels_apart_from_data_as_hashicorp_yamux_sends_it(
     wire = tapped(connection).outbound
     assert wire.of(FrameType.DATA, Flags.FIN) == []
     assert len(wire.of(FrameType.WINDOW_UPDATE, Flags.FIN)) == 4
+
+
+def test_python_client_that_listens_streams_through_a_go_server_that_dialed(
+    yamuxpeer: Path, tmp_path: Path
+) -> None:
+    """Reverse mode's transport: the yamux server dials, our client session accepts the TCP
+    connection and still opens the odd-numbered streams; the echoes come back byte-exact."""
+
+    async def scenario() -> tuple[list[bytes], dict[str, Any], GoPeer]:
+        loop = asyncio.get_running_loop()
+        accepted: asyncio.Future[TunnelConnection] = loop.create_future()
+
+        def protocol() -> TunnelConnection:
+            connection = TunnelConnection(TappedSession(Role.CLIENT, None), refuse_streams)
+            if not accepted.done():
+                accepted.set_result(connection)
+            return connection
+
+        listener = await loop.create_server(protocol, "127.0.0.1", 0)
+        port = listener.sockets[0].getsockname()[1]
+        args = ["-mode", "server", "-dial", "-addr", f"127.0.0.1:{port}"]
+        try:
+            async with go_peer(yamuxpeer, tmp_path, *args) as peer:
+                connection = await asyncio.wait_for(accepted, 10)
+                streams = [SendingStream(connection, pattern(i, MIB), separate_fin=FIN_APART)
+                           for i in CLIENT_IDS[:4]]  # fmt: skip
+                assert [s.stream_id for s in streams] == CLIENT_IDS[:4]
+                echoes = await asyncio.wait_for(asyncio.gather(*(s.done for s in streams)), 20)
+                connection.close("test over")
+                return list(echoes), await peer.result(), peer
+        finally:
+            listener.close()
+
+    echoes, result, peer = run(scenario())
+    for stream_id, echo in zip(CLIENT_IDS, echoes, strict=False):
+        assert echo == pattern(stream_id, MIB), f"stream {stream_id} came back altered"
+    assert result["ok"] and result["accepted"] == 4, peer.describe()

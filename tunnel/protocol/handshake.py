@@ -8,7 +8,15 @@ The exchange on the control stream (``docs/protocol.md``)::
     server -> client   Welcome    version, identity, catalog (and the server's proof)
                     or Refusal    reason and text; a Go Away follows
 
-then, on the client, :class:`CatalogChanged` and :class:`GoingAway` notices. Each machine is a
+then, on the client, :class:`CatalogChanged` and :class:`GoingAway` notices.
+
+The roles are logical: the client is the side that opens streams for its consumers, the
+server the side that offers services, whichever of the two dialed. When the server dialed
+(``ambassador-server --connect`` to ``ambassador-client --listen``) the exchange is the same,
+the client still speaking first; its hello says ``listening`` and names no token, since it
+cannot know which of its tokens the host that dialed holds: the server names its own in the
+challenge, and the welcome says ``dialed``. Each side checks that the other agrees on the
+direction, so a relayed or misdirected connection is refused in words. Each machine is a
 small table of states; a message a state does not expect from the peer is a protocol error
 (:class:`Violation` on the server, :class:`Failed` on the client), except messages this version
 does not act on, which are ignored so that later versions can add some.
@@ -184,11 +192,14 @@ class ServerHandshake:
         offer: Offer,
         versions: tuple[int, ...] = SUPPORTED_VERSIONS,
         stream_header: int = HEADER_VERSION,
+        dialed: bool = False,
+        own_token: str | None = None,
     ) -> None:
         """``identity``: the client's before any token (its certificate's name, or the
         anonymous one); ``certified``: it has a certificate, which a token does not override;
         ``tokens``: this server has a token file; ``bound``: the connection is TLS, whose
-        binding token proofs must cover."""
+        binding token proofs must cover; ``dialed``: this server dialed the connection, and
+        then ``own_token`` is the name of the token it proves (the client must hold it)."""
         self.state = State.HELLO
         self.stream_header = stream_header  # what the welcome asks streams to open with
         self.hello: Hello | None = None
@@ -202,6 +213,8 @@ class ServerHandshake:
         self._verify = verify
         self._offer = offer
         self._versions = versions
+        self._dialed = dialed
+        self._own_token = own_token if dialed else None
 
     @property
     def welcomed(self) -> bool:
@@ -230,6 +243,10 @@ class ServerHandshake:
                 f"server speaks {list(self._versions)}; upgrade the older side",
             )
         self.version = version
+        if hello.listening != self._dialed:
+            return self._refuse(Reason.VERSION_MISMATCH, _direction_mismatch(self._dialed))
+        if self._dialed:
+            return self._on_dialed_hello(hello)
         if hello.token_name is not None and self._tokens:
             if self._bound and version < BOUND_SINCE:
                 return self._refuse(
@@ -247,10 +264,30 @@ class ServerHandshake:
             )
         return self._welcome(b"", None)
 
+    def _on_dialed_hello(self, hello: Hello) -> Step:
+        """The hello of a client this server dialed: the server names the token, if any."""
+        token = self._own_token
+        if token is None:
+            return self._welcome(b"", None)
+        if not hello.nonce:
+            return self._refuse(
+                Reason.AUTH_FAILED,
+                f"this server proves the token {quoted(token)} and the client has none; give "
+                "the client --token-file holding that NAME:SECRET line",
+            )
+        if self._bound and self.version < BOUND_SINCE:
+            return self._refuse(
+                Reason.VERSION_MISMATCH,
+                f"a token over TLS needs protocol {BOUND_SINCE}; upgrade the client",
+            )
+        self.state = State.CHALLENGED
+        return Step((Challenge(self._nonce, self.version, token),))
+
     def _on_auth(self, message: Auth) -> Step:
         hello = self.hello
-        assert hello is not None and hello.token_name is not None  # CHALLENGED says so
-        name = hello.token_name
+        assert hello is not None  # CHALLENGED says so
+        name = self._own_token if self._dialed else hello.token_name
+        assert name is not None
         attempt = TokenAttempt(name, hello.nonce, self._nonce, self.version, message.proof)
         proof = self._verify(attempt)
         if proof is None:
@@ -284,6 +321,7 @@ class ServerHandshake:
             proof,
             identity,
             stream_header=self.stream_header,
+            dialed=self._dialed,
         )
         return Step((welcome,), Welcomed(welcome, token_name))
 
@@ -294,6 +332,22 @@ class ServerHandshake:
     def _violation(self, text: str) -> Step:
         self.state = State.BROKEN
         return Step((), Violation(text))
+
+
+def _direction_mismatch(dialed: bool) -> str:
+    """The refusal when the hello disagrees about who dialed: a client that does not listen
+    (or is too old to: its hello says nothing) was reached by a dialing server, or a client
+    that listens reached a server that did not dial (something relays the connection)."""
+    if dialed:
+        return (
+            "this server dialed the client (ambassador-server --connect), but the client's "
+            "hello does not say it listens: run ambassador-client --listen of a release that "
+            "takes dials (older clients cannot)"
+        )
+    return (
+        "the client says it accepted this connection (--listen), but this server did not dial "
+        "it: point ambassador-server --connect at the client instead of relaying"
+    )
 
 
 # ------------------------------------------------------------------ client
@@ -310,6 +364,9 @@ class TokenProofs:
 # The proofs for a challenge of ``version`` with the server's ``nonce`` (the client's token,
 # nonce and channel binding are the callable's to know).
 Prove = Callable[[int, bytes], TokenProofs]
+# A listening client's proofs of the token a dialing server names, or None if it holds none
+# of that name: (name, version, server nonce).
+ProveNamed = Callable[[str, int, bytes], TokenProofs | None]
 
 
 class ClientHandshake:
@@ -323,12 +380,19 @@ class ClientHandshake:
         token_name: str | None = None,
         nonce: bytes = b"",
         bound: bool = False,
+        listening: bool = False,
         prove: Prove | None = None,
         versions: tuple[int, ...] = SUPPORTED_VERSIONS,
+        prove_named: ProveNamed | None = None,
     ) -> None:
         """``token_name``, ``nonce`` and ``prove``: the token this client authenticates with;
-        ``bound``: the connection is TLS (a token is then offered only bound versions)."""
-        if token_name is not None and bound:
+        ``bound``: the connection is TLS (a token is then offered only bound versions).
+
+        ``prove_named`` makes this the handshake of a listening client, which a server
+        dialed (the ``listening`` hello): with it, the client holds tokens (and ``nonce``) and
+        the server names the one it proves; without it and without a token, ``listening``."""
+        self.listening = prove_named is not None or listening
+        if (token_name is not None or prove_named is not None) and bound:
             # A token over TLS is proved only bound to it: offering version 1 as well would
             # let a man in the middle pick it (docs/protocol.md).
             versions = tuple(v for v in versions if v >= BOUND_SINCE)
@@ -339,7 +403,12 @@ class ClientHandshake:
         self._prove = prove
         self._expected = b""  # the server's proof, once the challenge came
         self._version = 0
-        self.hello = Hello(versions, name, software, token_name, nonce if token_name else b"")
+        self._prove_named = prove_named
+        if self.listening:
+            token_name = None  # the dialing server names it
+        held = token_name is not None or prove_named is not None
+        self.hello = Hello(versions, name, software, token_name, nonce if held else b"",
+                           self.listening)  # fmt: skip
 
     @property
     def welcomed(self) -> bool:
@@ -357,10 +426,24 @@ class ClientHandshake:
             return NOTHING  # messages this version does not act on
         if self.state is State.REFUSED:
             return NOTHING
+        if isinstance(message, Challenge) and self._prove_named is not None:
+            named = self._named_challenge(message)
+            if named is not None:
+                return named
         token = self._token_name
         if isinstance(message, Challenge) and token is not None and self.state is State.HELLO:
             return self._on_challenge(message, token)
         if isinstance(message, Welcome):
+            if message.dialed != self.listening:
+                return self._fail("protocol_error", _welcome_mismatch(self.listening),
+                                  "dialing direction mismatch")  # fmt: skip
+            if token is None and self._prove_named is not None:
+                return self._fail(
+                    "auth_failed",
+                    "dialed without proving a token: it runs without --token-file, so it "
+                    "cannot prove which host it is; give it its NAME:SECRET line",
+                    "server skipped the token exchange",
+                )
             if token is None:
                 return self._welcomed(message)
             if self.state is State.HELLO:
@@ -388,6 +471,28 @@ class ClientHandshake:
             "protocol_error", f"answered the hello with {type(message).__name__}", "hello refused"
         )
 
+    def _named_challenge(self, message: Challenge) -> Step | None:
+        """A listening client's challenge: take the token the server names; None to go on
+        as with any token, a failure if it names none this client holds."""
+        if self.state is not State.HELLO:
+            return None
+        name = message.token_name
+        if name is None:
+            return self._fail("protocol_error", "challenged without naming its token",
+                              "challenge without a token name")  # fmt: skip
+        self._token_name = name
+        assert self._prove_named is not None
+        prove_named = self._prove_named
+        self._prove = lambda version, nonce: prove_named(name, version, nonce) or _NO_PROOFS
+        if prove_named(name, message.version, message.nonce) is None:
+            return self._fail(
+                "auth_failed",
+                f"proves the token {quoted(name)}, which --token-file does not hold; add its "
+                "NAME:SECRET line to this client's token file",
+                "unknown token",
+            )
+        return None
+
     def _on_challenge(self, message: Challenge, token: str) -> Step:
         version = message.version
         if version not in self.versions:
@@ -410,3 +515,18 @@ class ClientHandshake:
     def _fail(self, label: str, text: str, close_reason: str) -> Step:
         self.state = State.REFUSED
         return Step((), Failed(label, text, close_reason))
+
+
+_NO_PROOFS = TokenProofs(b"", b"")
+
+
+def _welcome_mismatch(listening: bool) -> str:
+    if listening:
+        return (
+            "answered as a server that did not dial this client: is something relaying it? "
+            "Point ambassador-server --connect at this client's --listen address"
+        )
+    return (
+        "says it dialed this client, which dialed it: is something relaying the connection? "
+        "Point --remote at the ambassador-server's --listen address"
+    )

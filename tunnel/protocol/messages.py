@@ -91,6 +91,9 @@ class Hello:
     software: str = ""
     token_name: str | None = None  # set: the client authenticates with this token
     nonce: bytes = b""  # the client's nonce for the token exchange
+    # The client accepted this connection (ambassador-client --listen): the server dialed it.
+    # Such a client names no token; a dialing server names its own in the challenge.
+    listening: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +109,7 @@ class Welcome:
     # The stream header version the server wants: 2 (with the consumer's origin) when a
     # backend of its needs the origin, else 1. Absent (an older server): 1.
     stream_header: int = HEADER_VERSION
+    dialed: bool = False  # the server dialed this connection (ambassador-server --connect)
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +118,7 @@ class Challenge:
 
     nonce: bytes
     version: int = 1  # the version chosen, which says how to make the proof (absent: 1)
+    token_name: str | None = None  # a dialing server's own token, which the client must hold
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,7 +173,10 @@ def _to_json(message: Message) -> dict[str, Any]:
         }
         if message.token_name is not None:
             hello["token_name"] = message.token_name
+        if message.nonce:
             hello["nonce"] = _b64(message.nonce)
+        if message.listening:
+            hello["listening"] = True
         return hello
     if isinstance(message, Welcome):
         catalog = [s.to_json() for s in message.catalog]
@@ -184,9 +192,15 @@ def _to_json(message: Message) -> dict[str, Any]:
             welcome["identity"] = message.identity
         if message.stream_header != HEADER_VERSION:
             welcome["stream_header"] = message.stream_header
+        if message.dialed:
+            welcome["dialed"] = True
         return welcome
     if isinstance(message, Challenge):
-        return {"type": "challenge", "nonce": _b64(message.nonce), "version": message.version}
+        challenge: dict[str, Any] = {"type": "challenge", "nonce": _b64(message.nonce),
+                                     "version": message.version}  # fmt: skip
+        if message.token_name is not None:
+            challenge["token_name"] = message.token_name
+        return challenge
     if isinstance(message, Auth):
         return {"type": "auth", "proof": _b64(message.proof)}
     if isinstance(message, CatalogChanged):
@@ -246,6 +260,7 @@ def _from_json(obj: dict[str, Any]) -> Message:
             _name(obj.get("software", "")),
             None if token_name is None else _name(token_name),
             _unb64(obj.get("nonce", "")),
+            _flag(obj.get("listening", False)),
         )
     if kind == "welcome":
         catalog, skipped = _catalog(obj["catalog"])
@@ -257,9 +272,15 @@ def _from_json(obj: dict[str, Any]) -> Message:
             _name(obj.get("identity", "")),
             skipped,
             _version(obj.get("stream_header", HEADER_VERSION)),
+            _flag(obj.get("dialed", False)),
         )
     if kind == "challenge":
-        return Challenge(_unb64(obj["nonce"]), _version(obj.get("version", 1)))
+        named = obj.get("token_name")
+        return Challenge(
+            _unb64(obj["nonce"]),
+            _version(obj.get("version", 1)),
+            None if named is None else _name(named),
+        )
     if kind == "auth":
         return Auth(_unb64(obj["proof"]))
     if kind == "catalog":
@@ -295,6 +316,12 @@ def _service(item: Any) -> ServiceInfo | None:
     if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
         return None
     return ServiceInfo(alias, port, transport)
+
+
+def _flag(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"expected true or false, got {type(value).__name__}")
+    return value
 
 
 def _int(value: Any) -> int:

@@ -302,20 +302,17 @@ OTHER_VARIABLES = frozenset(
 ROLE_ONLY_VARIABLES = {
     "ambassador-server": frozenset(
         f"AMBASSADOR_{name}"
-        for name in ("ACCEPT_PROXY_PROTOCOL", "ACCESS", "ALLOW_FROM", "DIAL_TIMEOUT",
-                     "DRAIN_TIMEOUT", "FORWARD", "FORWARD_BIND", "HANDSHAKE_TIMEOUT", "LINK",
-                     "LINKS_FROM_ENV_IN_POD", "LISTEN",
-                     "MAX_PENDING_DIALS", "MAX_STREAMS_PER_IDENTITY", "MAX_UNAUTHENTICATED",
-                     "MAX_UNAUTHENTICATED_PER_ADDRESS", "PROXY_PROTOCOL", "REUSE_PORT", "TLS_CRL",
-                     "WEBSOCKET_PATH")
+        for name in ("ACCEPT_PROXY_PROTOCOL", "ACCESS", "ALLOW_FROM", "CONNECT", "DIAL_TIMEOUT",
+                     "DRAIN_TIMEOUT", "FORWARD", "FORWARD_BIND", "LINK", "LINKS_FROM_ENV_IN_POD",
+                     "MAX_PENDING_DIALS", "MAX_STREAMS_PER_IDENTITY", "PROXY_PROTOCOL",
+                     "REUSE_PORT", "TLS_CRL", "WEBSOCKET_PATH")
     ),
     "ambassador-client": frozenset(
         f"AMBASSADOR_{name}"
         for name in ("BACKOFF_MAX", "BACKOFF_MIN", "BIND", "CONNECT_TIMEOUT", "EXPOSE",
                      "EXPOSE_ALLOW", "EXPOSE_SOCKET_MODE", "EXPOSE_SOCKET_OWNER",
                      "LINK_WAIT_TIMEOUT", "PIN", "PROXY", "PROXY_CREDENTIALS_FILE",
-                     "PROXY_FROM_ENV", "REMOTE", "SERVER_NAME", "TLS", "UDP_IDLE_TIMEOUT",
-                     "UDP_MAX_FLOWS")
+                     "PROXY_FROM_ENV", "REMOTE", "TLS", "UDP_IDLE_TIMEOUT", "UDP_MAX_FLOWS")
     ),
 }  # fmt: skip
 # What a container linked as "ambassador" (Docker links) or a Kubernetes Service called

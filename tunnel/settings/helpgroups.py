@@ -34,6 +34,7 @@ OPTION_GROUPS: Mapping[str, str] = {
     # where the tunnel runs and how its connection is kept
     "listen": TUNNEL,
     "remote": TUNNEL,
+    "connect": TUNNEL,
     "name": TUNNEL,
     "connect_timeout": TUNNEL,
     "handshake_timeout": TUNNEL,
@@ -73,6 +74,7 @@ OPTION_GROUPS: Mapping[str, str] = {
     "tls_crl": TLS,
     "server_name": TLS,
     "pin": TLS,
+    "insecure_plaintext": TLS,
     # who may reach what
     "access": ACCESS,
     "token_file": ACCESS,

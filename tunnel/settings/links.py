@@ -351,7 +351,20 @@ def _parse_ref(text: str) -> tuple[str | None, int | None]:
     return alias.lower(), (_parse_port(port_text) if colon else None)
 
 
+# The identity of an offering host that dialed a --listen client, in HOST/SERVICE: a
+# certificate's or a token's name, as the identities of access rules are written.
+_HOST = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
+
+
 def _canonical_ref(text: str) -> str:
+    host, slash, rest = text.rpartition("/")
+    if slash:
+        if not _HOST.fullmatch(host):
+            raise _Invalid(
+                f"{_show(host)} is not a host name (letters, digits, '.', '-', '_' or '@', "
+                "at most 64): write HOST/SERVICE"
+            )
+        return f"{host}/{_canonical_ref(rest)}"
     alias, port = _parse_ref(text)
     if alias is None:
         return str(port)

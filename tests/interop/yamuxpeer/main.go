@@ -4,7 +4,7 @@
 //	yamuxpeer -mode client -addr HOST:PORT -streams N -bytes N [options]
 //	    Opens N streams, writes a deterministic pattern of -bytes on each, closes the write
 //	    side (FIN), reads the echo back and checks it byte for byte; pings the peer.
-//	yamuxpeer -mode server -addr 127.0.0.1:0 [options]
+//	yamuxpeer -mode server [-dial] -addr 127.0.0.1:0 [options]
 //	    Prints {"listen": "HOST:PORT"}, accepts one connection and echoes every stream until
 //	    EOF, then closes the stream; exits once the session ends.
 //
@@ -48,6 +48,7 @@ type options struct {
 	expectGoaway  bool
 	idle          time.Duration
 	deadline      time.Duration
+	dial          bool
 }
 
 func parseOptions() options {
@@ -65,6 +66,7 @@ func parseOptions() options {
 	flag.BoolVar(&o.expectGoaway, "expect-goaway", false, "client: once the last stream's echo starts, try to open one more stream")
 	flag.DurationVar(&o.idle, "idle", 0, "client: stay idle this long after the transfers, then ping again")
 	flag.DurationVar(&o.deadline, "deadline", 30*time.Second, "bound on the whole run")
+	flag.BoolVar(&o.dial, "dial", false, "server: dial -addr instead of listening (reverse mode)")
 	flag.Parse()
 	return o
 }
@@ -345,16 +347,26 @@ func runServer(o options) bool {
 		emit(result)
 		return false
 	}
-	ln, err := net.Listen("tcp", o.addr)
-	if err != nil {
-		return fail(err)
-	}
-	emit(map[string]string{"listen": ln.Addr().String()})
-	ln.(*net.TCPListener).SetDeadline(time.Now().Add(o.deadline))
-	conn, err := ln.Accept()
-	ln.Close()
-	if err != nil {
-		return fail(err)
+	var conn net.Conn
+	var err error
+	if o.dial {
+		// The yamux server dials: stream parity follows Server(), not who connected.
+		conn, err = net.DialTimeout("tcp", o.addr, o.deadline)
+		if err != nil {
+			return fail(err)
+		}
+	} else {
+		ln, err := net.Listen("tcp", o.addr)
+		if err != nil {
+			return fail(err)
+		}
+		emit(map[string]string{"listen": ln.Addr().String()})
+		ln.(*net.TCPListener).SetDeadline(time.Now().Add(o.deadline))
+		conn, err = ln.Accept()
+		ln.Close()
+		if err != nil {
+			return fail(err)
+		}
 	}
 	sess, err := yamux.Server(conn, config(o))
 	if err != nil {

@@ -1,0 +1,213 @@
+"""Reverse mode end to end: ambassador-server --connect dials ambassador-client --listen, and
+redis-cli on the client's host reaches redis-server on the server's, in plaintext, TLS, mutual
+TLS and with tokens; hosts are named by identity; several --connect targets fail over."""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import FreePort
+from tests.integration.support import Processes, Redis, Started, ambassador, redis_cli
+from tests.pki import loopback_pki
+from tunnel.security.certs import issue_client_cert, make_ca
+from tunnel.security.pemfiles import cert_pem, key_pem, write_private, write_public
+
+pytestmark = pytest.mark.timeout(90)
+
+
+def start_listening_client(
+    processes: Processes, listen: int, *args: str, name: str = "ambassador-client"
+) -> Started:
+    argv = [*ambassador("client"), "--listen", f"127.0.0.1:{listen}", *args]
+    process = processes.start(name, argv)
+    process.wait_for_stderr(r"listening for hosts on ")
+    return process
+
+
+def start_dialing_server(
+    processes: Processes, redis: Redis, *args: str, name: str = "ambassador-server"
+) -> Started:
+    argv = [*ambassador("server"), "--link", f"redis=127.0.0.1:{redis.port}", *args]
+    return processes.start(name, argv)
+
+
+def pki(tmp_path: Path, *hosts: str) -> dict[str, str]:
+    """A CA, the listening client's server certificate for 127.0.0.1, and a client
+    certificate per offering host (its identity), all from the project's own issuing code."""
+    server, client = loopback_pki(tmp_path)
+    files = {"ca": str(client.ca), "cert": server.cert, "key": server.key}
+    now = datetime.now(UTC)
+    ca_key, ca_cert = make_ca("hosts CA", 1, now=now)
+    write_public(tmp_path / "hosts-ca.pem", cert_pem(ca_cert))
+    files["hosts_ca"] = str(tmp_path / "hosts-ca.pem")
+    for host in hosts:
+        key, cert = issue_client_cert(ca_key, ca_cert, host, 1, now=now)
+        write_public(tmp_path / f"{host}.pem", cert_pem(cert))
+        write_private(tmp_path / f"{host}-key.pem", key_pem(key))
+        files[host] = str(tmp_path / f"{host}.pem")
+        files[f"{host}_key"] = str(tmp_path / f"{host}-key.pem")
+    return files
+
+
+def token_file(path: Path, *lines: str) -> str:
+    path.write_text("".join(f"{line}\n" for line in lines))
+    os.chmod(path, 0o600)
+    return str(path)
+
+
+def test_plaintext_on_loopback_redis_through_a_dialed_tunnel(
+    processes: Processes, redis_server: Redis, free_port: FreePort
+) -> None:
+    listen, local = free_port(), free_port()
+    client = start_listening_client(processes, listen, f"--expose=127.0.0.1:{local}=redis")
+    server = start_dialing_server(processes, redis_server, f"--connect=127.0.0.1:{listen}")
+    client.wait_for_stderr(r"tunnel up from 127\.0\.0\.1:\d+ as host 'anonymous'")
+    assert redis_cli(local, "SET", "k", "reverse") == "OK"
+    assert redis_cli(local, "GET", "k") == "reverse"
+    server.wait_for_stderr(r"session up with 127\.0\.0\.1:\d+ \(dialed\)")
+
+
+def test_mutual_tls_names_the_host_by_its_certificate(
+    processes: Processes, redis_server: Redis, free_port: FreePort, tmp_path: Path
+) -> None:
+    """The dialing server verifies the listener's certificate, the listener requires and
+    verifies the host's; the host's service is reached as edge1/redis."""
+    files = pki(tmp_path, "edge1")
+    listen, local, plain = free_port(), free_port(), free_port()
+    client = start_listening_client(
+        processes, listen, f"--tls-cert={files['cert']}", f"--tls-key={files['key']}",
+        f"--tls-ca={files['hosts_ca']}", f"--expose=127.0.0.1:{local}=edge1/redis",
+        f"--expose=127.0.0.1:{plain}=edge2/redis",
+    )  # fmt: skip
+    start_dialing_server(
+        processes, redis_server, f"--connect=127.0.0.1:{listen}", f"--tls-ca={files['ca']}",
+        f"--tls-cert={files['edge1']}", f"--tls-key={files['edge1_key']}",
+    )  # fmt: skip
+    client.wait_for_stderr(r"tunnel up from \S+ as host 'edge1' \(.*\), protocol 2")
+    assert redis_cli(local, "PING") == "PONG"
+    # A host that is not connected: the consumer is reset at once, and the line says why.
+    assert "reset" in redis_cli(plain, "PING").lower()
+    client.wait_for_stderr(r"connection to 'edge2/redis' dropped: .*host 'edge2' is not connected")
+
+
+def test_a_listener_with_tls_refuses_a_host_without_a_certificate_it_trusts(
+    processes: Processes, redis_server: Redis, free_port: FreePort, tmp_path: Path
+) -> None:
+    files = pki(tmp_path)
+    listen = free_port()
+    tls = [f"--tls-cert={files['cert']}", f"--tls-key={files['key']}"]
+    start_listening_client(processes, listen, *tls, f"--tls-ca={files['hosts_ca']}")
+    server = start_dialing_server(processes, redis_server, f"--connect=127.0.0.1:{listen}",
+                                  f"--tls-ca={files['ca']}")  # fmt: skip
+    found = server.wait_for_stderr(
+        r"127\.0\.0\.1:\d+ ended the session during the hello "
+        r"\(no client certificate was presented.*; retrying"
+    )
+    assert server.stderr().count("client certificate") == 1, "one line per target and reason"
+    assert found
+
+
+def test_tokens_name_each_host_and_bind_to_the_listeners_certificate(
+    processes: Processes, redis_server: Redis, free_port: FreePort, tmp_path: Path
+) -> None:
+    files = pki(tmp_path)
+    tokens = token_file(tmp_path / "hosts.tokens", "edge1:" + "a" * 32, "edge2:" + "b" * 32)
+    own = token_file(tmp_path / "edge1.token", "edge1:" + "a" * 32)
+    wrong = token_file(tmp_path / "edge3.token", "edge3:" + "c" * 32)
+    listen, local = free_port(), free_port()
+    client = start_listening_client(
+        processes, listen, f"--tls-cert={files['cert']}", f"--tls-key={files['key']}",
+        f"--token-file={tokens}", f"--expose=127.0.0.1:{local}=edge1/redis",
+    )  # fmt: skip
+    start_dialing_server(processes, redis_server, f"--connect=127.0.0.1:{listen}",
+                         f"--tls-ca={files['ca']}", f"--token-file={own}")  # fmt: skip
+    client.wait_for_stderr(r"tunnel up from \S+ as host 'edge1'")
+    assert redis_cli(local, "PING") == "PONG"
+    stranger = start_dialing_server(
+        processes, redis_server, f"--connect=127.0.0.1:{listen}", f"--tls-ca={files['ca']}",
+        f"--token-file={wrong}", name="unknown-host",
+    )  # fmt: skip
+    client.wait_for_stderr(r"refused host at \S+: it proves the token 'edge3', which "
+                           r"--token-file does not hold")  # fmt: skip
+    stranger.wait_for_stderr(r"ended the session during the hello")
+
+
+def test_failover_between_two_listening_clients(
+    processes: Processes, redis_server: Redis, free_port: FreePort
+) -> None:
+    first, second = free_port(), free_port()
+    local_a, local_b = free_port(), free_port()
+    client_a = start_listening_client(processes, first, f"--expose=127.0.0.1:{local_a}=redis",
+                                      name="client-a")  # fmt: skip
+    client_b = start_listening_client(processes, second, f"--expose=127.0.0.1:{local_b}=redis",
+                                      name="client-b")  # fmt: skip
+    start_dialing_server(processes, redis_server, f"--connect=127.0.0.1:{first}",
+                         f"--connect=127.0.0.1:{second}")  # fmt: skip
+    client_a.wait_for_stderr(r"tunnel up from ")
+    assert redis_cli(local_a, "PING") == "PONG"
+    client_a.kill()
+    client_b.wait_for_stderr(r"tunnel up from ", timeout=20)
+    assert redis_cli(local_b, "PING") == "PONG"
+
+
+def test_a_second_session_of_one_identity_replaces_the_first_and_a_fight_is_named(
+    processes: Processes, redis_server: Redis, free_port: FreePort, tmp_path: Path
+) -> None:
+    tokens = token_file(tmp_path / "hosts.tokens", "edge1:" + "a" * 32)
+    listen, local = free_port(), free_port()
+    client = start_listening_client(processes, listen, f"--token-file={tokens}",
+                                    f"--expose=127.0.0.1:{local}=edge1/redis")  # fmt: skip
+    for name in ("site-a", "site-b"):
+        start_dialing_server(processes, redis_server, f"--connect=127.0.0.1:{listen}",
+                             f"--token-file={tokens}", name=name)  # fmt: skip
+    client.wait_for_stderr(r"host 'edge1' connected again from \S+ while its session from "
+                           r"\S+ was up; the new session replaces the old one")  # fmt: skip
+    client.wait_for_stderr(r"two live hosts seem to share this identity; give each its own",
+                           timeout=60)  # fmt: skip
+    assert redis_cli(local, "PING") in ("PONG", "Error: Connection reset by peer")
+
+
+@pytest.mark.parametrize(
+    ("role", "args", "line"),
+    [
+        ("client", ["--listen", "127.0.0.1:1", "--remote", "127.0.0.1:2"],
+         "--listen waits for servers to dial in and --remote dials a server: give one of them"),
+        ("server", ["--link", "r=127.0.0.1:1", "--connect", "127.0.0.1:1", "--listen",
+                    "127.0.0.1:2"],
+         "--connect dials out instead of listening: give --connect or --listen, not both"),
+        ("client", ["--listen", "0.0.0.0:7700"],
+         "--listen 0.0.0.0:7700 without TLS would let anyone who reaches it offer services"),
+        ("server", ["--link", "r=127.0.0.1:1", "--connect", "192.0.2.1:7700"],
+         "--connect 192.0.2.1:7700 without TLS would offer this host's services"),
+    ],
+    ids=["listen-and-remote", "connect-and-listen", "client-plaintext", "server-plaintext",
+         ],
+)  # fmt: skip
+def test_bad_reverse_configurations_are_one_line_naming_the_fix(
+    role: str, args: list[str], line: str
+) -> None:
+    import subprocess
+
+    from tests.integration.support import clean_environ
+
+    result = subprocess.run(
+        [*ambassador(role), *args], capture_output=True, text=True, timeout=30,
+        env=clean_environ(),
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert line in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) <= 3, result.stderr
+
+
+def test_plaintext_beyond_loopback_is_allowed_with_the_explicit_flag(
+    processes: Processes, free_port: FreePort
+) -> None:
+    port = free_port("0.0.0.0")
+    process = processes.start("ambassador-client", [*ambassador("client"), "--listen",
+                              f"0.0.0.0:{port}", "--insecure-plaintext"])  # fmt: skip
+    process.wait_for_stderr(r"listening for hosts on 0\.0\.0\.0:\d+ \(plaintext\)")

@@ -5,6 +5,9 @@ TLS and with tokens; hosts are named by identity; several --connect targets fail
 from __future__ import annotations
 
 import os
+import re
+import time
+import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -13,6 +16,7 @@ import pytest
 from tests.integration.conftest import FreePort
 from tests.integration.support import Processes, Redis, Started, ambassador, redis_cli
 from tests.pki import loopback_pki
+from tests.security import attack
 from tunnel.security.certs import issue_client_cert, make_ca
 from tunnel.security.pemfiles import cert_pem, key_pem, write_private, write_public
 
@@ -211,3 +215,44 @@ def test_plaintext_beyond_loopback_is_allowed_with_the_explicit_flag(
     process = processes.start("ambassador-client", [*ambassador("client"), "--listen",
                               f"0.0.0.0:{port}", "--insecure-plaintext"])  # fmt: skip
     process.wait_for_stderr(r"listening for hosts on 0\.0\.0\.0:\d+ \(plaintext\)")
+
+
+def rejected(metrics_port: int) -> dict[str, float]:
+    """ambassador_connections_rejected_total by reason, from /metrics."""
+    url = f"http://127.0.0.1:{metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        text = response.read().decode()
+    found = re.findall(r'ambassador_connections_rejected_total\{reason="(\w+)"\} (\S+)', text)
+    return {reason: float(value) for reason, value in found}
+
+
+def test_the_listening_client_bounds_connections_that_have_not_said_hello(
+    processes: Processes, free_port: FreePort
+) -> None:
+    """--max-unauthenticated and its per-address bound hold on --listen as on a server's
+    port: a connection over either is closed as soon as it is accepted, and counted."""
+    listen, metrics_port = free_port(), free_port()
+    client = start_listening_client(
+        processes, listen, "--max-unauthenticated=3", "--max-unauthenticated-per-address=2",
+        f"--metrics-listen=127.0.0.1:{metrics_port}",
+    )  # fmt: skip
+    # Two from 127.0.0.1 are held (each gets the client's hello and never answers); a third
+    # from there is over the per-address bound. One from 127.0.0.2 fills the total, and a
+    # second from there is over it.
+    from_one, one_closed = attack.open_half_hellos(listen, 3, b"")
+    other = [attack.connect(listen, "127.0.0.2") for _ in range(2)]
+    time.sleep(0.5)  # closed at once: well within the 10 s handshake timeout
+    from_other = [sock for sock in other if attack.is_open(sock)]
+    try:
+        assert (len(from_one), one_closed) == (2, 1)
+        assert len(from_other) == 1
+        assert rejected(metrics_port) == {
+            "max_unauthenticated_per_address": 1,
+            "max_unauthenticated": 1,
+        }
+        client.wait_for_stderr(
+            r"refused connection from 127\.0\.0\.1:\d+: 2 connections that have not "
+            r"authenticated yet \(--max-unauthenticated-per-address\)"
+        )
+    finally:
+        attack.close_all([*from_one, *other])

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field, replace
 from server.admission import STREAMS_PER_IDENTITY, AdmissionLimits
 from tunnel.protocol.limits import Limits
 from tunnel.security.access import AccessRules
-from tunnel.security.allowlist import Allowlist
+from tunnel.security.allowlist import LOOPBACK, Allowlist
 from tunnel.security.auth import load_tokens
 from tunnel.security.binding import UNBOUND
 from tunnel.security.tls import ServerTls, bound_server_context
@@ -33,6 +33,8 @@ class ServerConfig:
     allow_from: Allowlist = field(default_factory=Allowlist)  # empty: every address may try
     # Read a PROXY protocol header (from a load balancer) before each tunnel connection.
     accept_proxy_protocol: bool = False
+    # Who may send that header (the balancers); a header from anyone else closes the connection.
+    accept_proxy_from: Allowlist = LOOPBACK
     # Links whose backend gets a PROXY protocol header first, and its version (1 or 2).
     proxy_protocol: Mapping[Service, int] = field(default_factory=dict)
     # What token_file and tls hold, read once per configuration (with_credentials): the files

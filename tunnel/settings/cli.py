@@ -250,9 +250,9 @@ OTHER_VARIABLES = frozenset(
 ROLE_ONLY_VARIABLES = {
     "ambassador-server": frozenset(
         f"AMBASSADOR_{name}"
-        for name in ("ACCEPT_PROXY_PROTOCOL", "ACCESS", "ALLOW_FROM", "DIAL_TIMEOUT",
-                     "DRAIN_TIMEOUT", "FORWARD", "FORWARD_BIND", "HANDSHAKE_TIMEOUT", "LINK",
-                     "LINKS_FROM_ENV_IN_POD", "LISTEN",
+        for name in ("ACCEPT_PROXY_FROM", "ACCEPT_PROXY_PROTOCOL", "ACCESS", "ALLOW_FROM",
+                     "DIAL_TIMEOUT", "DRAIN_TIMEOUT", "FORWARD", "FORWARD_BIND",
+                     "HANDSHAKE_TIMEOUT", "LINK", "LINKS_FROM_ENV_IN_POD", "LISTEN",
                      "MAX_PENDING_DIALS", "MAX_STREAMS_PER_IDENTITY", "MAX_UNAUTHENTICATED",
                      "MAX_UNAUTHENTICATED_PER_ADDRESS", "PROXY_PROTOCOL", "TLS_CRL")
     ),

@@ -65,9 +65,10 @@ STABLE_SESSION = 10.0  # seconds a session must last for the backoff to start ov
 class ConnectFailed(Exception):
     """One attempt to bring the tunnel up failed; the message says why in one line."""
 
-    def __init__(self, text: str, reason: str) -> None:
+    def __init__(self, text: str, reason: str, refused: bool = False) -> None:
         super().__init__(text)
         self.reason = reason  # short label for metrics
+        self.refused = refused  # the server refused this client: the next try gets the same
 
 
 class ControlClient:
@@ -166,6 +167,11 @@ class Connector:
         self.stream_header = HEADER_VERSION
         self.on_catalog = on_catalog
         self._up = asyncio.Event()
+        # While the server's latest answer was a refusal of this client (its access rules,
+        # its --allow-from, the token): what it said. Consumers are then refused at once
+        # rather than held for a tunnel that will not come; any other outcome clears it.
+        self.refusal = ""
+        self._refused = asyncio.Event()
         self.sessions = 0
         self.draining: set[TunnelConnection] = set()  # old sessions finishing their streams
         self._offered: dict[str, bool] = {}  # service -> in the catalog; cleared when it changes
@@ -208,10 +214,20 @@ class Connector:
         tunnel = self.tunnel
         if tunnel is not None and tunnel.accepts_streams:
             return tunnel
+        if self.refusal:
+            return None
         try:
             async with asyncio.timeout(timeout):
                 while True:
-                    await self._up.wait()
+                    up = asyncio.ensure_future(self._up.wait())
+                    refused = asyncio.ensure_future(self._refused.wait())
+                    try:
+                        await asyncio.wait((up, refused), return_when=asyncio.FIRST_COMPLETED)
+                    finally:
+                        up.cancel()
+                        refused.cancel()
+                    if self.refusal:
+                        return None
                     tunnel = self.tunnel
                     if tunnel is not None and tunnel.accepts_streams:
                         return tunnel
@@ -244,6 +260,7 @@ class Connector:
                     log.warning("%s; retrying", exc)
                 self._failing[remote] = exc.reason
                 self.last_error = self.errors[remote] = str(exc)
+                self._set_refusal(str(exc) if exc.refused else "")
                 failures += 1
                 index += 1
                 bound = min(self.config.backoff_max, self.config.backoff_min * 2**failures)
@@ -282,6 +299,13 @@ class Connector:
                     self._session_down(remote, why)
                 index += 1
 
+    def _set_refusal(self, text: str) -> None:
+        self.refusal = text
+        if text:
+            self._refused.set()
+        else:
+            self._refused.clear()
+
     def _server_reason(self) -> str | None:
         """Why the server ended the session, from its going-away notice (taken once); None
         when it did not say, or only said it is shutting down."""
@@ -301,6 +325,7 @@ class Connector:
         self.stream_header = welcome.stream_header
         self._offered.clear()
         self.last_error = ""
+        self._set_refusal("")
         self.errors.pop(remote, None)
         names = ", ".join(service.name for service in welcome.catalog) or "nothing"
         log.info(
@@ -427,7 +452,7 @@ class Connector:
                 return tunnel, event.welcome
             if isinstance(event, Failed):
                 tunnel.close(event.close_reason)
-                raise ConnectFailed(f"{remote} {event.text}", event.label)
+                raise ConnectFailed(f"{remote} {event.text}", event.label, event.refused)
 
     async def _next(
         self, remote: Address, control: ControlClient, tunnel: TunnelConnection

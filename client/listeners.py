@@ -93,6 +93,8 @@ class ConsumerStream(Relay):
         tunnel = self.tunnel
         if tunnel is not None and tunnel.accepts_streams:
             self._open()
+        elif self.connector.refusal:
+            self._refuse_refused()
         else:
             # The link is down: hold the consumer (not reading) until it is back or we give up.
             assert self.transport is not None
@@ -103,6 +105,9 @@ class ConsumerStream(Relay):
         timeout = self.connector.config.link_wait_timeout
         tunnel = await self.connector.wait_tunnel(timeout)
         if self.closed:
+            return
+        if tunnel is None and self.connector.refusal:
+            self._refuse_refused()
             return
         if tunnel is None:
             throttled.warning(
@@ -121,6 +126,19 @@ class ConsumerStream(Relay):
         self._open()
         if self.transport is not None:
             self.transport.resume_reading()
+
+    def _refuse_refused(self) -> None:
+        """The server refused this client: the consumer is closed now, with the server's word
+        (once per interval), not after --link-wait-timeout."""
+        throttled.warning(
+            f"tunnel_refused:{self.service}",
+            "connection to %r refused: the tunnel is not up because %s",
+            self.service, self.connector.refusal,
+        )  # fmt: skip
+        metrics.refused("client", self.service, "tunnel_refused")
+        self.closed = True
+        if self.transport is not None:
+            abort_with_reset(self.transport)
 
     def _open(self) -> None:
         tunnel = self.tunnel

@@ -120,6 +120,16 @@ def test_server_listen_port_in_use(busy_port: int) -> None:
             ["different hosts", "10.0.0.1", "10.0.0.2"],
             id="seed-hosts-differ",
         ),
+        pytest.param(
+            [
+                "--remote=127.0.0.1",
+                "--expose=6379",
+                "--expose=web",
+                "--expose-allow=redis=10.0.0.0/8",
+            ],
+            ["--expose-allow names 'redis', which no --expose exposes", "use one of 6379, web"],
+            id="expose-allow-unexposed",
+        ),
     ],
 )
 def test_client_usage_error(args: list[str], fix: list[str]) -> None:

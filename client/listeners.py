@@ -12,13 +12,12 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import socket
 from dataclasses import dataclass, replace
 
 from client.connector import Connector, find_service
 from tunnel.aio.relay import Relay, abort_with_reset
 from tunnel.aio.sourcegate import SourceGate
-from tunnel.aio.transport import format_peer
+from tunnel.aio.transport import format_peer, socket_origin
 from tunnel.errors import ConfigError, Reason, RemoteProtocolError
 from tunnel.operations import metrics
 from tunnel.operations.logonce import Throttled
@@ -31,7 +30,6 @@ from tunnel.protocol.messages import (
     StreamAnswerParser,
     StreamHeader,
 )
-from tunnel.protocol.origin import UNSPECIFIED, Origin, origin_of
 from tunnel.protocol.peertext import quoted, shown
 from tunnel.security.allowlist import EVERY_EXPOSE, Allowlist
 from tunnel.settings.links import ExposeSpec
@@ -53,21 +51,6 @@ def choose_service(catalog: tuple[ServiceInfo, ...], refs: tuple[str, ...]) -> s
 def _header(service: str) -> bytes:
     """The stream header naming ``service``, encoded once per service, not once per stream."""
     return StreamHeader(service).encode()
-
-
-_FAMILIES = {socket.AF_INET: "inet", socket.AF_INET6: "inet6", socket.AF_UNIX: "unix"}
-
-
-def consumer_origin(transport: asyncio.BaseTransport) -> Origin:
-    """Where a consumer's connection came from and went to, as its socket says."""
-    sock = transport.get_extra_info("socket")
-    if sock is None:
-        return UNSPECIFIED
-    return origin_of(
-        _FAMILIES.get(sock.family, ""),
-        transport.get_extra_info("peername"),
-        transport.get_extra_info("sockname"),
-    )
 
 
 class ConsumerStream(Relay):
@@ -162,7 +145,7 @@ class ConsumerStream(Relay):
         if self.connector.stream_header == HEADER_VERSION or self.transport is None:
             header = _header(self.service)
         else:  # the server wants the consumer's origin: a backend of its asks for it
-            header = StreamHeader(self.service, consumer_origin(self.transport)).encode()
+            header = StreamHeader(self.service, socket_origin(self.transport)).encode()
         tunnel.send(self.stream_id, header)
         self.send_held()
 

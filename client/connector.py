@@ -70,9 +70,10 @@ STABLE_SESSION = 10.0  # seconds a session must last for the backoff to start ov
 class ConnectFailed(Exception):
     """One attempt to bring the tunnel up failed; the message says why in one line."""
 
-    def __init__(self, text: str, reason: str) -> None:
+    def __init__(self, text: str, reason: str, refused: bool = False) -> None:
         super().__init__(text)
         self.reason = reason  # short label for metrics
+        self.refused = refused  # the server refused this client: the next try gets the same
 
 
 class ControlClient:
@@ -179,6 +180,11 @@ class Connector:
         self.stream_header = HEADER_VERSION
         self.on_catalog = on_catalog
         self._up = asyncio.Event()
+        # While the server's latest answer was a refusal of this client (its access rules,
+        # its --allow-from, the token): what it said. Consumers are then refused at once
+        # rather than held for a tunnel that will not come; any other outcome clears it.
+        self.refusal = ""
+        self._refused = asyncio.Event()
         self.sessions = 0
         self.draining: set[TunnelConnection] = set()  # old sessions finishing their streams
         self._offered: dict[str, bool] = {}  # service -> in the catalog; cleared when it changes
@@ -221,10 +227,20 @@ class Connector:
         tunnel = self.tunnel
         if tunnel is not None and tunnel.accepts_streams and not tunnel.suspect:
             return tunnel
+        if self.refusal:
+            return None
         try:
             async with asyncio.timeout(timeout):
                 while True:
-                    await self._up.wait()
+                    up = asyncio.ensure_future(self._up.wait())
+                    refused = asyncio.ensure_future(self._refused.wait())
+                    try:
+                        await asyncio.wait((up, refused), return_when=asyncio.FIRST_COMPLETED)
+                    finally:
+                        up.cancel()
+                        refused.cancel()
+                    if self.refusal:
+                        return None
                     tunnel = self.tunnel
                     # A session being probed may be dead: wait for its answer or the next one.
                     if tunnel is not None and tunnel.accepts_streams and not tunnel.suspect:
@@ -259,6 +275,7 @@ class Connector:
                 self._failing[remote] = exc.reason
                 self.last_error = self.errors[remote] = str(exc)
                 self.error_times[remote] = time.time()
+                self._set_refusal(str(exc) if exc.refused else "")
                 failures += 1
                 index += 1
                 bound = min(self.config.backoff_max, self.config.backoff_min * 2**failures)
@@ -300,6 +317,13 @@ class Connector:
                     self._session_down(remote, why)
                 index += 1
 
+    def _set_refusal(self, text: str) -> None:
+        self.refusal = text
+        if text:
+            self._refused.set()
+        else:
+            self._refused.clear()
+
     def _server_reason(self) -> str | None:
         """Why the server ended the session, from its going-away notice (taken once); None
         when it did not say, or only said it is shutting down."""
@@ -319,6 +343,7 @@ class Connector:
         self.stream_header = welcome.stream_header
         self._offered.clear()
         self.last_error = ""
+        self._set_refusal("")
         self.errors.pop(remote, None)
         self.error_times.pop(remote, None)
         names = ", ".join(service.name for service in welcome.catalog) or "nothing"
@@ -472,7 +497,7 @@ class Connector:
                 return tunnel, event.welcome
             if isinstance(event, Failed):
                 tunnel.close(event.close_reason)
-                raise ConnectFailed(f"{remote} {event.text}", event.label)
+                raise ConnectFailed(f"{remote} {event.text}", event.label, event.refused)
 
     async def _next(
         self, remote: Address, control: ControlClient, tunnel: TunnelConnection

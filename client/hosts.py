@@ -61,6 +61,9 @@ class HostLink:
         self.peer = ""
         self.last_error = why_down or f"host {quoted(identity)} is not connected"
         self.error_at: float | None = None  # when the last session was lost (for /status)
+        # What Connector.refusal says of a server that refused this client: a host dials in,
+        # so no answer of its ever refuses the listening client as a whole.
+        self.refusal = ""
         self._offered: dict[str, bool] = {}
         self._replaced: deque[float] = deque()
 

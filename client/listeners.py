@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import socket
 from dataclasses import dataclass, replace
 
 from client.connector import Connector, find_service
@@ -20,7 +19,7 @@ from client.hosts import HostLink
 from client.tunnel_listener import TunnelListener
 from tunnel.aio.relay import Relay, abort_with_reset
 from tunnel.aio.sourcegate import SourceGate
-from tunnel.aio.transport import format_peer
+from tunnel.aio.transport import format_peer, socket_origin
 from tunnel.aio.unixlisten import SocketFile, listen_unix
 from tunnel.errors import ConfigError, Reason, RemoteProtocolError
 from tunnel.operations import metrics
@@ -34,7 +33,6 @@ from tunnel.protocol.messages import (
     StreamAnswerParser,
     StreamHeader,
 )
-from tunnel.protocol.origin import UNSPECIFIED, Origin, origin_of
 from tunnel.protocol.peertext import quoted, shown
 from tunnel.security.allowlist import EVERY_EXPOSE, Allowlist
 from tunnel.settings.links import ExposeSpec
@@ -72,21 +70,6 @@ def _header(service: str) -> bytes:
     return StreamHeader(service).encode()
 
 
-_FAMILIES = {socket.AF_INET: "inet", socket.AF_INET6: "inet6", socket.AF_UNIX: "unix"}
-
-
-def consumer_origin(transport: asyncio.BaseTransport) -> Origin:
-    """Where a consumer's connection came from and went to, as its socket says."""
-    sock = transport.get_extra_info("socket")
-    if sock is None:
-        return UNSPECIFIED
-    return origin_of(
-        _FAMILIES.get(sock.family, ""),
-        transport.get_extra_info("peername"),
-        transport.get_extra_info("sockname"),
-    )
-
-
 class ConsumerStream(Relay):
     """One consumer connection and its stream."""
 
@@ -116,6 +99,8 @@ class ConsumerStream(Relay):
         tunnel = self.tunnel
         if tunnel is not None and tunnel.accepts_streams and not tunnel.suspect:
             self._open()
+        elif self.connector.refusal:
+            self._refuse_refused()
         else:
             # The link is down: hold the consumer (not reading) until it is back or we give up.
             assert self.transport is not None
@@ -126,6 +111,9 @@ class ConsumerStream(Relay):
         timeout = self.connector.config.link_wait_timeout
         tunnel = await self.connector.wait_tunnel(timeout)
         if self.closed:
+            return
+        if tunnel is None and self.connector.refusal:
+            self._refuse_refused()
             return
         if tunnel is None:
             throttled.warning(
@@ -144,6 +132,19 @@ class ConsumerStream(Relay):
         self._open()
         if self.transport is not None:
             self.transport.resume_reading()
+
+    def _refuse_refused(self) -> None:
+        """The server refused this client: the consumer is closed now, with the server's word
+        (once per interval), not after --link-wait-timeout."""
+        throttled.warning(
+            f"tunnel_refused:{self.service}",
+            "connection to %r refused: the tunnel is not up because %s",
+            self.service, self.connector.refusal,
+        )  # fmt: skip
+        metrics.refused("client", self.service, "tunnel_refused")
+        self.closed = True
+        if self.transport is not None:
+            abort_with_reset(self.transport)
 
     def _open(self) -> None:
         tunnel = self.tunnel
@@ -167,7 +168,7 @@ class ConsumerStream(Relay):
         if self.connector.stream_header == HEADER_VERSION or self.transport is None:
             header = _header(self.service)
         else:  # the server wants the consumer's origin: a backend of its asks for it
-            header = StreamHeader(self.service, consumer_origin(self.transport)).encode()
+            header = StreamHeader(self.service, socket_origin(self.transport)).encode()
         tunnel.send(self.stream_id, header)
         self.send_held()
 

@@ -14,13 +14,14 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
-from server.admission import DESCRIPTOR_RESERVE, Admission, stranger_log
+from server.admission import DESCRIPTOR_RESERVE, Admission, address_key, stranger_log
 from server.config import ServerConfig, with_credentials
-from server.connection import ServerConnection
+from server.connection import ServerConnection, throttled
 from server.dialer import Dialer
 from server.reauth import AdmissionPolicy
 from server.tls_accept import accept_tls
 from tunnel.aio.proxyaccept import Pending, ProxyAccept
+from tunnel.aio.transport import format_peer
 from tunnel.aio.wslayer import WebSocketLayer
 from tunnel.errors import ConfigError, Reason
 from tunnel.operations import metrics
@@ -153,16 +154,22 @@ class Server:
         return ProxyAccept(
             self._session_protocol,
             accept=config.accept_proxy_protocol,
+            trusted=config.accept_proxy_from,
             timeout=config.handshake_timeout,
             refuse=self._refused_early,
             pending=self._awaiting_header,
         )
 
-    def _refused_early(self, peer: str, reason: str, text: str) -> None:
+    def _refused_early(self, peername: object, reason: str, text: str) -> None:
         """A connection closed before its session began: one line (within the strangers'
-        budget) and a count by reason."""
+        budget; a source claiming addresses it may not, once per interval) and a count by
+        reason."""
         CONNECTIONS_REJECTED.labels(reason).inc()
-        stranger_log.warning("refused connection from %s: %s", peer, text)
+        if reason == "proxy_header_untrusted":
+            key = f"{reason}:{address_key(peername)}"
+            throttled.warning(key, "refused connection from %s: %s", format_peer(peername), text)
+            return
+        stranger_log.warning("refused connection from %s: %s", format_peer(peername), text)
 
     def _session_protocol(self) -> asyncio.BaseProtocol:
         config = self.config  # the context and its binding taken together, as one

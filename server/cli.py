@@ -25,7 +25,7 @@ from tunnel.operations.observe import print_status
 from tunnel.operations.runner import Reload, worker_processes
 from tunnel.operations.runtime import run, setup_logging
 from tunnel.security.access import parse_access, unmatched
-from tunnel.security.allowlist import parse_networks
+from tunnel.security.allowlist import LOOPBACK, Allowlist, parse_networks
 from tunnel.security.auth import is_loopback, load_tokens
 from tunnel.security.binding import UNBOUND
 from tunnel.security.tls import ClientTls, ServerTls, bound_server_context, client_context
@@ -169,6 +169,15 @@ PROG = "ambassador-server"
     help="Read a PROXY protocol header (v1 or v2, from a load balancer in front) at the start "
     "of each tunnel connection, so that logs, limits and --allow-from see the real client. "
     "Without it, a connection that sends one is refused.",
+)
+@click.option(
+    "--accept-proxy-from",
+    multiple=True,
+    envvar="AMBASSADOR_ACCEPT_PROXY_FROM",
+    metavar="CIDR",
+    help="With --accept-proxy-protocol, only these addresses (the load balancers') may send a "
+    "PROXY header; one from elsewhere is refused. Default: loopback only, and required when "
+    "--listen is beyond loopback.",
 )
 @click.option(
     "--proxy-protocol",
@@ -315,6 +324,7 @@ def build_config(params: dict[str, Any], environ: Mapping[str, str]) -> ServerCo
         accept_proxy_protocol=params["accept_proxy_protocol"],
         websocket_path=websocket_path(params["websocket_path"]),
         reuse_port=params["reuse_port"],
+        accept_proxy_from=accept_proxy_from(params, listen),
         allow_from=parse_networks(params["allow_from"], "--allow-from"),
         token_file=token_file,
         tokens=tokens,
@@ -342,6 +352,26 @@ def websocket_path(text: str | None) -> str | None:
         return parse_path(text)
     except LinkError as exc:
         raise ConfigError(f"--websocket-path: {exc}") from None
+
+
+def accept_proxy_from(params: Mapping[str, Any], listen: Address) -> Allowlist:
+    """Who may send a PROXY header: --accept-proxy-from, else loopback alone, which is only
+    a safe guess on a loopback listener; beyond it the balancers must be named."""
+    texts = params["accept_proxy_from"]
+    if texts and not params["accept_proxy_protocol"]:
+        raise ConfigError(
+            "--accept-proxy-from applies only with --accept-proxy-protocol; add it, or drop "
+            "--accept-proxy-from"
+        )
+    if texts:
+        return parse_networks(texts, "--accept-proxy-from")
+    if params["accept_proxy_protocol"] and not is_loopback(listen.host):
+        raise ConfigError(
+            f"--accept-proxy-protocol on {listen}, beyond loopback, needs --accept-proxy-from "
+            "CIDR naming the load balancers' addresses (only they may send a PROXY header; "
+            "without it only loopback may)"
+        )
+    return LOOPBACK
 
 
 def effective_settings(

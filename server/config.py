@@ -9,7 +9,7 @@ from dataclasses import dataclass, field, replace
 from server.admission import STREAMS_PER_IDENTITY, AdmissionLimits
 from tunnel.protocol.limits import Limits
 from tunnel.security.access import AccessRules
-from tunnel.security.allowlist import Allowlist
+from tunnel.security.allowlist import LOOPBACK, Allowlist
 from tunnel.security.auth import load_tokens
 from tunnel.security.binding import UNBOUND
 from tunnel.security.tls import ClientTls, ServerTls, bound_server_context, client_context
@@ -38,6 +38,8 @@ class ServerConfig:
     websocket_path: str | None = None
     # SO_REUSEPORT on the tunnel listener: an upgraded process may bind beside this one.
     reuse_port: bool = False
+    # Who may send that header (the balancers); a header from anyone else closes the connection.
+    accept_proxy_from: Allowlist = LOOPBACK
     # Links whose backend gets a PROXY protocol header first, and its version (1 or 2).
     proxy_protocol: Mapping[Service, int] = field(default_factory=dict)
     # --connect: dial these ambassador-client --listen addresses (in turn) instead of listening;

@@ -22,7 +22,7 @@ import contextlib
 import logging
 import os
 from collections.abc import Mapping
-from typing import Protocol
+from typing import Protocol, cast
 
 from server.admission import DESCRIPTOR_RESERVE, Admission, address_key, stranger_log
 from server.backend import BackendStream
@@ -40,6 +40,7 @@ from tunnel.protocol.handshake import (
     TokenAttempt,
     Violation,
     Welcomed,
+    refusal_before_hello,
 )
 from tunnel.protocol.messages import (
     EXTENDED_HEADER_VERSION,
@@ -121,6 +122,8 @@ class ServerConnection:
         )
         self.in_front = layered  # a layer in front is still handshaking, under its deadline
         self._admitted: str | None = None  # the source it counts against while unauthenticated
+        # A layer in front (TLS, a WebSocket) carries the socket: no raw bytes before its handshake.
+        self._tls = layered
         self._headerless: dict[BackendStream, float] = {}  # streams yet to name a service
         self._sweep: asyncio.TimerHandle | None = None  # refuses those past the timeout
         self.cert_name: str | None = None  # the client certificate's name, under mutual TLS
@@ -209,6 +212,16 @@ class ServerConnection:
                 "if it should connect",
                 format_peer(peername), allow_from,
             )  # fmt: skip
+            if not self._tls:
+                # Said to the client, so that it tells its consumers at once rather than
+                # holding them for a tunnel that will never come (the list stays unsaid).
+                host = peername[0] if isinstance(peername, tuple) and peername else "?"
+                text = (
+                    f"this server takes tunnel connections only from the addresses its "
+                    f"--allow-from lists, and it sees this client as {host}"
+                )
+                refusal = refusal_before_hello(Reason.NOT_ALLOWED, text)
+                cast(asyncio.WriteTransport, transport).write(refusal)
             self.tunnel.close("allow_from")
             return False
         admission = self.config.admission

@@ -9,6 +9,9 @@ It is counted as the tunnel is (role ``forward``): streams and bytes per service
 meters, and a failed dial under the same reason codes (refused, timed out, unreachable) a
 tunnel stream would be refused with, logged once per service and reason, then rate-limited.
 
+With ``--proxy-protocol SERVICE=v1|v2`` that service's backend gets a PROXY header first, as in
+tunnel mode; here the consumer's own socket names its endpoints.
+
 It runs as the tunnel roles do (:func:`tunnel.operations.runner.serve`): the same signals,
 status endpoint and teardown; it has nothing to drain, and a reload is refused with one line.
 """
@@ -19,13 +22,14 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any, cast
 
 from server.config import ServerConfig
 from tunnel.aio.dial import connect
 from tunnel.aio.relay import abort_with_reset
+from tunnel.aio.transport import socket_origin
 from tunnel.errors import ConfigError
 from tunnel.operations import metrics
 from tunnel.operations.logonce import Throttled
@@ -34,6 +38,7 @@ from tunnel.operations.observe import service_stats
 from tunnel.operations.oserrors import dial_error, listen_error
 from tunnel.operations.runner import Reload
 from tunnel.operations.runner import serve as run_role
+from tunnel.protocol import proxyheader
 from tunnel.settings.links import Catalog, Service
 from tunnel.settings.wording import hostport
 
@@ -115,15 +120,21 @@ class _Side(asyncio.Protocol):
 
 
 class _Consumer(_Side):
-    def __init__(self, service: Service, dial_timeout: float) -> None:
+    def __init__(self, service: Service, dial_timeout: float, proxy_version: int | None) -> None:
         super().__init__(metrics.meters("forward", service.name), backend=False)
         self.service = service
         self.dial_timeout = dial_timeout
+        self.proxy_version = proxy_version  # --proxy-protocol for this service: 1, 2 or None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         backend = _Side(self.meters, backend=True)
         backend.peer, self.peer = self, backend
+        if self.proxy_version is not None:
+            # The consumer's socket names it directly; the backend reads the header first,
+            # before anything relayed (written as soon as the backend is connected).
+            origin = socket_origin(transport)
+            backend.pending.append(proxyheader.encode(self.proxy_version, origin))
         if self.transport is not None:
             self.transport.pause_reading()  # until the backend is connected
         task = asyncio.get_running_loop().create_task(self._dial(backend))
@@ -153,10 +164,15 @@ _TASKS: set[asyncio.Task[None]] = set()
 
 
 async def start_forwarding(
-    catalog: Catalog, bind: str, dial_timeout: float
+    catalog: Catalog,
+    bind: str,
+    dial_timeout: float,
+    proxy_protocol: Mapping[Service, int] | None = None,
 ) -> list[asyncio.Server]:
     """One listener per linked service, on its own port; a backend not reached within
-    ``dial_timeout`` seconds resets its consumer."""
+    ``dial_timeout`` seconds resets its consumer. A service in ``proxy_protocol`` gets a
+    PROXY header of that version naming the consumer first."""
+    versions = proxy_protocol or {}
     loop = asyncio.get_running_loop()
     servers: list[asyncio.Server] = []
     for service in catalog:
@@ -166,7 +182,10 @@ async def start_forwarding(
             continue
         try:
             server = await loop.create_server(
-                partial(_Consumer, service, dial_timeout), bind, service.port, reuse_address=True
+                partial(_Consumer, service, dial_timeout, versions.get(service)),
+                bind,
+                service.port,
+                reuse_address=True,
             )
         except OSError as exc:
             for started in servers:
@@ -193,7 +212,9 @@ class ForwardRole:
 
     async def open(self, stop: Callable[[], None]) -> None:
         config = self.config
-        self._servers = await start_forwarding(config.catalog, self.bind, config.dial_timeout)
+        self._servers = await start_forwarding(
+            config.catalog, self.bind, config.dial_timeout, config.proxy_protocol
+        )
 
     async def start(self) -> None:
         pass  # forwarding since open()

@@ -62,12 +62,34 @@ def assert_one_line_error(
             ["--link", "redis=127.0.0.1:99999"], ["port 99999 is outside 1..65535"], id="port"
         ),
         pytest.param(["--link", "redis=:6379"], ["bad link", "use ALIAS=TARGET"], id="no-host"),
+        pytest.param(
+            ["--link", "r=127.0.0.1:1", "--accept-proxy-from", "10.0.0.0/8"],
+            ["--accept-proxy-from applies only with --accept-proxy-protocol"],
+            id="accept-proxy-from-alone",
+        ),
+        pytest.param(
+            ["--link", "r=127.0.0.1:1", "--accept-proxy-protocol", "--accept-proxy-from", "10.1/8"],
+            ["bad --accept-proxy-from '10.1/8'", "use a CIDR"],
+            id="accept-proxy-from-bad",
+        ),
     ],
 )
 def test_server_usage_error(args: list[str], fix: list[str], free_port: Callable[..., int]) -> None:
     listen = ["--listen", f"127.0.0.1:{free_port()}"]
     result = run_program([*ambassador("server"), *listen, *args])
     assert_one_line_error(result, "ambassador-server", *fix)
+
+
+def test_accept_proxy_protocol_beyond_loopback_needs_the_balancers_named(
+    free_port: Callable[..., int],
+) -> None:
+    """Beyond loopback anyone who reaches the port could claim any address: the start stops
+    until --accept-proxy-from names who may send a header."""
+    argv = [*ambassador("server"), "--listen", f"0.0.0.0:{free_port()}", "--link", "r=127.0.0.1:1"]
+    result = run_program([*argv, "--accept-proxy-protocol"])
+    assert_one_line_error(
+        result, "ambassador-server", "0.0.0.0:", "beyond loopback, needs --accept-proxy-from CIDR"
+    )
 
 
 def test_server_listen_port_in_use(busy_port: int) -> None:
@@ -97,6 +119,16 @@ def test_server_listen_port_in_use(busy_port: int) -> None:
             ],
             ["different hosts", "10.0.0.1", "10.0.0.2"],
             id="seed-hosts-differ",
+        ),
+        pytest.param(
+            [
+                "--remote=127.0.0.1",
+                "--expose=6379",
+                "--expose=web",
+                "--expose-allow=redis=10.0.0.0/8",
+            ],
+            ["--expose-allow names 'redis', which no --expose exposes", "use one of 6379, web"],
+            id="expose-allow-unexposed",
         ),
     ],
 )

@@ -5,9 +5,12 @@
   consumer's own, for v1 and v2, IPv4 and IPv6 consumers.
 * In front of the server: haproxy with ``send-proxy-v2`` forwards the client's tunnel
   connection; the server (``--accept-proxy-protocol``) must name the real client, and its
-  ``--allow-from`` must judge that address.
+  ``--allow-from`` must judge that address. A client it refuses (the real program) refuses
+  its consumer (redis-cli) at once and says why, instead of holding it for a tunnel that will
+  not come.
 
-The ambassador roles run in this process; haproxy is a subprocess stopped by its pid.
+The server runs in this process, and so does the client but for the refused one; haproxy,
+that client and redis-cli are subprocesses stopped by their pids.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from server.app import Server
 from server.config import ServerConfig
 from tests.conftest import pick_free_port, wait_until_accepting
 from tests.environment import missing
-from tests.integration.support import Processes, Started, require_programs
+from tests.integration.support import Processes, Started, ambassador, redis_cli, require_programs
 from tunnel.operations.metrics import CONNECTIONS_REJECTED
 from tunnel.security.allowlist import parse_networks
 from tunnel.settings.links import Address, Catalog, ExposeSpec, parse_link
@@ -138,14 +141,7 @@ def test_haproxy_in_front_with_send_proxy_v2_shows_the_real_client_and_allow_fro
                 finally:
                     await client.stop()
             else:
-                before = CONNECTIONS_REJECTED.labels("allow_from")._value.get()
-                _, writer = await asyncio.open_connection("127.0.0.1", front)
-                loop = asyncio.get_running_loop()
-                deadline = loop.time() + 5
-                while CONNECTIONS_REJECTED.labels("allow_from")._value.get() == before:
-                    assert loop.time() < deadline, "haproxy's connection was not refused"
-                    await asyncio.sleep(0.02)
-                writer.close()
+                await refused_client_refuses_its_consumer_at_once(processes, front)
         finally:
             await server.stop()
 
@@ -153,3 +149,26 @@ def test_haproxy_in_front_with_send_proxy_v2_shows_the_real_client_and_allow_fro
         asyncio.run(scenario())
     refused = [r.getMessage() for r in caplog.records if "--allow-from" in r.getMessage()]
     assert bool(refused) is not admitted
+
+
+async def refused_client_refuses_its_consumer_at_once(processes: Processes, front: int) -> None:
+    """The full client behind haproxy, refused by --allow-from: redis-cli is closed within
+    a few seconds (not after --link-wait-timeout, 10 s), and the client logs the reason."""
+    require_programs("redis-cli")
+    before = CONNECTIONS_REJECTED.labels("allow_from")._value.get()
+    local = pick_free_port()
+    client = processes.start(
+        "ambassador-client",
+        [*ambassador("client"), f"--remote=127.0.0.1:{front}", f"--expose=127.0.0.1:{local}=svc"],
+    )
+    await asyncio.to_thread(wait_until_accepting, "127.0.0.1", local)
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    answer = await asyncio.to_thread(redis_cli, local, "PING")
+    assert loop.time() - began < 5.0, "the consumer was held"
+    assert "PONG" not in answer and ("reset" in answer or "closed" in answer), answer
+    assert CONNECTIONS_REJECTED.labels("allow_from")._value.get() > before
+    said = await asyncio.to_thread(client.wait_for_stderr, r"WARNING .*refused this client.*", 5)
+    assert "its --allow-from lists, and it sees this client as 127.0.0.1" in said.group(0)
+    said = await asyncio.to_thread(client.wait_for_stderr, r"connection to 'svc' refused.*", 5)
+    assert "the tunnel is not up because" in said.group(0)

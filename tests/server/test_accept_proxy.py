@@ -12,6 +12,7 @@ import contextlib
 import logging
 import socket
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 import pytest
 
@@ -22,6 +23,7 @@ from server.config import ServerConfig
 from tunnel.operations.metrics import CONNECTIONS_REJECTED
 from tunnel.protocol.origin import Family, Origin
 from tunnel.protocol.proxyheader import encode_v1, encode_v2
+from tunnel.security.allowlist import parse_networks
 from tunnel.settings.links import Address, Catalog, ExposeSpec, parse_link
 
 FAKE_V4 = Origin(Family.INET, "203.0.113.9", "10.0.0.1", 4242, 7700)
@@ -33,13 +35,17 @@ def rejected(reason: str) -> float:
 
 
 @contextlib.asynccontextmanager
-async def server(accept: bool, timeout: float = 5.0) -> AsyncIterator[Server]:
+async def server(
+    accept: bool, timeout: float = 5.0, trusted: list[str] | None = None
+) -> AsyncIterator[Server]:
     config = ServerConfig(
         listen=Address("127.0.0.1", 0),
         catalog=Catalog((parse_link("svc=127.0.0.1:9"),)),
         accept_proxy_protocol=accept,
         handshake_timeout=timeout,
     )
+    if trusted is not None:
+        config = replace(config, accept_proxy_from=parse_networks(trusted, "--accept-proxy-from"))
     running = Server(config)
     await running.start()
     try:
@@ -193,3 +199,58 @@ def test_a_header_sent_when_not_enabled_is_refused_with_one_line(
     lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(lines) == 1, lines
     assert "does not accept one; add --accept-proxy-protocol" in lines[0]
+
+
+def connect_from(source: str, address: tuple[str, int], data: bytes = b"") -> socket.socket:
+    """A connection whose socket peer is ``source`` (another loopback address)."""
+    sock = socket.socket()
+    sock.bind((source, 0))
+    sock.connect(address)
+    if data:
+        sock.sendall(data)
+    return sock
+
+
+def test_a_header_from_outside_accept_proxy_from_is_refused_counted_and_logged_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def scenario() -> None:
+        before = rejected("proxy_header_untrusted")
+        async with server(accept=True, trusted=["127.0.0.1/32"]) as running:
+            for _ in range(3):
+                sock = connect_from("127.0.0.2", running.address, encode_v2(FAKE_V4))
+                assert await asyncio.to_thread(closed_by_server, sock)
+            await until(lambda: rejected("proxy_header_untrusted") == before + 3)
+            await until(lambda: not running.connections)
+            assert not running.status()["sessions"]
+
+    with caplog.at_level(logging.WARNING, "ambassador.server"):
+        asyncio.run(scenario())
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("refused connection from 127.0.0.2:")
+    assert "not in --accept-proxy-from (127.0.0.1/32); add the load balancer's" in lines[0]
+
+
+def test_outside_accept_proxy_from_a_connection_is_judged_by_its_own_address() -> None:
+    """No header from an untrusted peer: served as a direct client, named by its socket."""
+
+    async def scenario() -> None:
+        async with server(accept=True, trusted=["127.0.0.1/32"]) as running:
+            sock = connect_from("127.0.0.2", running.address)
+            await until(lambda: running.status()["sessions"])
+            assert running.status()["sessions"][0]["peer"].startswith("127.0.0.2:")
+            sock.close()
+
+    asyncio.run(scenario())
+
+
+def test_inside_accept_proxy_from_the_header_names_the_client() -> None:
+    async def scenario() -> None:
+        async with server(accept=True, trusted=["127.0.0.2/32"]) as running:
+            sock = connect_from("127.0.0.2", running.address, encode_v1(FAKE_V4))
+            await until(lambda: running.status()["sessions"])
+            assert running.status()["sessions"][0]["peer"].startswith("203.0.113.9:4242")
+            sock.close()
+
+    asyncio.run(scenario())

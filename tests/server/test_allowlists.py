@@ -40,12 +40,14 @@ def server_config(allow: list[str], accept: bool = False) -> ServerConfig:
 
 
 def closed_at_once(address: tuple[str, int], first: bytes = b"") -> bool:
-    # The refusal may reset the connection before connect() itself has returned on loopback.
+    """Whether the peer closes the connection without waiting for anything (after what it
+    may say first: the server's refusal). The refusal may reset the connection before
+    connect() itself has returned on loopback."""
     try:
         with socket.create_connection(address, timeout=5) as sock:
             if first:
                 sock.sendall(first)
-            return sock.recv(100) == b""
+            return any(sock.recv(4096) == b"" for _ in range(10))
     except (ConnectionResetError, BrokenPipeError):
         return True
 
@@ -144,3 +146,50 @@ def test_expose_allow_closes_a_consumer_outside_the_list_before_any_stream(
         asyncio.run(scenario())
     lines = [r.getMessage() for r in caplog.records if "expose-allow" in r.getMessage()]
     assert len(lines) == 1 and "not in --expose-allow for it (10.0.0.0/8)" in lines[0]
+
+
+def test_a_client_refused_by_allow_from_closes_its_consumers_at_once_saying_why(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The server says why before closing, so the client refuses its consumers now rather
+    than holding them for --link-wait-timeout (10 s) for a tunnel that will not come."""
+
+    async def scenario() -> None:
+        server = Server(server_config(["10.0.0.0/8"]))
+        await server.start()
+        with socket.socket() as probe:  # a fixed port: bound before the tunnel is up
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        client = Client(
+            ClientConfig(
+                remotes=(Address(*server.address),),
+                expose=(ExposeSpec("127.0.0.1", port, "svc"),),
+                link_wait_timeout=30.0,
+            )
+        )
+        starting = asyncio.ensure_future(client.start())  # waits for a catalog that never comes
+        try:
+            before = metrics._REFUSALS.counts.get(("client", "svc", "tunnel_refused"), 0)
+            loop = asyncio.get_running_loop()
+            for _ in range(2):  # the first may come before the refusal, and is held till it
+                began = loop.time()
+                assert await asyncio.to_thread(closed_at_once, ("127.0.0.1", port), b"PING\r\n")
+                assert loop.time() - began < 3.0
+            after = metrics._REFUSALS.counts.get(("client", "svc", "tunnel_refused"), 0)
+            assert after == before + 2
+            assert "--allow-from" in client.connector.refusal
+        finally:
+            starting.cancel()
+            await client.stop()
+            await server.stop()
+
+    with caplog.at_level(logging.WARNING, "ambassador.client"):
+        asyncio.run(scenario())
+    lines = [r.getMessage() for r in caplog.records if r.name == "ambassador.client"]
+    assert any(
+        "refused this client: this server takes tunnel connections only from the addresses "
+        "its --allow-from lists, and it sees this client as 127.0.0.1; retrying" in line
+        for line in lines
+    ), lines
+    consumer = [line for line in lines if line.startswith("connection to 'svc' refused")]
+    assert len(consumer) == 1 and "the tunnel is not up because" in consumer[0], lines

@@ -17,6 +17,7 @@ from client.app import Client
 from client.config import ClientConfig
 from server.app import Server
 from server.config import ServerConfig
+from server.forward import start_forwarding
 from tests.environment import missing
 from tunnel.errors import ConfigError
 from tunnel.settings.links import Address, Catalog, ExposeSpec, parse_link
@@ -148,3 +149,47 @@ def test_proxy_protocol_option_errors_are_one_line_naming_the_form() -> None:
     with pytest.raises(ConfigError, match="both v1 and v2"):
         parse_proxy_protocol(["redis=v1", "6379=v2"], catalog)
     assert parse_proxy_protocol(["redis=V2"], catalog) == {catalog.resolve("redis"): 2}
+
+
+async def send_forwarded(version: int | None) -> tuple[bytes, tuple[str, int], int]:
+    """The same through forward mode (--forward): the consumer's socket names it directly."""
+    backend = Recorder()
+    backend_port = await backend.start()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        local = probe.getsockname()[1]
+    catalog = Catalog((parse_link(f"svc:{local}=127.0.0.1:{backend_port}"),))
+    proxy = parse_proxy_protocol([f"svc=v{version}"] if version else [], catalog)
+    servers = await start_forwarding(catalog, "127.0.0.1", 5.0, proxy)
+    try:
+        _, writer = await asyncio.open_connection("127.0.0.1", local)
+        consumer = writer.get_extra_info("sockname")
+        writer.write(b"PING\r\n")
+        await writer.drain()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 5
+        while not (backend.received and backend.received[0].endswith(b"PING\r\n")):
+            assert loop.time() < deadline, f"backend got {backend.received!r}"
+            await asyncio.sleep(0.01)
+        writer.close()
+        return bytes(backend.received[0]), consumer[:2], local
+    finally:
+        for server in servers:
+            server.close()
+        await backend.stop()
+
+
+def test_forward_mode_sends_the_consumers_endpoints_v1() -> None:
+    received, (host, port), local = asyncio.run(send_forwarded(1))
+    assert received == f"PROXY TCP4 {host} 127.0.0.1 {port} {local}\r\n".encode() + b"PING\r\n"
+
+
+def test_forward_mode_sends_the_consumers_endpoints_v2() -> None:
+    received, (host, port), local = asyncio.run(send_forwarded(2))
+    block = socket.inet_aton(host) + socket.inet_aton("127.0.0.1") + struct.pack(">HH", port, local)
+    assert received == V2_SIGNATURE + b"\x21\x11\x00\x0c" + block + b"PING\r\n"
+
+
+def test_forward_mode_without_proxy_protocol_sends_the_bytes_alone() -> None:
+    received, _, _ = asyncio.run(send_forwarded(None))
+    assert received == b"PING\r\n"

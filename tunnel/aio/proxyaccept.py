@@ -11,10 +11,15 @@ Reading the header is bounded: the header's own size (107 bytes for v1, ``V2_MAX
 deadline, and a ceiling on connections waiting for theirs (:class:`Pending`). A connection over
 any bound, or with a malformed header, is closed and ``refuse`` is told why, in one line.
 
-With ``accept=False`` a header is refused instead: the connection's protocol starts at once
-(its own timers run), and only its first read passes through here, to recognise a balancer
-that sends a header nobody asked for, which would otherwise show as a confusing protocol or TLS
-error.
+Only a peer in ``trusted`` (``--accept-proxy-from``: the balancers' own addresses) may send a
+header: anyone else who reached the port could otherwise claim any address, and so pass the
+allowlists and per-address limits as someone else. A connection from elsewhere is served as if
+``accept`` were off: judged by its socket's own address, and closed if it sends a header.
+
+With ``accept=False`` (or an untrusted peer) a header is refused instead: the connection's
+protocol starts at once (its own timers run), and only its first read passes through here, to
+recognise a balancer that sends a header nobody asked for (or a peer claiming an address it may
+not), which would otherwise show as a confusing protocol or TLS error.
 """
 
 from __future__ import annotations
@@ -23,16 +28,16 @@ import asyncio
 from collections.abc import Callable
 from typing import Any, cast
 
-from tunnel.aio.transport import format_peer
 from tunnel.protocol.origin import Family, Origin
 from tunnel.protocol.proxyheader import ProxyHeaderError, ProxyHeaderParser, starts_like_proxy
+from tunnel.security.allowlist import Allowlist
 
 # What a load balancer in front must do, said with every malformed or missing header.
 _FIX = "the load balancer in front must send PROXY v1 or v2 (haproxy: send-proxy or send-proxy-v2)"
 
-# How a refusal is reported: (the connection's peer as shown, a reason label for the metrics,
-# one line saying what happened and what to do).
-Refuse = Callable[[str, str, str], None]
+# How a refusal is reported: (the connection's peer as its socket names it, a reason label for
+# the metrics, one line saying what happened and what to do).
+Refuse = Callable[[object, str, str], None]
 
 
 class Pending:
@@ -80,12 +85,14 @@ class ProxyAccept(asyncio.Protocol):
         inner: Callable[[], asyncio.BaseProtocol],
         *,
         accept: bool,
+        trusted: Allowlist,
         timeout: float,
         refuse: Refuse,
         pending: Pending,
     ) -> None:
         self._inner_factory = inner
         self._accept = accept
+        self._trusted = trusted
         self._timeout = timeout
         self._refuse = refuse
         self._pending = pending
@@ -95,9 +102,13 @@ class ProxyAccept(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._counted = False
         self._done = False
+        self._untrusted = False  # accepting, but not from this peer (see above)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport = cast(asyncio.Transport, transport)  # uvloop's too
+        if self._accept and not self._trusted.allows(transport.get_extra_info("peername")):
+            self._accept = False
+            self._untrusted = True
         if not self._accept:
             self._inner = inner = self._inner_factory()
             inner.connection_made(transport)
@@ -120,6 +131,14 @@ class ProxyAccept(asyncio.Protocol):
         if self._inner is not None:  # not accepting: only this first read is looked at
             if starts_like_proxy(data):
                 self._inner.connection_lost(None)
+                if self._untrusted:
+                    self._fail(
+                        "proxy_header_untrusted",
+                        "the connection starts with a PROXY protocol header, but its address "
+                        f"is not in --accept-proxy-from ({self._trusted}); add the load "
+                        "balancer's address there if it is one",
+                    )
+                    return
                 self._fail(
                     "proxy_header_unexpected",
                     "the connection starts with a PROXY protocol header, but this listener "
@@ -208,7 +227,7 @@ class ProxyAccept(asyncio.Protocol):
         self._release()
         transport = self._transport
         assert transport is not None
-        self._refuse(format_peer(transport.get_extra_info("peername")), reason, text)
+        self._refuse(transport.get_extra_info("peername"), reason, text)
         transport.abort()
 
 

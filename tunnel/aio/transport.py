@@ -37,6 +37,7 @@ from tunnel.protocol.events import (
     StreamReset,
 )
 from tunnel.protocol.frames import GoAwayCode
+from tunnel.protocol.origin import UNSPECIFIED, Origin, origin_of
 from tunnel.protocol.session import Session
 from tunnel.protocol.streams import StreamState
 from tunnel.security.tlserrors import describe_tls_error
@@ -89,6 +90,22 @@ def format_peer(peername: object) -> str:
     if isinstance(peername, tuple) and len(peername) >= 2:
         return hostport(str(peername[0]), peername[1])
     return str(peername or "?")
+
+
+_FAMILIES = {socket.AF_INET: "inet", socket.AF_INET6: "inet6", socket.AF_UNIX: "unix"}
+
+
+def socket_origin(transport: asyncio.BaseTransport) -> Origin:
+    """Where an accepted connection came from and went to, as its socket says (what a
+    backend's PROXY protocol header names)."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return UNSPECIFIED
+    return origin_of(
+        _FAMILIES.get(sock.family, ""),
+        transport.get_extra_info("peername"),
+        transport.get_extra_info("sockname"),
+    )
 
 
 class StreamHandler(Protocol):

@@ -37,6 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from tunnel.errors import Reason
+from tunnel.protocol.frames import Flags, FrameType, GoAwayCode, encode_header
 from tunnel.protocol.messages import (
     HEADER_VERSION,
     MAX_NAME,
@@ -50,6 +51,7 @@ from tunnel.protocol.messages import (
     Refusal,
     ServiceInfo,
     Welcome,
+    encode_message,
     negotiate_version,
 )
 from tunnel.protocol.peertext import quoted, shown
@@ -101,6 +103,9 @@ class Failed:
     label: str  # short reason for metrics ("auth_failed", "protocol_error", a Reason's label)
     text: str  # one line for the user, to follow the remote's name
     close_reason: str
+    # The server refused this client (a Refusal): asking again as it is gets the same answer,
+    # unlike a handshake cut short or timed out, which may be the path or a restart.
+    refused: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -464,9 +469,9 @@ class ClientHandshake:
                 )
             return self._welcomed(message)
         if isinstance(message, Refusal):
-            return self._fail(
-                message.reason.label, f"refused this client: {shown(message.text)}", "hello refused"
-            )
+            self.state = State.REFUSED
+            text = f"refused this client: {shown(message.text)}"
+            return Step((), Failed(message.reason.label, text, "hello refused", refused=True))
         return self._fail(
             "protocol_error", f"answered the hello with {type(message).__name__}", "hello refused"
         )
@@ -529,4 +534,25 @@ def _welcome_mismatch(listening: bool) -> str:
     return (
         "says it dialed this client, which dialed it: is something relaying the connection? "
         "Point --remote at the ambassador-server's --listen address"
+    )
+
+
+# The stream a client's hello goes on: the first it opens (docs/protocol.md, section 2).
+CONTROL_STREAM = 1
+
+
+def refusal_before_hello(reason: Reason, text: str) -> bytes:
+    """Server: the whole answer to a connection refused before a byte of it is read (its
+    source address is not allowed): the client's control stream accepted, a Refusal on it,
+    then a Go Away. Every client opens its control stream first and sends the hello without
+    waiting, so it reads this as the answer to its hello, and can tell a refusal (the same
+    next time) from a connection that merely dropped. Costs the server one write."""
+    message = encode_message(Refusal(reason, text))
+    return b"".join(
+        (
+            encode_header(FrameType.WINDOW_UPDATE, Flags.ACK, CONTROL_STREAM, 0),
+            encode_header(FrameType.DATA, Flags.NONE, CONTROL_STREAM, len(message)),
+            message,
+            encode_header(FrameType.GO_AWAY, Flags.NONE, 0, GoAwayCode.NORMAL),
+        )
     )

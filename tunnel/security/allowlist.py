@@ -65,6 +65,9 @@ def parse_networks(texts: Iterable[str], option: str) -> Allowlist:
     return Allowlist(tuple(dict.fromkeys(networks)))
 
 
+# Who may send a PROXY header when --accept-proxy-from is not given: a balancer on this host.
+LOOPBACK = Allowlist((ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128")))
+
 EVERY_EXPOSE = ""  # the key of a list given without SERVICE=: it applies to every exposed port
 
 

@@ -13,6 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tunnel.errors import Reason
+from tunnel.protocol.events import DataReceived, GoAwayReceived
 from tunnel.protocol.handshake import (
     BOUND_SINCE,
     ClientHandshake,
@@ -27,6 +28,7 @@ from tunnel.protocol.handshake import (
     TokenProofs,
     Violation,
     Welcomed,
+    refusal_before_hello,
 )
 from tunnel.protocol.messages import (
     SUPPORTED_VERSIONS,
@@ -36,10 +38,12 @@ from tunnel.protocol.messages import (
     GoingAway,
     Hello,
     Message,
+    MessageReader,
     Refusal,
     ServiceInfo,
     Welcome,
 )
+from tunnel.protocol.session import Role, Session
 from tunnel.security import auth
 
 CATALOG = (ServiceInfo("redis", 6379), ServiceInfo(None, 8080))
@@ -448,3 +452,24 @@ def test_a_passed_deadline_is_the_clients_handshake_timeout_failure() -> None:
         "is it an ambassador-server?"
     )
     assert failed.close_reason == "no answer to hello"
+
+
+def test_a_refusal_before_the_hello_reads_as_the_answer_to_the_clients_hello() -> None:
+    """What a server writes to a source its --allow-from refuses, unread: the client's own
+    session and handshake take it as a refusal (the same next time), not a dropped line."""
+    session, client = Session(Role.CLIENT), make_client()
+    control = session.open_stream()
+    session.send_data(control, b"hello")
+    events = session.receive_data(refusal_before_hello(Reason.NOT_ALLOWED, "not from here"), 0.0)
+    data = b"".join(bytes(e.data) for e in events if isinstance(e, DataReceived))
+    assert any(isinstance(e, GoAwayReceived) for e in events)
+    (message,) = MessageReader().feed(data)
+    failed = client.receive(message).event
+    assert isinstance(failed, Failed) and failed.refused
+    assert (failed.label, failed.text) == ("not_allowed", "refused this client: not from here")
+
+
+def test_a_handshake_failure_of_the_clients_own_is_not_a_refusal() -> None:
+    client = make_client(token=("alice", SECRET))
+    failed = client.receive(Welcome(1, "server-a", ())).event  # no proof: the client judges
+    assert isinstance(failed, Failed) and not failed.refused

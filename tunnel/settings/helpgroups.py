@@ -79,6 +79,7 @@ OPTION_GROUPS: Mapping[str, str] = {
     "access": ACCESS,
     "token_file": ACCESS,
     "allow_from": ACCESS,
+    "accept_proxy_from": ACCESS,
     "expose_allow": ACCESS,
     # bounds on what a peer may cost
     "max_pending_dials": LIMITS,

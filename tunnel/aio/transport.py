@@ -180,7 +180,9 @@ class TunnelConnection(asyncio.BufferedProtocol):
 
     def buffer_updated(self, nbytes: int) -> None:
         session = self.session
-        self._dispatch(session.buffer_updated(nbytes, clock()))
+        events = session.buffer_updated(nbytes, clock())
+        if events:
+            self._dispatch(events)
         if session.has_output:  # an answer to send (an ACK, a ping's); data was written at once
             self._schedule_flush()
         # Read budget: an event loop may read a busy socket many times in one turn (libuv
@@ -221,6 +223,7 @@ class TunnelConnection(asyncio.BufferedProtocol):
     def open_stream(self, handler: StreamHandler) -> int:
         stream_id = self.session.open_stream()
         self._handlers[stream_id] = handler
+        self.session.set_sink(stream_id, handler.on_data)
         self._schedule_flush()
         return stream_id
 
@@ -229,6 +232,7 @@ class TunnelConnection(asyncio.BufferedProtocol):
         a datagram flow moves to a flow handler)."""
         if stream_id in self._handlers:
             self._handlers[stream_id] = handler
+            self.session.set_sink(stream_id, handler.on_data)
 
     def send(self, stream_id: int, data: bytes) -> bool:
         """Queue data on a stream; True means pause the producer until ``on_drained``."""
@@ -359,6 +363,9 @@ class TunnelConnection(asyncio.BufferedProtocol):
                     self.session.reset_stream(event.stream_id)
                 else:
                     handlers[event.stream_id] = accepted
+                    # A read that is one whole Data frame of the stream now goes straight
+                    # to its handler (Session.set_sink), with no event to dispatch.
+                    self.session.set_sink(event.stream_id, accepted.on_data)
             elif type(event) is StreamEnded:
                 handler = handlers.get(event.stream_id)
                 if handler is not None:

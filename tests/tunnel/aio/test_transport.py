@@ -102,10 +102,13 @@ class Recording(Session):
 
 
 async def connected(
-    streams: int, servers: list[TunnelConnection] | None = None
+    streams: int,
+    servers: list[TunnelConnection] | None = None,
+    answers: dict[int, Collect] | None = None,
 ) -> tuple[TunnelConnection, CountingLayer, list[int], dict[int, Collect]]:
     """A client tunnel connection to a server one, with ``streams`` streams open and accepted;
-    the server's connection (its session a :class:`Recording`) is added to ``servers``."""
+    the server's connection (its session a :class:`Recording`) is added to ``servers``, the
+    client's handlers to ``answers``."""
     loop = asyncio.get_running_loop()
     handlers: dict[int, Collect] = {}
 
@@ -124,7 +127,11 @@ async def connected(
     client = TunnelConnection(Session(Role.CLIENT), lambda tunnel, stream_id: None)
     layer = CountingLayer(client)
     await loop.create_connection(lambda: layer, "127.0.0.1", port)
-    ids = [client.open_stream(Collect()) for _ in range(streams)]
+    answers = {} if answers is None else answers
+    for _ in range(streams):
+        handler = Collect()
+        answers[client.open_stream(handler)] = handler
+    ids = list(answers)
     for _ in range(500):  # until the server has every stream and the client its answers
         if len(handlers) == streams and not client.session.has_output:
             break
@@ -208,6 +215,37 @@ def test_a_stream_handed_over_takes_its_data_to_the_new_handler(
         client.send(stream_id, b"second")
         assert await successor.wait_for(6) == b"second"
         assert bytes(first.data) == b"first"
+        client.close()
+
+    with asyncio.Runner(loop_factory=new_loop) as runner:
+        runner.run(asyncio.wait_for(scenario(), 30))
+
+
+@pytest.mark.parametrize("new_loop", LOOPS.values(), ids=LOOPS.keys())
+def test_requests_one_after_another_keep_the_armed_timer(
+    new_loop: Callable[[], asyncio.AbstractEventLoop],
+) -> None:
+    async def scenario() -> None:
+        servers: list[TunnelConnection] = []
+        answers: dict[int, Collect] = {}
+        client, _, (stream_id,), handlers = await connected(1, servers, answers)
+        request = answer = b""
+        for n in range(20):
+            request += b"GET %d;" % n
+            client.send(stream_id, request[-7:])
+            await handlers[stream_id].wait_for(len(request))
+            if n == 0:
+                # The first request started the liveness clock: the timer was armed for it.
+                await asyncio.sleep(0)
+                timer = client._timer
+                assert timer is not None and client.session.liveness.waiting_since is not None
+            answer += b"OK %d;" % n
+            servers[0].send(stream_id, answer[-6:])
+            await answers[stream_id].wait_for(len(answer))
+        # Each later request started the clock again, a little later: the timer armed for the
+        # first one fires sooner than any of theirs, and was not cancelled and made again.
+        await asyncio.sleep(0)
+        assert client._timer is timer
         client.close()
 
     with asyncio.Runner(loop_factory=new_loop) as runner:

@@ -330,17 +330,15 @@ class Session:
         A read that is one whole Data frame of a stream with a sink (:meth:`set_sink`), open
         and with window for it, with no event waiting ahead of it, goes to the sink: no event
         is made for it. Anything else takes the general path."""
+        if self.terminated:
+            # Nothing more is parsed: the bytes are left where they are, and the next read
+            # lands on them (the buffer must not fill while the driver closes).
+            return self.take_events()
         whole = self._decoder.whole_data(nbytes)
         if whole is None:
             return self._receive(self._decoder.buffer_updated, 0, nbytes, now)
         stream = self._streams.get(whole[0])
-        if (
-            stream is None
-            or stream.sink is None
-            or not stream.can_receive
-            or self._events
-            or self.terminated
-        ):
+        if stream is None or stream.sink is None or not stream.can_receive or self._events:
             return self._receive(_as_frames, whole, nbytes, now)
         payload = whole[1]
         length = len(payload)

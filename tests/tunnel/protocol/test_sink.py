@@ -170,3 +170,18 @@ def test_release_drops_the_sinks() -> None:
     assert gone() is not None
     session.release()
     assert gone() is None
+
+
+def test_reads_after_the_session_ended_never_fill_the_buffer() -> None:
+    # A guarded session that refused a frame: the driver may still read while it closes, and
+    # each read must find room (an empty buffer would have the event loop read nothing, for
+    # ever).
+    session, got = accepted(guarded=True)
+    read(session, frame(1, bytes(GUARD_FRAME + 1))[:12])
+    assert session.terminated
+    for _ in range(20):
+        buffer = session.get_buffer()
+        assert len(buffer) > 0
+        buffer[:] = bytes(len(buffer))
+        assert session.buffer_updated(len(buffer), 2.0) == []
+    assert got == []

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import socket
 import ssl
 import sys
@@ -161,6 +162,7 @@ class TunnelConnection(asyncio.BufferedProtocol):
         self.metered = False
         self._turn_bytes = 0  # bytes read since reading last yielded the loop
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = math.inf  # the session time the timer is armed for
         self._probe: asyncio.TimerHandle | None = None
         self._probes_sent = 0
         self.closed: asyncio.Future[str] = self._loop.create_future()
@@ -197,7 +199,9 @@ class TunnelConnection(asyncio.BufferedProtocol):
 
     def buffer_updated(self, nbytes: int) -> None:
         session = self.session
-        self._dispatch(session.buffer_updated(nbytes, clock()))
+        events = session.buffer_updated(nbytes, clock())
+        if events:
+            self._dispatch(events)
         if session.has_output:  # an answer to send (an ACK, a ping's); data was written at once
             self._schedule_flush()
         # Read budget: an event loop may read a busy socket many times in one turn (libuv
@@ -238,6 +242,7 @@ class TunnelConnection(asyncio.BufferedProtocol):
     def open_stream(self, handler: StreamHandler) -> int:
         stream_id = self.session.open_stream()
         self._handlers[stream_id] = handler
+        self.session.set_sink(stream_id, handler.on_data)
         self._schedule_flush()
         return stream_id
 
@@ -246,6 +251,7 @@ class TunnelConnection(asyncio.BufferedProtocol):
         a datagram flow moves to a flow handler)."""
         if stream_id in self._handlers:
             self._handlers[stream_id] = handler
+            self.session.set_sink(stream_id, handler.on_data)
 
     def send(self, stream_id: int, data: bytes) -> bool:
         """Queue data on a stream; True means pause the producer until ``on_drained``."""
@@ -376,6 +382,9 @@ class TunnelConnection(asyncio.BufferedProtocol):
                     self.session.reset_stream(event.stream_id)
                 else:
                     handlers[event.stream_id] = accepted
+                    # A read that is one whole Data frame of the stream now goes straight
+                    # to its handler (Session.set_sink), with no event to dispatch.
+                    self.session.set_sink(event.stream_id, accepted.on_data)
             elif type(event) is StreamEnded:
                 handler = handlers.get(event.stream_id)
                 if handler is not None:
@@ -438,7 +447,7 @@ class TunnelConnection(asyncio.BufferedProtocol):
         session = self.session
         if session.timer_moved:  # a message written at once started a liveness clock
             session.timer_moved = False
-            self._rearm_timer()
+            self._timer_sooner()
         if not session.has_output:
             return  # the turn's messages went out at once (or there were none)
         transport = self._transport
@@ -452,16 +461,26 @@ class TunnelConnection(asyncio.BufferedProtocol):
             transport.writelines(buffers)
         if session.timer_moved:  # the session now waits for the peer: its deadline is sooner
             session.timer_moved = False
-            self._rearm_timer()
+            self._timer_sooner()
         if self.metered and self.send_room >= 2 * len(self._handlers) * READ_SIZE:
             self._meter(False)  # room for a whole read of every producer, twice over
         events = session.take_events()
         if events:
             self._dispatch(events)
 
+    def _timer_sooner(self) -> None:
+        # The session's deadline moved earlier (a liveness clock started). The armed timer is
+        # kept when it fires no later than that: firing early, it finds nothing due and is armed
+        # again for the session's next deadline. Requests sent one after another, each
+        # answered, then cost a timer a second rather than one cancelled and made per request.
+        when = self.session.get_timer()
+        if when is not None and (self._timer is None or when < self._timer_at):
+            self._rearm_timer()
+
     def _rearm_timer(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
+            self._timer, self._timer_at = None, math.inf
         self._arm_timer()
 
     def _arm_timer(self) -> None:
@@ -470,6 +489,7 @@ class TunnelConnection(asyncio.BufferedProtocol):
             # A millisecond late rather than early: the loop's timers are that coarse.
             delay = max(0.0, when - clock()) + 0.001
             self._timer = self._loop.call_later(delay, self._on_timer)
+            self._timer_at = when
 
     def _schedule_probe(self) -> None:
         delay = RTT_PROBES[min(self._probes_sent, len(RTT_PROBES) - 1)]
@@ -484,6 +504,7 @@ class TunnelConnection(asyncio.BufferedProtocol):
         self._schedule_probe()
 
     def _on_timer(self) -> None:
+        self._timer, self._timer_at = None, math.inf
         self.session.handle_timer(clock())
         self._dispatch(self.session.take_events())
         self._schedule_flush()

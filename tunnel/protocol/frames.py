@@ -146,6 +146,34 @@ class FrameDecoder:
             self._hungry = True
         return self._parse()
 
+    def whole_data(self, nbytes: int) -> tuple[int, bytearray] | None:
+        """:meth:`buffer_updated` for the usual read of a request or an answer: when the bytes
+        held are exactly one Data frame without flags, return its stream id and payload (no
+        frame tuple, no list). Otherwise None, and the bytes wait, unparsed, for
+        ``buffer_updated(0)`` (which also raises on a bad header: nothing is checked here
+        beyond what makes the frame an ordinary one)."""
+        self._end = end = self._end + nbytes
+        buf = self._buffer
+        if end == len(buf):
+            self._hungry = True
+        start = self._start
+        if self._header is not None or end - start <= HEADER_SIZE:
+            return None
+        version, raw_type, flags, stream_id, length = HEADER.unpack_from(buf, start)
+        if (
+            version
+            or raw_type
+            or flags
+            or length != end - start - HEADER_SIZE
+            or length > self.max_data_length
+        ):
+            return None
+        payload = buf[start + HEADER_SIZE : end]  # a fresh copy, as in _parse
+        self._start = self._end = 0
+        if len(buf) > READ_SIZE:  # a large frame is out: give its room back
+            self._buffer = bytearray(READ_SIZE)
+        return stream_id, payload
+
     def release(self) -> None:
         """Give the buffer back (the connection is over); the decoder takes nothing more."""
         self._buffer = bytearray()

@@ -195,6 +195,16 @@ class _Outbox:
         self.size = 0
 
 
+# Takes the payload of a Data frame in place of a DataReceived event (Session.set_sink).
+Sink = Callable[[bytearray], None]
+
+
+def _as_frames(whole: tuple[int, bytearray]) -> list[RawFrame]:
+    """A frame taken out by FrameDecoder.whole_data, for the general path."""
+    stream_id, payload = whole
+    return [(_DATA, 0, stream_id, len(payload), payload)]
+
+
 # For each stream state: may data be received, may data be sent (from the transition table).
 _DATA_ALLOWED = {
     state: (
@@ -220,6 +230,7 @@ class _Stream:
         "recv",
         "rst_queued",
         "send_window",
+        "sink",
         "state",
     )
 
@@ -235,6 +246,7 @@ class _Stream:
         self.rst_queued = False  # RST to go out after the outbox drains
         self.ready = False  # in the session's round-robin queue
         self.paused = False  # the producer was told to stop; tell it when to resume
+        self.sink: Sink | None = None  # takes whole Data frames read alone (set_sink)
 
     def set_state(self, state: StreamState) -> None:
         self.state = state
@@ -313,8 +325,46 @@ class Session:
         return self._decoder.get_buffer()
 
     def buffer_updated(self, nbytes: int, now: float) -> list[Event]:
-        """``nbytes`` from the peer were read into :meth:`get_buffer`; what happened."""
-        return self._receive(self._decoder.buffer_updated, nbytes, nbytes, now)
+        """``nbytes`` from the peer were read into :meth:`get_buffer`; what happened.
+
+        A read that is one whole Data frame of a stream with a sink (:meth:`set_sink`), open
+        and with window for it, with no event waiting ahead of it, goes to the sink: no event
+        is made for it. Anything else takes the general path."""
+        if self.terminated:
+            # Nothing more is parsed: the bytes are left where they are, and the next read
+            # lands on them (the buffer must not fill while the driver closes).
+            return self.take_events()
+        whole = self._decoder.whole_data(nbytes)
+        if whole is None:
+            return self._receive(self._decoder.buffer_updated, 0, nbytes, now)
+        stream = self._streams.get(whole[0])
+        if stream is None or stream.sink is None or not stream.can_receive or self._events:
+            return self._receive(_as_frames, whole, nbytes, now)
+        payload = whole[1]
+        length = len(payload)
+        recv = stream.recv
+        if length > recv.available:
+            return self._receive(_as_frames, whole, nbytes, now)  # which says what is wrong
+        recv.available -= length
+        recv.buffered += length
+        self._last_received = self._now = now
+        self._stats[4] += nbytes
+        if self.liveness.waiting_since is not None:
+            self.liveness.heard()
+        # Last, with the session's accounting done: the sink may call back into the session
+        # (credit the bytes, send an answer, reset the stream).
+        stream.sink(payload)
+        return self.take_events()
+
+    def set_sink(self, stream_id: int, sink: Sink | None) -> None:
+        """Hand a stream's data to ``sink`` rather than as :class:`DataReceived` events,
+        whenever a read brings one whole Data frame of it and nothing else (the usual request
+        or answer): ``sink(payload)`` is then called from :meth:`buffer_updated`, once the
+        session has accounted for the frame, and is to do what the event's handler would do.
+        Other reads of the stream still bring events, in order. None: events only."""
+        stream = self._streams.get(stream_id)
+        if stream is not None:
+            stream.sink = sink
 
     def _receive(
         self, decode: Callable[[_T], list[RawFrame]], arg: _T, size: int, now: float
@@ -365,8 +415,11 @@ class Session:
             self._decoder.max_buffer = READ_SIZE
 
     def release(self) -> None:
-        """The connection is over: give the receive buffer back now, not when collected."""
+        """The connection is over: give the receive buffer back now, not when collected, and
+        drop the sinks (they point back at the driver's handlers)."""
         self._decoder.release()
+        for stream in self._streams.values():
+            stream.sink = None
 
     def _admit(self, stream_id: int, flags: int, length: int) -> None:
         # The decoder asks before it keeps a payload that spans reads. Frames decoded before

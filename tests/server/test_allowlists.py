@@ -169,6 +169,10 @@ def test_a_client_refused_by_allow_from_closes_its_consumers_at_once_saying_why(
         )
         starting = asyncio.ensure_future(client.start())  # waits for a catalog that never comes
         try:
+            for _ in range(500):  # the fixed port is bound first, before the tunnel is tried
+                if client.listeners.bound:
+                    break
+                await asyncio.sleep(0.01)
             before = metrics._REFUSALS.counts.get(("client", "svc", "tunnel_refused"), 0)
             loop = asyncio.get_running_loop()
             for _ in range(2):  # the first may come before the refusal, and is held till it

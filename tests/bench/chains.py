@@ -599,6 +599,52 @@ class AmbassadorWebSocket(Ambassador):
         return f"ws://127.0.0.1:{setup.hop(setup.ports.tunnel)}/ambassador"
 
 
+class AmbassadorReverse(Ambassador):
+    """Reverse mode: the client listens for the tunnel (--listen) and the server dials it
+    (--connect), the shape of a site behind NAT; the consumer side is the same."""
+
+    name, label = "ambassador-reverse", "ambassador (plaintext, reverse: server dials)"
+
+    def start(self, setup: Setup) -> list[Proc]:
+        p = setup.ports
+        # No --workers: a listening client and a dialing server run as one process each.
+        limit = ["--max-streams", str(setup.max_streams)]
+        near = setup.procs.start(
+            "ambassador-client",
+            [
+                str(setup.amb_bin / "ambassador-client"),
+                "--listen",
+                f"127.0.0.1:{p.tunnel}",
+                "--expose",
+                f"127.0.0.1:{p.c_redis}=redis",
+                "--expose",
+                f"127.0.0.1:{p.c_iperf}=iperf",
+                "--expose",
+                f"127.0.0.1:{p.c_pg}=pg",
+                *limit,
+            ],
+        )
+        setup.procs.wait_port(p.tunnel, near)
+        far = setup.procs.start(
+            "ambassador-server",
+            [
+                str(setup.amb_bin / "ambassador-server"),
+                "--connect",
+                f"127.0.0.1:{setup.hop(p.tunnel)}",
+                "--link",
+                f"redis=127.0.0.1:{p.redis}",
+                "--link",
+                f"iperf=127.0.0.1:{p.iperf}",
+                "--link",
+                f"pg=127.0.0.1:{p.pg}",
+                *limit,
+                "--max-streams-per-identity",
+                str(setup.max_streams),
+            ],
+        )
+        return self._wait_consumer(setup, [far, near])
+
+
 class AmbassadorWorkers(Ambassador):
     name, label, workers = "ambassador-w2", "ambassador (plaintext, --workers 2)", 2
 
@@ -628,6 +674,7 @@ CHAINS: dict[str, Chain] = {
         Ambassador(),
         AmbassadorTls(),
         AmbassadorWebSocket(),
+        AmbassadorReverse(),
         AmbassadorWorkers(),
         AmbassadorTlsWorkers(),
     )
@@ -638,6 +685,7 @@ HOLD_CHAINS = (
     "ssh",
     "ambassador",
     "ambassador-tls",
+    "ambassador-reverse",
     "ambassador-w2",
     "ambassador-tls-w2",
 )

@@ -138,7 +138,8 @@ TABLES = (
 )
 
 AMBASSADORS = (
-    "ambassador", "ambassador-tls", "ambassador-ws", "ambassador-w2", "ambassador-tls-w2",
+    "ambassador", "ambassador-tls", "ambassador-ws", "ambassador-reverse", "ambassador-w2",
+    "ambassador-tls-w2",
 )  # fmt: skip
 # One colour per chain, the same in every run whatever --chains selects.
 COLOURS = {
@@ -152,6 +153,7 @@ COLOURS = {
     "ambassador": "#2ca02c",
     "ambassador-tls": "#d62728",
     "ambassador-ws": "#bcbd22",
+    "ambassador-reverse": "#7f7f7f",
     "ambassador-w2": "#98df8a",
     "ambassador-tls-w2": "#ff9896",
 }

@@ -14,6 +14,7 @@ from tunnel.security.auth import load_tokens
 from tunnel.security.binding import UNBOUND
 from tunnel.security.tls import ServerTls, bound_server_context
 from tunnel.settings.links import DEFAULT_TUNNEL_PORT, Address, Catalog, Service
+from tunnel.settings.pooling import PoolSettings
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +41,9 @@ class ServerConfig:
     reuse_port: bool = False
     # Links whose backend gets a PROXY protocol header first, and its version (1 or 2).
     proxy_protocol: Mapping[Service, int] = field(default_factory=dict)
+    # How pooled links spread their streams and check their targets (server.pool).
+    pooling: Mapping[Service, PoolSettings] = field(default_factory=dict)
+    resolve_interval: float = 30.0  # seconds between two resolutions of a dns: pool member
     # What token_file and tls hold, read once per configuration (with_credentials): the files
     # checked at start or reload are the ones the server then runs with.
     tokens: Mapping[str, bytes] | None = field(default=None, compare=False, repr=False)

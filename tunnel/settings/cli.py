@@ -303,10 +303,12 @@ ROLE_ONLY_VARIABLES = {
     "ambassador-server": frozenset(
         f"AMBASSADOR_{name}"
         for name in ("ACCEPT_PROXY_PROTOCOL", "ACCESS", "ALLOW_FROM", "DIAL_TIMEOUT",
-                     "DRAIN_TIMEOUT", "FORWARD", "FORWARD_BIND", "HANDSHAKE_TIMEOUT", "LINK",
+                     "DRAIN_TIMEOUT", "FORWARD", "FORWARD_BIND", "HANDSHAKE_TIMEOUT",
+                     "HEALTH_CHECK", "LINK",
                      "LINKS_FROM_ENV_IN_POD", "LISTEN",
                      "MAX_PENDING_DIALS", "MAX_STREAMS_PER_IDENTITY", "MAX_UNAUTHENTICATED",
-                     "MAX_UNAUTHENTICATED_PER_ADDRESS", "PROXY_PROTOCOL", "REUSE_PORT", "TLS_CRL",
+                     "MAX_UNAUTHENTICATED_PER_ADDRESS", "POOL_STRATEGY", "PROXY_PROTOCOL",
+                     "RESOLVE_INTERVAL", "REUSE_PORT", "TLS_CRL",
                      "WEBSOCKET_PATH")
     ),
     "ambassador-client": frozenset(

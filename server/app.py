@@ -18,6 +18,7 @@ from server.admission import DESCRIPTOR_RESERVE, Admission, address_key, strange
 from server.config import ServerConfig, with_credentials
 from server.connection import ServerConnection, throttled
 from server.dialer import Dialer
+from server.pool import Pools
 from server.reauth import AdmissionPolicy
 from server.tls_accept import accept_tls
 from tunnel.aio.proxyaccept import Pending, ProxyAccept
@@ -64,6 +65,8 @@ class Server:
         # Connections still to send their PROXY header, bounded like those yet to say hello.
         self._awaiting_header = Pending(config.admission.unauthenticated)
         self.pool = pool  # helper processes, in the main one of several
+        self.pools = Pools()  # the pooled services' targets, checks and resolvers
+        self.pools.reconfigure(config.catalog, config.pooling, config.resolve_interval)
         self.on_closed = on_closed  # in a helper, tells the main process a connection ended
         self.dialer: Dialer | None = None  # with --connect: dials instead of listening
 
@@ -97,6 +100,7 @@ class Server:
             return
         loop = asyncio.get_running_loop()
         listen = self.config.listen
+        self.pools.start()
         try:
             self._listener = await loop.create_server(
                 self._new_connection,
@@ -272,6 +276,7 @@ class Server:
         if new.websocket_path != old.websocket_path:
             log.warning("--websocket-path changed; restart to serve the new one")
         self.config = replace(new, listen=old.listen, websocket_path=old.websocket_path)
+        self.pools.reconfigure(new.catalog, new.pooling, new.resolve_interval)
         for connection in self.connections:
             connection.reconfigure(self.config)
         for connection in list(self.connections):
@@ -344,7 +349,10 @@ class Server:
         services = []
         for service in self.config.catalog:
             row = service_stats("server", service.name)
-            row["service"] = f"{service.full_name} -> {service.target}"
+            row["service"] = f"{service.full_name} -> {','.join(map(str, service.members))}"
+            pool = self.pools.get(service)
+            if pool is not None:
+                row["targets"] = pool.rows()
             services.append(row)
         return {
             "role": "ambassador-server",
@@ -360,6 +368,7 @@ class Server:
         }
 
     async def stop(self) -> None:
+        self.pools.stop()
         if self._listener is not None:
             self._listener.close()
         if self.dialer is not None:
@@ -420,6 +429,7 @@ class ServerRole:
         def take(sock: socket.socket, _service: str) -> None:
             server.take(sock)
 
+        server.pools.start()
         link = HelperChannel(self._channel, take, _report(server), stop, "server")
         self._link = link
         link.install()

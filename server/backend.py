@@ -12,6 +12,7 @@ import logging
 from collections.abc import Mapping
 from typing import Protocol, cast
 
+from server.pool import NoTarget, Pool, Pools
 from server.udp_backend import take_flow
 from tunnel.aio.dial import connect
 from tunnel.aio.relay import Relay
@@ -59,6 +60,10 @@ class StreamOwner(Protocol):
     def access_enabled(self) -> bool: ...
 
     @property
+    def pools(self) -> Pools:
+        """The pooled services: a stream to one of them dials through its pool."""
+
+    @property
     def proxy_protocol(self) -> Mapping[Service, int]:
         """The links whose backend gets a PROXY protocol header first, and its version."""
 
@@ -91,6 +96,9 @@ class BackendStream(Relay):
         self._timed_out: float | None = None  # the timeout, once it cut the dial short
         self.preamble = True  # the stream header comes first
         self.counted = False  # counts in its identity's streams and the process's descriptors
+        self.pool: Pool | None = None  # the pool dialed through, when the service is pooled
+        self.target: object = None  # what it dials or is connected to, for the pool and the log
+        self.pooled = False  # counted among its target's open streams
 
     def on_stream_data(self, data: bytes | bytearray) -> None:
         if self._header is not None:
@@ -178,15 +186,23 @@ class BackendStream(Relay):
         request.
         """
         assert self.service is not None  # dialed only once the header named it
-        target = self.service.target
+        self.target = target = self.service.target
         loop = self.owner.loop
-        attempt: asyncio.Task[object] = loop.create_task(connect(loop, self._protocol, target))
+        self.pool = pool = self.owner.pools.get(self.service)
+        if pool is not None:
+            dialing = pool.connect(loop, self._protocol, timeout, self._dialing)
+            attempt: asyncio.Task[object] = loop.create_task(dialing)
+        else:
+            attempt = loop.create_task(connect(loop, self._protocol, target))
         self._expiry = loop.call_later(timeout, self._expire, attempt, timeout)
         attempt.add_done_callback(self._dialed)
         return attempt
 
     def _protocol(self) -> BackendStream:
         return self
+
+    def _dialing(self, target: object) -> None:
+        self.target = target
 
     def _expire(self, attempt: asyncio.Task[object], timeout: float) -> None:
         self._timed_out = timeout
@@ -195,14 +211,15 @@ class BackendStream(Relay):
     def _dialed(self, attempt: asyncio.Task[object]) -> None:
         if self._expiry is not None:
             self._expiry.cancel()
-        assert self.service is not None  # dialed only once the header named it
-        target = self.service.target
+        target = self.target
         if attempt.cancelled():
             if self._timed_out is not None:  # else the session is closing: nothing to say
                 self.refuse(*dial_error(target, TimeoutError(), self._timed_out))
             return
         exc = attempt.exception()
-        if exc is not None:
+        if isinstance(exc, NoTarget):
+            self.refuse(exc.reason, str(exc))
+        elif exc is not None:
             self.refuse(*dial_error(target, exc, self._timed_out or 0.0))
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -210,6 +227,9 @@ class BackendStream(Relay):
             transport.close()
             return
         assert self.stream_id is not None
+        if self.pool is not None:
+            self.pool.opened(self.target)  # type: ignore[arg-type]
+            self.pooled = True
         self.link.send(self.stream_id, CONNECTED)
         assert self.service is not None  # dialed only once the header named it
         version = self.owner.proxy_protocol.get(self.service)
@@ -267,6 +287,8 @@ class BackendStream(Relay):
         self._finished = True
         if self.service is not None:
             self.meters.open_now -= 1
+        if self.pool is not None and self.pooled:
+            self.pool.closed(self.target)  # type: ignore[arg-type]
         if self.counted:
             self.owner.stream_closed()
         self.owner.stream_done(self)

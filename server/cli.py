@@ -62,6 +62,7 @@ from tunnel.settings.links import (
     parse_address,
     parse_link,
 )
+from tunnel.settings.pooling import parse_pooling
 from tunnel.settings.proxyprotocol import parse_proxy_protocol
 from tunnel.settings.websocket import parse_path
 
@@ -107,7 +108,8 @@ PROG = "ambassador-server"
     envvar="AMBASSADOR_LINK",
     metavar="ALIAS=HOST:PORT",
     help="A backend to offer: ALIAS=TARGET, PORT=TARGET or ALIAS:PORT=TARGET, where TARGET is "
-    "HOST:PORT, udp:HOST:PORT (a UDP service) or unix:/PATH (a unix socket). Repeatable.",
+    "HOST:PORT, udp:HOST:PORT (a UDP service) or unix:/PATH (a unix socket); a pool lists "
+    "several targets with commas, dns:HOST:PORT for every address of HOST. Repeatable.",
 )
 @links_from_env_option(
     "Also offer the backends named by Docker link variables (REDIS_PORT_6379_TCP=...)."
@@ -186,6 +188,29 @@ PROG = "ambassador-server"
     metavar="SERVICE=v1|v2",
     help="Send this linked backend a PROXY protocol header (v1 or v2) with the consumer's real "
     "address before its bytes; only for a backend that expects one. Repeatable.",
+)
+@click.option(
+    "--pool-strategy",
+    multiple=True,
+    envvar="AMBASSADOR_POOL_STRATEGY",
+    metavar="SERVICE=STRATEGY",
+    help="How a link with several targets spreads its streams: failover (the first target "
+    "that works; the default), round-robin or least-streams. Repeatable.",
+)
+@click.option(
+    "--health-check",
+    multiple=True,
+    envvar="AMBASSADOR_HEALTH_CHECK",
+    metavar="SERVICE[=KEY=VALUE,...]",
+    help="Probe this link's targets: a TCP connect, or with send=...,expect=... a request and "
+    "the start of its answer; keys interval, timeout, rise, fall. Repeatable.",
+)
+@setting(
+    "--resolve-interval",
+    click.FloatRange(1),
+    30.0,
+    "Seconds between two resolutions of a dns:HOST:PORT pool member's name (and at once when "
+    "all its addresses fail).",
 )
 @path_option(
     "--token-file",
@@ -302,6 +327,7 @@ def build_config(params: dict[str, Any], environ: Mapping[str, str]) -> ServerCo
             "link variables set)"
         )
     proxy_protocol = parse_proxy_protocol(params["proxy_protocol"], catalog)
+    pooling = parse_pooling(params["pool_strategy"], params["health_check"], catalog)
     access = parse_access(params["access"])
     for warning in unmatched(access, catalog):  # at start and on every reload
         log.warning("%s", warning)
@@ -321,6 +347,8 @@ def build_config(params: dict[str, Any], environ: Mapping[str, str]) -> ServerCo
         dial_tls=dial_tls,
         access=access,
         proxy_protocol=proxy_protocol,
+        pooling=pooling,
+        resolve_interval=params["resolve_interval"],
         accept_proxy_protocol=params["accept_proxy_protocol"],
         websocket_path=websocket_path(params["websocket_path"]),
         reuse_port=params["reuse_port"],

@@ -14,6 +14,7 @@ from tunnel.security.auth import load_tokens
 from tunnel.security.binding import UNBOUND
 from tunnel.security.tls import ClientTls, ServerTls, bound_server_context, client_context
 from tunnel.settings.links import DEFAULT_TUNNEL_PORT, Address, Catalog, Service
+from tunnel.settings.pooling import PoolSettings
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +47,9 @@ class ServerConfig:
     # under TLS this side is then the TLS client: dial_tls, and tls stays None.
     connect: tuple[Address, ...] = ()
     dial_tls: ClientTls | None = None
+    # How pooled links spread their streams and check their targets (server.pool).
+    pooling: Mapping[Service, PoolSettings] = field(default_factory=dict)
+    resolve_interval: float = 30.0  # seconds between two resolutions of a dns: pool member
     # What token_file and tls hold, read once per configuration (with_credentials): the files
     # checked at start or reload are the ones the server then runs with.
     tokens: Mapping[str, bytes] | None = field(default=None, compare=False, repr=False)

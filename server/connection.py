@@ -27,6 +27,7 @@ from typing import Protocol, cast
 from server.admission import DESCRIPTOR_RESERVE, Admission, address_key, stranger_log
 from server.backend import BackendStream
 from server.config import ServerConfig
+from server.pool import Pools
 from tunnel.aio.transport import StreamHandler, TunnelConnection, clock, format_peer
 from tunnel.aio.wslayer import WebSocketLayer
 from tunnel.errors import Reason, RemoteProtocolError
@@ -86,6 +87,10 @@ class ConnectionHost(Protocol):
 
     @property
     def descriptor_limit(self) -> int: ...
+
+    @property
+    def pools(self) -> Pools:
+        """The pooled services, shared by every connection."""
 
     def descriptors_left(self) -> int: ...
 
@@ -180,6 +185,10 @@ class ServerConnection:
     @property
     def catalog(self) -> Catalog:
         return self.config.catalog
+
+    @property
+    def pools(self) -> Pools:
+        return self.host.pools
 
     @property
     def who(self) -> str:

@@ -176,6 +176,21 @@ async def start_forwarding(
     loop = asyncio.get_running_loop()
     servers: list[asyncio.Server] = []
     for service in catalog:
+        if service.transport != "tcp":
+            # A TCP listener would take nothing its clients send; UDP forwarding is not done.
+            log.warning(
+                "not forwarding %s: it is a UDP service, and forward mode carries TCP only; "
+                "reach it directly, or through the tunnel",
+                service.full_name,
+            )
+            continue
+        if service.pool:
+            log.warning(
+                "forwarding %s to its first target %s only: forward mode does not pool; use "
+                "the tunnel for a pool",
+                service.full_name,
+                service.target,
+            )
         if service.port is None:
             log.warning("not forwarding %s: it has no port to listen on; link it as "
                         "%s:PORT=%s", service.name, service.name, service.target)  # fmt: skip

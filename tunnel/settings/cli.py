@@ -304,8 +304,9 @@ ROLE_ONLY_VARIABLES = {
         f"AMBASSADOR_{name}"
         for name in ("ACCEPT_PROXY_FROM", "ACCEPT_PROXY_PROTOCOL", "ACCESS", "ALLOW_FROM",
                      "CONNECT", "DIAL_TIMEOUT", "DRAIN_TIMEOUT", "FORWARD", "FORWARD_BIND",
-                     "LINK", "LINKS_FROM_ENV_IN_POD", "MAX_PENDING_DIALS",
-                     "MAX_STREAMS_PER_IDENTITY", "PROXY_PROTOCOL", "REUSE_PORT", "TLS_CRL",
+                     "HEALTH_CHECK", "LINK", "LINKS_FROM_ENV_IN_POD", "MAX_PENDING_DIALS",
+                     "MAX_STREAMS_PER_IDENTITY", "POOL_STRATEGY", "PROXY_PROTOCOL",
+                     "RESOLVE_INTERVAL", "REUSE_PORT", "TLS_CRL",
                      "WEBSOCKET_PATH")
     ),
     "ambassador-client": frozenset(

@@ -115,6 +115,8 @@ def _convert(value: object, kind: Kind) -> object:
 def _table_items(where: str, table: Mapping[str, object]) -> list[str]:
     items = []
     for key, value in table.items():
+        if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+            value = ",".join(value)  # a pool's targets: `redis = ["HOST:PORT", "HOST:PORT"]`
         if not isinstance(value, str):
             raise ConfigError(f"{where}.{key} must be a string, not {_describe(value)}")
         items.append(f"{key}={value}")

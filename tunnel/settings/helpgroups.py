@@ -64,6 +64,9 @@ OPTION_GROUPS: Mapping[str, str] = {
     "forward": SERVICES,
     "forward_bind": SERVICES,
     "proxy_protocol": SERVICES,
+    "pool_strategy": SERVICES,
+    "health_check": SERVICES,
+    "resolve_interval": SERVICES,
     "udp_idle_timeout": SERVICES,
     "udp_max_flows": LIMITS,
     # encryption and whose certificate is trusted

@@ -21,6 +21,12 @@ The prefixes are read in one place, ``_SCHEMES``: a new form of endpoint is one 
 there. A unix link may go without a port (``pg=unix:/run/postgresql/.s.PGSQL.5432``): it is
 then announced and reached by its alias alone, which no other entry may share.
 
+A link may name several targets, a *pool* (``redis=10.0.0.5:6379,10.0.0.6:6379``): the server
+spreads its streams over them (``server.pool``). A pool's member may also be ``dns:HOST:PORT``,
+every address the name resolves to (re-resolved while the server runs), written as a
+:class:`AllAddresses`. The same alias linked twice is still a conflict, not a pool: a pool is
+written in one place, so that a typo in a second ``--link`` does not quietly add a backend.
+
 A reference to a service is one of ``ALIAS``, ``PORT`` or ``ALIAS:PORT``. A bare
 port reaches the entry linked by port alone when there is one, so that every
 entry has a name that reaches only it; otherwise a reference matching several
@@ -63,11 +69,13 @@ from tunnel.settings.wording import hostport
 __all__ = [
     "DEFAULT_TUNNEL_PORT",
     "Address",
+    "AllAddresses",
     "AmbiguousService",
     "Catalog",
     "Endpoint",
     "ExposeSpec",
     "LinkError",
+    "Member",
     "SeedLink",
     "Service",
     "Transport",
@@ -132,8 +140,11 @@ _UDP_PREFIX = "udp:"
 
 _LINK_FORMS = (
     "ALIAS=TARGET, PORT=TARGET or ALIAS:PORT=TARGET, where TARGET is HOST:PORT "
-    "(IPv6 as [ADDR]:PORT), udp:HOST:PORT for a UDP service, or unix:/PATH"
+    "(IPv6 as [ADDR]:PORT), udp:HOST:PORT for a UDP service, or unix:/PATH; a pool lists "
+    "several TCP targets with commas, dns:HOST:PORT standing for every address of HOST"
 )
+_DNS_PREFIX = "dns:"
+_MAX_MEMBERS = 64  # targets one link may list: bounds the pool's state, metrics and status
 _EXPOSE_FORMS = (
     "SERVICE, LOCALPORT=SERVICE, BIND:LOCALPORT=SERVICE or unix:/PATH=SERVICE, where SERVICE "
     "is ALIAS, PORT or ALIAS:PORT, the first three with a udp: prefix for a UDP service "
@@ -337,6 +348,45 @@ def parse_endpoint(text: str) -> Endpoint:
         ) from None
 
 
+@dataclass(frozen=True, slots=True)
+class AllAddresses:
+    """A pool member written ``dns:HOST:PORT``: every address ``HOST`` resolves to, each a
+    target of its own, the name resolved again while the server runs."""
+
+    address: Address
+
+    def __str__(self) -> str:
+        return f"{_DNS_PREFIX}{self.address}"
+
+
+Member: TypeAlias = Endpoint | AllAddresses
+"""One target a link lists: an endpoint, or every address of a host name."""
+
+
+def _parse_member(text: str) -> Member:
+    if text[: len(_DNS_PREFIX)].lower() == _DNS_PREFIX:
+        return AllAddresses(_parse_address(text[len(_DNS_PREFIX) :]))
+    return _parse_endpoint(text)
+
+
+def _parse_members(text: str, transport: Transport) -> tuple[Member, ...]:
+    """The targets of one link, in the order given: one, or a comma-separated pool."""
+    parts = text.split(",")
+    if len(parts) > _MAX_MEMBERS:
+        raise _Invalid(f"a pool lists at most {_MAX_MEMBERS} targets, not {len(parts)}")
+    if "" in parts:
+        raise _Invalid("the list of targets has an empty entry (two commas, or one at an end)")
+    members = tuple(_parse_member(part) for part in parts)
+    if transport != "tcp" and (len(members) > 1 or isinstance(members[0], AllAddresses)):
+        raise _Invalid("a UDP service takes one target: pools are for TCP and unix targets")
+    seen: set[Member] = set()
+    for member in members:
+        if member in seen:
+            raise _Invalid(f"{member} is listed twice; list each target once")
+        seen.add(member)
+    return members
+
+
 def _parse_ref(text: str) -> tuple[str | None, int | None]:
     """Split a service reference into (alias, port); either may be absent, not both."""
     _check_text(text)
@@ -379,12 +429,15 @@ class Service:
     the port announced to clients, usually but not necessarily ``target.port``; None for a
     unix socket linked by alias alone, which has no port to announce. ``transport`` says
     whether clients reach it as a byte stream or as datagram flows (a unix target: a stream).
+    ``pool`` lists every target of a link that names several (or a ``dns:`` one), ``target``
+    first among them; empty for a link of one target, the usual case, which is dialed as is.
     """
 
     alias: str | None
     port: int | None
     target: Endpoint
     transport: Transport = "tcp"
+    pool: tuple[Member, ...] = ()
 
     def __post_init__(self) -> None:
         if self.alias is not None and not (
@@ -400,6 +453,11 @@ class Service:
         problem = _port_problem(self.port)
         if problem is not None:
             raise ValueError(problem)
+
+    @property
+    def members(self) -> tuple[Member, ...]:
+        """Every target the link lists, in its order."""
+        return self.pool or (self.target,)
 
     @property
     def name(self) -> str:
@@ -427,7 +485,7 @@ class Service:
 
     def to_text(self) -> str:
         """The ``--link`` value that parses back to this entry."""
-        target = _with_transport(self.transport, str(self.target))
+        target = _with_transport(self.transport, ",".join(str(m) for m in self.members))
         if self.alias is None:
             return f"{self.port}={target}"
         own_port = self.target.port if isinstance(self.target, Address) else None
@@ -447,10 +505,11 @@ def _unique(services: Iterable[Service]) -> tuple[Service, ...]:
         # says which one it wants.
         key = (service.alias, service.port, service.transport)
         earlier = seen.setdefault(key, service)
-        if earlier.target != service.target:
+        if earlier.members != service.members:
             raise LinkError(
                 f"conflicting links {earlier.to_text()} and {service.to_text()}: "
-                f"{service.full_name} can lead to only one target; keep one of them"
+                f"{service.full_name} is linked once; keep one of them, or pool the targets "
+                "in one link (ALIAS=HOST:PORT,HOST:PORT)"
             )
     # An entry without a port is reached by its alias alone, so nothing else of its transport
     # may have it (a UDP entry is told apart by the stream's header, as above).
@@ -575,12 +634,18 @@ def parse_link(text: str) -> Service:
         if transport != "tcp" and _split_scheme(target_text)[0] == "unix":
             raise _Invalid(_UDP_UNIX)
         alias, port = _parse_ref(name)
-        target = _parse_endpoint(target_text)
+        members = _parse_members(target_text, transport)
     except _Invalid as problem:
         raise LinkError(f"bad link {_show(text)}: {problem}; use {_LINK_FORMS}") from None
-    if port is None and isinstance(target, Address):
-        port = target.port
-    return Service(alias, port, target, transport)
+    first = members[0]
+    # A dns: member is dialed by its name until the server has resolved it.
+    target = first.address if isinstance(first, AllAddresses) else first
+    if port is None:
+        port = next((m.port for m in members if isinstance(m, Address)), None)
+        if port is None and isinstance(target, Address):
+            port = target.port
+    pool = members if len(members) > 1 or isinstance(first, AllAddresses) else ()
+    return Service(alias, port, target, transport, pool)
 
 
 def _imported_by_docker(alias: str, environ: Mapping[str, str]) -> bool:

@@ -450,6 +450,28 @@ class Connector:
             layer = TlsLayer(self.tls_context, protocol, server_side=False,
                              server_hostname=server_name)  # fmt: skip
             protocol = layer
+        token = self.config.token
+        nonce = os.urandom(auth.NONCE_SIZE) if token else b""
+        binding = [UNBOUND]  # the server's certificate, once TLS has shown it
+
+        def prove(version: int, server_nonce: bytes) -> TokenProofs:
+            assert token is not None
+            return _proofs(token, nonce, binding[0], version, server_nonce)
+
+        handshake = ClientHandshake(
+            name=self.config.name,
+            software=f"ambassador/{__version__}",
+            token_name=token[0] if token else None,
+            nonce=nonce,
+            bound=layer is not None,
+            prove=prove if token else None,
+        )
+        control = ControlClient(handshake, self._on_message)
+        control.tunnel = tunnel
+        # The control stream is opened before the connection exists, so that its SYN is the
+        # first frame out and an answer the server writes at once (a refusal of this address,
+        # sent before it reads a byte) finds the stream open, whenever the loop reads it.
+        control.stream_id = tunnel.open_stream(control)
         route = self.config.proxy
         proxy = route.for_target(remote.host) if route is not None else None
         try:
@@ -470,27 +492,14 @@ class Connector:
         except (OSError, TimeoutError) as exc:
             text, reason = connect_error(str(remote), exc, self.config.connect_timeout)
             raise ConnectFailed(text, reason) from None
-        binding = UNBOUND
         if layer is not None:
             await self._tls_handshake(remote, layer, tunnel)
-            binding = server_end_point(peer_certificate(layer.ssl_object))
+            binding[0] = server_end_point(peer_certificate(layer.ssl_object))
         if websocket is not None:
             await _upgraded(remote, websocket)
         tunnel.on_rtt = metrics.RTT.labels(str(remote)).set
-        token = self.config.token
-        nonce = os.urandom(auth.NONCE_SIZE) if token else b""
-        handshake = ClientHandshake(
-            name=self.config.name,
-            software=f"ambassador/{__version__}",
-            token_name=token[0] if token else None,
-            nonce=nonce,
-            bound=layer is not None,
-            prove=partial(_proofs, token, nonce, binding) if token else None,
-        )
-        control = ControlClient(handshake, self._on_message)
-        control.tunnel = tunnel
-        control.stream_id = tunnel.open_stream(control)
-        tunnel.send(control.stream_id, encode_message(handshake.hello))
+        if control.steps.empty() and not tunnel.closed.done():
+            tunnel.send(control.stream_id, encode_message(handshake.hello))
         while True:  # each message the server owes gets the handshake timeout
             event = (await self._next(remote, control, tunnel)).event
             if isinstance(event, Welcomed):
@@ -504,6 +513,8 @@ class Connector:
     ) -> Step:
         """The handshake's next step, or ConnectFailed saying why there is none."""
         tls = self.config.tls
+        if not control.steps.empty():  # answered already (a refusal written at once)
+            return self._checked(remote, control.steps.get_nowait(), tunnel)
         deadline = Deadline(self.config.handshake_timeout, asyncio.get_running_loop().time())
         getting = asyncio.ensure_future(control.steps.get())
         try:
@@ -526,10 +537,14 @@ class Connector:
                 f"{remote} closed the connection during the hello ({reason}); {hint}",
                 "handshake_closed",
             )
-        item = getting.result()
+        return self._checked(remote, getting.result(), tunnel)
+
+    def _checked(
+        self, remote: Address, item: Step | ConnectFailed, tunnel: TunnelConnection
+    ) -> Step:
         if isinstance(item, ConnectFailed):
             tunnel.close("control stream reset")
-            hint = "" if tls is not None else " (if it expects TLS, give --tls-ca)"
+            hint = "" if self.config.tls is not None else " (if it expects TLS, give --tls-ca)"
             raise ConnectFailed(
                 f"{remote} ended the session during the hello: {item}{hint}", item.reason
             )

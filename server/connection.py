@@ -22,13 +22,19 @@ import contextlib
 import logging
 import os
 from collections.abc import Mapping
-from typing import Protocol, cast
+from typing import Protocol
 
 from server.admission import DESCRIPTOR_RESERVE, Admission, address_key, stranger_log
 from server.backend import BackendStream
 from server.config import ServerConfig
 from server.pool import Pools
-from tunnel.aio.transport import StreamHandler, TunnelConnection, clock, format_peer
+from tunnel.aio.transport import (
+    StreamHandler,
+    TunnelConnection,
+    clock,
+    format_peer,
+    linger_and_close,
+)
 from tunnel.aio.wslayer import WebSocketLayer
 from tunnel.errors import Reason, RemoteProtocolError
 from tunnel.operations import metrics
@@ -229,8 +235,11 @@ class ServerConnection:
                     f"this server takes tunnel connections only from the addresses its "
                     f"--allow-from lists, and it sees this client as {host}"
                 )
-                refusal = refusal_before_hello(Reason.NOT_ALLOWED, text)
-                cast(asyncio.WriteTransport, transport).write(refusal)
+                # Written at once, then the peer's own first bytes (its hello) are read and
+                # dropped: closing on them unread would reset the connection, and the client
+                # would lose the refusal.
+                linger_and_close(transport, refusal_before_hello(Reason.NOT_ALLOWED, text))
+                self.tunnel.lingering = True
             self.tunnel.close("allow_from")
             return False
         admission = self.config.admission

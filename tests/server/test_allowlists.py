@@ -39,6 +39,17 @@ def server_config(allow: list[str], accept: bool = False) -> ServerConfig:
     )
 
 
+@pytest.fixture(autouse=True)
+def fresh_throttle() -> None:
+    """Each test sees its first refusal logged: the once-per-source-per-10-s memory is
+    process-wide, and another test may have refused 127.0.0.1 a moment ago."""
+    from client.listeners import throttled as client_throttled
+    from server.connection import throttled as server_throttled
+
+    server_throttled._keys.clear()
+    client_throttled._keys.clear()
+
+
 def closed_at_once(address: tuple[str, int], first: bytes = b"") -> bool:
     """Whether the peer closes the connection without waiting for anything (after what it
     may say first: the server's refusal). The refusal may reset the connection before

@@ -152,6 +152,9 @@ class TunnelConnection(asyncio.BufferedProtocol):
         # Asked first when the socket is connected; False: the connection is refused (the
         # callee has closed it and said why), and nothing more happens here.
         self._on_connect = on_connect
+        # Set by an on_connect that refused with a last word (linger_and_close): it closes
+        # the transport itself, once the peer has had the time to read that word.
+        self.lingering = False
         self._handlers: dict[int, StreamHandler] = {}
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
@@ -177,7 +180,8 @@ class TunnelConnection(asyncio.BufferedProtocol):
         if self._on_connect is not None:
             on_connect, self._on_connect = self._on_connect, None
             if not on_connect(transport):
-                transport.close()
+                if not self.lingering:
+                    transport.close()
                 return
         self._transport = transport = cast(asyncio.Transport, transport)
         if not self.peer:
@@ -535,3 +539,32 @@ class TunnelConnection(asyncio.BufferedProtocol):
         self._accept_stream = _refuse_stream
         self.on_go_away = self.on_rtt = None
         self._transport = None
+
+
+class _Discard(asyncio.Protocol):
+    """Reads and drops what a refused peer still sends, so that its bytes arriving after our
+    last word do not make the kernel reset the connection (and discard that word)."""
+
+    def __init__(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        pass
+
+    def eof_received(self) -> bool:
+        self.transport.close()  # the peer has read what it wanted and gone
+        return False
+
+
+LINGER = 1.0  # seconds a refused peer is given to read the refusal before the close
+
+
+def linger_and_close(transport: asyncio.BaseTransport, last_word: bytes) -> None:
+    """Write ``last_word``, end our side, and close once the peer has gone or after LINGER
+    seconds; what it sends meanwhile is dropped unread."""
+    transport.set_protocol(_Discard(transport))
+    writer = cast(asyncio.WriteTransport, transport)
+    writer.write(last_word)
+    if writer.can_write_eof():
+        writer.write_eof()
+    asyncio.get_running_loop().call_later(LINGER, transport.close)

@@ -15,6 +15,7 @@ from typing import Any
 from client.config import ClientConfig
 from client.connector import Connector
 from client.listeners import ConsumerStream, Listeners
+from client.sessions import Router, Sessions, member_for, status_fields
 from client.udp_expose import UdpExposes
 from tunnel.operations import metrics
 from tunnel.operations.metrics import services as counted_services
@@ -41,7 +42,12 @@ def export_expiry(config: ClientConfig) -> None:
 class Client:
     def __init__(self, config: ClientConfig, pool: WorkerPool | None = None) -> None:
         self.config = config
-        self.connector = Connector(config, on_catalog=self._catalog_changed)
+        # One session, failing over between the remotes; or, active-active, one to each.
+        self.connector: Router = (
+            Sessions(config, on_catalog=self._catalog_changed)
+            if config.sessions == "all"
+            else Connector(config, on_catalog=self._catalog_changed)
+        )
         # ``pool``: helper processes, in the main one of several, to share connections with.
         self.listeners = Listeners(self.connector, config.expose, config.bind, pool)
         self.udp = UdpExposes(
@@ -93,9 +99,9 @@ class Client:
 
     def status(self) -> dict[str, Any]:
         """The live state, for /status and ``ambassador-client status``."""
-        connector = self.connector
         remotes = []
-        for remote in connector.config.remotes:
+        for remote in self.connector.config.remotes:
+            connector = member_for(self.connector, remote)
             row: dict[str, Any] = {
                 "peer": str(remote),
                 "state": "down",
@@ -137,6 +143,7 @@ class Client:
             "ready": self.ready,
             "missing": list(self.listeners.missing),
             "remotes": remotes,
+            **status_fields(self.connector),
             "services": services,
         }  # fmt: skip
 

@@ -12,6 +12,7 @@ import click
 
 from client.app import serve, serve_helper
 from client.config import ClientConfig
+from client.sessions import SPREADS
 from tunnel.errors import ConfigError
 from tunnel.operations.observe import print_status
 from tunnel.operations.runner import worker_processes
@@ -104,6 +105,20 @@ PROG = "ambassador-client"
 )
 @name_option("client", "sent in its hello")
 @setting("--connect-timeout", click.FloatRange(0.1), 5.0, "Seconds to reach the server.")
+@setting(
+    "--sessions",
+    click.Choice(["1", "all"]),
+    "1",
+    "1: one session, the --remote list tried in turn (failover); all: a session to every "
+    "--remote at once, new connections spread across the healthy ones (active-active).",
+)
+@setting(
+    "--spread",
+    click.Choice(SPREADS),
+    SPREADS[0],
+    "With --sessions all, which session a new connection goes to: the one with the fewest "
+    "open streams, each in turn, or the first --remote that is up.",
+)
 @setting(
     "--link-wait-timeout",
     click.FloatRange(0),
@@ -241,6 +256,8 @@ def build_config(params: dict[str, Any], environ: Mapping[str, str]) -> ClientCo
         limits=limits,
         connect_timeout=params["connect_timeout"],
         link_wait_timeout=params["link_wait_timeout"],
+        sessions=params["sessions"],
+        spread=params["spread"],
         backoff_min=params["backoff_min"],
         backoff_max=max(params["backoff_max"], params["backoff_min"]),
         udp_idle_timeout=params["udp_idle_timeout"],

@@ -16,6 +16,7 @@ import socket
 from dataclasses import dataclass, replace
 
 from client.connector import Connector, find_service
+from client.sessions import Router, route, wait_route
 from tunnel.aio.relay import Relay, abort_with_reset
 from tunnel.aio.sourcegate import SourceGate
 from tunnel.aio.transport import format_peer
@@ -86,11 +87,11 @@ def consumer_origin(transport: asyncio.BaseTransport) -> Origin:
 class ConsumerStream(Relay):
     """One consumer connection and its stream."""
 
-    def __init__(
-        self, connector: Connector, service: str, alternatives: tuple[str, ...] = ()
-    ) -> None:
-        super().__init__(connector.tunnel)
-        self.connector = connector
+    def __init__(self, connector: Router, service: str, alternatives: tuple[str, ...] = ()) -> None:
+        # ``router`` picks the session (client.sessions); ``connector`` is the picked one's.
+        self.router = connector
+        self.connector: Connector | None = route(connector, service)
+        super().__init__(self.connector.tunnel if self.connector is not None else None)
         self.service = service
         # Set only while the catalog is unknown: the stream opens with the first of
         # (service, *alternatives) that the catalog offers once it is in.
@@ -104,8 +105,7 @@ class ConsumerStream(Relay):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        tunnel = self.tunnel
-        if tunnel is not None and tunnel.accepts_streams and not tunnel.suspect:
+        if self.connector is not None:
             self._open()
         else:
             # The link is down: hold the consumer (not reading) until it is back or we give up.
@@ -114,34 +114,34 @@ class ConsumerStream(Relay):
             self._wait = asyncio.get_running_loop().create_task(self._wait_for_tunnel())
 
     async def _wait_for_tunnel(self) -> None:
-        timeout = self.connector.config.link_wait_timeout
-        tunnel = await self.connector.wait_tunnel(timeout)
+        timeout = self.router.config.link_wait_timeout
+        connector = await wait_route(self.router, self.service, timeout)
         if self.closed:
             return
-        if tunnel is None:
+        if connector is None:
             throttled.warning(
                 f"link_down:{self.service}",
                 "connection to %r dropped: the tunnel has been down for %gs (%s)",
                 self.service,
                 timeout,
-                self.connector.last_error or "connecting",
+                self.router.last_error or "connecting",
             )
             metrics.refused("client", self.service, "link_down")
             self.closed = True
             if self.transport is not None:
                 abort_with_reset(self.transport)
             return
-        self.tunnel = tunnel
+        self.connector, self.tunnel = connector, connector.tunnel
         self._open()
         if self.transport is not None:
             self.transport.resume_reading()
 
     def _open(self) -> None:
-        tunnel = self.tunnel
-        assert tunnel is not None
+        tunnel, connector = self.tunnel, self.connector
+        assert tunnel is not None and connector is not None
         if self.alternatives:
             self._choose()
-        if not self.connector.offers(self.service):
+        if not connector.offers(self.service):
             self._refuse_missing()
             return
         try:
@@ -154,8 +154,8 @@ class ConsumerStream(Relay):
             return
         self.meters.opened += 1
         self.meters.open_now += 1
-        self.connector.rotate_if_exhausted(tunnel)
-        if self.connector.stream_header == HEADER_VERSION or self.transport is None:
+        connector.rotate_if_exhausted(tunnel)
+        if connector.stream_header == HEADER_VERSION or self.transport is None:
             header = _header(self.service)
         else:  # the server wants the consumer's origin: a backend of its asks for it
             header = StreamHeader(self.service, consumer_origin(self.transport)).encode()
@@ -163,7 +163,7 @@ class ConsumerStream(Relay):
         self.send_held()
 
     def _choose(self) -> None:
-        catalog = self.connector.catalog
+        catalog = self.connector.catalog if self.connector is not None else None
         if catalog is None:
             return
         chosen = choose_service(catalog, (self.service, *self.alternatives))
@@ -175,7 +175,7 @@ class ConsumerStream(Relay):
     def _refuse_missing(self) -> None:
         """The server's catalog lacks the service: reset the consumer now, since asking the
         server would only bring back its refusal one round trip later."""
-        catalog = self.connector.catalog or ()
+        catalog = (self.connector.catalog if self.connector is not None else None) or ()
         throttled.warning(
             f"missing:{self.service}",
             "connection to %r refused: the server does not offer it (offered: %s)",
@@ -290,7 +290,7 @@ class Listeners:
 
     def __init__(
         self,
-        connector: Connector,
+        connector: Router,
         specs: tuple[ExposeSpec, ...],
         bind: str,
         pool: WorkerPool | None = None,

@@ -18,8 +18,9 @@ import logging
 from dataclasses import dataclass
 from typing import Any, cast
 
-from client.connector import Connector, find_service
+from client.connector import find_service
 from client.listeners import choose_service, other_transport
+from client.sessions import Router
 from tunnel.aio.flowstream import FlowStream
 from tunnel.aio.transport import TunnelConnection
 from tunnel.errors import ConfigError, RemoteProtocolError
@@ -110,7 +111,7 @@ class UdpExpose(asyncio.DatagramProtocol):
     """One exposed UDP port and its flows."""
 
     def __init__(
-        self, connector: Connector, refs: tuple[str, ...], max_flows: int, idle_timeout: float
+        self, connector: Router, refs: tuple[str, ...], max_flows: int, idle_timeout: float
     ) -> None:
         self.connector = connector
         self.refs = refs
@@ -233,7 +234,7 @@ class UdpExposes:
 
     def __init__(
         self,
-        connector: Connector,
+        connector: Router,
         specs: tuple[ExposeSpec, ...],
         bind: str,
         max_flows: int,

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from tests.conftest import wait_until_accepting
-from tests.integration.support import BACKENDS, Processes, Started, ambassador
+from tests.integration.support import BACKENDS, Processes, Started, ambassador, require_programs
 from tests.reliability.redistraffic import Corrupted, set_get
 from tests.reliability.support import Transfer, echo_transfer, log_count, run, wait_for_log
 
@@ -83,6 +83,7 @@ class Rig:
 @pytest.fixture
 def rig(processes: Processes, free_port: Callable[..., int]) -> Iterator[Callable[..., Rig]]:
     def make(servers: int = 3, links: tuple[tuple[str, ...], ...] = ()) -> Rig:
+        require_programs("redis-server")
         rig = Rig(processes, free_port)
         rig.redis_port = free_port()
         redis = processes.start(

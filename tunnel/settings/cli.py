@@ -313,8 +313,8 @@ ROLE_ONLY_VARIABLES = {
         f"AMBASSADOR_{name}"
         for name in ("BACKOFF_MAX", "BACKOFF_MIN", "BIND", "CONNECT_TIMEOUT", "EXPOSE",
                      "EXPOSE_ALLOW", "LINK_WAIT_TIMEOUT", "PIN", "PROXY",
-                     "PROXY_CREDENTIALS_FILE", "PROXY_FROM_ENV", "REMOTE", "SERVER_NAME", "SESSIONS",
-                     "SPREAD", "TLS", "UDP_IDLE_TIMEOUT", "UDP_MAX_FLOWS")
+                     "PROXY_CREDENTIALS_FILE", "PROXY_FROM_ENV", "REMOTE", "SERVER_NAME",
+                     "SESSIONS", "SPREAD", "TLS", "UDP_IDLE_TIMEOUT", "UDP_MAX_FLOWS")
     ),
 }  # fmt: skip
 # What a container linked as "ambassador" (Docker links) or a Kubernetes Service called

@@ -82,7 +82,9 @@ class Rig:
 
 @pytest.fixture
 def rig(processes: Processes, free_port: Callable[..., int]) -> Iterator[Callable[..., Rig]]:
-    def make(servers: int = 3, links: tuple[tuple[str, ...], ...] = ()) -> Rig:
+    def make(
+        servers: int = 3, links: tuple[tuple[str, ...], ...] = (), args: tuple[str, ...] = ()
+    ) -> Rig:
         require_programs("redis-server")
         rig = Rig(processes, free_port)
         rig.redis_port = free_port()
@@ -108,6 +110,7 @@ def rig(processes: Processes, free_port: Callable[..., int]) -> Iterator[Callabl
                 f"--expose=127.0.0.1:{rig.echo_local}=echo",
                 f"--metrics-listen=127.0.0.1:{rig.metrics}",
                 "--backoff-max=0.5",
+                *args,
             ],
         )
         wait_until_accepting("127.0.0.1", rig.echo_local, alive=rig.client.alive)
@@ -280,3 +283,32 @@ def test_a_service_one_server_links_is_routed_only_to_it(rig: Callable[..., Rig]
     assert [a.outcome for a in log] == ["complete"] * 20, log
     refusals = setup.metric_lines('ambassador_stream_refusals_total{role="client"')
     assert not [line for line in refusals if not line.endswith(" 0.0")], refusals
+
+
+def test_in_order_keeps_the_later_remotes_as_hot_standbys(rig: Callable[..., Rig]) -> None:
+    """--spread in-order: every stream goes to the first remote while it is up, then at once
+    (no connect, no hello) to the second."""
+    setup = rig(servers=2, args=("--spread=in-order",))
+    log: list[Attempt] = []
+
+    def bytes_out() -> list[int]:
+        rows = setup.status()["remotes"]
+        return [row["bytes_out"] for row in rows]  # type: ignore[union-attr,index]
+
+    async def requests(count: int) -> None:
+        for _ in range(count):
+            await redis_once(setup.redis_local, log)
+
+    before = bytes_out()
+    run(requests(20))
+    middle = bytes_out()
+    assert middle[0] - before[0] > 20 * 100 and middle[1] - before[1] < 200, (before, middle)
+    setup.servers[0].popen.kill()
+    setup.servers[0].popen.wait()
+    started = time.monotonic()
+    run(requests(20))
+    took = time.monotonic() - started
+    after = bytes_out()
+    assert after[1] - middle[1] > 20 * 100, (middle, after)
+    assert [a.outcome for a in log] == ["complete"] * 40, log
+    assert took < 5, took

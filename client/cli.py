@@ -43,6 +43,7 @@ from tunnel.settings.cli import (
     watched_config_file,
     workers_option,
 )
+from tunnel.settings.config import Kind
 from tunnel.settings.effective import Item, Setting, source_of
 from tunnel.settings.helpgroups import GroupedHelp
 from tunnel.settings.links import (
@@ -58,6 +59,18 @@ from tunnel.settings.proxy import ProxyRoute, proxy_route
 from tunnel.settings.websocket import WebSocketAddress, parse_remote
 
 PROG = "ambassador-client"
+
+
+class SessionCount(click.Choice[str]):
+    """``--sessions``: 1 or all; a config file may write ``sessions = 1`` as a number."""
+
+    config_kind = Kind.COUNT
+
+    def __init__(self) -> None:
+        super().__init__(["1", "all"], case_sensitive=False)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        return str(super().convert(str(value).strip().lower(), param, ctx))
 
 
 @click.group(
@@ -107,7 +120,7 @@ PROG = "ambassador-client"
 @setting("--connect-timeout", click.FloatRange(0.1), 5.0, "Seconds to reach the server.")
 @setting(
     "--sessions",
-    click.Choice(["1", "all"]),
+    SessionCount(),
     "1",
     "1: one session, the --remote list tried in turn (failover); all: a session to every "
     "--remote at once, new connections spread across the healthy ones (active-active).",

@@ -16,7 +16,7 @@ import socket
 from dataclasses import dataclass, replace
 
 from client.connector import Connector, find_service
-from client.sessions import Router, route, wait_route
+from client.sessions import Router, healthy, route, wait_route
 from tunnel.aio.relay import Relay, abort_with_reset
 from tunnel.aio.sourcegate import SourceGate
 from tunnel.aio.transport import format_peer
@@ -104,6 +104,10 @@ class ConsumerStream(Relay):
         self.moves = 0  # times the stream started again on a new session
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self.connector is not None and not healthy(self.connector.tunnel):
+            # The session picked a moment ago stopped taking streams (a reload, a Go Away).
+            self.connector = route(self.router, self.service)
+            self.tunnel = self.connector.tunnel if self.connector is not None else None
         super().connection_made(transport)
         if self.connector is not None:
             self._open()

@@ -196,10 +196,12 @@ class Sessions:
 
     def _retire(self, remote: Address) -> None:
         member = self.members.pop(remote)
+        tunnel = member.tunnel
+        if tunnel is not None and tunnel.on_go_away is not None:
+            tunnel.on_go_away()  # ends the connector's wait for its session before it stops
         task = self._tasks.pop(remote, None)
         if task is not None:
             task.cancel()
-        tunnel = member.tunnel
         if tunnel is not None and tunnel.is_open:
             tunnel.go_away()  # no new streams; the open ones finish, then it closes
             asyncio.get_running_loop().create_task(_close_when_idle(tunnel))

@@ -22,6 +22,7 @@ import time
 import urllib.request
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -312,3 +313,49 @@ def test_in_order_keeps_the_later_remotes_as_hot_standbys(rig: Callable[..., Rig
     assert after[1] - middle[1] > 20 * 100, (middle, after)
     assert [a.outcome for a in log] == ["complete"] * 40, log
     assert took < 5, took
+
+
+def test_a_reload_opens_sessions_to_new_remotes_and_drains_removed_ones(
+    rig: Callable[..., Rig], processes: Processes, tmp_path: Path
+) -> None:
+    """remote = [s0, s1] becomes [s1, s2] on SIGHUP: a session to s2 opens, s0's takes no
+    new streams and closes once its open one has finished, and s1's carries on untouched."""
+    setup = rig(servers=3)
+    metrics = setup.free_port()
+    local = setup.free_port()
+    config = tmp_path / "client.toml"
+
+    def write(ports: list[int]) -> None:
+        remotes = ", ".join(f'"127.0.0.1:{port}"' for port in ports)
+        config.write_text(
+            f'sessions = "all"\nremote = [{remotes}]\nmetrics-listen = "127.0.0.1:{metrics}"\n'
+            f'expose = ["127.0.0.1:{local}=redis"]\nbackoff-max = 0.5\n'
+        )
+
+    write(setup.ports[:2])
+    client = processes.start("ambassador-client", [*ambassador("client"), "--config", str(config)])
+    for port in setup.ports[:2]:
+        client.wait_for_stderr(rf"tunnel up to 127\.0\.0\.1:{port}\b", 15)
+    wait_until_accepting("127.0.0.1", local, alive=client.alive)
+    setup.client, setup.metrics, setup.redis_local = client, metrics, local
+    log: list[Attempt] = []
+
+    async def scenario() -> None:
+        # A kept connection on each session, open across the reload.
+        kept = [await asyncio.open_connection("127.0.0.1", local) for _ in range(2)]
+        write(setup.ports[1:])
+        client.popen.send_signal(signal.SIGHUP)
+        await wait_for_log(client, rf"tunnel up to 127\.0\.0\.1:{setup.ports[2]}\b", 10)
+        await asyncio.gather(*(redis_once(local, log) for _ in range(30)))
+        for reader, writer in kept:  # both still answer, whichever session they are on
+            await set_get(reader, writer, 10)
+            writer.close()
+
+    run(scenario(), timeout=40)
+    assert [a.outcome for a in log] == ["complete"] * 30, log
+    rows = setup.status()["remotes"]
+    assert [row["peer"] for row in rows] == [f"127.0.0.1:{p}" for p in setup.ports[1:]]  # type: ignore[index,union-attr]
+    assert all(row["state"] == "up" for row in rows)  # type: ignore[index,union-attr]
+    setup.servers[0].wait_for_stderr("ended", 10)  # s0's session closed once idle
+    assert log_count(client, rf"tunnel up to 127\.0\.0\.1:{setup.ports[1]}\b") == 1
+    assert log_count(client, "dropped|ERROR") == 0, client.stderr()

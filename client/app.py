@@ -15,6 +15,7 @@ from typing import Any
 from client.config import ClientConfig
 from client.connector import Connector
 from client.listeners import ConsumerStream, Listeners
+from client.sessions import Router, Sessions, member_for, status_fields
 from client.tunnel_listener import TunnelListener
 from client.udp_expose import UdpExposes
 from tunnel.operations import metrics
@@ -42,9 +43,13 @@ def export_expiry(config: ClientConfig) -> None:
 class Client:
     def __init__(self, config: ClientConfig, pool: WorkerPool | None = None) -> None:
         self.config = config
-        self.connector: Connector | TunnelListener
+        # Servers dialing in, each a host; or one session, failing over between the remotes;
+        # or, active-active, one to each.
+        self.connector: Router | TunnelListener
         if config.listen is not None:
             self.connector = TunnelListener(config, on_catalog=self._catalog_changed)
+        elif config.sessions == "all":
+            self.connector = Sessions(config, on_catalog=self._catalog_changed)
         else:
             self.connector = Connector(config, on_catalog=self._catalog_changed)
         # ``pool``: helper processes, in the main one of several, to share connections with.
@@ -99,10 +104,12 @@ class Client:
     def status(self) -> dict[str, Any]:
         """The live state, for /status and ``ambassador-client status``."""
         connector = self.connector
+        mode: dict[str, Any] = {}
         if isinstance(connector, TunnelListener):
             remotes = connector.status_rows()
         else:
             remotes = remote_rows(connector)
+            mode = status_fields(connector)
         services = []
         for listening in self.listeners.bound:
             row = service_stats("client", listening.service)
@@ -117,6 +124,7 @@ class Client:
             "ready": self.ready,
             "missing": list(self.listeners.missing),
             "remotes": remotes,
+            **mode,
             "services": services,
         }  # fmt: skip
 
@@ -153,10 +161,11 @@ class Client:
             tunnel.close("client shutting down")
 
 
-def remote_rows(connector: Connector) -> list[dict[str, Any]]:
+def remote_rows(router: Router) -> list[dict[str, Any]]:
     """A row per --remote, for /status."""
     remotes = []
-    for remote in connector.config.remotes:
+    for remote in router.config.remotes:
+        connector = member_for(router, remote)
         row: dict[str, Any] = {
             "peer": str(remote),
             "state": "down",
@@ -236,7 +245,7 @@ class ClientHelperRole(ClientRole):
         client, loop = self.client, asyncio.get_running_loop()
 
         def take(sock: socket.socket, service: str) -> None:
-            assert isinstance(client.connector, Connector)  # helpers serve --remote only
+            assert not isinstance(client.connector, TunnelListener)  # helpers serve --remote only
             here = functools.partial(ConsumerStream, client.connector, service)
             client.track(loop.create_task(serve_handed(sock, here)))
 

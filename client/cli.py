@@ -12,6 +12,7 @@ import click
 
 from client.app import serve, serve_helper
 from client.config import ClientConfig
+from client.sessions import SPREADS
 from tunnel.aio.unixlisten import socket_access
 from tunnel.errors import ConfigError
 from tunnel.operations.admission import (
@@ -50,6 +51,7 @@ from tunnel.settings.cli import (
     watched_config_file,
     workers_option,
 )
+from tunnel.settings.config import Kind
 from tunnel.settings.effective import Item, Setting, source_of
 from tunnel.settings.helpgroups import GroupedHelp
 from tunnel.settings.links import (
@@ -66,6 +68,18 @@ from tunnel.settings.proxy import ProxyRoute, proxy_route
 from tunnel.settings.websocket import WebSocketAddress, parse_remote
 
 PROG = "ambassador-client"
+
+
+class SessionCount(click.Choice[str]):
+    """``--sessions``: 1 or all; a config file may write ``sessions = 1`` as a number."""
+
+    config_kind = Kind.COUNT
+
+    def __init__(self) -> None:
+        super().__init__(["1", "all"], case_sensitive=False)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        return str(super().convert(str(value).strip().lower(), param, ctx))
 
 
 @click.group(
@@ -166,6 +180,20 @@ PROG = "ambassador-client"
 )
 @name_option("client", "sent in its hello")
 @setting("--connect-timeout", click.FloatRange(0.1), 5.0, "Seconds to reach the server.")
+@setting(
+    "--sessions",
+    SessionCount(),
+    "1",
+    "1: one session, the --remote list tried in turn (failover); all: a session to every "
+    "--remote at once, new connections spread across the healthy ones (active-active).",
+)
+@setting(
+    "--spread",
+    click.Choice(SPREADS),
+    SPREADS[0],
+    "With --sessions all, which session a new connection goes to: the one with the fewest "
+    "open streams, each in turn, or the first --remote that is up.",
+)
 @setting(
     "--link-wait-timeout",
     click.FloatRange(0),
@@ -281,6 +309,11 @@ def build_config(params: dict[str, Any], environ: Mapping[str, str]) -> ClientCo
         raise ConfigError(
             "--listen waits for servers to dial in and --remote dials a server: give one of them"
         )
+    if listen is not None and params["sessions"] == "all":
+        raise ConfigError(
+            "--sessions all keeps a session to every --remote; with --listen the servers dial "
+            "in, each its own session already: drop --sessions all"
+        )
     if not remotes and seed_host and listen is None:
         remotes.append(Address(seed_host, DEFAULT_TUNNEL_PORT))
     if not remotes and listen is None:
@@ -336,6 +369,8 @@ def build_config(params: dict[str, Any], environ: Mapping[str, str]) -> ClientCo
         limits=limits,
         connect_timeout=params["connect_timeout"],
         link_wait_timeout=params["link_wait_timeout"],
+        sessions=params["sessions"],
+        spread=params["spread"],
         backoff_min=params["backoff_min"],
         backoff_max=max(params["backoff_max"], params["backoff_min"]),
         udp_idle_timeout=params["udp_idle_timeout"],

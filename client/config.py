@@ -40,6 +40,10 @@ class ClientConfig:
     # expose holds at most this many flows.
     udp_idle_timeout: float = DEFAULT_IDLE_TIMEOUT
     udp_max_flows: int = DEFAULT_MAX_FLOWS
+    # "1": one session, the remotes tried in turn; "all": one to each remote at once, new
+    # streams spread across the healthy ones as ``spread`` says (client.sessions).
+    sessions: str = "1"
+    spread: str = "least-streams"
     tls: ClientTls | None = None  # None: plaintext
     proxy: ProxyRoute | None = None  # None: connect directly
     proxy_credentials_file: str | None = None  # where the proxy's credentials were read

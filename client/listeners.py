@@ -14,8 +14,9 @@ import functools
 import logging
 from dataclasses import dataclass, replace
 
-from client.connector import Connector, find_service
+from client.connector import find_service
 from client.hosts import HostLink
+from client.sessions import Link, Router, healthy, refusal, route, wait_route
 from client.tunnel_listener import TunnelListener
 from tunnel.aio.relay import Relay, abort_with_reset
 from tunnel.aio.sourcegate import SourceGate
@@ -75,13 +76,15 @@ class ConsumerStream(Relay):
 
     def __init__(
         self,
-        connector: Connector | HostLink,
+        connector: Router | HostLink,
         service: str,
         alternatives: tuple[str, ...] = (),
         label: str = "",
     ) -> None:
-        super().__init__(connector.tunnel)
-        self.connector = connector
+        # ``router`` picks the session (client.sessions); ``connector`` is the picked one's.
+        self.router = connector
+        self.connector: Link | None = route(connector, service)
+        super().__init__(self.connector.tunnel if self.connector is not None else None)
         self.service = service
         self.label = label or service  # how logs and metrics name it (HOST/SERVICE, say)
         # Set only while the catalog is unknown: the stream opens with the first of
@@ -95,11 +98,14 @@ class ConsumerStream(Relay):
         self.moves = 0  # times the stream started again on a new session
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self.connector is not None and not healthy(self.connector.tunnel):
+            # The session picked a moment ago stopped taking streams (a reload, a Go Away).
+            self.connector = route(self.router, self.service)
+            self.tunnel = self.connector.tunnel if self.connector is not None else None
         super().connection_made(transport)
-        tunnel = self.tunnel
-        if tunnel is not None and tunnel.accepts_streams and not tunnel.suspect:
+        if self.connector is not None:
             self._open()
-        elif self.connector.refusal:
+        elif refusal(self.router):
             self._refuse_refused()
         else:
             # The link is down: hold the consumer (not reading) until it is back or we give up.
@@ -108,27 +114,27 @@ class ConsumerStream(Relay):
             self._wait = asyncio.get_running_loop().create_task(self._wait_for_tunnel())
 
     async def _wait_for_tunnel(self) -> None:
-        timeout = self.connector.config.link_wait_timeout
-        tunnel = await self.connector.wait_tunnel(timeout)
+        timeout = self.router.config.link_wait_timeout
+        connector = await wait_route(self.router, self.service, timeout)
         if self.closed:
             return
-        if tunnel is None and self.connector.refusal:
+        if connector is None and refusal(self.router):
             self._refuse_refused()
             return
-        if tunnel is None:
+        if connector is None:
             throttled.warning(
                 f"link_down:{self.label}",
                 "connection to %r dropped: the tunnel has been down for %gs (%s)",
                 self.label,
                 timeout,
-                self.connector.last_error or "connecting",
+                self.router.last_error or "connecting",
             )
             metrics.refused("client", self.label, "link_down")
             self.closed = True
             if self.transport is not None:
                 abort_with_reset(self.transport)
             return
-        self.tunnel = tunnel
+        self.connector, self.tunnel = connector, connector.tunnel
         self._open()
         if self.transport is not None:
             self.transport.resume_reading()
@@ -139,7 +145,7 @@ class ConsumerStream(Relay):
         throttled.warning(
             f"tunnel_refused:{self.service}",
             "connection to %r refused: the tunnel is not up because %s",
-            self.service, self.connector.refusal,
+            self.service, refusal(self.router),
         )  # fmt: skip
         metrics.refused("client", self.service, "tunnel_refused")
         self.closed = True
@@ -147,11 +153,11 @@ class ConsumerStream(Relay):
             abort_with_reset(self.transport)
 
     def _open(self) -> None:
-        tunnel = self.tunnel
-        assert tunnel is not None
+        tunnel, connector = self.tunnel, self.connector
+        assert tunnel is not None and connector is not None
         if self.alternatives:
             self._choose()
-        if not self.connector.offers(self.service):
+        if not connector.offers(self.service):
             self._refuse_missing()
             return
         try:
@@ -164,8 +170,8 @@ class ConsumerStream(Relay):
             return
         self.meters.opened += 1
         self.meters.open_now += 1
-        self.connector.rotate_if_exhausted(tunnel)
-        if self.connector.stream_header == HEADER_VERSION or self.transport is None:
+        connector.rotate_if_exhausted(tunnel)
+        if connector.stream_header == HEADER_VERSION or self.transport is None:
             header = _header(self.service)
         else:  # the server wants the consumer's origin: a backend of its asks for it
             header = StreamHeader(self.service, socket_origin(self.transport)).encode()
@@ -173,7 +179,7 @@ class ConsumerStream(Relay):
         self.send_held()
 
     def _choose(self) -> None:
-        catalog = self.connector.catalog
+        catalog = self.connector.catalog if self.connector is not None else None
         if catalog is None:
             return
         chosen = choose_service(catalog, (self.service, *self.alternatives))
@@ -185,7 +191,7 @@ class ConsumerStream(Relay):
     def _refuse_missing(self) -> None:
         """The server's catalog lacks the service: reset the consumer now, since asking the
         server would only bring back its refusal one round trip later."""
-        catalog = self.connector.catalog or ()
+        catalog = (self.connector.catalog if self.connector is not None else None) or ()
         throttled.warning(
             f"missing:{self.label}",
             "connection to %r refused: the server does not offer it (offered: %s)",
@@ -318,7 +324,7 @@ class Listeners:
 
     def __init__(
         self,
-        connector: Connector | TunnelListener,
+        connector: Router | TunnelListener,
         specs: tuple[ExposeSpec, ...],
         bind: str,
         pool: WorkerPool | None = None,
@@ -363,7 +369,7 @@ class Listeners:
     def _admitted(self, key: tuple[str, int, str]) -> asyncio.BaseProtocol:
         service, *others = self._refs.get(key, (key[2],))
         alternatives = tuple(others)
-        connector: Connector | HostLink
+        connector: Router | HostLink
         label = service
         if isinstance(self.connector, TunnelListener):
             connector, service = self.connector.route(service)  # a host's, by its name

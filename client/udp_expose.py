@@ -18,9 +18,10 @@ import logging
 from dataclasses import dataclass
 from typing import Any, cast
 
-from client.connector import Connector, find_service
+from client.connector import find_service
 from client.hosts import HostLink, split_service
 from client.listeners import choose_service, other_transport
+from client.sessions import Router
 from client.tunnel_listener import TunnelListener
 from tunnel.aio.flowstream import FlowStream
 from tunnel.aio.transport import TunnelConnection
@@ -113,7 +114,7 @@ class UdpExpose(asyncio.DatagramProtocol):
 
     def __init__(
         self,
-        connector: Connector | TunnelListener,
+        connector: Router | TunnelListener,
         refs: tuple[str, ...],
         max_flows: int,
         idle_timeout: float,
@@ -146,7 +147,7 @@ class UdpExpose(asyncio.DatagramProtocol):
         pass  # an ICMP error about a consumer that went away: its flow will go idle
 
     def _new_flow(self, addr: Source, data: bytes, now: float) -> None:
-        connector: Connector | HostLink
+        connector: Router | HostLink
         refs = self.refs
         if isinstance(self.connector, TunnelListener):
             # A listening client's flow goes to the host its service names (HOST/SERVICE),
@@ -246,7 +247,7 @@ class UdpExposes:
 
     def __init__(
         self,
-        connector: Connector | TunnelListener,
+        connector: Router | TunnelListener,
         specs: tuple[ExposeSpec, ...],
         bind: str,
         max_flows: int,

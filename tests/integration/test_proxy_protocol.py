@@ -114,6 +114,11 @@ def test_haproxy_in_front_with_send_proxy_v2_shows_the_real_client_and_allow_fro
 ) -> None:  # fmt: skip
     import logging
 
+    from server.connection import throttled
+
+    # The once-per-source-per-10-s memory is process-wide: another test may have refused
+    # 127.0.0.1 a moment ago, and this one must see its own refusal logged.
+    throttled._keys.clear()
     front = pick_free_port()
 
     async def scenario() -> None:

@@ -187,9 +187,11 @@ def test_a_second_session_of_one_identity_replaces_the_first_and_a_fight_is_name
          "--listen 0.0.0.0:7700 without TLS would let anyone who reaches it offer services"),
         ("server", ["--link", "r=127.0.0.1:1", "--connect", "192.0.2.1:7700"],
          "--connect 192.0.2.1:7700 without TLS would offer this host's services"),
+        ("client", ["--listen", "127.0.0.1:1", "--sessions", "all"],
+         "with --listen the servers dial in, each its own session already: drop --sessions all"),
     ],
     ids=["listen-and-remote", "connect-and-listen", "client-plaintext", "server-plaintext",
-         ],
+         "listen-and-sessions-all"],
 )  # fmt: skip
 def test_bad_reverse_configurations_are_one_line_naming_the_fix(
     role: str, args: list[str], line: str

@@ -314,7 +314,8 @@ ROLE_ONLY_VARIABLES = {
         for name in ("BACKOFF_MAX", "BACKOFF_MIN", "BIND", "CONNECT_TIMEOUT", "EXPOSE",
                      "EXPOSE_ALLOW", "EXPOSE_SOCKET_MODE", "EXPOSE_SOCKET_OWNER",
                      "LINK_WAIT_TIMEOUT", "PIN", "PROXY", "PROXY_CREDENTIALS_FILE",
-                     "PROXY_FROM_ENV", "REMOTE", "TLS", "UDP_IDLE_TIMEOUT", "UDP_MAX_FLOWS")
+                     "PROXY_FROM_ENV", "REMOTE", "SESSIONS", "SPREAD", "TLS", "UDP_IDLE_TIMEOUT",
+                     "UDP_MAX_FLOWS")
     ),
 }  # fmt: skip
 # What a container linked as "ambassador" (Docker links) or a Kubernetes Service called

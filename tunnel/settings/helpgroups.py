@@ -49,6 +49,8 @@ OPTION_GROUPS: Mapping[str, str] = {
     "websocket_path": TUNNEL,
     "reuse_port": TUNNEL,
     "probe_after": TUNNEL,
+    "sessions": TUNNEL,
+    "spread": TUNNEL,
     "workers": TUNNEL,
     "drain_timeout": TUNNEL,
     # what is offered or exposed, and where

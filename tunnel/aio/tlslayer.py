@@ -19,12 +19,14 @@ import ssl
 from collections.abc import Callable
 from typing import Any, cast
 
+from tunnel.aio.layer import Layer
+
 READ_SIZE = 256 * 1024  # the most one read of the socket takes
 FIRST_SIZE = 4 * 1024  # until the handshake is done: a ClientHello fits, a silent peer costs little
 _EMPTY = memoryview(b"")
 
 
-class TlsLayer(asyncio.BufferedProtocol):
+class TlsLayer(Layer):
     """One TLS connection; ``inner`` starts once the handshake is complete."""
 
     def __init__(
@@ -46,7 +48,7 @@ class TlsLayer(asyncio.BufferedProtocol):
         self._on_handshake = on_handshake
         self._on_connect = on_connect  # False from it: refused, before any handshake
         self.handshake_done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.transport: asyncio.Transport | None = None
+        self.transport = None
         self._established = False
         self._closing = False
         self._inner_lost = False
@@ -170,33 +172,7 @@ class TlsLayer(asyncio.BufferedProtocol):
             return self.ssl_object.getpeercert()
         if name == "cipher":
             return self.ssl_object.cipher()
-        if self.transport is None:
-            return default
-        return self.transport.get_extra_info(name, default)
-
-    def pause_reading(self) -> None:
-        if self.transport is not None:
-            self.transport.pause_reading()
-
-    def resume_reading(self) -> None:
-        if self.transport is not None:
-            self.transport.resume_reading()
-
-    def is_reading(self) -> bool:
-        return self.transport is not None and self.transport.is_reading()
-
-    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        if self.transport is not None:
-            self.transport.set_write_buffer_limits(high, low)
-
-    def get_write_buffer_size(self) -> int:
-        return self.transport.get_write_buffer_size() if self.transport is not None else 0
-
-    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
-        self.inner = cast(asyncio.BufferedProtocol, protocol)
-
-    def get_protocol(self) -> asyncio.BaseProtocol:
-        return self.inner
+        return super().get_extra_info(name, default)
 
     # ------------------------------------------------------------- internals
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import Any, cast
+from typing import cast
 
 from websockets.client import ClientProtocol
 from websockets.exceptions import (
@@ -37,6 +37,7 @@ from websockets.server import ServerProtocol
 from websockets.typing import Subprotocol
 from websockets.uri import parse_uri
 
+from tunnel.aio.layer import Layer
 from tunnel.protocol.peertext import quoted, shown
 from tunnel.protocol.websocket import (
     MAX_MESSAGE,
@@ -66,7 +67,7 @@ class WebSocketError(ConnectionError):
     """The WebSocket connection failed or was closed; the text says why in one clause."""
 
 
-class WebSocketLayer(asyncio.BufferedProtocol):
+class WebSocketLayer(Layer):
     """One WebSocket connection; ``inner`` starts once the upgrade is complete.
 
     Made with :meth:`client` or :meth:`server`. ``handshake_done`` resolves when the upgrade
@@ -92,7 +93,7 @@ class WebSocketLayer(asyncio.BufferedProtocol):
         self._on_refused = on_refused
         self._on_upgraded = on_upgraded  # the server's: told when the upgrade is complete
         self.handshake_done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.transport: asyncio.Transport | None = None
+        self.transport = None
         self._timer: asyncio.TimerHandle | None = None
         self._established = False
         self._closing = False
@@ -220,35 +221,6 @@ class WebSocketLayer(asyncio.BufferedProtocol):
         self._closing = True
         if self.transport is not None:
             self.transport.abort()
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        if self.transport is None:
-            return default
-        return self.transport.get_extra_info(name, default)
-
-    def pause_reading(self) -> None:
-        if self.transport is not None:
-            self.transport.pause_reading()
-
-    def resume_reading(self) -> None:
-        if self.transport is not None:
-            self.transport.resume_reading()
-
-    def is_reading(self) -> bool:
-        return self.transport is not None and self.transport.is_reading()
-
-    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        if self.transport is not None:
-            self.transport.set_write_buffer_limits(high, low)
-
-    def get_write_buffer_size(self) -> int:
-        return self.transport.get_write_buffer_size() if self.transport is not None else 0
-
-    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
-        self.inner = cast(asyncio.BufferedProtocol, protocol)
-
-    def get_protocol(self) -> asyncio.BaseProtocol:
-        return self.inner
 
     # ------------------------------------------------------------- internals
 

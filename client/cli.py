@@ -24,7 +24,13 @@ from tunnel.operations.observe import print_status
 from tunnel.operations.runner import worker_processes
 from tunnel.operations.runtime import run, setup_logging
 from tunnel.protocol.flows import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_FLOWS
-from tunnel.security.allowlist import Allowlist, parse_expose_allow
+from tunnel.security.allowlist import (
+    LOOPBACK,
+    Allowlist,
+    parse_expose_allow,
+    parse_networks,
+    proxy_header_sources,
+)
 from tunnel.security.auth import is_loopback, load_tokens, token_names
 from tunnel.security.binding import UNBOUND
 from tunnel.security.certs import parse_pin
@@ -32,6 +38,7 @@ from tunnel.security.proxycreds import load_proxy_credentials
 from tunnel.security.tls import ClientTls, ServerTls, bound_server_context, client_context
 from tunnel.settings.cli import (
     AutoWorkers,
+    accept_proxy_options,
     begin,
     config_option,
     effective_name,
@@ -111,6 +118,15 @@ class SessionCount(click.Choice[str]):
     envvar="AMBASSADOR_INSECURE_PLAINTEXT",
     help="Allow --listen without TLS on an address beyond this machine.",
 )
+@click.option(
+    "--allow-from",
+    multiple=True,
+    envvar="AMBASSADOR_ALLOW_FROM",
+    metavar="CIDR",
+    help="With --listen: only these source addresses may dial in (10.0.0.0/8, 2001:db8::/32, "
+    "192.0.2.7; commas or repeats for more); others are closed at once. Default: any.",
+)
+@accept_proxy_options("With --listen: ", "server")
 @setting(
     "--handshake-timeout",
     click.FloatRange(0.1),
@@ -347,6 +363,13 @@ def build_config(params: dict[str, Any], environ: Mapping[str, str]) -> ClientCo
         context = client_context(tls) if tls is not None else None
     return ClientConfig(
         listen=listen,
+        allow_from=parse_networks(params["allow_from"], "--allow-from"),
+        accept_proxy_protocol=params["accept_proxy_protocol"],
+        accept_proxy_from=LOOPBACK
+        if listen is None
+        else proxy_header_sources(
+            params["accept_proxy_from"], params["accept_proxy_protocol"], listen
+        ),
         tokens=tokens,
         listen_context=listen_context,
         listen_binding=binding,
@@ -410,7 +433,7 @@ def effective_settings(
         text = f"{variable}={os.environ[variable]}"
         items.setdefault(seed.expose, Item(text, f"link variable {variable}"))
     settings = [Setting("expose", list(items.values()), source)]
-    if not params["remote"]:
+    if not params["remote"] and config.listen is None:  # a listening client dials nothing
         named_by = "expose" if seed_host else f"link variable {variables[0][0]}"
         remotes = [str(remote) for remote in config.remotes]
         settings.append(Setting("remote", remotes, f"the host {named_by} names"))
@@ -434,10 +457,19 @@ def client_proxy(params: dict[str, Any], environ: Mapping[str, str]) -> ProxyRou
     return proxy_route(params["proxy"], params["proxy_from_env"], environ, credentials)
 
 
+# What shapes the tunnel listener of a client with --listen, and means nothing without one.
+LISTENER_FLAGS = ("insecure_plaintext", "allow_from", "accept_proxy_protocol", "accept_proxy_from")
+
+
 def listen_address(params: dict[str, Any]) -> Address | None:
     if params["listen"] is None:
-        if params["insecure_plaintext"]:
-            raise ConfigError("--insecure-plaintext applies to --listen")
+        for flag in LISTENER_FLAGS:
+            if params[flag]:
+                raise ConfigError(
+                    f"--{flag.replace('_', '-')} applies to --listen (the servers that dial "
+                    "this client); a client that dials a --remote has no tunnel listener: add "
+                    "--listen or drop it"
+                )
         return None
     try:
         return parse_address(params["listen"], default_port=DEFAULT_TUNNEL_PORT)

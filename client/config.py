@@ -9,7 +9,7 @@ from dataclasses import dataclass, field, replace
 from tunnel.operations.admission import AdmissionLimits
 from tunnel.protocol.flows import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_FLOWS
 from tunnel.protocol.limits import Limits
-from tunnel.security.allowlist import Allowlist
+from tunnel.security.allowlist import LOOPBACK, Allowlist
 from tunnel.security.binding import UNBOUND
 from tunnel.security.tls import ClientTls, ServerTls, bound_server_context, client_context
 from tunnel.settings.links import Address, ExposeSpec
@@ -58,6 +58,11 @@ class ClientConfig:
     listen: Address | None = None
     tokens: Mapping[str, bytes] | None = field(default=None, compare=False, repr=False)
     admission: AdmissionLimits = field(default_factory=AdmissionLimits)
+    allow_from: Allowlist = field(default_factory=Allowlist)  # who may dial in; empty: anyone
+    # A PROXY header in front of each dialed connection (a load balancer before --listen),
+    # and who may send one.
+    accept_proxy_protocol: bool = False
+    accept_proxy_from: Allowlist = LOOPBACK
     listen_context: ssl.SSLContext | None = field(default=None, compare=False, repr=False)
     listen_binding: bytes = field(default=UNBOUND, compare=False, repr=False)
 

@@ -11,7 +11,8 @@ holds in its challenge.
 The port is open to the network, so a connection is a stranger until its handshake ends, and
 strangers are bounded as on the server (:mod:`tunnel.operations.admission`): in all, per source
 address, and in time (``--handshake-timeout`` for TLS and the hello together), with their log
-lines within one budget.
+lines within one budget. Before any of that, ``--allow-from`` may refuse the source outright,
+as on the server (:mod:`tunnel.aio.allowfrom`).
 """
 
 from __future__ import annotations
@@ -28,12 +29,15 @@ from client.config import ClientConfig
 from client.connector import ConnectFailed, ControlClient
 from client.hosts import HostLink, combined_catalog, split_service
 from tunnel import __version__
+from tunnel.aio.allowfrom import refuse_unlisted
+from tunnel.aio.proxyaccept import Pending, ProxyAccept, reporter
 from tunnel.aio.tlslayer import TlsLayer
 from tunnel.aio.transport import StreamHandler, TunnelConnection, clock, format_peer
 from tunnel.errors import ConfigError
 from tunnel.operations import metrics
 from tunnel.operations.admission import Admission, StrangerGate
 from tunnel.operations.loglimit import LogBudget
+from tunnel.operations.logonce import Throttled
 from tunnel.operations.oserrors import listen_error
 from tunnel.protocol.handshake import ClientHandshake, Failed, TokenProofs, Welcomed
 from tunnel.protocol.messages import Message, ServiceInfo, encode_message
@@ -46,6 +50,8 @@ from tunnel.security.tlserrors import describe_tls_error
 log = logging.getLogger("ambassador.client")
 # Every line a stranger on the tunnel port can cause comes out of this budget, as on the server.
 stranger_log = LogBudget(log)
+# A source --allow-from refuses: one line per source per interval.
+throttled = Throttled(log)
 
 
 def _named_proofs(
@@ -92,6 +98,9 @@ class DialedIn:
         peername = transport.get_extra_info("peername")
         self.tunnel.peer = format_peer(peername)
         config = self.listener.config
+        if refuse_unlisted(self.tunnel, transport, config.allow_from, throttled, role="client",
+                           plaintext=config.listen_context is None):  # fmt: skip
+            return False
         refused = self.gate.admit(peername, config.admission)
         if refused is not None:
             self.tunnel.close(refused)
@@ -190,6 +199,9 @@ class TunnelListener:
         self.config = config
         self.on_catalog = on_catalog
         self.admission = Admission()
+        # Connections still to send their PROXY header, bounded like those yet to say hello.
+        self._awaiting_header = Pending(config.admission.unauthenticated)
+        self._refused_early = reporter(stranger_log, throttled)
         self.hosts: dict[str, HostLink] = {}
         self.catalog: tuple[ServiceInfo, ...] | None = None
         self.identity = ""  # what Listeners names in its warnings: no one identity here
@@ -233,13 +245,26 @@ class TunnelListener:
         )
         return HostLink("", self.config, why), name
 
+    def _new_connection(self) -> asyncio.BaseProtocol:
+        """An accepted connection's protocol: its PROXY header first (read with
+        --accept-proxy-protocol, refused without), then TLS and the handshake."""
+        config = self.config
+        return ProxyAccept(
+            lambda: DialedIn(self).protocol,
+            accept=config.accept_proxy_protocol,
+            trusted=config.accept_proxy_from,
+            timeout=config.handshake_timeout,
+            refuse=self._refused_early,
+            pending=self._awaiting_header,
+        )
+
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         listen = self.config.listen
         assert listen is not None
         try:
             self._server = await loop.create_server(
-                lambda: DialedIn(self).protocol, listen.host, listen.port,
+                self._new_connection, listen.host, listen.port,
                 reuse_address=True, backlog=1024,
             )  # fmt: skip
         except OSError as exc:

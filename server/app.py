@@ -14,19 +14,18 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
-from server.admission import DESCRIPTOR_RESERVE, Admission, address_key, stranger_log
+from server.admission import DESCRIPTOR_RESERVE, Admission, stranger_log
 from server.config import ServerConfig, with_credentials
 from server.connection import ServerConnection, throttled
 from server.dialer import Dialer
 from server.pool import Pools
 from server.reauth import AdmissionPolicy
 from server.tls_accept import accept_tls
-from tunnel.aio.proxyaccept import Pending, ProxyAccept
-from tunnel.aio.transport import format_peer
+from tunnel.aio.proxyaccept import Pending, ProxyAccept, reporter
 from tunnel.aio.wslayer import WebSocketLayer
 from tunnel.errors import ConfigError, Reason
 from tunnel.operations import metrics
-from tunnel.operations.metrics import CONNECTIONS_REJECTED, LIMIT_HITS
+from tunnel.operations.metrics import LIMIT_HITS
 from tunnel.operations.observe import service_stats
 from tunnel.operations.oserrors import listen_error
 from tunnel.operations.runner import Reload
@@ -64,6 +63,7 @@ class Server:
         self._started = time.monotonic()
         # Connections still to send their PROXY header, bounded like those yet to say hello.
         self._awaiting_header = Pending(config.admission.unauthenticated)
+        self._refused_early = reporter(stranger_log, throttled)
         self.pool = pool  # helper processes, in the main one of several
         self.pools = Pools()  # the pooled services' targets, checks and resolvers
         self.pools.reconfigure(config.catalog, config.pooling, config.resolve_interval)
@@ -160,20 +160,9 @@ class Server:
             accept=config.accept_proxy_protocol,
             trusted=config.accept_proxy_from,
             timeout=config.handshake_timeout,
-            refuse=self._refused_early,
+            refuse=self._refused_early,  # made once: a connection's first step is hot
             pending=self._awaiting_header,
         )
-
-    def _refused_early(self, peername: object, reason: str, text: str) -> None:
-        """A connection closed before its session began: one line (within the strangers'
-        budget; a source claiming addresses it may not, once per interval) and a count by
-        reason."""
-        CONNECTIONS_REJECTED.labels(reason).inc()
-        if reason == "proxy_header_untrusted":
-            key = f"{reason}:{address_key(peername)}"
-            throttled.warning(key, "refused connection from %s: %s", format_peer(peername), text)
-            return
-        stranger_log.warning("refused connection from %s: %s", format_peer(peername), text)
 
     def _session_protocol(self) -> asyncio.BaseProtocol:
         config = self.config  # the context and its binding taken together, as one

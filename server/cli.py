@@ -25,12 +25,13 @@ from tunnel.operations.observe import print_status
 from tunnel.operations.runner import Reload, worker_processes
 from tunnel.operations.runtime import run, setup_logging
 from tunnel.security.access import parse_access, unmatched
-from tunnel.security.allowlist import LOOPBACK, Allowlist, parse_networks
+from tunnel.security.allowlist import Allowlist, parse_networks, proxy_header_sources
 from tunnel.security.auth import is_loopback, load_tokens
 from tunnel.security.binding import UNBOUND
 from tunnel.security.tls import ClientTls, ServerTls, bound_server_context, client_context
 from tunnel.settings.cli import (
     AutoWorkers,
+    accept_proxy_options,
     begin,
     config_option,
     effective_name,
@@ -163,24 +164,7 @@ PROG = "ambassador-server"
     help="Bind the tunnel port with SO_REUSEPORT, so that a new server process (same user) can "
     "listen beside this one during an upgrade; then SIGTERM this one to drain it.",
 )
-@click.option(
-    "--accept-proxy-protocol",
-    is_flag=True,
-    default=False,
-    envvar="AMBASSADOR_ACCEPT_PROXY_PROTOCOL",
-    help="Read a PROXY protocol header (v1 or v2, from a load balancer in front) at the start "
-    "of each tunnel connection, so that logs, limits and --allow-from see the real client. "
-    "Without it, a connection that sends one is refused.",
-)
-@click.option(
-    "--accept-proxy-from",
-    multiple=True,
-    envvar="AMBASSADOR_ACCEPT_PROXY_FROM",
-    metavar="CIDR",
-    help="With --accept-proxy-protocol, only these addresses (the load balancers') may send a "
-    "PROXY header; one from elsewhere is refused. Default: loopback only, and required when "
-    "--listen is beyond loopback.",
-)
+@accept_proxy_options("", "client")
 @click.option(
     "--proxy-protocol",
     multiple=True,
@@ -383,23 +367,9 @@ def websocket_path(text: str | None) -> str | None:
 
 
 def accept_proxy_from(params: Mapping[str, Any], listen: Address) -> Allowlist:
-    """Who may send a PROXY header: --accept-proxy-from, else loopback alone, which is only
-    a safe guess on a loopback listener; beyond it the balancers must be named."""
-    texts = params["accept_proxy_from"]
-    if texts and not params["accept_proxy_protocol"]:
-        raise ConfigError(
-            "--accept-proxy-from applies only with --accept-proxy-protocol; add it, or drop "
-            "--accept-proxy-from"
-        )
-    if texts:
-        return parse_networks(texts, "--accept-proxy-from")
-    if params["accept_proxy_protocol"] and not is_loopback(listen.host):
-        raise ConfigError(
-            f"--accept-proxy-protocol on {listen}, beyond loopback, needs --accept-proxy-from "
-            "CIDR naming the load balancers' addresses (only they may send a PROXY header; "
-            "without it only loopback may)"
-        )
-    return LOOPBACK
+    return proxy_header_sources(
+        params["accept_proxy_from"], params["accept_proxy_protocol"], listen
+    )
 
 
 def effective_settings(

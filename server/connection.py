@@ -28,13 +28,8 @@ from server.admission import DESCRIPTOR_RESERVE, Admission, address_key, strange
 from server.backend import BackendStream
 from server.config import ServerConfig
 from server.pool import Pools
-from tunnel.aio.transport import (
-    StreamHandler,
-    TunnelConnection,
-    clock,
-    format_peer,
-    linger_and_close,
-)
+from tunnel.aio.allowfrom import refuse_unlisted
+from tunnel.aio.transport import StreamHandler, TunnelConnection, clock, format_peer
 from tunnel.aio.wslayer import WebSocketLayer
 from tunnel.errors import Reason, RemoteProtocolError
 from tunnel.operations import metrics
@@ -45,9 +40,9 @@ from tunnel.protocol.handshake import (
     Refused,
     ServerHandshake,
     TokenAttempt,
+    TurnedAway,
     Violation,
     Welcomed,
-    refusal_before_hello,
 )
 from tunnel.protocol.messages import (
     EXTENDED_HEADER_VERSION,
@@ -146,6 +141,8 @@ class ServerConnection:
         self._early_streams = 0  # streams opened before the hello was answered (all reset)
         self.handshake: ServerHandshake | None = None  # made when the control stream opens
         self.refused = False  # the hello was refused (and logged as such)
+        # Dialed: the listening client refused this server before any hello, and why.
+        self.turned_away: TurnedAway | None = None
         self.closing = False  # close_with was called: said once, counted once
         self.broken = False  # the peer broke the protocol: nothing more it says is heard
         self.tls_done = False  # a TLS handshake completed on this connection
@@ -217,30 +214,9 @@ class ServerConnection:
         when a bound is reached."""
         peername = transport.get_extra_info("peername")
         key = address_key(peername)
-        allow_from = self.config.allow_from
-        if not allow_from.allows(peername):
+        if refuse_unlisted(self.tunnel, transport, self.config.allow_from, throttled,
+                           role="server", plaintext=not self._tls):  # fmt: skip
             self.refused = True
-            metrics.CONNECTIONS_REJECTED.labels("allow_from").inc()
-            throttled.warning(
-                f"allow_from:{key}",
-                "refused connection from %s: not in --allow-from (%s); add its address there "
-                "if it should connect",
-                format_peer(peername), allow_from,
-            )  # fmt: skip
-            if not self._tls:
-                # Said to the client, so that it tells its consumers at once rather than
-                # holding them for a tunnel that will never come (the list stays unsaid).
-                host = peername[0] if isinstance(peername, tuple) and peername else "?"
-                text = (
-                    f"this server takes tunnel connections only from the addresses its "
-                    f"--allow-from lists, and it sees this client as {host}"
-                )
-                # Written at once, then the peer's own first bytes (its hello) are read and
-                # dropped: closing on them unread would reset the connection, and the client
-                # would lose the refusal.
-                linger_and_close(transport, refusal_before_hello(Reason.NOT_ALLOWED, text))
-                self.tunnel.lingering = True
-            self.tunnel.close("allow_from")
             return False
         admission = self.config.admission
         bound = self.host.admission.admit(key, admission)
@@ -449,6 +425,11 @@ class ServerConnection:
             self._refusing(event)
         elif isinstance(event, Welcomed):
             self._welcomed(event)
+        elif isinstance(event, TurnedAway):
+            # Said by the dialer, once per target and reason (server/dialer.py).
+            self.turned_away = event
+            self.refused = True
+            self.tunnel.close("refused by the client")
         for answer in step.send:
             self._send(answer)
         if isinstance(event, Refused):  # after the Refusal: the Go Away follows it

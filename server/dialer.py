@@ -26,6 +26,7 @@ from server.connection import ServerConnection
 from tunnel.aio.tlslayer import TlsLayer
 from tunnel.operations import metrics
 from tunnel.operations.oserrors import connect_error
+from tunnel.protocol.peertext import shown
 from tunnel.security.binding import server_end_point
 from tunnel.security.tls import peer_certificate, peer_common_name
 from tunnel.security.tlserrors import describe_tls_error
@@ -147,6 +148,12 @@ class Dialer:
         closed = connection.tunnel.closed
         done, _ = await asyncio.wait((connection.up, closed), return_when=asyncio.FIRST_COMPLETED)
         if connection.up not in done:
+            turned_away = connection.turned_away
+            if turned_away is not None:
+                raise DialFailed(
+                    f"{target} refused this server: {shown(turned_away.text)}",
+                    turned_away.reason.label,
+                )
             raise DialFailed(
                 f"{target} ended the session during the hello ({closed.result()}); is it an "
                 "ambassador-client --listen?",

@@ -16,8 +16,10 @@ that client and redis-cli are subprocesses stopped by their pids.
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import socket
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -28,7 +30,15 @@ from server.app import Server
 from server.config import ServerConfig
 from tests.conftest import pick_free_port, wait_until_accepting
 from tests.environment import missing
-from tests.integration.support import Processes, Started, ambassador, redis_cli, require_programs
+from tests.integration.support import (
+    Processes,
+    Redis,
+    Started,
+    ambassador,
+    redis_cli,
+    require_programs,
+)
+from tests.integration.test_reverse import rejected, start_dialing_server, start_listening_client
 from tunnel.operations.metrics import CONNECTIONS_REJECTED
 from tunnel.security.allowlist import parse_networks
 from tunnel.settings.links import Address, Catalog, ExposeSpec, parse_link
@@ -177,3 +187,42 @@ async def refused_client_refuses_its_consumer_at_once(processes: Processes, fron
     assert "its --allow-from lists, and it sees this client as 127.0.0.1" in said.group(0)
     said = await asyncio.to_thread(client.wait_for_stderr, r"connection to 'svc' refused.*", 5)
     assert "the tunnel is not up because" in said.group(0)
+
+
+@pytest.mark.parametrize("send", ["send-proxy-v2", "send-proxy"])
+@pytest.mark.parametrize(("allow", "admitted"), [("127.0.0.1", True), ("127.0.0.3", False)])
+def test_haproxy_in_front_of_a_listening_client_names_the_real_dialing_server(
+    processes: Processes, redis_server: Redis, tmp_path: Path, send: str, allow: str,
+    admitted: bool,
+) -> None:  # fmt: skip
+    """Reverse mode behind a balancer: haproxy forwards the dialing server's connection to
+    the client's --listen from 127.0.0.3, and says in its PROXY header that it came from
+    127.0.0.1. The client names 127.0.0.1 in its log and status, and its --allow-from judges
+    that address, never haproxy's: listing the balancer's own address admits nobody."""
+    front, listen, local, metrics_port = (pick_free_port() for _ in range(4))
+    client = start_listening_client(
+        processes, listen, "--accept-proxy-protocol", f"--allow-from={allow}",
+        f"--expose=127.0.0.1:{local}=redis", f"--metrics-listen=127.0.0.1:{metrics_port}",
+    )  # fmt: skip
+    haproxy(
+        processes, tmp_path, f"bind 127.0.0.1:{front}",
+        f"server s1 127.0.0.1:{listen} {send} source 127.0.0.3",
+    )  # fmt: skip
+    wait_until_accepting("127.0.0.1", front)
+    server = start_dialing_server(processes, redis_server, f"--connect=127.0.0.1:{front}")
+    if admitted:
+        client.wait_for_stderr(r"tunnel up from 127\.0\.0\.1:\d+ as host 'anonymous'")
+        assert redis_cli(local, "PING") == "PONG"
+        url = f"http://127.0.0.1:{metrics_port}/status"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            status = json.load(response)
+        peers = [row["peer"] for row in status["remotes"]]
+        assert peers and all(peer.startswith("127.0.0.1:") for peer in peers), peers
+        assert "127.0.0.3" not in client.stderr()
+        return
+    client.wait_for_stderr(
+        r"refused connection from 127\.0\.0\.1:\d+: not in --allow-from \(127\.0\.0\.3/32\)"
+    )
+    server.wait_for_stderr(r"refused this server: .* sees this server as 127\.0\.0\.1; retrying")
+    assert rejected(metrics_port).get("allow_from", 0) >= 1
+    assert "tunnel up" not in client.stderr()

@@ -189,9 +189,19 @@ def test_a_second_session_of_one_identity_replaces_the_first_and_a_fight_is_name
          "--connect 192.0.2.1:7700 without TLS would offer this host's services"),
         ("client", ["--listen", "127.0.0.1:1", "--sessions", "all"],
          "with --listen the servers dial in, each its own session already: drop --sessions all"),
+        ("client", ["--remote", "127.0.0.1:1", "--allow-from", "10.0.0.0/8"],
+         "--allow-from applies to --listen (the servers that dial this client); a client that "
+         "dials a --remote has no tunnel listener: add --listen or drop it"),
+        ("client", ["--listen", "0.0.0.0:7700", "--insecure-plaintext",
+                    "--accept-proxy-protocol"],
+         "--accept-proxy-protocol on 0.0.0.0:7700, beyond loopback, needs --accept-proxy-from "
+         "CIDR naming the load balancers' addresses"),
+        ("client", ["--remote", "127.0.0.1:1", "--accept-proxy-protocol"],
+         "--accept-proxy-protocol applies to --listen"),
     ],
     ids=["listen-and-remote", "connect-and-listen", "client-plaintext", "server-plaintext",
-         "listen-and-sessions-all"],
+         "listen-and-sessions-all", "allow-from-without-listen", "proxy-beyond-loopback",
+         "proxy-without-listen"],
 )  # fmt: skip
 def test_bad_reverse_configurations_are_one_line_naming_the_fix(
     role: str, args: list[str], line: str
@@ -258,3 +268,42 @@ def test_the_listening_client_bounds_connections_that_have_not_said_hello(
         )
     finally:
         attack.close_all([*from_one, *other])
+
+
+@pytest.mark.parametrize(("allow", "admitted"), [("127.0.0.1", True), ("10.0.0.0/8", False)])
+def test_allow_from_on_the_listening_client_admits_or_turns_away_the_dialing_server(
+    processes: Processes, redis_server: Redis, free_port: FreePort, allow: str, admitted: bool
+) -> None:
+    """--allow-from holds on the client's --listen as on a server's: a dialing server from a
+    listed address gets its session (redis-cli through the pair); one from elsewhere is closed
+    at once, counted, logged once, and told why, which it says once and keeps retrying."""
+    listen, local, metrics_port = free_port(), free_port(), free_port()
+    client = start_listening_client(
+        processes, listen, f"--allow-from={allow}", f"--expose=127.0.0.1:{local}=redis",
+        f"--metrics-listen=127.0.0.1:{metrics_port}",
+    )  # fmt: skip
+    server = start_dialing_server(processes, redis_server, f"--connect=127.0.0.1:{listen}")
+    if admitted:
+        client.wait_for_stderr(r"tunnel up from 127\.0\.0\.1:\d+ as host 'anonymous'")
+        assert redis_cli(local, "SET", "k", "allowed") == "OK"
+        assert redis_cli(local, "GET", "k") == "allowed"
+        assert "allow_from" not in rejected(metrics_port)
+        return
+    client.wait_for_stderr(
+        r"refused connection from 127\.0\.0\.1:\d+: not in --allow-from \(10\.0\.0\.0/8\); "
+        r"add its address there if it should connect"
+    )
+    server.wait_for_stderr(
+        rf"127\.0\.0\.1:{listen} refused this server: this client takes tunnel connections "
+        r"only from the addresses its --allow-from lists, and it sees this server as "
+        r"127\.0\.0\.1; retrying"
+    )
+    deadline = time.monotonic() + 10
+    while rejected(metrics_port).get("allow_from", 0) < 3 and time.monotonic() < deadline:
+        time.sleep(0.2)  # the server retries, with its backoff
+    assert rejected(metrics_port).get("allow_from", 0) >= 3
+    assert server.popen.poll() is None, "the refused server keeps running"
+    assert server.stderr().count("refused this server") == 1, "one line per target and reason"
+    assert client.stderr().count("not in --allow-from") == 1, "one line per source per 10 s"
+    assert "Traceback" not in server.stderr() + client.stderr()
+    assert "tunnel up" not in client.stderr()

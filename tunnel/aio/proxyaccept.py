@@ -28,6 +28,11 @@ import asyncio
 from collections.abc import Callable
 from typing import Any, cast
 
+from tunnel.aio.transport import format_peer
+from tunnel.operations.admission import address_key
+from tunnel.operations.loglimit import LogBudget
+from tunnel.operations.logonce import Throttled
+from tunnel.operations.metrics import CONNECTIONS_REJECTED
 from tunnel.protocol.origin import Family, Origin
 from tunnel.protocol.proxyheader import ProxyHeaderError, ProxyHeaderParser, starts_like_proxy
 from tunnel.security.allowlist import Allowlist
@@ -38,6 +43,22 @@ _FIX = "the load balancer in front must send PROXY v1 or v2 (haproxy: send-proxy
 # How a refusal is reported: (the connection's peer as its socket names it, a reason label for
 # the metrics, one line saying what happened and what to do).
 Refuse = Callable[[object, str, str], None]
+
+
+def reporter(budget: LogBudget, throttled: Throttled) -> Refuse:
+    """How a listening role (either) reports a connection refused here: counted by reason,
+    and one line, within the strangers' ``budget``; a source claiming addresses it may not,
+    once per source per interval (``throttled``)."""
+
+    def refuse(peername: object, reason: str, text: str) -> None:
+        CONNECTIONS_REJECTED.labels(reason).inc()
+        if reason == "proxy_header_untrusted":
+            key = f"{reason}:{address_key(peername)}"
+            throttled.warning(key, "refused connection from %s: %s", format_peer(peername), text)
+            return
+        budget.warning("refused connection from %s: %s", format_peer(peername), text)
+
+    return refuse
 
 
 class Pending:

@@ -8,6 +8,9 @@ The exchange on the control stream (``docs/protocol.md``)::
     server -> client   Welcome    version, identity, catalog (and the server's proof)
                     or Refusal    reason and text; a Go Away follows
 
+(and, where the server dialed, ``client -> server Refusal`` in place of the hello: the
+listening client refuses the server's source address; a Go Away follows)
+
 then, on the client, :class:`CatalogChanged` and :class:`GoingAway` notices.
 
 The roles are logical: the client is the side that opens streams for its consumers, the
@@ -90,6 +93,15 @@ class Refused:
 
 
 @dataclass(frozen=True, slots=True)
+class TurnedAway:
+    """Server that dialed: the listening client refused it before any hello (its source
+    address is not in the client's ``--allow-from``); a Go Away follows."""
+
+    reason: Reason
+    text: str  # the client's words: bound and escape them wherever they are shown
+
+
+@dataclass(frozen=True, slots=True)
 class Violation:
     """Server: the client broke the protocol; nothing is sent, the session must end."""
 
@@ -115,7 +127,7 @@ class Notice:
     message: CatalogChanged | GoingAway
 
 
-Event = Welcomed | Refused | Violation | Failed | Notice
+Event = Welcomed | Refused | TurnedAway | Violation | Failed | Notice
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,12 +238,16 @@ class ServerHandshake:
         return self.state is State.WELCOMED
 
     def receive(self, message: Message) -> Step:
-        if self.state is State.BROKEN:
-            return NOTHING
+        if self.state is State.BROKEN or (self.state is State.REFUSED and self.hello is None):
+            return NOTHING  # broken, or turned away: nothing more the peer says is heard
         if isinstance(message, Hello):
             if self.hello is not None:
                 return self._violation("second hello on the control stream")
             return self._on_hello(message)
+        if isinstance(message, Refusal) and self._dialed and self.hello is None:
+            # The listening client's first word, in place of its hello: it refuses this server.
+            self.state = State.REFUSED
+            return Step((), TurnedAway(message.reason, message.text))
         if isinstance(message, Auth) and self.state is not State.WELCOMED:
             if self.state is not State.CHALLENGED:
                 return self._violation("auth message without a challenge")
@@ -541,18 +557,27 @@ def _welcome_mismatch(listening: bool) -> str:
 CONTROL_STREAM = 1
 
 
-def refusal_before_hello(reason: Reason, text: str) -> bytes:
-    """Server: the whole answer to a connection refused before a byte of it is read (its
-    source address is not allowed): the client's control stream accepted, a Refusal on it,
-    then a Go Away. Every client opens its control stream first and sends the hello without
-    waiting, so it reads this as the answer to its hello, and can tell a refusal (the same
-    next time) from a connection that merely dropped. Costs the server one write."""
+def refusal_before_hello(reason: Reason, text: str, *, listening_client: bool = False) -> bytes:
+    """The whole answer to a connection refused before a byte of it is read (its source
+    address is not allowed), costing the listener one write.
+
+    Server: the client's control stream accepted, a Refusal on it, then a Go Away. Every
+    client opens its control stream first and sends the hello without waiting, so it reads
+    this as the answer to its hello, and can tell a refusal (the same next time) from a
+    connection that merely dropped.
+
+    ``listening_client``: a client with ``--listen`` refusing a server that dialed it. The
+    client opens the control stream (it always does), so it opens it here with the Refusal
+    in place of its hello, then a Go Away; the dialing server reads the Refusal as the
+    client's first word and gives up this attempt in words (:class:`TurnedAway`)."""
     message = encode_message(Refusal(reason, text))
-    return b"".join(
-        (
+    if listening_client:
+        opening = encode_header(FrameType.DATA, Flags.SYN, CONTROL_STREAM, len(message))
+        frames: tuple[bytes, ...] = (opening, message)
+    else:
+        frames = (
             encode_header(FrameType.WINDOW_UPDATE, Flags.ACK, CONTROL_STREAM, 0),
             encode_header(FrameType.DATA, Flags.NONE, CONTROL_STREAM, len(message)),
             message,
-            encode_header(FrameType.GO_AWAY, Flags.NONE, 0, GoAwayCode.NORMAL),
         )
-    )
+    return b"".join((*frames, encode_header(FrameType.GO_AWAY, Flags.NONE, 0, GoAwayCode.NORMAL)))

@@ -16,7 +16,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from tunnel.errors import ConfigError
-from tunnel.settings.links import ExposeSpec
+from tunnel.security.auth import is_loopback
+from tunnel.settings.links import Address, ExposeSpec
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 FORMS = "a CIDR such as 10.0.0.0/8, 2001:db8::/32, or one address such as 192.0.2.7 or ::1"
@@ -67,6 +68,28 @@ def parse_networks(texts: Iterable[str], option: str) -> Allowlist:
 
 # Who may send a PROXY header when --accept-proxy-from is not given: a balancer on this host.
 LOOPBACK = Allowlist((ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128")))
+
+
+def proxy_header_sources(texts: Iterable[str], accept: bool, listen: Address) -> Allowlist:
+    """Who may send a PROXY header to a tunnel listener on ``listen`` (either role's):
+    ``--accept-proxy-from``, else loopback alone, which is only a safe guess on a loopback
+    listener; beyond it the balancers must be named. ConfigError in one line otherwise."""
+    texts = list(texts)
+    if texts and not accept:
+        raise ConfigError(
+            "--accept-proxy-from applies only with --accept-proxy-protocol; add it, or drop "
+            "--accept-proxy-from"
+        )
+    if texts:
+        return parse_networks(texts, "--accept-proxy-from")
+    if accept and not is_loopback(listen.host):
+        raise ConfigError(
+            f"--accept-proxy-protocol on {listen}, beyond loopback, needs --accept-proxy-from "
+            "CIDR naming the load balancers' addresses (only they may send a PROXY header; "
+            "without it only loopback may)"
+        )
+    return LOOPBACK
+
 
 EVERY_EXPOSE = ""  # the key of a list given without SERVICE=: it applies to every exposed port
 

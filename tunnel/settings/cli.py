@@ -234,6 +234,34 @@ def proxy_options(f: F) -> F:
     )(f)
 
 
+def accept_proxy_options(applies: str, peer: str) -> Callable[[F], F]:
+    """--accept-proxy-protocol and --accept-proxy-from, for whichever role has a tunnel
+    listener: ``applies`` says when (``""``: always), ``peer`` names who connects to it."""
+
+    def decorate(f: F) -> F:
+        f = click.option(
+            "--accept-proxy-from",
+            multiple=True,
+            envvar="AMBASSADOR_ACCEPT_PROXY_FROM",
+            metavar="CIDR",
+            help="With --accept-proxy-protocol, only these addresses (the load balancers') may "
+            "send a PROXY header; one from elsewhere is refused. Default: loopback only, and "
+            "required when --listen is beyond loopback.",
+        )(f)
+        return click.option(
+            "--accept-proxy-protocol",
+            is_flag=True,
+            default=False,
+            envvar="AMBASSADOR_ACCEPT_PROXY_PROTOCOL",
+            help=f"{applies}Read a PROXY protocol header (v1 or v2, from a load balancer in "
+            f"front) at the start of each tunnel connection, so that logs, limits and "
+            f"--allow-from see the real {peer}. Without it, a connection that sends one is "
+            "refused.",
+        )(f)
+
+    return decorate
+
+
 def role_command(f: F) -> F:
     """A role's top command: the options both roles end with (limits, logging, metrics,
     --check-config, --version), around the command body that takes them all."""
@@ -302,7 +330,7 @@ OTHER_VARIABLES = frozenset(
 ROLE_ONLY_VARIABLES = {
     "ambassador-server": frozenset(
         f"AMBASSADOR_{name}"
-        for name in ("ACCEPT_PROXY_FROM", "ACCEPT_PROXY_PROTOCOL", "ACCESS", "ALLOW_FROM",
+        for name in ("ACCESS",
                      "CONNECT", "DIAL_TIMEOUT", "DRAIN_TIMEOUT", "FORWARD", "FORWARD_BIND",
                      "HEALTH_CHECK", "LINK", "LINKS_FROM_ENV_IN_POD", "MAX_PENDING_DIALS",
                      "MAX_STREAMS_PER_IDENTITY", "POOL_STRATEGY", "PROXY_PROTOCOL",

@@ -16,6 +16,7 @@ from tests.tunnel.protocol.test_handshake import (
     run,
 )
 from tunnel.errors import Reason
+from tunnel.protocol.events import DataReceived, GoAwayReceived, StreamOpened
 from tunnel.protocol.handshake import (
     ClientHandshake,
     Failed,
@@ -23,9 +24,20 @@ from tunnel.protocol.handshake import (
     ServerHandshake,
     TokenAttempt,
     TokenProofs,
+    TurnedAway,
     Welcomed,
+    refusal_before_hello,
 )
-from tunnel.protocol.messages import Challenge, Hello, Welcome, decode_message, encode_message
+from tunnel.protocol.messages import (
+    Challenge,
+    Hello,
+    MessageReader,
+    Refusal,
+    Welcome,
+    decode_message,
+    encode_message,
+)
+from tunnel.protocol.session import Role, Session
 from tunnel.security import auth
 
 SECRET = b"edge1-secret-edge1-secret"
@@ -160,3 +172,27 @@ def test_a_welcome_that_disagrees_about_who_dialed_fails_the_client() -> None:
     listening = listening_client()
     failed = listening.receive(Welcome(2, "x", CATALOG)).event
     assert isinstance(failed, Failed) and "did not dial" in failed.text
+
+
+def test_a_listening_clients_refusal_before_its_hello_turns_the_dialing_server_away() -> None:
+    """What a listening client writes to a server its --allow-from refuses, unread: the
+    server's own session opens the control stream, and its handshake reads the Refusal as
+    the client's first word, not as a message to ignore; a Go Away follows."""
+
+    wire = refusal_before_hello(Reason.NOT_ALLOWED, "not from here", listening_client=True)
+    events = Session(Role.SERVER).receive_data(wire, 0.0)
+    assert isinstance(events[0], StreamOpened) and events[0].stream_id == 1
+    assert isinstance(events[-1], GoAwayReceived)
+    data = b"".join(bytes(e.data) for e in events if isinstance(e, DataReceived))
+    (message,) = MessageReader().feed(data)
+    server = dialing_server()
+    step = server.receive(message)
+    assert step.send == ()
+    assert step.event == TurnedAway(Reason.NOT_ALLOWED, "not from here")
+    # Turned away: a hello that came after all is not heard.
+    hello = listening_client().hello
+    assert server.receive(hello).event is None
+
+
+def test_a_refusal_from_a_client_the_server_did_not_dial_is_ignored() -> None:
+    assert make_server().receive(Refusal(Reason.NOT_ALLOWED, "no")).event is None

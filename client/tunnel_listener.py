@@ -30,7 +30,7 @@ from client.connector import ConnectFailed, ControlClient
 from client.hosts import HostLink, combined_catalog, split_service
 from tunnel import __version__
 from tunnel.aio.allowfrom import refuse_unlisted
-from tunnel.aio.proxyaccept import Pending, ProxyAccept, reporter
+from tunnel.aio.proxyaccept import UNEXPECTED, UNEXPECTED_TEXT, Pending, ProxyAccept, reporter
 from tunnel.aio.tlslayer import TlsLayer
 from tunnel.aio.transport import StreamHandler, TunnelConnection, clock, format_peer
 from tunnel.errors import ConfigError
@@ -92,7 +92,12 @@ class DialedIn:
                 config.listen_context, self.tunnel, server_side=True,
                 on_handshake=self._tls_done, on_connect=self.admit,
             )  # fmt: skip
-        self.tunnel.closed.add_done_callback(lambda _: self.gate.release())
+        self.tunnel.closed.add_done_callback(self._closed)
+
+    def _closed(self, _: object) -> None:
+        self.gate.release()
+        if self.tunnel.session.proxy_header:  # it may end before the hello has even begun
+            self.listener.refused_early(self.tunnel.peer, UNEXPECTED, UNEXPECTED_TEXT)
 
     def admit(self, transport: asyncio.BaseTransport) -> bool:
         peername = transport.get_extra_info("peername")
@@ -123,7 +128,10 @@ class DialedIn:
 
     def _tls_done(self, layer: TlsLayer, exc: BaseException | None) -> None:
         if exc is not None:
-            if self.tunnel.is_open:
+            if self.tunnel.is_open and layer.proxy_header:
+                self.listener.refused_early(self.tunnel.peer, UNEXPECTED, UNEXPECTED_TEXT)
+                self.tunnel.close(UNEXPECTED)
+            elif self.tunnel.is_open:
                 why = describe_tls_error(exc, server_side=True)
                 if isinstance(exc, ConnectionError) and not isinstance(exc, ssl.SSLError):
                     why = "the peer closed the connection during the TLS handshake"
@@ -140,6 +148,8 @@ class DialedIn:
         self.listener.track(self.task)
 
     async def _hello(self, binding: bytes, bound: bool) -> None:
+        if not self.tunnel.is_open:
+            return  # ended in the loop turn it was admitted in, and said why as it closed
         config = self.listener.config
         tokens = dict(config.tokens or {})
         nonce = os.urandom(auth.NONCE_SIZE) if tokens else b""
@@ -160,14 +170,16 @@ class DialedIn:
             )
             if getting not in done:
                 getting.cancel()
-                if self.gate.counted:  # else refused or timed out, and said so
+                # Else refused, timed out or a PROXY header, and said so.
+                if self.gate.counted and not self.tunnel.session.proxy_header:
                     self.gate.say("connection from %s ended during the hello: %s",
                                   self.tunnel.peer, self.tunnel.closed.result())  # fmt: skip
                 return
             item = getting.result()
             if isinstance(item, ConnectFailed):
-                self.gate.say("connection from %s ended during the hello: %s",
-                              self.tunnel.peer, item)  # fmt: skip
+                if not self.tunnel.session.proxy_header:  # else said as it closed
+                    self.gate.say("connection from %s ended during the hello: %s",
+                                  self.tunnel.peer, item)  # fmt: skip
                 self.tunnel.close("control stream reset")
                 return
             event = item.event
@@ -201,7 +213,7 @@ class TunnelListener:
         self.admission = Admission()
         # Connections still to send their PROXY header, bounded like those yet to say hello.
         self._awaiting_header = Pending(config.admission.unauthenticated)
-        self._refused_early = reporter(stranger_log, throttled)
+        self.refused_early = reporter(stranger_log, throttled)
         self.hosts: dict[str, HostLink] = {}
         self.catalog: tuple[ServiceInfo, ...] | None = None
         self.identity = ""  # what Listeners names in its warnings: no one identity here
@@ -249,12 +261,14 @@ class TunnelListener:
         """An accepted connection's protocol: its PROXY header first (read with
         --accept-proxy-protocol, refused without), then TLS and the handshake."""
         config = self.config
+        if not config.accept_proxy_protocol:
+            return DialedIn(self).protocol  # a header is noticed if it comes (UNEXPECTED)
         return ProxyAccept(
             lambda: DialedIn(self).protocol,
             accept=config.accept_proxy_protocol,
             trusted=config.accept_proxy_from,
             timeout=config.handshake_timeout,
-            refuse=self._refused_early,
+            refuse=self.refused_early,
             pending=self._awaiting_header,
         )
 

@@ -63,7 +63,7 @@ class Server:
         self._started = time.monotonic()
         # Connections still to send their PROXY header, bounded like those yet to say hello.
         self._awaiting_header = Pending(config.admission.unauthenticated)
-        self._refused_early = reporter(stranger_log, throttled)
+        self.refused_early = reporter(stranger_log, throttled)
         self.pool = pool  # helper processes, in the main one of several
         self.pools = Pools()  # the pooled services' targets, checks and resolvers
         self.pools.reconfigure(config.catalog, config.pooling, config.resolve_interval)
@@ -155,12 +155,14 @@ class Server:
         """An accepted connection's protocol: its PROXY header first (read with
         --accept-proxy-protocol, refused without), then TLS and the session."""
         config = self.config
+        if not config.accept_proxy_protocol:
+            return self._session_protocol()  # a header is noticed if it comes (UNEXPECTED)
         return ProxyAccept(
             self._session_protocol,
             accept=config.accept_proxy_protocol,
             trusted=config.accept_proxy_from,
             timeout=config.handshake_timeout,
-            refuse=self._refused_early,  # made once: a connection's first step is hot
+            refuse=self.refused_early,  # made once: a connection's first step is hot
             pending=self._awaiting_header,
         )
 

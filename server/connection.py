@@ -29,6 +29,7 @@ from server.backend import BackendStream
 from server.config import ServerConfig
 from server.pool import Pools
 from tunnel.aio.allowfrom import refuse_unlisted
+from tunnel.aio.proxyaccept import UNEXPECTED, UNEXPECTED_TEXT
 from tunnel.aio.transport import StreamHandler, TunnelConnection, clock, format_peer
 from tunnel.aio.wslayer import WebSocketLayer
 from tunnel.errors import Reason, RemoteProtocolError
@@ -101,6 +102,9 @@ class ConnectionHost(Protocol):
     def stream_closed(self, identity: str) -> None: ...
 
     def connection_closed(self, connection: ServerConnection) -> None: ...
+
+    def refused_early(self, peer: object, reason: str, text: str) -> None:
+        """A connection closed before its session began: counted, and said in one line."""
 
 
 class ServerConnection:
@@ -256,11 +260,14 @@ class ServerConnection:
         self.peer_cert = cert
         self.channel_binding = binding
 
-    def tls_refused(self, peer: str, why: str) -> None:
+    def tls_refused(self, peer: str, why: str, rejected: str | None = None) -> None:
         """The TLS handshake failed: one line, one count, and the connection closes."""
-        stranger_log.warning("refused connection from %s: %s", peer, why)
+        if rejected is not None:
+            self.host.refused_early(peer, rejected, why)
+        else:
+            stranger_log.warning("refused connection from %s: %s", peer, why)
+            metrics.SESSION_ENDS.labels("server", "tls_handshake").inc()
         self.refused = True
-        metrics.SESSION_ENDS.labels("server", "tls_handshake").inc()
         self.tunnel.close(why)
 
     def upgraded(self) -> None:
@@ -273,9 +280,12 @@ class ServerConnection:
         probe that sent nothing), one count, and the connection closes."""
         if why is not None and not self.refused:
             peer = format_peer(layer.get_extra_info("peername"))
-            stranger_log.warning("refused connection from %s: %s", peer, why)
             self.refused = True
-            metrics.SESSION_ENDS.labels("server", "websocket_upgrade").inc()
+            if layer.proxy_header:
+                self.host.refused_early(peer, UNEXPECTED, UNEXPECTED_TEXT)
+            else:
+                stranger_log.warning("refused connection from %s: %s", peer, why)
+                metrics.SESSION_ENDS.labels("server", "websocket_upgrade").inc()
         self.tunnel.close(why or "closed before the WebSocket upgrade")
 
     def _authenticated(self) -> None:
@@ -579,6 +589,8 @@ class ServerConnection:
             metrics.SESSIONS_OPEN.labels("server").dec()
             metrics.SESSION_ENDS.labels("server", "closed").inc()
             log.info("session with %s ended: %s", self.peer_name, future.result())
+        elif self.tunnel.session.proxy_header and not self.dialed:
+            self.host.refused_early(self.tunnel.peer, UNEXPECTED, UNEXPECTED_TEXT)
         elif not self.refused and not self.dialed:  # the dialer says why, once per target
             # A connection that closes without a byte is a port probe (a load balancer's
             # health check, a port scanner): not worth a warning. Anything else is.

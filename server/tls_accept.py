@@ -13,6 +13,7 @@ import logging
 import ssl
 from typing import Protocol
 
+from tunnel.aio.proxyaccept import UNEXPECTED, UNEXPECTED_TEXT
 from tunnel.aio.tlslayer import TlsLayer
 from tunnel.aio.transport import TunnelConnection, format_peer
 from tunnel.security.tls import peer_certificate, peer_common_name
@@ -34,8 +35,9 @@ class TlsAccepting(Protocol):
         """The handshake completed: the client certificate's name and DER, if it gave one,
         and the channel binding of the server's certificate."""
 
-    def tls_refused(self, peer: str, why: str) -> None:
-        """The handshake failed, for ``why``: say so once, count it, close."""
+    def tls_refused(self, peer: str, why: str, rejected: str | None = None) -> None:
+        """The handshake failed, for ``why``: say so once, count it (as a connection
+        ``rejected`` for that reason, if given), close."""
 
 
 def accept_tls(
@@ -80,6 +82,9 @@ def _expire(layer: TlsLayer, why: str) -> None:
 
 def _refused(connection: TlsAccepting, layer: TlsLayer, exc: BaseException) -> None:
     peer = format_peer(layer.get_extra_info("peername"))
+    if layer.proxy_header:
+        connection.tls_refused(peer, UNEXPECTED_TEXT, UNEXPECTED)
+        return
     if isinstance(exc, TimeoutError):
         why = str(exc)
     elif isinstance(exc, ConnectionError) and not isinstance(exc, ssl.SSLError):

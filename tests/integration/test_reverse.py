@@ -307,3 +307,32 @@ def test_allow_from_on_the_listening_client_admits_or_turns_away_the_dialing_ser
     assert client.stderr().count("not in --allow-from") == 1, "one line per source per 10 s"
     assert "Traceback" not in server.stderr() + client.stderr()
     assert "tunnel up" not in client.stderr()
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["plaintext", "tls"])
+@pytest.mark.parametrize("header", [b"PROXY TCP4 192.0.2.1 127.0.0.1 5555 7700\r\n",
+                                    b"\r\n\r\n\x00\r\nQUIT\n\x21\x11\x00\x0c" + bytes(12)],
+                         ids=["v1", "v2"])  # fmt: skip
+def test_a_proxy_header_to_a_listening_client_without_the_flag_is_one_line_naming_it(
+    processes: Processes, free_port: FreePort, tmp_path: Path, header: bytes, tls: bool
+) -> None:
+    """A load balancer in front of --listen that sends a PROXY header the client was not told
+    to read: one line naming --accept-proxy-protocol and a count, not a protocol or TLS error."""
+    listen, metrics_port = free_port(), free_port()
+    files = pki(tmp_path) if tls else {}
+    args = [f"--tls-cert={files['cert']}", f"--tls-key={files['key']}"] if tls else []
+    client = start_listening_client(
+        processes, listen, f"--metrics-listen=127.0.0.1:{metrics_port}", *args
+    )
+    sock = attack.connect(listen, "127.0.0.1")
+    try:
+        sock.sendall(header)
+        client.wait_for_stderr(
+            r"refused connection from 127\.0\.0\.1:\d+: the connection starts with a PROXY "
+            r"protocol header, but this listener does not accept one; add "
+            r"--accept-proxy-protocol"
+        )
+        assert rejected(metrics_port).get("proxy_header_unexpected") == 1
+        assert client.stderr().count("refused connection") == 1
+    finally:
+        attack.close_all([sock])

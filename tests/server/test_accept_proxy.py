@@ -13,6 +13,7 @@ import logging
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -254,3 +255,67 @@ def test_inside_accept_proxy_from_the_header_names_the_client() -> None:
             sock.close()
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("layers", ["tls", "websocket", "tls+websocket"])
+@pytest.mark.parametrize("header", [encode_v1(FAKE_V4), encode_v2(FAKE_V4)], ids=["v1", "v2"])
+def test_a_header_sent_when_not_enabled_is_named_behind_tls_and_websocket_too(
+    header: bytes, layers: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No gate stands in front of a listener without --accept-proxy-protocol: what first reads
+    the connection (TLS, the WebSocket upgrade) notices the header, and the line is the same,
+    not a TLS or HTTP error."""
+    from tests.pki import loopback_pki
+
+    tls, _ = loopback_pki(tmp_path)
+
+    async def scenario() -> None:
+        before = rejected("proxy_header_unexpected")
+        config = ServerConfig(
+            listen=Address("127.0.0.1", 0),
+            catalog=Catalog((parse_link("svc=127.0.0.1:9"),)),
+            tls=tls if "tls" in layers else None,
+            websocket_path="/tunnel" if "websocket" in layers else None,
+        )
+        running = Server(config)
+        await running.start()
+        try:
+            sock = await send_raw(running.address, header)
+            await until(lambda: rejected("proxy_header_unexpected") == before + 1)
+            assert await asyncio.to_thread(closed_by_server, sock)
+            await until(lambda: not running.connections)
+        finally:
+            await running.stop()
+
+    with caplog.at_level(logging.INFO, "ambassador"):
+        asyncio.run(scenario())
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    lines = [line for line in lines if "certificate" not in line]  # the test PKI's own notes
+    assert len(lines) == 1, lines
+    assert "does not accept one; add --accept-proxy-protocol" in lines[0]
+
+
+def test_without_the_flag_no_gate_stands_in_front_of_a_connection() -> None:
+    """The gate cost every new session CPU time (tests/bench/sessionrate.py): without
+    --accept-proxy-protocol the connection's first protocol is the session's own, on both
+    roles' tunnel listeners."""
+    from client.tunnel_listener import TunnelListener
+    from tunnel.aio.proxyaccept import ProxyAccept
+
+    async def scenario() -> None:
+        for accept in (False, True):
+            running = Server(replace(server_config(), accept_proxy_protocol=accept))
+            listener = TunnelListener(
+                ClientConfig(remotes=(), listen=Address("127.0.0.1", 0),
+                             accept_proxy_protocol=accept)
+            )  # fmt: skip
+            assert isinstance(running._serve_here(), ProxyAccept) is accept
+            assert isinstance(listener._new_connection(), ProxyAccept) is accept
+
+    asyncio.run(scenario())
+
+
+def server_config() -> ServerConfig:
+    return ServerConfig(
+        listen=Address("127.0.0.1", 0), catalog=Catalog((parse_link("svc=127.0.0.1:9"),))
+    )

@@ -40,6 +40,17 @@ from tunnel.security.allowlist import Allowlist
 # What a load balancer in front must do, said with every malformed or missing header.
 _FIX = "the load balancer in front must send PROXY v1 or v2 (haproxy: send-proxy or send-proxy-v2)"
 
+# A header sent to a listener without --accept-proxy-protocol. With the flag off no ProxyAccept
+# stands in front (its cost per connection was measured: tests/bench/sessionrate.py): the
+# session notices the header when its first read fails to decode (Session.proxy_header), and the
+# role says this, with this count.
+UNEXPECTED = "proxy_header_unexpected"
+UNEXPECTED_TEXT = (
+    "the connection starts with a PROXY protocol header, but this listener does not accept "
+    "one; add --accept-proxy-protocol if a load balancer in front sends it, or stop it "
+    "sending one"
+)
+
 # How a refusal is reported: (the connection's peer as its socket names it, a reason label for
 # the metrics, one line saying what happened and what to do).
 Refuse = Callable[[object, str, str], None]
@@ -160,12 +171,7 @@ class ProxyAccept(asyncio.Protocol):
                         "balancer's address there if it is one",
                     )
                     return
-                self._fail(
-                    "proxy_header_unexpected",
-                    "the connection starts with a PROXY protocol header, but this listener "
-                    "does not accept one; add --accept-proxy-protocol if a load balancer in "
-                    "front sends it, or stop it sending one",
-                )
+                self._fail(UNEXPECTED, UNEXPECTED_TEXT)
                 return
             self._hand_over(self._inner, data)
             return

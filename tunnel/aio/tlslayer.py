@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any, cast
 
 from tunnel.aio.layer import Layer
+from tunnel.protocol.proxyheader import V2_SIGNATURE, starts_like_proxy
 
 READ_SIZE = 256 * 1024  # the most one read of the socket takes
 FIRST_SIZE = 4 * 1024  # until the handshake is done: a ClientHello fits, a silent peer costs little
@@ -56,6 +57,10 @@ class TlsLayer(Layer):
         # The socket reads into this. It starts small and doubles while reads fill it, up to
         # READ_SIZE once the handshake is done: a connection that sent five bytes costs 4 KiB.
         self._received = memoryview(bytearray(FIRST_SIZE))
+        # The handshake failed on a first read that began with a PROXY protocol header (a load
+        # balancer in front, and a listener not told to read one): the role says so in words.
+        self.proxy_header = False
+        self._heard = False
 
     # ----------------------------------------------------------- socket side
 
@@ -79,6 +84,9 @@ class TlsLayer(Layer):
     def data_received(self, data: bytes | memoryview) -> None:
         self._incoming.write(data)
         if not self._established:
+            if not self._heard:
+                self._heard = True
+                self.proxy_header = starts_like_proxy(bytes(data[: len(V2_SIGNATURE)]))
             self._handshake()
             if not self._established:
                 return

@@ -39,6 +39,7 @@ from websockets.uri import parse_uri
 
 from tunnel.aio.layer import Layer
 from tunnel.protocol.peertext import quoted, shown
+from tunnel.protocol.proxyheader import starts_like_proxy
 from tunnel.protocol.websocket import (
     MAX_MESSAGE,
     MESSAGE_TOO_BIG,
@@ -99,6 +100,7 @@ class WebSocketLayer(Layer):
         self._closing = False
         self._inner_lost = False
         self._heard = False  # a byte came: a close from now on is worth a line
+        self.proxy_header = False  # the first read began with a PROXY protocol header
         self.error: BaseException | None = None
         self._received = memoryview(bytearray(FIRST_SIZE))
 
@@ -148,6 +150,8 @@ class WebSocketLayer(Layer):
         if not self._heard:
             self._heard = True
             if self._path and not _GET.startswith(bytes(received[: min(nbytes, 4)])):
+                # A PROXY header nobody asked for: the role names the fix (ProxyAccept's line).
+                self.proxy_header = starts_like_proxy(bytes(received[: min(nbytes, 16)]))
                 self._fail(WebSocketError(_not_http(received[0])))  # say it now, not at timeout
                 return
         # The codec copies what it is given into its own buffer: a view of ours is enough.

@@ -128,6 +128,11 @@ class FrameDecoder:
         """Bytes received but not yet returned as frames."""
         return self._end - self._start
 
+    def head(self, size: int) -> bytes:
+        """The first ``size`` bytes of the connection, while no frame has been parsed (else
+        nothing): what a peer that does not speak yamux sent instead."""
+        return bytes(self._buffer[: min(size, self._end)]) if self._start == 0 else b""
+
     # ------------------------------------------------------------ reading into the buffer
 
     def get_buffer(self) -> memoryview:

@@ -67,6 +67,7 @@ from tunnel.protocol.frames import (
 )
 from tunnel.protocol.limits import INITIAL_WINDOW, Budget, Limits
 from tunnel.protocol.liveness import Liveness, Verdict
+from tunnel.protocol.proxyheader import V2_SIGNATURE, starts_like_proxy
 from tunnel.protocol.streams import StreamInput, StreamState, next_state
 from tunnel.protocol.windows import ReceiveWindow
 
@@ -306,6 +307,11 @@ class Session:
         self._ping_budget = Budget(self.limits.pings_per_second)
         self._empty_frames = Budget(self.limits.empty_frames_per_second)
         self.limit_hit: str | None = None  # the limit that ended the session, if one did
+        # The session ended on its first read, which began with a PROXY protocol header: a load
+        # balancer in front sends one, and the listener was not told to read it. Noticed here,
+        # only once decoding has failed, so that a listener without --accept-proxy-protocol
+        # needs no gate in front of every connection to say so.
+        self.proxy_header = False
         self.liveness = Liveness(self.limits.probe_floor)
         self._syn_unsent = False  # a stream was opened since the last buffers_to_send
         # get_timer() moved earlier than the driver's armed timer (a liveness clock started):
@@ -404,6 +410,8 @@ class Session:
             self.limit_hit = exc.limit
             self._fail(GoAwayCode.PROTOCOL_ERROR, str(exc))
         except RemoteProtocolError as exc:
+            if self._stats[4] == size and starts_like_proxy(self._decoder.head(len(V2_SIGNATURE))):
+                self.proxy_header = True
             self._fail(GoAwayCode.PROTOCOL_ERROR, str(exc))
         return self.take_events()
 

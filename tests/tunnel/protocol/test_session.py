@@ -2073,3 +2073,23 @@ def test_send_at_once_never_exceeds_the_window(make_pair: Callable[..., Pair]) -
         pair.server.session.receive_data(frame, 0.0)
     assert WINDOW - len(chunk) < sent <= WINDOW
     assert not pair.server.session.has_output  # the peer took every frame: none over the window
+
+
+def test_a_first_read_that_is_a_proxy_header_is_named_as_one() -> None:
+    """A listener without --accept-proxy-protocol has no gate in front: the session notices a
+    PROXY header when its first read fails to decode, and only then."""
+    from tunnel.protocol.proxyheader import V2_SIGNATURE
+
+    for first, named in (
+        (b"PROXY TCP4 192.0.2.1 127.0.0.1 5555 7700\r\n", True),
+        (V2_SIGNATURE + b"\x21\x11\x00\x0c" + bytes(12), True),
+        (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", False),
+    ):
+        session = Session(Role.SERVER, guarded=True)
+        session.receive_data(first, 0.0)
+        assert session.terminated and session.proxy_header is named, first
+    # The same bytes after a valid frame are garbage, not a balancer's header.
+    session = Session(Role.SERVER, guarded=True)
+    session.receive_data(encode_header(FrameType.PING, Flags.SYN, 0, 1), 0.0)
+    session.receive_data(b"PROXY TCP4 192.0.2.1 127.0.0.1 5555 7700\r\n", 0.0)
+    assert session.terminated and not session.proxy_header

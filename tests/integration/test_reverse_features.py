@@ -1,0 +1,59 @@
+"""Reverse mode end to end, feature by feature: what works with ``ambassador-client --remote``
+works as well when ``ambassador-server --connect`` dials an ``ambassador-client --listen``.
+Unix sockets on either end, PROXY protocol headers toward a backend, the client's
+--expose-allow, reloads and drains of either side, and dead peers found by keepalive."""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import FreePort
+from tests.integration.support import Processes, Redis, Started, ambassador
+from tests.integration.test_reverse import start_listening_client
+from tests.integration.unixsockets import Postgres, psql, redis_cli_s
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
+
+
+def start_dialer(processes: Processes, listen: int, *args: str,
+                 name: str = "ambassador-server") -> Started:  # fmt: skip
+    """An ambassador-server that dials the listening client on ``listen``."""
+    return processes.start(name, [*ambassador("server"), f"--connect=127.0.0.1:{listen}", *args])
+
+
+def host_up(client: Started) -> None:
+    client.wait_for_stderr(r"tunnel up from 127\.0\.0\.1:\d+ as host ")
+
+
+def test_unix_sockets_at_both_ends_of_a_dialed_tunnel(
+    processes: Processes, postgres: Postgres, redis_server: Redis, free_port: FreePort,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    """The dialing server reaches PostgreSQL on its unix socket only; the listening client
+    exposes a unix socket of its own, with the mode asked for, to a redis on TCP."""
+    listen, pg_port = free_port(), free_port()
+    exposed = tmp_path / "redis.sock"
+    local = tmp_path / "pg"
+    local.mkdir()
+    client = start_listening_client(
+        processes, listen, f"--expose=unix:{exposed}=redis", "--expose-socket-mode=0660",
+        f"--expose=unix:{local}/.s.PGSQL.5432=pg", f"--expose=127.0.0.1:{pg_port}=pg",
+    )  # fmt: skip
+    start_dialer(processes, listen, f"--link=pg=unix:{postgres.directory}/.s.PGSQL.5432",
+                 f"--link=redis=127.0.0.1:{redis_server.port}")  # fmt: skip
+    host_up(client)
+    client.wait_for_stderr(rf"exposing '[^']*' on {re.escape(f'unix:{exposed}')}(?!\S)")
+    assert stat.S_IMODE(os.lstat(exposed).st_mode) == 0o660
+    assert redis_cli_s(exposed, "SET", "k", "unix, reversed") == "OK"
+    assert redis_cli_s(exposed, "GET", "k") == "unix, reversed"
+    # psql -h DIR uses DIR/.s.PGSQL.5432: unix to unix, then TCP to the same unix backend.
+    assert psql("-h", str(local), "-p", "5432") == "through a unix socket"
+    assert psql("-h", "127.0.0.1", "-p", str(pg_port)) == "through a unix socket"
+    assert client.stop() == 0
+    assert not exposed.exists(), "a clean stop removes the socket file"
+    assert "waiting for it to dial again" not in client.stderr(), "no host is awaited any more"

@@ -7,12 +7,16 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import stat
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import wait_until_accepting
+from tests.environment import missing
 from tests.integration.conftest import FreePort
+from tests.integration.haproxy import haproxy
 from tests.integration.support import Processes, Redis, Started, ambassador
 from tests.integration.test_reverse import start_listening_client
 from tests.integration.unixsockets import Postgres, psql, redis_cli_s
@@ -57,3 +61,34 @@ def test_unix_sockets_at_both_ends_of_a_dialed_tunnel(
     assert client.stop() == 0
     assert not exposed.exists(), "a clean stop removes the socket file"
     assert "waiting for it to dial again" not in client.stderr(), "no host is awaited any more"
+
+
+@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("consumer_host", ["127.0.0.1", "::1"])
+def test_proxy_protocol_toward_a_backend_names_the_consumer_of_the_listening_client(
+    processes: Processes, free_port: FreePort, tmp_path: Path, version: int, consumer_host: str
+) -> None:
+    """haproxy with accept-proxy behind the dialing server logs the address and port of the
+    consumer that connected to the listening client's port, not the server's own."""
+    if consumer_host == "::1" and not socket.has_ipv6:
+        missing("no IPv6")
+    with socket.socket() as sink:
+        sink.bind(("127.0.0.1", 0))
+        sink.listen()
+        port, listen, local = free_port(), free_port(), free_port(consumer_host)
+        proxy = haproxy(processes, tmp_path, f"bind 127.0.0.1:{port} accept-proxy",
+                        f"server s1 127.0.0.1:{sink.getsockname()[1]}")  # fmt: skip
+        wait_until_accepting("127.0.0.1", port)
+        where = f"[{consumer_host}]" if ":" in consumer_host else consumer_host
+        client = start_listening_client(processes, listen, f"--expose={where}:{local}=svc")
+        start_dialer(processes, listen, f"--link=svc=127.0.0.1:{port}",
+                     f"--proxy-protocol=svc=v{version}")  # fmt: skip
+        host_up(client)
+        family = socket.AF_INET6 if ":" in consumer_host else socket.AF_INET
+        with socket.socket(family) as consumer:
+            consumer.settimeout(5)
+            consumer.connect((consumer_host, local))
+            consumer.sendall(b"hello")
+            source = consumer.getsockname()
+            proxy.wait_for_stderr(rf"src={re.escape(source[0])}:{source[1]}\b")
+    assert len(re.findall(r"src=", proxy.stderr())) == 1, "one connection, named once"

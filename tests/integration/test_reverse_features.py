@@ -9,6 +9,8 @@ import os
 import re
 import socket
 import stat
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -92,3 +94,62 @@ def test_proxy_protocol_toward_a_backend_names_the_consumer_of_the_listening_cli
             source = consumer.getsockname()
             proxy.wait_for_stderr(rf"src={re.escape(source[0])}:{source[1]}\b")
     assert len(re.findall(r"src=", proxy.stderr())) == 1, "one connection, named once"
+
+
+def consume(port: int, source: str, request: bytes = b"PING\r\n") -> bytes:
+    """What a consumer bound to ``source`` reads back for ``request`` (b"" when closed, within
+    5 s either way)."""
+    try:
+        # A refusal may reset the connection before connect() itself has returned.
+        with socket.create_connection(("127.0.0.1", port), timeout=5,
+                                      source_address=(source, 0)) as sock:  # fmt: skip
+            sock.sendall(request)
+            return sock.recv(4096)
+    except (ConnectionResetError, BrokenPipeError):
+        return b""
+
+
+def scrape(metrics_port: int, pattern: str) -> list[tuple[str, ...]]:
+    """The matches of ``pattern`` in the program's /metrics."""
+    url = f"http://127.0.0.1:{metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return re.findall(pattern, response.read().decode())
+
+
+def source_refusals(metrics_port: int) -> dict[str, float]:
+    found = scrape(metrics_port, r"ambassador_stream_refusals_total\{([^}]*)\} (\S+)")
+    counts = {}
+    for labels, value in found:
+        if 'reason="source_not_allowed"' in labels and 'role="client"' in labels:
+            service = re.search(r'service="([^"]*)"', labels)
+            assert service is not None
+            counts[service.group(1)] = float(value)
+    return counts
+
+
+def test_expose_allow_on_the_listening_client(
+    processes: Processes, redis_server: Redis, free_port: FreePort
+) -> None:
+    """A consumer from an allowed source reaches the dialing server's redis; one from another
+    source is closed at once, counted and logged, and no stream is opened for it."""
+    listen, plain, named, metrics_port, served = (free_port() for _ in range(5))
+    client = start_listening_client(
+        processes, listen, f"--expose=127.0.0.1:{plain}=redis",
+        f"--expose=127.0.0.1:{named}=anonymous/redis", "--expose-allow=redis=127.0.0.2",
+        "--expose-allow=anonymous/redis=127.0.0.2/32,::1",
+        f"--metrics-listen=127.0.0.1:{metrics_port}",
+    )  # fmt: skip
+    start_dialer(processes, listen, f"--link=redis=127.0.0.1:{redis_server.port}",
+                 f"--metrics-listen=127.0.0.1:{served}")  # fmt: skip
+    host_up(client)
+    for port in (plain, named):
+        assert consume(port, "127.0.0.2") == b"+PONG\r\n"
+        began = time.monotonic()
+        assert consume(port, "127.0.0.3") == b""
+        assert time.monotonic() - began < 2.0, "closed at once, not after a timeout"
+    assert source_refusals(metrics_port) == {"redis": 1, "anonymous/redis": 1}
+    client.wait_for_stderr(r"refused a connection to 'redis' from 127\.0\.0\.3:\d+: not in "
+                           r"--expose-allow for it \(127\.0\.0\.2/32\)")  # fmt: skip
+    # Two consumers served, two refused before any stream: the server saw two streams.
+    streams = r'ambassador_streams_total\{role="server",service="redis"\} (\S+)'
+    assert scrape(served, streams) == ["2.0"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import socket
 import stat
 import time
@@ -153,3 +154,97 @@ def test_expose_allow_on_the_listening_client(
     # Two consumers served, two refused before any stream: the server saw two streams.
     streams = r'ambassador_streams_total\{role="server",service="redis"\} (\S+)'
     assert scrape(served, streams) == ["2.0"]
+
+
+class RedisConnection:
+    """One consumer connection kept open across a reload, speaking RESP by hand."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+
+    def ask(self, *words: str) -> bytes:
+        request = f"*{len(words)}\r\n" + "".join(f"${len(w)}\r\n{w}\r\n" for w in words)
+        self.sock.sendall(request.encode())
+        return self.sock.recv(4096)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def refused_at_once(port: int) -> bool:
+    """A consumer of ``port`` is closed without an answer within 2 s (b"" or a reset)."""
+    began = time.monotonic()
+    return consume(port, "127.0.0.1") == b"" and time.monotonic() - began < 2.0
+
+
+def test_reloading_the_dialing_server_announces_new_links_and_keeps_the_session(
+    processes: Processes, redis_server: Redis, free_port: FreePort, tmp_path: Path
+) -> None:
+    listen, redis_port, cache_port = free_port(), free_port(), free_port()
+    client = start_listening_client(processes, listen, f"--expose=127.0.0.1:{redis_port}=redis",
+                                    f"--expose=127.0.0.1:{cache_port}=cache")  # fmt: skip
+    config = tmp_path / "server.toml"
+    head = [f'connect = ["127.0.0.1:{listen}"]', "[links]"]
+    redis_link = f'redis = "127.0.0.1:{redis_server.port}"'
+    config.write_text("\n".join([*head, redis_link, ""]))
+    server = processes.start("ambassador-server", [*ambassador("server"), f"--config={config}"])
+    host_up(client)
+    client.wait_for_stderr(r"the server does not offer 'cache'")
+    assert refused_at_once(cache_port)
+    held = RedisConnection(redis_port)
+    try:
+        assert held.ask("SET", "k", "before") == b"+OK\r\n"
+        # A new link: announced to the listening client, reachable, nothing dropped.
+        cache_link = f'cache = "127.0.0.1:{redis_server.port}"'
+        config.write_text("\n".join([*head, redis_link, cache_link, ""]))
+        server.popen.send_signal(signal.SIGHUP)
+        server.wait_for_stderr(r"configuration reloaded: offering redis:\d+, cache:\d+ to "
+                               r"1 session")  # fmt: skip
+        client.wait_for_stderr(r"the server now offers 'cache'")
+        assert consume(cache_port, "127.0.0.1") == b"+PONG\r\n"
+        assert held.ask("GET", "k") == b"$6\r\nbefore\r\n", "the established connection"
+        # A removed link: new streams to it are refused; the session stays.
+        config.write_text("\n".join([*head, cache_link, ""]))
+        server.popen.send_signal(signal.SIGHUP)
+        server.wait_for_stderr(r"configuration reloaded: offering cache:\d+ to 1 session")
+        client.wait_for_stderr(r"the server does not offer 'redis'")
+        assert refused_at_once(redis_port)
+        assert consume(cache_port, "127.0.0.1") == b"+PONG\r\n"
+    finally:
+        held.close()
+    assert client.stderr().count("tunnel up from ") == 1, "no new session"
+    assert server.stderr().count("session up with ") == 2, "one session (two lines say so)"
+    assert server.stop() == 0
+    assert "Traceback" not in server.stderr()
+
+
+def test_reloading_the_listening_client_opens_and_closes_exposed_ports(
+    processes: Processes, redis_server: Redis, free_port: FreePort, tmp_path: Path
+) -> None:
+    listen, first, second = free_port(), free_port(), free_port()
+    config = tmp_path / "client.toml"
+    head = f'listen = "127.0.0.1:{listen}"\n'
+    config.write_text(head + f'expose = ["127.0.0.1:{first}=redis"]\n')
+    client = processes.start("ambassador-client", [*ambassador("client"), f"--config={config}"])
+    server = start_dialer(processes, listen, f"--link=redis=127.0.0.1:{redis_server.port}")
+    host_up(client)
+    held = RedisConnection(first)
+    try:
+        assert held.ask("PING") == b"+PONG\r\n"
+        config.write_text(head + f'expose = ["127.0.0.1:{first}=redis", '
+                          f'"127.0.0.1:{second}=redis"]\n')  # fmt: skip
+        client.popen.send_signal(signal.SIGHUP)
+        client.wait_for_stderr(rf"exposing 'redis' on 127\.0\.0\.1:{second}\b")
+        client.wait_for_stderr(r"reloaded \(SIGHUP\)")
+        assert consume(second, "127.0.0.1") == b"+PONG\r\n"
+        config.write_text(head + f'expose = ["127.0.0.1:{second}=redis"]\n')
+        client.popen.send_signal(signal.SIGHUP)
+        client.wait_for_stderr(rf"no longer exposing 'redis' on 127\.0\.0\.1:{first}\b")
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", first), timeout=2).close()
+        assert consume(second, "127.0.0.1") == b"+PONG\r\n"
+        assert held.ask("PING") == b"+PONG\r\n", "a connection accepted before carries on"
+    finally:
+        held.close()
+    assert client.stderr().count("tunnel up from ") == 1, "no new session"
+    assert "session with" not in server.stderr(), "the dialed session never ended"

@@ -5,6 +5,7 @@ Unix sockets on either end, PROXY protocol headers toward a backend, the client'
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -20,7 +21,7 @@ from tests.conftest import wait_until_accepting
 from tests.environment import missing
 from tests.integration.conftest import FreePort
 from tests.integration.haproxy import haproxy
-from tests.integration.support import Processes, Redis, Started, ambassador
+from tests.integration.support import Processes, Redis, Started, ambassador, redis_cli
 from tests.integration.test_reverse import start_listening_client
 from tests.integration.unixsockets import Postgres, psql, redis_cli_s
 
@@ -248,3 +249,66 @@ def test_reloading_the_listening_client_opens_and_closes_exposed_ports(
         held.close()
     assert client.stderr().count("tunnel up from ") == 1, "no new session"
     assert "session with" not in server.stderr(), "the dialed session never ended"
+
+
+def test_a_dialing_server_drains_a_blocked_redis_call_then_exits(
+    processes: Processes, redis_server: Redis, free_port: FreePort
+) -> None:
+    """SIGTERM with a BLPOP in flight: the call is answered when its list gets an item, the
+    server then exits 0 well within --drain-timeout; a newcomer meanwhile is refused at once."""
+    listen, local = free_port(), free_port()
+    client = start_listening_client(processes, listen, f"--expose=127.0.0.1:{local}=redis")
+    server = start_dialer(processes, listen, f"--link=redis=127.0.0.1:{redis_server.port}",
+                          "--drain-timeout=20")  # fmt: skip
+    host_up(client)
+    blocked = RedisConnection(local)
+    try:
+        blocked.sock.sendall(b"*3\r\n$5\r\nBLPOP\r\n$1\r\nq\r\n$1\r\n0\r\n")
+        time.sleep(0.3)  # the call has reached redis and waits there
+        server.popen.send_signal(signal.SIGTERM)
+        server.wait_for_stderr(r"draining: 1 session, 1 open stream, up to 20s")
+        assert refused_at_once(local), "a newcomer waits for nothing while the host drains"
+        assert server.alive(), "the drain waits for the blocked call"
+        assert redis_cli(redis_server.port, "RPUSH", "q", "done") == "1"
+        assert blocked.sock.recv(4096) == b"*2\r\n$1\r\nq\r\n$4\r\ndone\r\n"
+    finally:
+        blocked.close()
+    began = time.monotonic()
+    assert server.popen.wait(timeout=10) == 0
+    assert time.monotonic() - began < 5.0, "exits once its last stream ends"
+    assert "drain ended with" not in server.stderr()
+    assert "Traceback" not in server.stderr()
+    client.wait_for_stderr(r"host 'anonymous' disconnected: .*; waiting for it to dial again")
+
+
+def test_a_listening_client_stops_promptly_and_its_host_dials_again(
+    processes: Processes, redis_server: Redis, free_port: FreePort
+) -> None:
+    """SIGTERM to the listening client (which, like a --remote client, has nothing to drain:
+    its consumers' connections end with it): it exits 0 at once, a blocked consumer is closed
+    rather than left hanging, and the dialing server goes back to dialing it."""
+    listen, local = free_port(), free_port()
+    client = start_listening_client(processes, listen, f"--expose=127.0.0.1:{local}=redis")
+    server = start_dialer(processes, listen, f"--link=redis=127.0.0.1:{redis_server.port}")
+    host_up(client)
+    blocked = RedisConnection(local)
+    try:
+        blocked.sock.sendall(b"*3\r\n$5\r\nBLPOP\r\n$1\r\nq\r\n$1\r\n0\r\n")
+        time.sleep(0.3)
+        began = time.monotonic()
+        client.popen.send_signal(signal.SIGTERM)
+        assert client.popen.wait(timeout=10) == 0
+        assert time.monotonic() - began < 3.0
+        with contextlib.suppress(ConnectionResetError):  # closed either way, not answered
+            assert blocked.sock.recv(4096) == b""
+    finally:
+        blocked.close()
+    server.wait_for_stderr(r"session with 127\.0\.0\.1:\d+ ended: ")
+    server.wait_for_stderr(r"cannot reach 127\.0\.0\.1:\d+: connection refused.*; retrying")
+    assert server.alive()
+    assert "Traceback" not in client.stderr() + server.stderr()
+    # Back again: the host dials the new client at once (its backoff is short after a loss).
+    again = start_listening_client(processes, listen, f"--expose=127.0.0.1:{local}=redis",
+                                   name="client-again")  # fmt: skip
+    host_up(again)
+    assert redis_cli(local, "PING") == "PONG"

@@ -6,6 +6,7 @@ Unix sockets on either end, PROXY protocol headers toward a backend, the client'
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import signal
@@ -13,6 +14,7 @@ import socket
 import stat
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -312,3 +314,74 @@ def test_a_listening_client_stops_promptly_and_its_host_dials_again(
                                    name="client-again")  # fmt: skip
     host_up(again)
     assert redis_cli(local, "PING") == "PONG"
+
+
+@contextlib.contextmanager
+def frozen(process: Started) -> Iterator[None]:
+    """SIGSTOP ``process`` by its pid, and SIGCONT it on the way out, whatever happens."""
+    os.kill(process.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(process.pid, signal.SIGCONT)
+
+
+FAST_KEEPALIVE = ("--keepalive-interval=0.5", "--keepalive-timeout=1", "--handshake-timeout=1")
+
+
+def test_a_dialing_server_finds_a_frozen_client_dead_and_fails_over(
+    processes: Processes, redis_server: Redis, free_port: FreePort
+) -> None:
+    """The listening client stops answering (SIGSTOP): the dialing server's keepalive declares
+    it dead within seconds, and the server fails over to its second --connect target; the
+    frozen one still accepts TCP connections (the kernel does), and answers no hello."""
+    first, second, local_a, local_b = (free_port() for _ in range(4))
+    client_a = start_listening_client(processes, first, f"--expose=127.0.0.1:{local_a}=redis",
+                                      name="client-a")  # fmt: skip
+    client_b = start_listening_client(processes, second, f"--expose=127.0.0.1:{local_b}=redis",
+                                      name="client-b")  # fmt: skip
+    server = start_dialer(processes, first, f"--connect=127.0.0.1:{second}", *FAST_KEEPALIVE,
+                          f"--link=redis=127.0.0.1:{redis_server.port}")  # fmt: skip
+    host_up(client_a)
+    assert redis_cli(local_a, "PING") == "PONG"
+    with frozen(client_a):
+        began = time.monotonic()
+        server.wait_for_stderr(r"session with 127\.0\.0\.1:\d+ ended: .*(ping|answer)", 5)
+        client_b.wait_for_stderr(r"tunnel up from 127\.0\.0\.1:\d+ as host ", 10)
+        assert time.monotonic() - began < 8.0
+        assert redis_cli(local_b, "PING") == "PONG"
+    # The frozen target, dialed again first, said no hello: one line, from the dialer, and
+    # none speaking of a connection *from* the host it dialed.
+    assert "closing connection from" not in server.stderr()
+
+
+def client_status(metrics_port: int) -> dict[str, object]:
+    url = f"http://127.0.0.1:{metrics_port}/status"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        found: dict[str, object] = json.loads(response.read())
+    return found
+
+
+def test_a_listening_client_finds_a_frozen_host_dead_and_resets_its_consumer(
+    processes: Processes, redis_server: Redis, free_port: FreePort
+) -> None:
+    """The dialing server stops answering (SIGSTOP): a consumer's stream open finds it silent,
+    the probe goes unanswered, and the consumer is reset with the reason instead of hanging;
+    the host shows as down in /status and the dead peer is counted."""
+    listen, local, metrics_port = free_port(), free_port(), free_port()
+    client = start_listening_client(
+        processes, listen, f"--expose=127.0.0.1:{local}=redis", "--probe-after=0.5",
+        f"--metrics-listen=127.0.0.1:{metrics_port}",
+    )  # fmt: skip
+    server = start_dialer(processes, listen, f"--link=redis=127.0.0.1:{redis_server.port}")
+    host_up(client)
+    assert redis_cli(local, "PING") == "PONG"
+    with frozen(server):
+        began = time.monotonic()
+        answer = redis_cli(local, "PING")
+        assert time.monotonic() - began < 5.0, "the consumer was held"
+        assert "PONG" not in answer and ("reset" in answer or "closed" in answer), answer
+        client.wait_for_stderr(r"host 'anonymous' disconnected: .*; waiting for it to dial again")
+        rows = client_status(metrics_port)["remotes"]
+        assert isinstance(rows, list) and [row["state"] for row in rows] == ["down"], rows
+        assert scrape(metrics_port, r"(?m)^ambassador_unresponsive_peers_total (\S+)$") == ["1.0"]

@@ -385,3 +385,46 @@ def test_a_listening_client_finds_a_frozen_host_dead_and_resets_its_consumer(
         rows = client_status(metrics_port)["remotes"]
         assert isinstance(rows, list) and [row["state"] for row in rows] == ["down"], rows
         assert scrape(metrics_port, r"(?m)^ambassador_unresponsive_peers_total (\S+)$") == ["1.0"]
+
+
+def test_a_dialing_server_health_checks_its_pooled_backends(
+    processes: Processes, redis_server: Redis, free_port: FreePort
+) -> None:
+    """A pooled link's health checks run on a dialing server as on a listening one: a target
+    nobody listens on is marked down, the live one healthy, and consumers reach the live one."""
+    listen, local, metrics_port, dead = free_port(), free_port(), free_port(), free_port()
+    client = start_listening_client(processes, listen, f"--expose=127.0.0.1:{local}=redis")
+    pooled = f"127.0.0.1:{dead},127.0.0.1:{redis_server.port}"
+    start_dialer(
+        processes, listen, f"--link=redis={pooled}", "--pool-strategy=redis=round-robin",
+        r"--health-check=redis=send=PING\r\n,expect=+PONG,interval=0.2,timeout=0.2,rise=1,fall=1",
+        f"--metrics-listen=127.0.0.1:{metrics_port}",
+    )  # fmt: skip
+    host_up(client)
+    wanted = {f"127.0.0.1:{dead}": "down", f"127.0.0.1:{redis_server.port}": "healthy"}
+    deadline = time.monotonic() + 5
+    while (states := pool_states(metrics_port)) != wanted:
+        assert time.monotonic() < deadline, f"health checks did not run: {states}"
+        time.sleep(0.05)
+    # Round-robin over the pool, the dead target skipped: every consumer is answered.
+    assert [redis_cli(local, "PING") for _ in range(4)] == ["PONG"] * 4
+
+
+def pool_states(metrics_port: int) -> dict[str, str]:
+    status = client_status(metrics_port)
+    services = status["services"]
+    assert isinstance(services, list)
+    [row] = services
+    return {target["target"]: target["state"] for target in row["targets"]}
+
+
+def test_a_dialing_server_warns_of_a_token_file_others_may_read_at_start(
+    processes: Processes, free_port: FreePort, tmp_path: Path
+) -> None:
+    """As a listening server does at start, and either does on every reload."""
+    tokens = tmp_path / "edge1.token"
+    tokens.write_text("edge1:" + "a" * 32 + "\n")
+    tokens.chmod(0o644)
+    server = start_dialer(processes, free_port(), "--link=r=127.0.0.1:9",
+                          f"--token-file={tokens}")  # fmt: skip
+    server.wait_for_stderr(rf"token file {re.escape(str(tokens))} can be read by other users")

@@ -1,7 +1,8 @@
 """Reverse mode end to end, feature by feature: what works with ``ambassador-client --remote``
 works as well when ``ambassador-server --connect`` dials an ``ambassador-client --listen``.
 Unix sockets on either end, PROXY protocol headers toward a backend, the client's
---expose-allow, reloads and drains of either side, and dead peers found by keepalive."""
+--expose-allow, reloads and drains of either side, dead peers found by keepalive, and the
+dialing server's pooled health checks and warnings at start."""
 
 from __future__ import annotations
 
@@ -355,7 +356,7 @@ def test_a_dialing_server_finds_a_frozen_client_dead_and_fails_over(
     assert "closing connection from" not in server.stderr()
 
 
-def client_status(metrics_port: int) -> dict[str, object]:
+def status_of(metrics_port: int) -> dict[str, object]:
     url = f"http://127.0.0.1:{metrics_port}/status"
     with urllib.request.urlopen(url, timeout=5) as response:
         found: dict[str, object] = json.loads(response.read())
@@ -382,7 +383,7 @@ def test_a_listening_client_finds_a_frozen_host_dead_and_resets_its_consumer(
         assert time.monotonic() - began < 5.0, "the consumer was held"
         assert "PONG" not in answer and ("reset" in answer or "closed" in answer), answer
         client.wait_for_stderr(r"host 'anonymous' disconnected: .*; waiting for it to dial again")
-        rows = client_status(metrics_port)["remotes"]
+        rows = status_of(metrics_port)["remotes"]
         assert isinstance(rows, list) and [row["state"] for row in rows] == ["down"], rows
         assert scrape(metrics_port, r"(?m)^ambassador_unresponsive_peers_total (\S+)$") == ["1.0"]
 
@@ -411,7 +412,7 @@ def test_a_dialing_server_health_checks_its_pooled_backends(
 
 
 def pool_states(metrics_port: int) -> dict[str, str]:
-    status = client_status(metrics_port)
+    status = status_of(metrics_port)
     services = status["services"]
     assert isinstance(services, list)
     [row] = services

@@ -61,6 +61,7 @@ class Client:
         self._task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._started = False
+        self._stopping = False  # listeners closed: a catalog change must not bind them again
         self._born = time.monotonic()
 
     def track(self, task: asyncio.Task[Any]) -> None:
@@ -81,8 +82,11 @@ class Client:
         self._started = True
 
     def _catalog_changed(self, catalog: tuple[ServiceInfo, ...] | None) -> None:
-        if not self._started:
-            return  # the first catalog is awaited in start(), which binds for it
+        if not self._started or self._stopping:
+            # The first catalog is awaited in start(), which binds for it; once stopping, the
+            # hosts of --listen going down one by one must not bind the closed listeners again
+            # (a unix socket's file would outlive the client).
+            return
         # Later catalogs (a reconnect, or the server's reload) rewire the listeners; a
         # service that disappeared only warns, it never stops the client.
         self.track(asyncio.get_running_loop().create_task(self.listeners.sync(catalog)))
@@ -150,6 +154,7 @@ class Client:
         return catalog.result()
 
     async def stop(self) -> None:
+        self._stopping = True
         await self.listeners.close()
         self.udp.close()
         if self._task is not None:

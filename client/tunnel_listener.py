@@ -220,6 +220,7 @@ class TunnelListener:
         self.last_error = ""
         self._server: asyncio.Server | None = None
         self._bound = asyncio.Event()
+        self._closing = False  # shutting down: its hosts' sessions end, none is awaited again
         self._tasks: set[asyncio.Task[None]] = set()
 
     def track(self, task: asyncio.Task[None]) -> None:
@@ -292,6 +293,7 @@ class TunnelListener:
         try:
             await asyncio.Event().wait()
         finally:
+            self._closing = True
             self._server.close()
             for task in list(self._tasks):
                 task.cancel()
@@ -329,7 +331,7 @@ class TunnelListener:
     def _host_down(self, link: HostLink, tunnel: TunnelConnection, closed: Any) -> None:
         metrics.SESSIONS_OPEN.labels("client").dec()
         metrics.SESSION_ENDS.labels("client", "lost").inc()
-        if link.lost(tunnel, closed.result()):
+        if link.lost(tunnel, closed.result()) and not self._closing:
             log.warning("%s; waiting for it to dial again", link.last_error)
             self._changed()
 

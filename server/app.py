@@ -93,14 +93,15 @@ class Server:
             mode = "TLS with a client certificate"
         log.info("dialing %s (%s), offering %s", targets, mode, names)
         warn_if_expiring(config.dial_tls)
+        warn_about_files(None, config.token_file, datetime.now(UTC))  # as every reload does
 
     async def start(self) -> None:
+        self.pools.start()  # health checks and resolvers, whoever dials the tunnel
         if self.config.connect:
             self._start_dialing()
             return
         loop = asyncio.get_running_loop()
         listen = self.config.listen
-        self.pools.start()
         try:
             self._listener = await loop.create_server(
                 self._new_connection,

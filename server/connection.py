@@ -566,7 +566,8 @@ class ServerConnection:
             return  # the layer in front keeps its own deadline, and says why it closes
         if not self.welcomed and self.tunnel.is_open:
             reason = self._deadline.no_hello()
-            stranger_log.warning("closing connection from %s: %s", self.tunnel.peer, reason)
+            if not self.dialed:  # the dialer says why, once per target and reason
+                stranger_log.warning("closing connection from %s: %s", self.tunnel.peer, reason)
             self.refused = True  # logged: the close needs no second line
             metrics.SESSION_ENDS.labels("server", "handshake_timeout").inc()
             self.tunnel.close(reason)

@@ -104,7 +104,9 @@ class Dialer:
             self.connection, self.target = connection, target
             loop = asyncio.get_running_loop()
             up_since = loop.time()
-            reason = await connection.tunnel.closed
+            # Shielded: cancelling this task (a drain or a stop) must not cancel the session's
+            # own ``closed`` future, which the connection and the server still wait on.
+            reason = await asyncio.shield(connection.tunnel.closed)
             self.connection = None
             self.errors[target] = f"session with {target} lost: {reason}"
             index = 0  # the first target is preferred again

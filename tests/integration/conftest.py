@@ -24,6 +24,7 @@ from tests.integration.support import (
     ambassador,
     require_programs,
 )
+from tests.integration.unixsockets import Postgres, running_postgres
 
 PROCESSES = pytest.StashKey[Processes]()
 FreePort = Callable[..., int]
@@ -161,3 +162,10 @@ def two_hosts(processes: Processes) -> Iterator[TwoHosts]:
     """Two network namespaces joined by a veth pair (skipped where they cannot be made)."""
     with namespaces(processes) as hosts:
         yield hosts
+
+
+@pytest.fixture
+def postgres(processes: Processes) -> Iterator[Postgres]:
+    """A PostgreSQL server listening only on a unix socket (skipped without it, or not root)."""
+    with running_postgres(processes) as server:
+        yield server

@@ -30,10 +30,10 @@ from server.app import Server
 from server.config import ServerConfig
 from tests.conftest import pick_free_port, wait_until_accepting
 from tests.environment import missing
+from tests.integration.haproxy import haproxy
 from tests.integration.support import (
     Processes,
     Redis,
-    Started,
     ambassador,
     redis_cli,
     require_programs,
@@ -43,22 +43,6 @@ from tunnel.operations.metrics import CONNECTIONS_REJECTED
 from tunnel.security.allowlist import parse_networks
 from tunnel.settings.links import Address, Catalog, ExposeSpec, parse_link
 from tunnel.settings.proxyprotocol import parse_proxy_protocol
-
-HAPROXY = "/usr/sbin/haproxy"
-
-
-def haproxy(processes: Processes, tmp_path: Path, frontend: str, backend: str) -> Started:
-    if not Path(HAPROXY).exists():
-        require_programs("haproxy")
-    config = tmp_path / "haproxy.cfg"
-    config.write_text(
-        "global\n  log stderr format raw local0 info\n"
-        "defaults\n  mode tcp\n  log global\n  option logasap\n"
-        "  timeout connect 2s\n  timeout client 10s\n  timeout server 10s\n"
-        f'frontend fe\n  {frontend}\n  log-format "src=%ci:%cp"\n  default_backend be\n'
-        f"backend be\n  {backend}\n"
-    )
-    return processes.start("haproxy", [HAPROXY, "-db", "-f", str(config)])
 
 
 @pytest.mark.parametrize("version", [1, 2])

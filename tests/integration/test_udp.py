@@ -26,7 +26,7 @@ import pytest
 
 from tests.environment import missing
 from tests.integration.support import AmbassadorServer, Processes, Started
-from tests.integration.test_unix_sockets import redis_cli_s, wait_for_socket
+from tests.integration.unixsockets import redis_cli_s, wait_for_socket
 from tests.reliability import rawpeer
 
 DNS_NAME = "example.test"

@@ -3,99 +3,27 @@ listens only on its unix socket, and redis-cli -s to redis-server on TCP and on 
 
 from __future__ import annotations
 
-import contextlib
-import glob
 import os
-import pwd
 import re
 import shutil
-import signal
 import socket
 import stat
-import subprocess
-import tempfile
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from tests.environment import missing
-from tests.integration.support import AmbassadorServer, Processes, Redis, Started, run_program
+from tests.integration.support import AmbassadorServer, Processes, Redis, Started
+from tests.integration.unixsockets import Postgres, psql, redis_cli_s, wait_for_socket
 
 pytestmark = pytest.mark.integration
-
-
-def wait_for_socket(path: Path, alive: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not (path.exists() and stat.S_ISSOCK(os.lstat(path).st_mode)):
-        if not alive():
-            pytest.fail(f"the program that was to listen on {path} has exited")
-        if time.monotonic() > deadline:
-            pytest.fail(f"nothing listened on {path} within {timeout:g}s")
-        time.sleep(0.05)
 
 
 def exposing(client: Started, path: Path) -> Started:
     client.wait_for_stderr(rf"exposing '[^']*' on {re.escape(f'unix:{path}')}(?!\S)")
     client.wait_for_stderr(r"tunnel up to ")
     return client
-
-
-@dataclass
-class Postgres:
-    directory: Path  # where its socket is, .s.PGSQL.5432
-    process: Started
-
-
-@pytest.fixture
-def postgres(processes: Processes) -> Iterator[Postgres]:
-    """A PostgreSQL server listening only on a unix socket, run as the postgres user (it will
-    not run as root) in a directory of its own, stopped with a fast shutdown."""
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/postgres"))
-    if not found or shutil.which("psql") is None:
-        missing("postgresql (Debian package postgresql)")
-    bin_dir = Path(found[-1]).parent
-    try:
-        user = pwd.getpwnam("postgres")
-    except KeyError:
-        missing("postgresql (Debian package postgresql): its postgres user")
-    if os.geteuid() != 0:
-        pytest.skip("needs root, to run PostgreSQL as the postgres user")
-    home = Path(tempfile.mkdtemp(prefix="amb-pg-"))
-    os.chown(home, user.pw_uid, user.pw_gid)
-    as_postgres = ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--init-groups"]
-    data = home / "data"
-    try:
-        initdb = run_program(
-            [*as_postgres, str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres",
-             "--auth=trust", "--no-sync"],
-            timeout=120,
-        )  # fmt: skip
-        assert initdb.returncode == 0, initdb.stderr
-        process = processes.start(
-            "postgres",
-            [*as_postgres, str(bin_dir / "postgres"), "-D", str(data), "-k", str(home),
-             "-c", "listen_addresses=", "-c", "fsync=off"],
-        )  # fmt: skip
-        wait_for_socket(home / ".s.PGSQL.5432", process.alive)
-        yield Postgres(home, process)
-        if process.alive():
-            process.popen.send_signal(signal.SIGINT)  # fast shutdown: no waiting for clients
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.popen.wait(timeout=30)
-    finally:
-        shutil.rmtree(home, ignore_errors=True)
-
-
-def psql(*where: str) -> str:
-    result = run_program(
-        ["psql", *where, "-U", "postgres", "-d", "postgres", "-At", "-c",
-         "select 'through ' || coalesce(inet_server_addr()::text, 'a unix socket')"],
-        timeout=30,
-    )  # fmt: skip
-    return (result.stdout + result.stderr).strip()
 
 
 def test_psql_through_the_pair_to_postgres_on_its_unix_socket_only(
@@ -136,11 +64,6 @@ def redis_on_socket(processes: Processes, tmp_path: Path) -> Path:
     )  # fmt: skip
     wait_for_socket(path, process.alive)
     return path
-
-
-def redis_cli_s(path: Path, *command: str) -> str:
-    result = run_program(["redis-cli", "-s", str(path), *command])
-    return (result.stdout + result.stderr).strip()
 
 
 def test_redis_cli_on_an_exposed_socket_to_redis_on_tcp(

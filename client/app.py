@@ -10,6 +10,7 @@ import os
 import socket
 import time
 from collections.abc import Awaitable, Callable, Iterable
+from datetime import UTC, datetime
 from typing import Any
 
 from client.config import ClientConfig
@@ -29,15 +30,17 @@ from tunnel.operations.workers.pool import WorkerPool
 from tunnel.operations.workers.report import helper_report
 from tunnel.protocol.messages import ServiceInfo
 from tunnel.security.auth import plaintext_warning
-from tunnel.security.tls import not_after
+from tunnel.security.tls import not_after, warn_about_files
 
 log = logging.getLogger("ambassador.client")
 
 
 def export_expiry(config: ClientConfig) -> None:
-    """The client's own certificate's expiry, for ambassador_certificate_expiry_days."""
+    """The client's own certificate's expiry, for ambassador_certificate_expiry_days, and
+    a warning if others may read its key (the token file is checked where it is read)."""
     own = config.tls.cert if config.tls is not None else None
     metrics.certificate_expires("client", "own", not_after(own) if own else None)
+    warn_about_files(config.tls, None, datetime.now(UTC))
 
 
 class Client:

@@ -37,7 +37,7 @@ from tunnel.operations.workers.pool import WorkerPool
 from tunnel.operations.workers.report import helper_report
 from tunnel.protocol.frames import GoAwayCode
 from tunnel.security.auth import is_loopback, plaintext_warning
-from tunnel.security.tls import ServerTls, not_after, warn_about_files, warn_if_expiring
+from tunnel.security.tls import ClientTls, ServerTls, not_after, warn_about_files, warn_if_expiring
 from tunnel.settings.wording import counted
 
 log = logging.getLogger("ambassador.server")
@@ -93,7 +93,8 @@ class Server:
             mode = "TLS with a client certificate"
         log.info("dialing %s (%s), offering %s", targets, mode, names)
         warn_if_expiring(config.dial_tls)
-        warn_about_files(None, config.token_file, datetime.now(UTC))  # as every reload does
+        export_expiry(config.tls, config.dial_tls)
+        warn_about_files(config.dial_tls, config.token_file, datetime.now(UTC))
 
     async def start(self) -> None:
         self.pools.start()  # health checks and resolvers, whoever dials the tunnel
@@ -121,7 +122,7 @@ class Server:
             mode += f", inside a WebSocket at {self.config.websocket_path}"
         log.info("listening on %s (%s), offering %s", listen, mode, names)
         warn_if_expiring(self.config.tls)
-        export_expiry(self.config.tls)
+        export_expiry(self.config.tls, None)
         warn_about_files(self.config.tls, self.config.token_file, datetime.now(UTC))
         if self.config.tls is None and self.config.tokens is not None:
             warning = plaintext_warning([listen.host])
@@ -281,8 +282,8 @@ class Server:
         log.info("configuration reloaded: offering %s to %s", names,
                  counted(len(self.connections), "session"))  # fmt: skip
         warn_if_expiring(new.tls)
-        export_expiry(new.tls)
-        warn_about_files(new.tls, new.token_file, datetime.now(UTC))
+        export_expiry(new.tls, new.dial_tls)
+        warn_about_files(new.tls or new.dial_tls, new.token_file, datetime.now(UTC))
 
     async def drain(self, timeout: float, now: asyncio.Event | None = None) -> bool:
         """Stop taking new streams, let open ones finish for up to ``timeout`` seconds.
@@ -476,6 +477,8 @@ def _report(server: Server) -> Callable[[], dict[str, Any]]:
     return lambda: helper_report(server.status())
 
 
-def export_expiry(tls: ServerTls | None) -> None:
-    """The served certificate's expiry, for ambassador_certificate_expiry_days."""
-    metrics.certificate_expires("server", "own", None if tls is None else not_after(tls.cert))
+def export_expiry(tls: ServerTls | None, dial_tls: ClientTls | None) -> None:
+    """This server's own certificate's expiry, for ambassador_certificate_expiry_days: the
+    one it serves, or with --connect the client certificate it dials with."""
+    own = tls.cert if tls is not None else dial_tls.cert if dial_tls is not None else None
+    metrics.certificate_expires("server", "own", None if own is None else not_after(own))

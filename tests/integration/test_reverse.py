@@ -336,3 +336,36 @@ def test_a_proxy_header_to_a_listening_client_without_the_flag_is_one_line_namin
         assert client.stderr().count("refused connection") == 1
     finally:
         attack.close_all([sock])
+
+
+def test_each_side_checks_its_own_key_and_exports_its_certificate_expiry(
+    processes: Processes, redis_server: Redis, free_port: FreePort, tmp_path: Path
+) -> None:
+    """The dialing server's own certificate is its client certificate: its key is checked
+    for other readers and its expiry exported, as a listening server does with its own; the
+    listening client checks its server key the same way."""
+    files = pki(tmp_path, "edge1")
+    os.chmod(files["edge1_key"], 0o644)
+    os.chmod(files["key"], 0o644)
+    listen, local, metrics_port = free_port(), free_port(), free_port()
+    client = start_listening_client(
+        processes, listen, f"--tls-cert={files['cert']}", f"--tls-key={files['key']}",
+        f"--tls-ca={files['hosts_ca']}", f"--expose=127.0.0.1:{local}=edge1/redis",
+    )  # fmt: skip
+    client.wait_for_stderr(rf"TLS key {re.escape(files['key'])} can be read by other users")
+    server = start_dialing_server(
+        processes, redis_server, f"--connect=127.0.0.1:{listen}", f"--tls-ca={files['ca']}",
+        f"--tls-cert={files['edge1']}", f"--tls-key={files['edge1_key']}",
+        f"--metrics-listen=127.0.0.1:{metrics_port}",
+    )  # fmt: skip
+    server.wait_for_stderr(
+        rf"TLS key {re.escape(files['edge1_key'])} can be read by other users; chmod 600"
+    )
+    client.wait_for_stderr(r"tunnel up from \S+ as host 'edge1'")
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as reply:
+        text = reply.read().decode()
+    [days] = re.findall(
+        r'^ambassador_certificate_expiry_days\{certificate="own",role="server"\} (\S+)$',
+        text, re.MULTILINE,
+    )  # fmt: skip
+    assert 0 < float(days) <= 400, text

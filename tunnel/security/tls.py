@@ -284,22 +284,31 @@ def warn_if_expiring(tls: ServerTls | ClientTls | None) -> None:
             log.warning("certificate %s expires in %.0f days; renew it (certs renew)", cert, left)
 
 
-def warn_about_files(tls: ServerTls | None, token_file: str | None, now: datetime) -> None:
-    """At start and on every reload: a secret file others may read, a CRL past its date."""
-    if tls is not None:
+def warn_about_files(
+    tls: ServerTls | ClientTls | None, token_file: str | None, now: datetime
+) -> None:
+    """At start and on every reload: a secret file others may read, a CRL past its date.
+
+    ``tls`` is this side's own: a listener's, or a dialer's with its client certificate.
+    """
+    if tls is not None and tls.key is not None:
         _warn_if_readable(tls.key, "TLS key")
-        if tls.crl is not None:
-            try:
-                crl = load_crl(tls.crl)
-            except ConfigError:
-                return  # server_context already refused a broken file
-            if crl_expired(crl, now):
-                log.error(
-                    "CRL %s expired on %s: every client certificate of its CA is refused; %s",
-                    tls.crl, f"{crl.next_update_utc:%Y-%m-%d %H:%M} UTC", CRL_REFRESH,
-                )  # fmt: skip
+    if isinstance(tls, ServerTls) and tls.crl is not None:
+        _warn_if_crl_expired(tls.crl, now)
     if token_file is not None:
         _warn_if_readable(token_file, "token file")
+
+
+def _warn_if_crl_expired(path: str, now: datetime) -> None:
+    try:
+        crl = load_crl(path)
+    except ConfigError:
+        return  # server_context already refused a broken file
+    if crl_expired(crl, now):
+        log.error(
+            "CRL %s expired on %s: every client certificate of its CA is refused; %s",
+            path, f"{crl.next_update_utc:%Y-%m-%d %H:%M} UTC", CRL_REFRESH,
+        )  # fmt: skip
 
 
 def _warn_if_readable(path: str, what: str) -> None:

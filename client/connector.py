@@ -187,19 +187,22 @@ class Connector:
         self._refused = asyncio.Event()
         self.sessions = 0
         self.draining: set[TunnelConnection] = set()  # old sessions finishing their streams
-        self._offered: dict[str, bool] = {}  # service -> in the catalog; cleared when it changes
+        # (service, transport) -> in the catalog; cleared when it changes
+        self._offered: dict[tuple[str, str], bool] = {}
         self._failing: dict[Address, str] = {}  # remote -> reason last logged for it
         self._going_away: GoingAway | None = None  # the server's last word on this session
         self.tls_context = with_context(config).tls_context
 
-    def offers(self, service: str) -> bool:
-        """Whether the last catalog holds ``service`` (True before any catalog came): asked
-        once per consumer connection, so the answer is kept until the catalog changes."""
-        known = self._offered.get(service)
+    def offers(self, service: str, transport: str = "tcp") -> bool:
+        """Whether the last catalog holds ``service`` over ``transport`` (True before any
+        catalog came): asked once per consumer connection or UDP flow, so the answer is kept
+        until the catalog changes."""
+        key = (service, transport)
+        known = self._offered.get(key)
         if known is None:
             catalog = self.catalog
-            known = catalog is None or find_service(catalog, service) is not None
-            self._offered[service] = known
+            known = catalog is None or find_service(catalog, service, transport) is not None
+            self._offered[key] = known
         return known
 
     def rotate_if_exhausted(self, tunnel: TunnelConnection) -> None:

@@ -75,7 +75,7 @@ class Sessions:
 
     @property
     def tunnel(self) -> TunnelConnection | None:
-        """A healthy session, if any (readiness, UDP flows)."""
+        """A healthy session, if any (readiness)."""
         for member in self.members.values():
             if healthy(member.tunnel):
                 return member.tunnel
@@ -99,9 +99,9 @@ class Sessions:
         errors = [m.last_error for m in self.members.values() if m.last_error]
         return "; ".join(errors)
 
-    def offers(self, service: str) -> bool:
+    def offers(self, service: str, transport: str = "tcp") -> bool:
         catalog = self.catalog
-        return catalog is None or find_service(catalog, service) is not None
+        return catalog is None or find_service(catalog, service, transport) is not None
 
     def rotate_if_exhausted(self, tunnel: TunnelConnection) -> None:
         for member in self.members.values():
@@ -119,17 +119,18 @@ class Sessions:
 
     # -- routing ------------------------------------------------------------------------------
 
-    def route(self, service: str) -> Connector | None:
-        """The member a new stream to ``service`` opens on (any healthy one for ""), or None
-        while no healthy member offers it. A service no member ever offered goes to any
-        healthy member, whose catalog then refuses it in one line."""
+    def route(self, service: str, transport: str = "tcp") -> Connector | None:
+        """The member a new stream (or UDP flow, ``transport`` "udp") to ``service`` opens on
+        (any healthy one for ""), or None while no healthy member offers it. A service no
+        member ever offered goes to any healthy member, whose catalog then refuses it in one
+        line."""
         up = [m for m in self.members.values() if healthy(m.tunnel)]
         if not up:
             return None
         if service:
-            offering = [m for m in up if m.catalog is not None and m.offers(service)]
+            offering = [m for m in up if m.catalog is not None and m.offers(service, transport)]
             if not offering:
-                return None if self.offers(service) else up[0]
+                return None if self.offers(service, transport) else up[0]
             up = offering
         spread = self.config.spread
         if spread == "in-order" or len(up) == 1:
@@ -140,9 +141,11 @@ class Sessions:
             return up[0]
         return min(up, key=lambda m: m.tunnel.session.open_streams if m.tunnel else 0)
 
-    async def wait_route(self, service: str, timeout: float) -> Connector | None:
+    async def wait_route(
+        self, service: str, timeout: float, transport: str = "tcp"
+    ) -> Connector | None:
         """:meth:`route` once it has an answer, or None after ``timeout`` seconds."""
-        member = self.route(service)
+        member = self.route(service, transport)
         if member is not None:
             return member
         with contextlib.suppress(TimeoutError):
@@ -153,7 +156,7 @@ class Sessions:
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(0.05):
                             await self._changed.wait()
-                    member = self.route(service)
+                    member = self.route(service, transport)
         return member
 
     # -- running --------------------------------------------------------------------------------
@@ -234,17 +237,19 @@ Router = Connector | Sessions
 Link = Connector | HostLink
 
 
-def route(router: Router | HostLink, service: str) -> Link | None:
-    """The link a new stream to ``service`` opens on: the one connector of a single session
-    or a host's link (healthy or not: its stream then waits for it), or a member of several."""
+def route(router: Router | HostLink, service: str, transport: str = "tcp") -> Link | None:
+    """The link a new stream (or UDP flow) to ``service`` opens on: the one connector of a
+    single session or a host's link, while healthy, or a member of several that offers it."""
     if isinstance(router, Sessions):
-        return router.route(service)
+        return router.route(service, transport)
     return router if healthy(router.tunnel) else None
 
 
-async def wait_route(router: Router | HostLink, service: str, timeout: float) -> Link | None:
+async def wait_route(
+    router: Router | HostLink, service: str, timeout: float, transport: str = "tcp"
+) -> Link | None:
     if isinstance(router, Sessions):
-        return await router.wait_route(service, timeout)
+        return await router.wait_route(service, timeout, transport)
     return router if await router.wait_tunnel(timeout) is not None else None
 
 

@@ -21,7 +21,7 @@ from typing import Any, cast
 from client.connector import find_service
 from client.hosts import HostLink, split_service
 from client.listeners import choose_service, other_transport
-from client.sessions import Router
+from client.sessions import Link, Router, route, wait_route
 from client.tunnel_listener import TunnelListener
 from tunnel.aio.flowstream import FlowStream
 from tunnel.aio.transport import TunnelConnection
@@ -127,6 +127,8 @@ class UdpExpose(asyncio.DatagramProtocol):
         self.transport: asyncio.DatagramTransport | None = None
         self._loop = asyncio.get_running_loop()
         self._timer: asyncio.TimerHandle | None = None
+        # Sources whose first datagram waits for a session that offers the service.
+        self._pending: dict[Source, asyncio.Task[None]] = {}
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's UDP transport is not a subclass of asyncio's, but has its methods.
@@ -147,7 +149,7 @@ class UdpExpose(asyncio.DatagramProtocol):
         pass  # an ICMP error about a consumer that went away: its flow will go idle
 
     def _new_flow(self, addr: Source, data: bytes, now: float) -> None:
-        connector: Router | HostLink
+        connector: Router | HostLink | Link
         refs = self.refs
         if isinstance(self.connector, TunnelListener):
             # A listening client's flow goes to the host its service names (HOST/SERVICE),
@@ -155,7 +157,58 @@ class UdpExpose(asyncio.DatagramProtocol):
             connector, _ = self.connector.route(self.refs[0])
             refs = tuple(split_service(ref)[1] for ref in refs)
         else:
-            connector = self.connector
+            # As a TCP stream does: to a session whose server offers the service (with
+            # --sessions all, of those up), or, while none is, after waiting for one.
+            router = self.connector
+            name = self._routed_name(router)
+            link = route(router, name, "udp")
+            if link is None:
+                self._wait_for_route(router, name, addr, data)
+                return
+            connector = link
+        self._start(connector, refs, addr, data, now)
+
+    def _routed_name(self, router: Router) -> str:
+        """The name a flow is routed by: the first of the expose's names that the catalog
+        (with several sessions, the union of theirs) offers over UDP."""
+        catalog = router.catalog
+        chosen = choose_service(catalog, self.refs, "udp") if catalog is not None else None
+        return chosen or self.refs[0]
+
+    def _wait_for_route(self, router: Router, name: str, addr: Source, data: bytes) -> None:
+        if addr in self._pending:
+            self._drop("no_tunnel", "its flow waits for a session that offers it")
+            return
+        if len(self._pending) + len(self.flows) >= self.flows.max_flows:
+            metrics.LIMIT_HITS.labels("udp_max_flows").inc()
+            self._drop("too_many_flows", f"{self.flows.max_flows} flows are open (--udp-max-flows)")
+            return
+        # The first datagram waits with it (one per source: the rest are dropped meanwhile).
+        task = self._loop.create_task(self._wait_then_start(router, name, addr, data))
+        self._pending[addr] = task
+
+    async def _wait_then_start(self, router: Router, name: str, addr: Source, data: bytes) -> None:
+        timeout = router.config.link_wait_timeout
+        try:
+            link = await wait_route(router, name, timeout, "udp")
+        finally:
+            self._pending.pop(addr, None)
+        if self.transport is None or self.transport.is_closing():
+            return
+        if link is None:
+            why = router.last_error or "connecting"
+            self._drop("no_tunnel", f"no session offering it came up in {timeout:g}s ({why})")
+            return
+        self._start(link, self.refs, addr, data, self._loop.time())
+
+    def _start(
+        self,
+        connector: Router | HostLink | Link,
+        refs: tuple[str, ...],
+        addr: Source,
+        data: bytes,
+        now: float,
+    ) -> None:
         tunnel = connector.tunnel
         if tunnel is None or not tunnel.accepts_streams:
             self._drop("no_tunnel", f"the tunnel is down ({connector.last_error or 'connecting'})")
@@ -221,6 +274,9 @@ class UdpExpose(asyncio.DatagramProtocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        for task in self._pending.values():
+            task.cancel()
+        self._pending.clear()
         for flow in self.flows.flows():
             if flow.stream_id is not None and not flow.closed:
                 flow.tunnel.end(flow.stream_id)

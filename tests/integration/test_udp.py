@@ -435,3 +435,118 @@ def test_a_udp_port_and_a_unix_socket_through_one_pair(
     found = whole.wait_for_stderr(r"exposing UDP 'dns' on 127\.0\.0\.2:(\d+)")
     whole.wait_for_stderr(r"not exposing 'cache': the server announces it without a port")
     assert dig(int(found[1]), host="127.0.0.2") == DNS_ANSWER
+
+
+# ------------------------------------------------------------- active-active (--sessions all)
+
+
+class UdpEcho:
+    """A UDP echo on loopback, in a thread: each datagram goes back to its sender."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)
+        self.port: int = self.sock.getsockname()[1]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data, source = self.sock.recvfrom(70000)
+            except TimeoutError:
+                continue
+            self.sock.sendto(data, source)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.sock.close()
+
+
+@pytest.fixture
+def udp_echo() -> Iterator[UdpEcho]:
+    found = UdpEcho()
+    yield found
+    found.close()
+
+
+def ask(port: int, payload: bytes, timeout: float = 5.0) -> bytes | None:
+    """One datagram from a new source port (a new flow), and its answer, if one comes."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(timeout)
+        sock.sendto(payload, ("127.0.0.1", port))
+        try:
+            return sock.recv(70000)
+        except TimeoutError:
+            return None
+
+
+@dataclass
+class TwoServers:
+    tcp_only: AmbassadorServer  # listed first: the first healthy session
+    with_udp: AmbassadorServer
+    client: Started
+    port: int  # the client's UDP port
+
+
+@pytest.fixture
+def two_servers(
+    start_server: Callable[..., AmbassadorServer],
+    start_client: Callable[..., Started],
+    free_port: Callable[..., int],
+    udp_echo: UdpEcho,
+) -> TwoServers:
+    """A client with a session to each of two servers, only the second linking ``dns``."""
+    tcp_only = start_server(f"web=127.0.0.1:{free_port()}")
+    with_udp = start_server(f"dns=udp:127.0.0.1:{udp_echo.port}")
+    port = udp_port()
+    client = start_client(
+        "--sessions=all",
+        f"--remote=127.0.0.1:{tcp_only.port}",
+        f"--remote=127.0.0.1:{with_udp.port}",
+        f"--expose=udp:127.0.0.1:{port}=dns",
+        "--backoff-max=0.5",
+        wait_tunnel=False,
+    )
+    for server in (tcp_only, with_udp):
+        client.wait_for_stderr(rf"tunnel up to 127\.0\.0\.1:{server.port}\b")
+    client.wait_for_stderr(r"exposing UDP 'dns' on ")
+    return TwoServers(tcp_only, with_udp, client, port)
+
+
+def test_with_sessions_all_a_udp_flow_goes_to_the_server_that_offers_it(
+    two_servers: TwoServers,
+) -> None:
+    # The first healthy session's server does not link dns: every flow must skip it.
+    answers = [ask(two_servers.port, f"query {index}".encode()) for index in range(10)]
+    assert answers == [f"query {index}".encode() for index in range(10)]
+    assert "not_offered" not in two_servers.client.stderr()
+    assert "unknown_service" not in two_servers.tcp_only.process.stderr()
+
+
+def test_a_udp_flow_waits_for_the_server_that_offers_it_to_come_back(
+    two_servers: TwoServers,
+    start_server: Callable[..., AmbassadorServer],
+    udp_echo: UdpEcho,
+) -> None:
+    assert ask(two_servers.port, b"before") == b"before"
+    two_servers.with_udp.process.kill()
+    two_servers.client.wait_for_stderr(
+        rf"tunnel to 127\.0\.0\.1:{two_servers.with_udp.port} lost", 10
+    )
+
+    # The datagram of a new flow is held (up to --link-wait-timeout) while the session that
+    # offers dns is down, not sent to the other server and not dropped.
+    def restart() -> None:
+        time.sleep(1.0)
+        start_server(f"dns=udp:127.0.0.1:{udp_echo.port}", port=two_servers.with_udp.port)
+
+    later = threading.Thread(target=restart)
+    later.start()
+    try:
+        assert ask(two_servers.port, b"while down", timeout=9.0) == b"while down"
+    finally:
+        later.join(15)

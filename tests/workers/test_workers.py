@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import signal
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -456,3 +457,47 @@ def test_load_meter_tells_a_busy_process_from_an_idle_one() -> None:
         for pid in (busy, idle):
             os.waitpid(pid, 0)
     assert not alive(busy)
+
+
+def test_pool_targets_of_every_worker_show_in_status_and_its_text(
+    start_server: Callable[..., AmbassadorServer],
+    start_client: Callable[..., Started],
+    free_port: Callable[..., int],
+    wait_for_port: Callable[..., None],
+    start_backend: Callable[[str], int],
+) -> None:
+    # A pool whose first target refuses: each process fails over past it on its own, and
+    # ejects it in its own balancer. /status shows one row per target, over both processes.
+    metrics, dead, echo_backend = free_port(), free_port(), start_backend("echo")
+    server = start_server(
+        f"echo=127.0.0.1:{dead},127.0.0.1:{echo_backend}",
+        args=["--workers", "2", f"--metrics-listen=127.0.0.1:{metrics}"],
+    )
+    wait_for_port("127.0.0.1", metrics, alive=server.process.alive)
+    helpers_of(server.process, 1)
+    for _ in range(2):  # one client's session in each process
+        port = free_port()
+        start_client(
+            f"--remote=127.0.0.1:{server.port}",
+            f"--expose=127.0.0.1:{port}=echo",
+            listens=[("127.0.0.1", port)],
+        )
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as consumer:
+            consumer.sendall(b"ping")
+            assert consumer.recv(4) == b"ping"
+    server.process.wait_for_stderr(r"worker 1: session up with ")
+    status = status_of(metrics)
+    [service] = status["services"]  # type: ignore[misc]
+    first, second = service["targets"]
+    assert first["target"] == f"127.0.0.1:{dead}"
+    assert (first["state"], first["states"]) == ("ejected", {"ejected": 2})
+    assert "refused" in first["last_error"]
+    assert (second["state"], second["opened"]) == ("healthy", 2)  # a stream in each process
+
+    text = run_program(
+        [*ambassador("server"), "status", f"--endpoint=127.0.0.1:{metrics}"]
+    ).stdout.splitlines()
+    lines = text[text.index("TARGETS") + 2 :]
+    name = f"echo:{dead}"  # the pool's name in the catalog: its first target's port
+    assert lines[0].split()[:3] == [name, f"127.0.0.1:{dead}", "ejected"]
+    assert lines[1].split()[:5] == [name, f"127.0.0.1:{echo_backend}", "healthy", "0", "2"]

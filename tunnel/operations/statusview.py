@@ -4,17 +4,22 @@ Pure functions: the facts become the text tables of ``ambassador-* status`` and 
 ``status --watch`` redraws (the endpoint's page is :mod:`tunnel.operations.statuspage`). The
 dict has ``role``, ``name``, ``uptime``, a list of ``remotes`` (client) or ``sessions``
 (server) and a list of ``services``; with helper processes also ``workers``, and each session
-or remote its ``worker``.
+or remote its ``worker``. A server's pooled service has ``targets``, shown one line each.
+
+Every cell is passed through :func:`~tunnel.protocol.peertext.shown`: the status holds names and
+errors that came from peers and backends, and a terminal must not take them for its own.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from tunnel.protocol.peertext import shown
 from tunnel.settings.wording import rate, size
 
 _SESSION_COLUMNS = ("peer", "state", "rtt_ms", "streams", "bytes_in", "bytes_out", "last_error")
 _SERVICE_COLUMNS = ("service", "open_streams", "streams_total", "bytes_in", "bytes_out", "refused")
+_TARGET_COLUMNS = ("service", "target", "state", "open", "opened", "last_error")
 
 
 def _rows(items: list[dict[str, Any]], columns: tuple[str, ...]) -> list[list[str]]:
@@ -26,7 +31,28 @@ def _cell(value: Any) -> str:
         return "-"
     if isinstance(value, float):
         return f"{value:.1f}"
-    return str(value)
+    return shown(str(value))
+
+
+def _targets(services: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A row per target of every pooled service, named by its service's name alone (the
+    service row lists the targets after "->")."""
+    rows = []
+    for service in services:
+        name = str(service.get("service", "")).split(" -> ")[0]
+        for target in service.get("targets") or []:
+            rows.append(dict(target, service=name, state=_target_state(target)))
+    return rows
+
+
+def _target_state(target: dict[str, Any]) -> str:
+    """Its health; with helper processes that disagree (each checks on its own), how many
+    of them see it so."""
+    state = str(target.get("state", ""))
+    states = target.get("states")
+    if isinstance(states, dict) and len(states) > 1:
+        return f"{state} ({states.get(state, 0)} of {sum(states.values())} workers)"
+    return state
 
 
 def _table(columns: tuple[str, ...], rows: list[list[str]]) -> str:
@@ -59,6 +85,10 @@ def render_text(status: dict[str, Any], endpoint: str | None = None) -> str:
     parts += ["", "SERVICES"]
     services = list(status.get("services") or [])
     parts.append(_table(_SERVICE_COLUMNS, _rows(services, _SERVICE_COLUMNS)))
+    targets = _targets(services)
+    if targets:
+        parts += ["", "TARGETS"]
+        parts.append(_table(_TARGET_COLUMNS, _rows(targets, _TARGET_COLUMNS)))
     return "\n".join(parts) + "\n"
 
 
@@ -119,4 +149,7 @@ def render_watch(status: dict[str, Any], endpoint: str, interval: float, problem
     ):
         rows = [[_human(column, item) for column in columns] for item in items]
         lines += ["", title, _table(columns, rows)]
+    targets = _targets(list(status.get("services") or []))
+    if targets:
+        lines += ["", "TARGETS", _table(_TARGET_COLUMNS, _rows(targets, _TARGET_COLUMNS))]
     return "\n".join(lines) + "\n"

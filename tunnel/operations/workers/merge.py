@@ -71,3 +71,39 @@ def merge_service(row: dict[str, Any], extra: dict[str, Any]) -> None:
             into = row.setdefault(name, {})
             for key, count in value.items():
                 into[key] = into.get(key, 0) + count
+        elif name == "targets" and isinstance(value, list):
+            row["targets"] = merge_targets(row.get("targets") or [], value)
+
+
+# A target's health as the worst any process sees it: a target one worker cannot reach is one
+# that worker's streams fail over from, and the operator should see that first.
+_WORST = {"healthy": 0, "ejected": 1, "down": 2}
+
+
+def merge_targets(rows: list[dict[str, Any]], extra: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per target of a pool, over the workers: each process balances and checks its
+    own streams, so streams are summed, the state is the worst seen (``states`` counts the
+    workers in each), and the last error is that of a worker that sees the worst state."""
+    merged = {str(row.get("target")): _with_states(row) for row in rows}
+    for other in extra:
+        key = str(other.get("target"))
+        row = merged.get(key)
+        if row is None:  # a worker reloaded into a pool the main process has not (yet)
+            merged[key] = _with_states(other)
+            continue
+        for name in ("open", "opened"):
+            row[name] = row.get(name, 0) + other.get(name, 0)
+        state = str(other.get("state", ""))
+        row["states"][state] = row["states"].get(state, 0) + 1
+        if _WORST.get(state, 0) > _WORST.get(str(row.get("state")), 0):
+            row["state"] = state
+            row["last_error"] = other.get("last_error", "")
+        elif not row.get("last_error"):
+            row["last_error"] = other.get("last_error", "")
+    return list(merged.values())
+
+
+def _with_states(row: dict[str, Any]) -> dict[str, Any]:
+    if "states" in row:  # merged already, from a worker before this one
+        return dict(row, states=dict(row["states"]))
+    return dict(row, states={str(row.get("state", "")): 1})

@@ -536,5 +536,14 @@ def status(
     print_status(status_endpoint(ctx, endpoint, status_config), "ambassador-client", **view)
 
 
+# Options of ambassador-server, given to this program: what to give instead.
+SERVER_FIXES = {
+    "--connect": "the server dials with `ambassador-server --connect HOST:PORT` to a client "
+    "started with `ambassador-client --listen ADDR`",
+    "--link": "backends are offered by `ambassador-server --link ALIAS=HOST:PORT`; this "
+    "client listens for them with --expose PORT|ALIAS",
+}
+
+
 def main(argv: list[str] | None = None) -> None:
-    sys.exit(run_cli(cli, PROG, argv))
+    sys.exit(run_cli(cli, PROG, argv, SERVER_FIXES))

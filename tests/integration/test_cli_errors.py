@@ -137,6 +137,93 @@ def test_client_usage_error(args: list[str], fix: list[str]) -> None:
     assert_one_line_error(result, "ambassador-client", *fix)
 
 
+REVERSE_MODE = (
+    "the server dials with `ambassador-server --connect HOST:PORT` to a client started with "
+    "`ambassador-client --listen ADDR`"
+)
+
+
+@pytest.mark.parametrize(
+    ("role", "args", "line"),
+    [
+        pytest.param(
+            "client",
+            ["--connect", "127.0.0.1:7001"],
+            f"ambassador-client has no --connect: {REVERSE_MODE}",
+            id="client-connect",
+        ),
+        pytest.param(
+            "client",
+            ["--expose", "6379", "--connect=127.0.0.1:7001"],
+            f"ambassador-client has no --connect: {REVERSE_MODE}",
+            id="client-connect=",
+        ),
+        pytest.param(
+            "client",
+            ["--remote", "127.0.0.1", "--link", "redis=127.0.0.1:6379"],
+            "ambassador-client has no --link: backends are offered by `ambassador-server --link "
+            "ALIAS=HOST:PORT`; this client listens for them with --expose PORT|ALIAS",
+            id="client-link",
+        ),
+        pytest.param(
+            "server",
+            ["--link", "redis=127.0.0.1:6379", "--remote", "127.0.0.1"],
+            "ambassador-server has no --remote: a client dials a server with `ambassador-client "
+            "--remote HOST`; for this server to dial out instead, give `ambassador-server "
+            "--connect HOST:PORT` to a client started with `ambassador-client --listen ADDR`",
+            id="server-remote",
+        ),
+        pytest.param(
+            "server",
+            ["--expose", "6379"],
+            "ambassador-server has no --expose: ambassador-client opens the local listeners "
+            "(`ambassador-client --expose PORT|ALIAS`); this server offers its backends with "
+            "--link ALIAS=HOST:PORT",
+            id="server-expose",
+        ),
+        # Any other option of the other program, read from its own command line.
+        pytest.param(
+            "server",
+            ["--sessions", "all"],
+            "ambassador-server has no --sessions: it is an option of ambassador-client "
+            "(see ambassador-client --help)",
+            id="server-sessions",
+        ),
+        pytest.param(
+            "client",
+            ["--remote", "127.0.0.1", "--allow-from", "10.0.0.0/8"],
+            "ambassador-client has no --allow-from: it is an option of ambassador-server "
+            "(see ambassador-server --help)",
+            id="client-allow-from",
+        ),
+    ],
+)
+def test_an_option_of_the_other_program_names_it(role: str, args: list[str], line: str) -> None:
+    program = f"ambassador-{role}"
+    result = run_program([*ambassador(role), *args])
+    assert assert_one_line_error(result, program) == f"{program}: error: {line}"
+
+
+@pytest.mark.parametrize(
+    ("role", "option", "suggestion"),
+    [
+        ("client", "--conect", "Did you mean one of: '--config', '--connect-timeout'?"),
+        ("server", "--lnk", "Did you mean one of: '--link', '--listen'?"),
+    ],
+)
+def test_a_typo_keeps_the_suggestion(role: str, option: str, suggestion: str) -> None:
+    result = run_program([*ambassador(role), option, "x"])
+    line = assert_one_line_error(result, f"ambassador-{role}", f"No such option '{option}'")
+    assert suggestion in line
+    assert "has no" not in line
+
+
+def test_a_subcommands_unknown_option_is_not_blamed_on_the_other_program() -> None:
+    result = run_program([*ambassador("client"), "status", "--link", "x"])
+    line = assert_one_line_error(result, "ambassador-client")
+    assert line == "ambassador-client: error: No such option '--link'."
+
+
 def client_with_busy_expose_port(busy_port: int, free_port: Callable[..., int]) -> list[str]:
     remote = f"127.0.0.1:{free_port()}"  # never contacted: the listener fails first
     return [*ambassador("client"), "--remote", remote, "--expose", f"127.0.0.1:{busy_port}=redis"]

@@ -462,7 +462,7 @@ def connect_targets(params: dict[str, Any]) -> tuple[Address, ...]:
                 )
     if params["server_name"] and not params["connect"]:
         raise ConfigError("--server-name applies to --connect with TLS (the name the client's "
-                          "certificate must carry)")  # fmt: skip
+                          "certificate must carry): drop it, or dial with --connect")  # fmt: skip
     targets = []
     for text in params["connect"]:
         try:

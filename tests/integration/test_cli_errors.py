@@ -224,6 +224,74 @@ def test_a_subcommands_unknown_option_is_not_blamed_on_the_other_program() -> No
     assert line == "ambassador-client: error: No such option '--link'."
 
 
+LISTENER_ONLY = (
+    "applies to the connections a listening server accepts; with --connect this server dials "
+    "out: drop it"
+)
+
+
+@pytest.mark.parametrize(
+    ("role", "args", "line"),
+    [
+        *(
+            pytest.param(
+                "server",
+                ["--connect", "127.0.0.1:7001", *option],
+                f"{option[0]} {LISTENER_ONLY}",
+                id=f"connect-with-{option[0].lstrip('-')}",
+            )
+            for option in (
+                ["--allow-from", "10.0.0.0/8"],
+                ["--websocket-path", "/tunnel"],
+                ["--reuse-port"],
+                ["--accept-proxy-protocol"],
+            )
+        ),
+        pytest.param(
+            "server",
+            ["--connect", "127.0.0.1:7001", "--listen", "127.0.0.1:7002"],
+            "--connect dials out instead of listening: give --connect or --listen, not both",
+            id="connect-with-listen",
+        ),
+        pytest.param(
+            "server",
+            ["--listen", "127.0.0.1:7002", "--server-name", "edge1"],
+            "--server-name applies to --connect with TLS (the name the client's certificate must "
+            "carry): drop it, or dial with --connect",
+            id="server-name-without-connect",
+        ),
+        pytest.param(
+            "client",
+            ["--listen", "127.0.0.1:7003", "--proxy", "http://127.0.0.1:3128"],
+            "--proxy carries this client's dial to a --remote; with --listen the servers dial "
+            "in: drop --proxy",
+            id="listen-with-proxy",
+        ),
+        # Refused as given, whether or not the environment names a proxy.
+        pytest.param(
+            "client",
+            ["--listen", "127.0.0.1:7003", "--proxy-from-env"],
+            "--proxy-from-env carries this client's dial to a --remote; with --listen the "
+            "servers dial in: drop --proxy-from-env",
+            id="listen-with-proxy-from-env",
+        ),
+        pytest.param(
+            "client",
+            ["--listen", "127.0.0.1:7003", "--sessions", "all"],
+            "--sessions all keeps a session to every --remote; with --listen the servers dial "
+            "in, each its own session already: drop --sessions all",
+            id="listen-with-sessions-all",
+        ),
+    ],
+)
+def test_reverse_mode_refusals_name_the_fix(role: str, args: list[str], line: str) -> None:
+    program = f"ambassador-{role}"
+    link = ["--link", "redis=127.0.0.1:6379"] if role == "server" else []
+    result = run_program([*ambassador(role), *link, *args])
+    assert assert_one_line_error(result, program) == f"{program}: error: {line}"
+    assert result.stderr == f"{program}: error: {line}\n"
+
+
 def client_with_busy_expose_port(busy_port: int, free_port: Callable[..., int]) -> list[str]:
     remote = f"127.0.0.1:{free_port()}"  # never contacted: the listener fails first
     return [*ambassador("client"), "--remote", remote, "--expose", f"127.0.0.1:{busy_port}=redis"]

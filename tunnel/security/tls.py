@@ -26,7 +26,7 @@ from tunnel.errors import ConfigError
 from tunnel.security.binding import server_end_point_of_chain
 from tunnel.security.certs import spki_pin
 from tunnel.security.tlserrors import CRL_REFRESH
-from tunnel.security.trust import crl_expired, load_crl
+from tunnel.security.trust import crl_expired, load_crls
 from tunnel.settings.wording import unreadable
 
 log = logging.getLogger("ambassador.tls")
@@ -154,7 +154,8 @@ def server_context(tls: ServerTls) -> ssl.SSLContext:
         _load_ca(context, tls.ca)
         context.verify_mode = ssl.CERT_REQUIRED
         if tls.crl is not None:
-            _load_ca(context, tls.crl)  # load_verify_locations also takes CRLs
+            load_crls(tls.crl)  # a file too big, or holding no CRL, is one line at start
+            _load_ca(context, tls.crl)  # load_verify_locations also takes CRLs, all of them
             context.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
     return context
 
@@ -290,14 +291,15 @@ def warn_about_files(tls: ServerTls | None, token_file: str | None, now: datetim
         _warn_if_readable(tls.key, "TLS key")
         if tls.crl is not None:
             try:
-                crl = load_crl(tls.crl)
+                crls = load_crls(tls.crl)
             except ConfigError:
                 return  # server_context already refused a broken file
-            if crl_expired(crl, now):
-                log.error(
-                    "CRL %s expired on %s: every client certificate of its CA is refused; %s",
-                    tls.crl, f"{crl.next_update_utc:%Y-%m-%d %H:%M} UTC", CRL_REFRESH,
-                )  # fmt: skip
+            for crl in crls:
+                if crl_expired(crl, now):
+                    log.error(
+                        "CRL %s expired on %s: every client certificate of its CA is refused; %s",
+                        tls.crl, f"{crl.next_update_utc:%Y-%m-%d %H:%M} UTC", CRL_REFRESH,
+                    )  # fmt: skip
     if token_file is not None:
         _warn_if_readable(token_file, "token file")
 

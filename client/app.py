@@ -141,7 +141,9 @@ class Client:
         raises ConfigError before anything changed, so the running configuration stays."""
         catalog = self.connector.catalog
         # A reload names again what is still missing: the operator just asked.
-        await self.listeners.reconfigure(new.expose, new.bind, catalog, remind=True)
+        await self.listeners.reconfigure(
+            new.expose, new.bind, catalog, remind=True, access=new.sockets
+        )
         await self.udp.reconfigure(new.expose, new.bind, catalog)
         self.connector.reconfigure(new)
         self.config = new

@@ -343,12 +343,15 @@ def build_config(params: dict[str, Any], environ: Mapping[str, str]) -> ClientCo
         if warning:
             logging.getLogger("ambassador.client").warning("%s", warning)
         token = next(iter(tokens.items()))
-    proxy = client_proxy(params, environ)
-    if listen is not None and proxy is not None:
+    # Refused as given, not as the environment happens to fill it: the same flags must not
+    # start on one host and be refused on the next because https_proxy is set there.
+    given = [flag for flag, name in PROXY_FLAGS.items() if params[name]]
+    if listen is not None and given:
         raise ConfigError(
-            "--proxy carries this client's dial to a --remote; with --listen the servers dial "
-            "in: drop --proxy (and --proxy-from-env)"
+            f"{given[0]} carries this client's dial to a --remote; with --listen the servers "
+            f"dial in: drop {' and '.join(given)}"
         )
+    proxy = client_proxy(params, environ)
     # Built once here, so a broken file is a one-line error at start (or keeps the old
     # configuration on a reload), and the client connects with what was checked.
     listen_context, binding = None, UNBOUND
@@ -442,6 +445,9 @@ def effective_settings(
         why = "implied by " + ", ".join(key.replace("_", "-") for key in implied_by)
         settings.append(Setting("tls", True, why))
     return [*settings, effective_name(ctx, params, config.name)]
+
+
+PROXY_FLAGS = {"--proxy": "proxy", "--proxy-from-env": "proxy_from_env"}
 
 
 def client_proxy(params: dict[str, Any], environ: Mapping[str, str]) -> ProxyRoute | None:
@@ -568,5 +574,14 @@ def status(
     print_status(status_endpoint(ctx, endpoint, status_config), "ambassador-client", **view)
 
 
+# Options of ambassador-server, given to this program: what to give instead.
+SERVER_FIXES = {
+    "--connect": "the server dials with `ambassador-server --connect HOST:PORT` to a client "
+    "started with `ambassador-client --listen ADDR`",
+    "--link": "backends are offered by `ambassador-server --link ALIAS=HOST:PORT`; this "
+    "client listens for them with --expose PORT|ALIAS",
+}
+
+
 def main(argv: list[str] | None = None) -> None:
-    sys.exit(run_cli(cli, PROG, argv))
+    sys.exit(run_cli(cli, PROG, argv, SERVER_FIXES))

@@ -333,8 +333,9 @@ class Listeners:
         self.connector = connector
         self.specs = specs
         self.bind = bind
-        self.access = access or SocketAccess()  # unix sockets' mode and owner, set at bind
-        self._files: dict[tuple[str, int, str], SocketFile] = {}  # removed when closed
+        self.access = access or SocketAccess()  # unix sockets' mode and owner
+        # The socket files bound, removed when closed, with the mode and owner each has.
+        self._files: dict[tuple[str, int, str], tuple[SocketFile, SocketAccess]] = {}
         self._servers: dict[tuple[str, int, str], tuple[Listening, asyncio.Server]] = {}
         # What each listener's new streams ask for, preferred first: one reference once the
         # catalog has chosen, all of the spec's while it is unknown.
@@ -447,10 +448,28 @@ class Listeners:
         bind: str,
         catalog: tuple[ServiceInfo, ...] | None,
         remind: bool = False,
+        access: SocketAccess | None = None,
     ) -> None:
         """Take a new expose list: bind what is new first, and only when all of it is bound
         close what is no longer wanted. A port that cannot be bound raises ConfigError and
-        leaves everything as it was."""
+        leaves everything as it was. ``access``: the unix sockets' new mode and owner, given
+        to those bound before as well."""
+        previous = self.access
+        self.access = access or previous
+        try:
+            await self._reconfigure(specs, bind, catalog, remind)
+        except ConfigError:
+            self.access = previous
+            raise
+        self._apply_access()
+
+    async def _reconfigure(
+        self,
+        specs: tuple[ExposeSpec, ...],
+        bind: str,
+        catalog: tuple[ServiceInfo, ...] | None,
+        remind: bool,
+    ) -> None:
         wanted, missing = self.wanted(catalog, specs, bind)
         unwanted = [key for key in self._servers if key not in wanted]
         # A port moving to another service is freed first, or binding it again would fail.
@@ -513,9 +532,26 @@ class Listeners:
         log.info("no longer exposing %r on %s", listening.service, listening.where)
 
     def _remove_file(self, key: tuple[str, int, str]) -> None:
-        file = self._files.pop(key, None)
+        file, _ = self._files.pop(key, (None, None))
         if file is not None:
             file.remove()
+
+    def _apply_access(self) -> None:
+        """Give the socket files a changed mode and owner in place: consumers connecting
+        from now on are checked against them, and no listener is closed for it. One line
+        each; one that could not be changed keeps its old ones and is tried on the next
+        reload."""
+        for key, (file, had) in list(self._files.items()):
+            if had == self.access:
+                continue
+            changed, problem = file.apply(self.access)
+            if problem is None:
+                self._files[key] = changed, self.access
+                owner = f", owner {self.access.owner!r}" if self.access.owner else ""
+                log.info("unix:%s now has mode %04o%s", file.path, self.access.mode, owner)
+            else:
+                self._files[key] = changed, had
+                log.warning("%s", problem)
 
     def _note_missing(
         self, missing: list[str], catalog: tuple[ServiceInfo, ...], remind: bool
@@ -553,7 +589,7 @@ class Listeners:
         if spec.socket is not None:
             server, file = await listen_unix(lambda: self._protocol(key), spec.socket.path,
                                              self.access)  # fmt: skip
-            self._files[key] = file
+            self._files[key] = file, self.access
             return Listening(spec, refs[0], host, 0), server
         loop = asyncio.get_running_loop()
         try:

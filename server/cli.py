@@ -432,7 +432,7 @@ def connect_targets(params: dict[str, Any]) -> tuple[Address, ...]:
                 )
     if params["server_name"] and not params["connect"]:
         raise ConfigError("--server-name applies to --connect with TLS (the name the client's "
-                          "certificate must carry)")  # fmt: skip
+                          "certificate must carry): drop it, or dial with --connect")  # fmt: skip
     targets = []
     for text in params["connect"]:
         try:
@@ -483,8 +483,20 @@ def server_tls(params: dict[str, Any]) -> ServerTls | None:
     return ServerTls(cert=cert, key=key, ca=ca, crl=crl)
 
 
+# Options of ambassador-client, given to this program: what to give instead.
+CLIENT_FIXES = {
+    "--remote": "a client dials a server with `ambassador-client --remote HOST`; for this "
+    "server to dial out instead, give `ambassador-server --connect HOST:PORT` to a client "
+    "started with `ambassador-client --listen ADDR`",
+    "--expose": "ambassador-client opens the local listeners (`ambassador-client --expose "
+    "PORT|ALIAS`); this server offers its backends with --link ALIAS=HOST:PORT",
+    "--bind": "it is where ambassador-client's local listeners bind; this server's tunnel "
+    "address is --listen HOST:PORT",
+}
+
+
 def main(argv: list[str] | None = None) -> None:
-    sys.exit(run_cli(cli, PROG, argv))
+    sys.exit(run_cli(cli, PROG, argv, CLIENT_FIXES))
 
 
 cli.add_command(certs)

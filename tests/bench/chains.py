@@ -599,6 +599,9 @@ class AmbassadorWebSocket(Ambassador):
         return f"ws://127.0.0.1:{setup.hop(setup.ports.tunnel)}/ambassador"
 
 
+REVERSE_READY_TIMEOUT = 30.0  # seconds for the dialing server to connect and be carried
+
+
 class AmbassadorReverse(Ambassador):
     """Reverse mode: the client listens for the tunnel (--listen) and the server dials it
     (--connect), the shape of a site behind NAT; the consumer side is the same."""
@@ -642,7 +645,15 @@ class AmbassadorReverse(Ambassador):
                 str(setup.max_streams),
             ],
         )
-        return self._wait_consumer(setup, [far, near])
+        self._wait_consumer(setup, [far, near])
+        # The client's listeners are open before the server has dialed in, and until it has
+        # every consumer connection is reset: a round started then once hung redis-benchmark
+        # to its time limit. Ready is when the client has the host (its log says so; probing
+        # before would be a reset and a warning of its own) and a request crosses to the
+        # backend and back.
+        setup.procs.wait_log(near, "tunnel up from", timeout=REVERSE_READY_TIMEOUT)
+        setup.procs.wait_pong(p.c_redis, [far, near], timeout=REVERSE_READY_TIMEOUT)
+        return [far, near]
 
 
 class AmbassadorWorkers(Ambassador):

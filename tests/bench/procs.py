@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -198,6 +199,43 @@ class Procs:
             f"port {port} of {proc.name} not open after {timeout:g}s: {proc.log_tail(4)}"
         )
 
+    def wait_log(self, proc: Proc, text: str, timeout: float = 30.0) -> None:
+        """Poll until ``proc``'s log holds ``text``; fail early once it has exited."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if text in proc.log.read_text(errors="replace"):
+                return
+            if not proc.alive():
+                raise StartError(
+                    f"{proc.name} exited with status {proc.popen.returncode} before logging "
+                    f"{text!r}: {proc.log_tail(4)}"
+                )
+            time.sleep(0.05)
+        raise StartError(f"{proc.name} did not log {text!r} within {timeout:g}s: "
+                         f"{proc.log_tail(4)}")  # fmt: skip
+
+    def wait_pong(self, port: int, procs: Sequence[Proc], timeout: float = 30.0) -> None:
+        """Poll until a redis PING through ``port`` is answered ``+PONG``: the whole chain
+        carries a request, not just its first listener is open. Fails early once one of
+        ``procs`` has exited, and names the last answer otherwise."""
+        deadline = time.monotonic() + timeout
+        last = "nothing tried"
+        while time.monotonic() < deadline:
+            for proc in procs:
+                if not proc.alive():
+                    raise StartError(
+                        f"{proc.name} exited with status {proc.popen.returncode} before a PING "
+                        f"through port {port} was answered: {proc.log_tail(4)}"
+                    )
+            last = ping(port, min(2.0, max(0.1, deadline - time.monotonic())))
+            if last == "+PONG":
+                return
+            time.sleep(0.1)
+        raise StartError(
+            f"no +PONG through port {port} after {timeout:g}s (last: {last}): "
+            + " / ".join(f"{proc.name}: {proc.log_tail(2)}" for proc in procs)
+        )
+
     def stop(self, procs: Sequence[Proc]) -> None:
         """SIGTERM each process and its descendants (by pid), then SIGKILL what remains."""
         targets: list[int] = []
@@ -225,6 +263,23 @@ class Procs:
 
     def stop_all(self) -> None:
         self.stop(list(reversed(self.running)))
+
+
+def ping(port: int, timeout: float) -> str:
+    """One inline PING to 127.0.0.1:``port``: the first line of the answer, or what went wrong
+    (a chain whose far half is not there yet resets or closes the connection)."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+            sock.sendall(b"PING\r\n")
+            answer = b""
+            while not answer.endswith(b"\r\n") and len(answer) < 512:
+                chunk = sock.recv(512)
+                if not chunk:
+                    return "closed without an answer"
+                answer += chunk
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__
+    return answer.decode(errors="replace").strip()[:80]
 
 
 def wait_ports_free(ports: Iterable[int], timeout: float = 10.0) -> list[int]:

@@ -31,7 +31,11 @@ DYNAMIC = {
     "client/app.py": [("tunnel/security/auth.py", "plaintext_warning")],
     "server/cli.py": [("tunnel/security/access.py", "unmatched")],
     "client/cli.py": [("tunnel/security/auth.py", "load_tokens")],
-    "client/listeners.py": [("tunnel/operations/oserrors.py", "listen_error")],
+    "client/listeners.py": [
+        ("tunnel/operations/oserrors.py", "listen_error"),
+        ("tunnel/aio/unixlisten.py", "apply"),
+        ("tunnel/aio/unixlisten.py", "_not_ours"),
+    ],
     "client/udp_expose.py": [
         ("client/listeners.py", "other_transport"),
         ("tunnel/operations/oserrors.py", "listen_error"),

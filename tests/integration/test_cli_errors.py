@@ -137,6 +137,161 @@ def test_client_usage_error(args: list[str], fix: list[str]) -> None:
     assert_one_line_error(result, "ambassador-client", *fix)
 
 
+REVERSE_MODE = (
+    "the server dials with `ambassador-server --connect HOST:PORT` to a client started with "
+    "`ambassador-client --listen ADDR`"
+)
+
+
+@pytest.mark.parametrize(
+    ("role", "args", "line"),
+    [
+        pytest.param(
+            "client",
+            ["--connect", "127.0.0.1:7001"],
+            f"ambassador-client has no --connect: {REVERSE_MODE}",
+            id="client-connect",
+        ),
+        pytest.param(
+            "client",
+            ["--expose", "6379", "--connect=127.0.0.1:7001"],
+            f"ambassador-client has no --connect: {REVERSE_MODE}",
+            id="client-connect=",
+        ),
+        pytest.param(
+            "client",
+            ["--remote", "127.0.0.1", "--link", "redis=127.0.0.1:6379"],
+            "ambassador-client has no --link: backends are offered by `ambassador-server --link "
+            "ALIAS=HOST:PORT`; this client listens for them with --expose PORT|ALIAS",
+            id="client-link",
+        ),
+        pytest.param(
+            "server",
+            ["--link", "redis=127.0.0.1:6379", "--remote", "127.0.0.1"],
+            "ambassador-server has no --remote: a client dials a server with `ambassador-client "
+            "--remote HOST`; for this server to dial out instead, give `ambassador-server "
+            "--connect HOST:PORT` to a client started with `ambassador-client --listen ADDR`",
+            id="server-remote",
+        ),
+        pytest.param(
+            "server",
+            ["--expose", "6379"],
+            "ambassador-server has no --expose: ambassador-client opens the local listeners "
+            "(`ambassador-client --expose PORT|ALIAS`); this server offers its backends with "
+            "--link ALIAS=HOST:PORT",
+            id="server-expose",
+        ),
+        # Any other option of the other program, read from its own command line.
+        pytest.param(
+            "server",
+            ["--sessions", "all"],
+            "ambassador-server has no --sessions: it is an option of ambassador-client "
+            "(see ambassador-client --help)",
+            id="server-sessions",
+        ),
+        pytest.param(
+            "client",
+            ["--remote", "127.0.0.1", "--allow-from", "10.0.0.0/8"],
+            "ambassador-client has no --allow-from: it is an option of ambassador-server "
+            "(see ambassador-server --help)",
+            id="client-allow-from",
+        ),
+    ],
+)
+def test_an_option_of_the_other_program_names_it(role: str, args: list[str], line: str) -> None:
+    program = f"ambassador-{role}"
+    result = run_program([*ambassador(role), *args])
+    assert assert_one_line_error(result, program) == f"{program}: error: {line}"
+
+
+@pytest.mark.parametrize(
+    ("role", "option", "suggestion"),
+    [
+        ("client", "--conect", "Did you mean one of: '--config', '--connect-timeout'?"),
+        ("server", "--lnk", "Did you mean one of: '--link', '--listen'?"),
+    ],
+)
+def test_a_typo_keeps_the_suggestion(role: str, option: str, suggestion: str) -> None:
+    result = run_program([*ambassador(role), option, "x"])
+    line = assert_one_line_error(result, f"ambassador-{role}", f"No such option '{option}'")
+    assert suggestion in line
+    assert "has no" not in line
+
+
+def test_a_subcommands_unknown_option_is_not_blamed_on_the_other_program() -> None:
+    result = run_program([*ambassador("client"), "status", "--link", "x"])
+    line = assert_one_line_error(result, "ambassador-client")
+    assert line == "ambassador-client: error: No such option '--link'."
+
+
+LISTENER_ONLY = (
+    "applies to the connections a listening server accepts; with --connect this server dials "
+    "out: drop it"
+)
+
+
+@pytest.mark.parametrize(
+    ("role", "args", "line"),
+    [
+        *(
+            pytest.param(
+                "server",
+                ["--connect", "127.0.0.1:7001", *option],
+                f"{option[0]} {LISTENER_ONLY}",
+                id=f"connect-with-{option[0].lstrip('-')}",
+            )
+            for option in (
+                ["--allow-from", "10.0.0.0/8"],
+                ["--websocket-path", "/tunnel"],
+                ["--reuse-port"],
+                ["--accept-proxy-protocol"],
+            )
+        ),
+        pytest.param(
+            "server",
+            ["--connect", "127.0.0.1:7001", "--listen", "127.0.0.1:7002"],
+            "--connect dials out instead of listening: give --connect or --listen, not both",
+            id="connect-with-listen",
+        ),
+        pytest.param(
+            "server",
+            ["--listen", "127.0.0.1:7002", "--server-name", "edge1"],
+            "--server-name applies to --connect with TLS (the name the client's certificate must "
+            "carry): drop it, or dial with --connect",
+            id="server-name-without-connect",
+        ),
+        pytest.param(
+            "client",
+            ["--listen", "127.0.0.1:7003", "--proxy", "http://127.0.0.1:3128"],
+            "--proxy carries this client's dial to a --remote; with --listen the servers dial "
+            "in: drop --proxy",
+            id="listen-with-proxy",
+        ),
+        # Refused as given, whether or not the environment names a proxy.
+        pytest.param(
+            "client",
+            ["--listen", "127.0.0.1:7003", "--proxy-from-env"],
+            "--proxy-from-env carries this client's dial to a --remote; with --listen the "
+            "servers dial in: drop --proxy-from-env",
+            id="listen-with-proxy-from-env",
+        ),
+        pytest.param(
+            "client",
+            ["--listen", "127.0.0.1:7003", "--sessions", "all"],
+            "--sessions all keeps a session to every --remote; with --listen the servers dial "
+            "in, each its own session already: drop --sessions all",
+            id="listen-with-sessions-all",
+        ),
+    ],
+)
+def test_reverse_mode_refusals_name_the_fix(role: str, args: list[str], line: str) -> None:
+    program = f"ambassador-{role}"
+    link = ["--link", "redis=127.0.0.1:6379"] if role == "server" else []
+    result = run_program([*ambassador(role), *link, *args])
+    assert assert_one_line_error(result, program) == f"{program}: error: {line}"
+    assert result.stderr == f"{program}: error: {line}\n"
+
+
 def client_with_busy_expose_port(busy_port: int, free_port: Callable[..., int]) -> list[str]:
     remote = f"127.0.0.1:{free_port()}"  # never contacted: the listener fails first
     return [*ambassador("client"), "--remote", remote, "--expose", f"127.0.0.1:{busy_port}=redis"]

@@ -180,15 +180,10 @@ def test_a_second_session_of_one_identity_replaces_the_first_and_a_fight_is_name
     [
         ("client", ["--listen", "127.0.0.1:1", "--remote", "127.0.0.1:2"],
          "--listen waits for servers to dial in and --remote dials a server: give one of them"),
-        ("server", ["--link", "r=127.0.0.1:1", "--connect", "127.0.0.1:1", "--listen",
-                    "127.0.0.1:2"],
-         "--connect dials out instead of listening: give --connect or --listen, not both"),
         ("client", ["--listen", "0.0.0.0:7700"],
          "--listen 0.0.0.0:7700 without TLS would let anyone who reaches it offer services"),
         ("server", ["--link", "r=127.0.0.1:1", "--connect", "192.0.2.1:7700"],
          "--connect 192.0.2.1:7700 without TLS would offer this host's services"),
-        ("client", ["--listen", "127.0.0.1:1", "--sessions", "all"],
-         "with --listen the servers dial in, each its own session already: drop --sessions all"),
         ("client", ["--remote", "127.0.0.1:1", "--allow-from", "10.0.0.0/8"],
          "--allow-from applies to --listen (the servers that dial this client); a client that "
          "dials a --remote has no tunnel listener: add --listen or drop it"),
@@ -199,9 +194,9 @@ def test_a_second_session_of_one_identity_replaces_the_first_and_a_fight_is_name
         ("client", ["--remote", "127.0.0.1:1", "--accept-proxy-protocol"],
          "--accept-proxy-protocol applies to --listen"),
     ],
-    ids=["listen-and-remote", "connect-and-listen", "client-plaintext", "server-plaintext",
-         "listen-and-sessions-all", "allow-from-without-listen", "proxy-beyond-loopback",
-         "proxy-without-listen"],
+    # The other refusals of reverse mode: tests/integration/test_cli_errors.py.
+    ids=["listen-and-remote", "client-plaintext", "server-plaintext",
+         "allow-from-without-listen", "proxy-beyond-loopback", "proxy-without-listen"],
 )  # fmt: skip
 def test_bad_reverse_configurations_are_one_line_naming_the_fix(
     role: str, args: list[str], line: str

@@ -16,10 +16,12 @@ import socket
 import time
 import urllib.request
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
+from tests.pki import write_crls
 from tests.security.conftest import (
     LOOPBACK,
     Certificates,
@@ -30,6 +32,7 @@ from tests.security.conftest import (
     pick_free_port,
     wait_up,
 )
+from tunnel.security.pemfiles import load_cert, load_key
 
 SECRET = "a3f1c0de9b7e4d2a8c6b5e4f3a2d1c0b"
 ROTATED = "77e0b2c4d6f8a1c3e5a7b9d1f3e5a7c9"
@@ -230,3 +233,39 @@ def test_a_reload_that_changes_nothing_closes_nothing(
         held.close()
     assert closing_lines(server, since, alice) == []
     assert "ambassador_reload_closed_sessions_total{" not in metrics_text(metrics)
+
+
+def test_a_serial_revoked_in_the_second_crl_of_the_file_closes_its_session(
+    programs: Programs, certs: Certificates, redis_port: int, tmp_path: Path
+) -> None:
+    """A CA bundle of two CAs and a CRL file with one CRL each: the reload reads both, as
+    the handshake does, not only the first."""
+    main, other = certs.main, certs.other
+    bundle, crl = tmp_path / "bundle.pem", tmp_path / "crl.pem"
+    bundle.write_bytes(main.ca.read_bytes() + other.ca.read_bytes())
+    issuers = [(load_key(pki.dir / "ca-key.pem"), load_cert(pki.ca)) for pki in (main, other)]
+    now = datetime.now(UTC)
+    write_crls(crl, [(key, ca, []) for key, ca in issuers], now)
+    server, metrics = start_server(
+        programs, *main.server.args(), "--tls-ca", str(bundle), "--tls-crl", str(crl),
+        "--link", f"redis=127.0.0.1:{redis_port}",
+    )  # fmt: skip
+    since = server.program.mark()
+    alice = programs.client(
+        server, "--tls-ca", str(main.ca), *main.client("alice").args(), service="redis"
+    )
+    mallory = programs.client(
+        server, "--tls-ca", str(main.ca), *other.client("mallory").args(), service="redis"
+    )
+    wait_up(server, alice, "alice", since)
+    wait_up(server, mallory, "mallory", since)
+
+    serial = load_cert(other.client("mallory").cert).serial_number
+    (main_ca, other_ca) = issuers
+    write_crls(crl, [(*main_ca, []), (*other_ca, [serial])], now)
+    since = reload(server)
+
+    (line,) = closing_lines(server, since, mallory)
+    assert "its certificate was revoked" in line, line
+    assert closed_count(metrics, "certificate_revoked") == 1
+    assert closing_lines(server, since, alice) == []

@@ -12,6 +12,12 @@ The socket gets its mode and owner between bind() and listen(): connecting needs
 socket, so no consumer can reach it before they are in place. On close, the file is removed if
 it is still the one we bound (same device and inode), so that a socket another process put at
 the path since is left alone.
+
+A reload that changes the mode or owner applies them to the socket file in place, again only
+while it is the one we bound (same device, inode and change time), and never through a
+symbolic link: chmod and chown are called with follow_symlinks=False, which on Linux holds the
+path by an O_PATH descriptor that cannot be a link's target, so a link swapped in after the
+identity check makes the change fail rather than reach the link's target.
 """
 
 from __future__ import annotations
@@ -55,6 +61,48 @@ class SocketFile:
                 os.unlink(self.path)
         except OSError:
             pass  # gone already, or no longer ours to remove: nothing to clean up
+
+    def apply(self, access: SocketAccess) -> tuple[SocketFile, str | None]:
+        """Give the file ``access``'s mode and owner if it is still the socket we bound.
+
+        Returns the file as it is now (a change moves its change time, by which it is known
+        when removed) and, when the change could not be made in full, why, in one line."""
+        where = f"unix:{self.path}"
+        try:
+            info = os.lstat(self.path)
+        except OSError as exc:
+            return self, _not_ours(where, exc.strerror or str(exc))
+        if not stat.S_ISSOCK(info.st_mode) or _identity(info) != self.identity:
+            return self, _not_ours(where, "replaced by another file")
+        problem = None
+        try:
+            os.chmod(self.path, access.mode, follow_symlinks=False)
+            if access.uid != -1 or access.gid != -1:
+                os.chown(self.path, access.uid, access.gid, follow_symlinks=False)
+        except NotImplementedError:  # a symbolic link took the socket's place meanwhile
+            return self, _not_ours(where, "now a symbolic link")
+        except OSError as exc:
+            if exc.errno == errno.EPERM and access.owner:
+                problem = (f"cannot give {where} to {access.owner!r}: only root may give a "
+                           "file away, and a group only to its members; it keeps its owner "
+                           "until a reload after that is fixed")  # fmt: skip
+            else:
+                problem = (f"cannot change the mode or owner of {where}: "
+                           f"{exc.strerror or exc}; reload again once that is fixed")  # fmt: skip
+        try:
+            now = os.lstat(self.path)
+        except OSError:
+            return self, problem
+        if (now.st_dev, now.st_ino) != self.identity[:2] or not stat.S_ISSOCK(now.st_mode):
+            return self, problem or _not_ours(where, "replaced by another file")
+        return SocketFile(self.path, _identity(now)), problem
+
+
+def _not_ours(where: str, why: str) -> str:
+    return (
+        f"{where} is no longer the socket this client bound ({why}); its mode and owner are "
+        "left alone: restart the client to listen there again"
+    )
 
 
 def _identity(info: os.stat_result) -> tuple[int, int, int]:

@@ -26,7 +26,7 @@ from tunnel.errors import ConfigError
 from tunnel.security.binding import server_end_point_of_chain
 from tunnel.security.certs import spki_pin
 from tunnel.security.tlserrors import CRL_REFRESH
-from tunnel.security.trust import crl_expired, load_crl
+from tunnel.security.trust import crl_expired, load_crls
 from tunnel.settings.wording import unreadable
 
 log = logging.getLogger("ambassador.tls")
@@ -154,7 +154,8 @@ def server_context(tls: ServerTls) -> ssl.SSLContext:
         _load_ca(context, tls.ca)
         context.verify_mode = ssl.CERT_REQUIRED
         if tls.crl is not None:
-            _load_ca(context, tls.crl)  # load_verify_locations also takes CRLs
+            load_crls(tls.crl)  # a file too big, or holding no CRL, is one line at start
+            _load_ca(context, tls.crl)  # load_verify_locations also takes CRLs, all of them
             context.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
     return context
 
@@ -301,14 +302,15 @@ def warn_about_files(
 
 def _warn_if_crl_expired(path: str, now: datetime) -> None:
     try:
-        crl = load_crl(path)
+        crls = load_crls(path)
     except ConfigError:
         return  # server_context already refused a broken file
-    if crl_expired(crl, now):
-        log.error(
-            "CRL %s expired on %s: every client certificate of its CA is refused; %s",
-            path, f"{crl.next_update_utc:%Y-%m-%d %H:%M} UTC", CRL_REFRESH,
-        )  # fmt: skip
+    for crl in crls:
+        if crl_expired(crl, now):
+            log.error(
+                "CRL %s expired on %s: every client certificate of its CA is refused; %s",
+                path, f"{crl.next_update_utc:%Y-%m-%d %H:%M} UTC", CRL_REFRESH,
+            )  # fmt: skip
 
 
 def _warn_if_readable(path: str, what: str) -> None:

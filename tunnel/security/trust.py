@@ -16,6 +16,7 @@ the new bundle, both valid at ``now``, counts as trusted too, which covers every
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -43,7 +44,7 @@ class Trust:
     """The CA certificates and CRL a server configuration verifies client certificates with."""
 
     cas: tuple[x509.Certificate, ...]
-    crl: x509.CertificateRevocationList | None = None
+    crls: tuple[x509.CertificateRevocationList, ...] = ()  # every CRL of the --tls-crl file
 
     def check(self, leaf_der: bytes, now: datetime) -> Untrusted | None:
         """None if the certificate (DER) would pass a handshake at ``now``, else why not."""
@@ -55,12 +56,12 @@ class Trust:
         if not self._trusted(leaf, now):
             return Untrusted("certificate_untrusted", "its certificate is not signed by a CA "
                              "of the new --tls-ca")  # fmt: skip
-        crl = self.crl
-        if crl is not None and crl.issuer == leaf.issuer:
+        crls = [crl for crl in self.crls if crl.issuer == leaf.issuer]
+        for crl in crls:
             if crl.get_revoked_certificate_by_serial_number(leaf.serial_number) is not None:
                 return Untrusted("certificate_revoked", "its certificate was revoked")
-            if crl_expired(crl, now):
-                return Untrusted("crl_expired", f"the CRL has expired; {CRL_REFRESH}")
+        if any(crl_expired(crl, now) for crl in crls):
+            return Untrusted("crl_expired", f"the CRL has expired; {CRL_REFRESH}")
         return None
 
     def _trusted(self, leaf: x509.Certificate, now: datetime) -> bool:
@@ -93,16 +94,32 @@ def load_trust(ca_path: str, crl_path: str | None) -> Trust:
         raise unreadable(ca_path, exc, "CA file") from None
     except ValueError:
         raise ConfigError(f"cannot load CA file {ca_path}: it must hold PEM certificates") from None
-    return Trust(cas, load_crl(crl_path) if crl_path is not None else None)
+    return Trust(cas, load_crls(crl_path) if crl_path is not None else ())
 
 
-def load_crl(crl_path: str) -> x509.CertificateRevocationList:
+# A CRL file larger than this is refused: the file is read whole, on every start and reload,
+# and a private CA's CRL lists a few hundred serials (about 40 bytes each), not millions.
+MAX_CRL_FILE = 16 * 1024 * 1024
+_CRL_BLOCK = re.compile(rb"-----BEGIN X509 CRL-----.+?-----END X509 CRL-----", re.DOTALL)
+
+
+def load_crls(crl_path: str) -> tuple[x509.CertificateRevocationList, ...]:
+    """Every CRL of a PEM file (one per CA of a bundle, say), as OpenSSL's handshake reads
+    them all; ConfigError in one line if the file cannot be read, holds none, or is too big."""
     try:
         with open(crl_path, "rb") as file:
-            return x509.load_pem_x509_crl(file.read())
+            data = file.read(MAX_CRL_FILE + 1)
     except OSError as exc:
         raise unreadable(crl_path, exc, "CRL") from None
-    except ValueError:
+    if len(data) > MAX_CRL_FILE:
         raise ConfigError(
-            f"cannot load CRL {crl_path}: not a PEM certificate revocation list"
-        ) from None
+            f"CRL {crl_path} is over {MAX_CRL_FILE // (1024 * 1024)} MiB: give a file holding "
+            "only the CRLs of the CAs in --tls-ca"
+        )
+    try:
+        crls = tuple(x509.load_pem_x509_crl(block) for block in _CRL_BLOCK.findall(data))
+    except ValueError:
+        crls = ()
+    if not crls:
+        raise ConfigError(f"cannot load CRL {crl_path}: not a PEM certificate revocation list")
+    return crls

@@ -22,8 +22,13 @@ from tunnel.errors import ConfigError
 from tunnel.protocol.limits import KIB, Limits
 from tunnel.settings.config import Kind, apply_config_file
 from tunnel.settings.effective import Setting, comment, render, settings_of, source_of
+from tunnel.settings.wrongrole import ROLE_ONLY_OPTIONS, other_role, wrong_role_line
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _envvar(flag: str) -> str:
+    return "AMBASSADOR_" + flag.lstrip("-").replace("-", "_").upper()
 
 
 def config_option(f: F) -> F:
@@ -307,7 +312,7 @@ def begin(
 ) -> tuple[C, tuple[str, int] | None]:
     """A role's start, once logging is set up: warn of unknown variables, build the
     configuration, read where metrics are served."""
-    other = next(role for role in ROLE_ONLY_VARIABLES if role != prog)
+    other = other_role(prog)
     warn_unknown_variables(
         option_variables(ctx.command), ROLE_ONLY_VARIABLES[other], other, os.environ
     )
@@ -326,26 +331,9 @@ OTHER_VARIABLES = frozenset(
 )  # fmt: skip
 # The variables only one role reads: each role knows the other's (one environment, the image's
 # or a shared env file, often serves both), without importing the other role's command line.
-# tests/tunnel/settings/test_cli.py holds them to the commands' options.
 ROLE_ONLY_VARIABLES = {
-    "ambassador-server": frozenset(
-        f"AMBASSADOR_{name}"
-        for name in ("ACCESS",
-                     "CONNECT", "DIAL_TIMEOUT", "DRAIN_TIMEOUT", "FORWARD", "FORWARD_BIND",
-                     "HEALTH_CHECK", "LINK", "LINKS_FROM_ENV_IN_POD", "MAX_PENDING_DIALS",
-                     "MAX_STREAMS_PER_IDENTITY", "POOL_STRATEGY", "PROXY_PROTOCOL",
-                     "RESOLVE_INTERVAL", "REUSE_PORT", "TLS_CRL",
-                     "WEBSOCKET_PATH")
-    ),
-    "ambassador-client": frozenset(
-        f"AMBASSADOR_{name}"
-        for name in ("BACKOFF_MAX", "BACKOFF_MIN", "BIND", "CONNECT_TIMEOUT", "EXPOSE",
-                     "EXPOSE_ALLOW", "EXPOSE_SOCKET_MODE", "EXPOSE_SOCKET_OWNER",
-                     "LINK_WAIT_TIMEOUT", "PIN", "PROXY", "PROXY_CREDENTIALS_FILE",
-                     "PROXY_FROM_ENV", "REMOTE", "SESSIONS", "SPREAD", "TLS", "UDP_IDLE_TIMEOUT",
-                     "UDP_MAX_FLOWS")
-    ),
-}  # fmt: skip
+    role: frozenset(_envvar(flag) for flag in flags) for role, flags in ROLE_ONLY_OPTIONS.items()
+}
 # What a container linked as "ambassador" (Docker links) or a Kubernetes Service called
 # "ambassador" puts in the environment: not settings, and nothing to warn about.
 _NOT_SETTINGS = re.compile(
@@ -451,10 +439,6 @@ def setting(flag: str, type_: click.ParamType[Any], default: Any, help: str) -> 
     return click.option(
         flag, type=type_, default=default, show_default=True, envvar=_envvar(flag), help=help
     )
-
-
-def _envvar(flag: str) -> str:
-    return "AMBASSADOR_" + flag.lstrip("-").replace("-", "_").upper()
 
 
 tls_key_option = path_option("--tls-key", "PEM private key of --tls-cert.")
@@ -588,14 +572,27 @@ def name_the_source(exc: click.ClickException) -> None:
         exc.param_hint = f"{key} in config file {watched_config_file(ctx) or ''}".rstrip()
 
 
-def run_cli(group: click.Command, prog: str, argv: list[str] | None = None) -> int:
-    """Run a click command; turn every user error into one line and an exit code."""
+def run_cli(
+    group: click.Command,
+    prog: str,
+    argv: list[str] | None = None,
+    fixes: Mapping[str, str] | None = None,
+) -> int:
+    """Run a click command; turn every user error into one line and an exit code.
+
+    ``fixes``: for options of the other program given here, what to give instead (any other
+    option of the other program is named as its without one).
+    """
     try:
         args = list(sys.argv[1:] if argv is None else argv)
         # The arguments travel in ctx.obj so that a reload can parse them again.
         result = group.main(args=args, prog_name=prog, standalone_mode=False, obj={"argv": args})
     except click.exceptions.Abort:
         return 130
+    except click.NoSuchOption as exc:
+        line = wrong_role_line(exc, prog, fixes or {})
+        print(f"{prog}: error: {line or exc.format_message()}", file=sys.stderr)
+        return exc.exit_code
     except click.ClickException as exc:
         name_the_source(exc)
         print(f"{prog}: error: {exc.format_message()}", file=sys.stderr)

@@ -201,3 +201,81 @@ def test_giving_a_socket_away_without_permission_is_one_line(tmp_path: Path) -> 
         "group it belongs to"
     )
     assert not path.exists()
+
+
+def test_a_new_mode_is_applied_in_place_and_the_file_is_still_removed(tmp_path: Path) -> None:
+    path = tmp_path / "app.sock"
+
+    async def scenario() -> None:
+        server, file = await listen_unix(asyncio.Protocol, os.fspath(path), SocketAccess())
+        before = os.lstat(path)
+        file, problem = file.apply(socket_access("0666", None))
+        assert problem is None
+        after = os.lstat(path)
+        assert stat.S_IMODE(after.st_mode) == 0o666
+        assert (after.st_dev, after.st_ino) == (before.st_dev, before.st_ino)
+        _, writer = await asyncio.open_unix_connection(os.fspath(path))  # still listening
+        writer.close()
+        server.close()
+        file.remove()  # known by its new change time
+        await server.wait_closed()
+
+    asyncio.run(scenario())
+    assert not path.exists()
+
+
+def test_a_new_mode_leaves_a_file_that_replaced_ours_alone(tmp_path: Path) -> None:
+    path, target = tmp_path / "app.sock", tmp_path / "target"
+    target.write_text("not a socket")
+    target.chmod(0o600)
+
+    async def scenario() -> None:
+        server, file = await listen_unix(asyncio.Protocol, os.fspath(path), SocketAccess())
+        os.unlink(path)
+        os.symlink(target, path)
+        same, problem = file.apply(socket_access("0666", None))
+        assert same == file
+        assert problem == (
+            f"unix:{path} is no longer the socket this client bound (replaced by another file); "
+            "its mode and owner are left alone: restart the client to listen there again"
+        )
+        server.close()
+        await server.wait_closed()
+
+    asyncio.run(scenario())
+    assert stat.S_IMODE(os.stat(target).st_mode) == 0o600
+
+
+def test_an_owner_a_reload_may_not_give_is_one_line_and_the_mode_still_changes(
+    tmp_path: Path,
+) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root, to drop a capability")
+    import subprocess
+    import sys
+
+    probe = (
+        "import asyncio, os, stat, sys\n"
+        "from tunnel.aio.unixlisten import listen_unix, socket_access\n"
+        "from tunnel.settings.unixpath import SocketAccess\n"
+        "async def main():\n"
+        "    server, file = await listen_unix(asyncio.Protocol, sys.argv[1], SocketAccess())\n"
+        "    file, problem = file.apply(socket_access('0660', 'nobody'))\n"
+        "    print(problem)\n"
+        "    print(oct(stat.S_IMODE(os.lstat(sys.argv[1]).st_mode)))\n"
+        "    server.close()\n"
+        "    file.remove()\n"
+        "    print(os.path.exists(sys.argv[1]))\n"
+        "asyncio.run(main())\n"
+    )
+    path = tmp_path / "app.sock"
+    done = subprocess.run(
+        ["setpriv", "--bounding-set=-chown", sys.executable, "-c", probe, os.fspath(path)],
+        capture_output=True, text=True, timeout=30, check=True,
+    )  # fmt: skip
+    assert done.stdout.splitlines() == [
+        f"cannot give unix:{path} to 'nobody': only root may give a file away, and a group only "
+        "to its members; it keeps its owner until a reload after that is fixed",
+        "0o660",
+        "False",
+    ]

@@ -12,7 +12,7 @@ from tunnel.aio.transport import format_peer
 from tunnel.errors import ConfigError
 from tunnel.security.auth import load_tokens
 from tunnel.security.pemfiles import read_file
-from tunnel.security.trust import load_crl, load_trust
+from tunnel.security.trust import load_crls, load_trust
 from tunnel.settings.config import load_config_file
 from tunnel.settings.links import Address
 from tunnel.settings.wording import counted, hostport, rate, size
@@ -46,7 +46,7 @@ READERS: dict[str, Callable[[Path], object]] = {
     "config file ": load_config_file,
     "token file ": lambda path: load_tokens(str(path)),
     "CA file ": lambda path: load_trust(str(path), None),
-    "CRL ": lambda path: load_crl(str(path)),
+    "CRL ": lambda path: load_crls(str(path)),
     "": read_file,  # a key or certificate named by its option
 }
 

@@ -191,10 +191,10 @@ REVERSE_MODE = (
         ),
         pytest.param(
             "client",
-            ["--remote", "127.0.0.1", "--allow-from", "10.0.0.0/8"],
-            "ambassador-client has no --allow-from: it is an option of ambassador-server "
+            ["--remote", "127.0.0.1", "--reuse-port"],
+            "ambassador-client has no --reuse-port: it is an option of ambassador-server "
             "(see ambassador-server --help)",
-            id="client-allow-from",
+            id="client-reuse-port",
         ),
     ],
 )

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from client.app import serve, serve_helper
 from client.config import ClientConfig
@@ -463,6 +464,11 @@ def client_proxy(params: dict[str, Any], environ: Mapping[str, str]) -> ProxyRou
     return proxy_route(params["proxy"], params["proxy_from_env"], environ, credentials)
 
 
+def _from_environment(name: str) -> bool:
+    ctx = click.get_current_context(silent=True)
+    return ctx is not None and ctx.get_parameter_source(name) is ParameterSource.ENVIRONMENT
+
+
 # What shapes the tunnel listener of a client with --listen, and means nothing without one.
 LISTENER_FLAGS = ("insecure_plaintext", "allow_from", "accept_proxy_protocol", "accept_proxy_from")
 
@@ -470,7 +476,11 @@ LISTENER_FLAGS = ("insecure_plaintext", "allow_from", "accept_proxy_protocol", "
 def listen_address(params: dict[str, Any]) -> Address | None:
     if params["listen"] is None:
         for flag in LISTENER_FLAGS:
-            if params[flag]:
+            # One environment (an image's, a shared env file) often serves both roles: the
+            # server's AMBASSADOR_ALLOW_FROM means nothing to a client without --listen, and
+            # there is nothing here for it to guard. Given on the command line or in the
+            # config file, it is a mistake worth a line.
+            if params[flag] and not _from_environment(flag):
                 raise ConfigError(
                     f"--{flag.replace('_', '-')} applies to --listen (the servers that dial "
                     "this client); a client that dials a --remote has no tunnel listener: add "

@@ -32,3 +32,19 @@ def test_a_bad_allow_from_is_one_line_naming_the_option() -> None:
     assert result.returncode != 0
     assert "bad --allow-from '10.0.0.1/8': it has host bits set" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_shared_environment_with_the_servers_listener_variables_starts_a_dialing_client() -> None:
+    """One env file often serves both roles: the listening server's AMBASSADOR_ALLOW_FROM,
+    AMBASSADOR_ACCEPT_PROXY_PROTOCOL and AMBASSADOR_INSECURE_PLAINTEXT mean nothing to a client
+    without --listen, so they do not stop it; the same options typed on its command line do."""
+    shared = {
+        "AMBASSADOR_ALLOW_FROM": "10.0.0.0/8",
+        "AMBASSADOR_ACCEPT_PROXY_PROTOCOL": "true",
+        "AMBASSADOR_INSECURE_PLAINTEXT": "true",
+    }
+    dialing = check_config("--remote=127.0.0.1", "--expose=6379", env=shared)
+    assert dialing.returncode == 0, dialing.stderr
+    typed = check_config("--remote=127.0.0.1", "--expose=6379", "--allow-from=10.0.0.0/8")
+    assert typed.returncode == 2
+    assert "--allow-from applies to --listen" in typed.stderr

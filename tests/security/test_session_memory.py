@@ -19,7 +19,7 @@ import pytest
 from tests.reliability.loopthread import LoopThread
 from tests.security import attack
 from tests.security.attack import KIB, MIB
-from tests.security.conftest import LOOPBACK, Programs, RawTunnel, stream_header
+from tests.security.conftest import LOOPBACK, Programs, RawTunnel, echo, stream_header
 from tunnel.protocol.messages import Welcome
 from tunnel.protocol.session import SEND_FLOOR
 
@@ -173,3 +173,95 @@ def test_streams_nobody_reads_do_not_stall_one_that_is_read(
     finally:
         for slow in stalled:
             slow.close()
+
+
+class Deaf(asyncio.Protocol):
+    """A backend connection that never reads."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.ReadTransport)
+        transport.pause_reading()
+
+
+@pytest.fixture
+def deaf_backend() -> Iterator[int]:
+    """A backend on loopback that accepts connections and reads nothing from them, with a small
+    receive buffer: what is sent to it piles up in the server."""
+    thread = LoopThread("deaf-backend")
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * KIB)  # accepted ones inherit it
+    listener.bind((LOOPBACK, 0))
+    listener.listen(1024)
+
+    async def start() -> asyncio.Server:
+        return await asyncio.get_running_loop().create_server(Deaf, sock=listener)
+
+    server = thread.call(start)
+    try:
+        yield listener.getsockname()[1]
+    finally:
+
+        async def stop() -> None:
+            server.close()
+
+        thread.call(stop)
+        thread.stop()
+
+
+def push(sock: socket.socket, data: bytes, deadline: float) -> int:
+    """Send what the peer takes of ``data`` until ``deadline``; how much it took."""
+    view, sent = memoryview(data), 0
+    while sent < len(data) and time.monotonic() < deadline:
+        sock.settimeout(max(0.01, min(0.2, deadline - time.monotonic())))
+        try:
+            sent += sock.send(view[sent:])
+        except TimeoutError:
+            continue
+    return sent
+
+
+STREAMS = 400
+
+
+def test_first_windows_of_400_streams_to_a_backend_that_never_reads_stay_within_the_session_memory(
+    programs: Programs, deaf_backend: int, echo_port: int
+) -> None:
+    # yamux lets the peer send each stream's first 256 KiB without asking. 400 streams of it to
+    # a backend that reads nothing used to pile up 100 MiB in the server whatever
+    # --session-memory said; now the server stops reading the session past it.
+    attack.raise_nofile(4096)
+    server = programs.server(
+        "--link", f"sink={LOOPBACK}:{deaf_backend}", "--link", f"echo={LOOPBACK}:{echo_port}",
+        "--session-memory", "8",
+    )  # fmt: skip
+    pid = server.program.pid
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * KIB)
+    sock.settimeout(5)
+    sock.connect((LOOPBACK, server.port))
+    raw = RawTunnel(sock)
+    raw.hello()
+    assert isinstance(raw.next_message(), Welcome)
+    idle = attack.settled_rss(pid)
+    header = stream_header("sink")
+    for _ in range(STREAMS):
+        stream_id = raw.session.open_stream()
+        raw.session.send_data(stream_id, header + bytes(256 * KIB - len(header)))
+    wire = raw.session.data_to_send(limit=1 << 30)
+    assert len(wire) > STREAMS * 256 * KIB
+    start = time.monotonic()
+    sent = push(sock, wire, start + 6.0)  # as far as the server reads, and no further
+    peak = max(peak_rss(pid, 2.0), attack.rss(pid))
+    # Another session is served meanwhile.
+    client = programs.good_client(server, service="echo")
+    assert echo(client.port) == b"still serving\n"
+    sock.close()
+    growth = peak - idle
+    print(
+        f"sent {sent / MIB:.1f} of {len(wire) / MIB:.1f} MiB on {STREAMS} streams; "
+        f"server RSS {idle / MIB:.1f} -> {peak / MIB:.1f} MiB (+{growth / MIB:.1f})"
+    )
+    assert growth < 8 * MIB + MARGIN, (
+        f"{STREAMS} streams' first windows took {growth / MIB:.0f} MiB of the server "
+        "with --session-memory 8"
+    )

@@ -9,17 +9,28 @@ stream, and the streams that are read must still move while it is full.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import re
 import socket
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from tests.reliability.loopthread import LoopThread
 from tests.security import attack
 from tests.security.attack import KIB, MIB
-from tests.security.conftest import LOOPBACK, Programs, RawTunnel, echo, stream_header
+from tests.security.conftest import (
+    LOOPBACK,
+    Programs,
+    RawTunnel,
+    echo,
+    pick_free_port,
+    stream_header,
+)
 from tunnel.protocol.messages import Welcome
 from tunnel.protocol.session import SEND_FLOOR
 
@@ -265,3 +276,77 @@ def test_first_windows_of_400_streams_to_a_backend_that_never_reads_stay_within_
         f"{STREAMS} streams' first windows took {growth / MIB:.0f} MiB of the server "
         "with --session-memory 8"
     )
+
+
+# --------------------------------------------------- a client whose consumers stop reading
+
+CONSUMERS = 8
+ANSWER = 4 * MIB  # BLOCK repeated: each consumer must get exactly this
+UNREAD_FOR = 3.0  # longer than --probe-after's 1 s: a paused session must not be taken for dead
+
+
+@pytest.fixture
+def four_mib_backend() -> Iterator[int]:
+    yield from answering_backend(ANSWER)
+
+
+def drain(sock: socket.socket, deadline: float) -> tuple[int, str]:
+    """Read ``ANSWER`` bytes of ``sock`` (fewer at its end or ``deadline``): how many, and their
+    SHA-256."""
+    digest, got = hashlib.sha256(), 0
+    while got < ANSWER and time.monotonic() < deadline:
+        sock.settimeout(max(0.01, deadline - time.monotonic()))
+        try:
+            data = sock.recv(min(256 * KIB, ANSWER - got))
+        except TimeoutError:
+            break
+        if not data:
+            break
+        digest.update(data)
+        got += len(data)
+    return got, digest.hexdigest()
+
+
+def limit_hits(metrics_port: int, limit: str) -> float:
+    url = f"http://{LOOPBACK}:{metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as answer:
+        text = answer.read().decode()
+    found = re.search(rf'^ambassador_limit_hits_total\{{limit="{limit}"\}} (\S+)$', text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+def test_a_client_whose_consumers_stop_reading_pauses_its_session_then_delivers_every_byte(
+    programs: Programs, four_mib_backend: int
+) -> None:
+    # On loopback the kernel's buffers would take the answers whole; consumers that shrink their
+    # own receive buffer leave the stream bytes in the client, where the session counts them.
+    server = programs.server("--link", f"big={LOOPBACK}:{four_mib_backend}")
+    metrics_port = pick_free_port()
+    client = programs.good_client(
+        server, "--session-memory", "1", "--metrics-listen", f"{LOOPBACK}:{metrics_port}",
+        service="big",
+    )  # fmt: skip
+    consumers = []
+    try:
+        for _ in range(CONSUMERS):
+            consumer = socket.socket()
+            consumer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * KIB)
+            consumer.settimeout(5)
+            consumer.connect((LOOPBACK, client.port))
+            consumers.append(consumer)
+        client.program.wait_for(r"pausing reads from ")
+        time.sleep(UNREAD_FOR)  # and nobody reads meanwhile
+        assert limit_hits(metrics_port, "session_memory") >= 1
+        deadline = time.monotonic() + 30.0
+        with ThreadPoolExecutor(CONSUMERS) as pool:
+            results = list(pool.map(lambda sock: drain(sock, deadline), consumers))
+    finally:
+        for consumer in consumers:
+            consumer.close()
+    expected = hashlib.sha256(BLOCK * (ANSWER // len(BLOCK))).hexdigest()
+    assert results == [(ANSWER, expected)] * CONSUMERS, "reading did not resume, or bytes differ"
+    client_log, server_log = client.program.text(), server.program.text()
+    assert client_log.count("pausing reads from ") == 1, client_log
+    for log in (client_log, server_log):
+        assert "did not answer a ping" not in log, log
+    assert client.program.alive() and server.program.alive()

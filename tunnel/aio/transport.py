@@ -125,6 +125,12 @@ class Producer(Protocol):
     def meter(self, on: bool) -> None: ...
 
 
+class Consumer(Protocol):
+    """A handler that writes a stream's bytes to a socket of its own, crediting what it took."""
+
+    def credit_when_taken(self) -> None: ...
+
+
 AcceptStream = Callable[["TunnelConnection", int], StreamHandler | None]
 
 
@@ -237,6 +243,11 @@ class TunnelConnection(asyncio.BufferedProtocol):
             return
         self._held_paused = True
         self._transport.pause_reading()
+        # What is held sits in the local connections' write buffers; each credits it once its
+        # socket has taken it, else nothing would tell the session that it may read again.
+        for handler in list(self._handlers.values()):
+            if hasattr(handler, "credit_when_taken"):
+                cast(Consumer, handler).credit_when_taken()
         metrics.LIMIT_HITS.labels("session_memory").inc()
         if not self._held_logged:
             self._held_logged = True

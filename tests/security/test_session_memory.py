@@ -9,17 +9,28 @@ stream, and the streams that are read must still move while it is full.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import re
 import socket
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from tests.reliability.loopthread import LoopThread
 from tests.security import attack
 from tests.security.attack import KIB, MIB
-from tests.security.conftest import LOOPBACK, Programs, RawTunnel, stream_header
+from tests.security.conftest import (
+    LOOPBACK,
+    Programs,
+    RawTunnel,
+    echo,
+    pick_free_port,
+    stream_header,
+)
 from tunnel.protocol.messages import Welcome
 from tunnel.protocol.session import SEND_FLOOR
 
@@ -173,3 +184,169 @@ def test_streams_nobody_reads_do_not_stall_one_that_is_read(
     finally:
         for slow in stalled:
             slow.close()
+
+
+class Deaf(asyncio.Protocol):
+    """A backend connection that never reads."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.ReadTransport)
+        transport.pause_reading()
+
+
+@pytest.fixture
+def deaf_backend() -> Iterator[int]:
+    """A backend on loopback that accepts connections and reads nothing from them, with a small
+    receive buffer: what is sent to it piles up in the server."""
+    thread = LoopThread("deaf-backend")
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * KIB)  # accepted ones inherit it
+    listener.bind((LOOPBACK, 0))
+    listener.listen(1024)
+
+    async def start() -> asyncio.Server:
+        return await asyncio.get_running_loop().create_server(Deaf, sock=listener)
+
+    server = thread.call(start)
+    try:
+        yield listener.getsockname()[1]
+    finally:
+
+        async def stop() -> None:
+            server.close()
+
+        thread.call(stop)
+        thread.stop()
+
+
+def push(sock: socket.socket, data: bytes, deadline: float) -> int:
+    """Send what the peer takes of ``data`` until ``deadline``; how much it took."""
+    view, sent = memoryview(data), 0
+    while sent < len(data) and time.monotonic() < deadline:
+        sock.settimeout(max(0.01, min(0.2, deadline - time.monotonic())))
+        try:
+            sent += sock.send(view[sent:])
+        except TimeoutError:
+            continue
+    return sent
+
+
+STREAMS = 400
+
+
+def test_first_windows_of_400_streams_to_a_backend_that_never_reads_stay_within_the_session_memory(
+    programs: Programs, deaf_backend: int, echo_port: int
+) -> None:
+    # yamux lets the peer send each stream's first 256 KiB without asking. 400 streams of it to
+    # a backend that reads nothing used to pile up 100 MiB in the server whatever
+    # --session-memory said; now the server stops reading the session past it.
+    attack.raise_nofile(4096)
+    server = programs.server(
+        "--link", f"sink={LOOPBACK}:{deaf_backend}", "--link", f"echo={LOOPBACK}:{echo_port}",
+        "--session-memory", "8",
+    )  # fmt: skip
+    pid = server.program.pid
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * KIB)
+    sock.settimeout(5)
+    sock.connect((LOOPBACK, server.port))
+    raw = RawTunnel(sock)
+    raw.hello()
+    assert isinstance(raw.next_message(), Welcome)
+    idle = attack.settled_rss(pid)
+    header = stream_header("sink")
+    for _ in range(STREAMS):
+        stream_id = raw.session.open_stream()
+        raw.session.send_data(stream_id, header + bytes(256 * KIB - len(header)))
+    wire = raw.session.data_to_send(limit=1 << 30)
+    assert len(wire) > STREAMS * 256 * KIB
+    start = time.monotonic()
+    sent = push(sock, wire, start + 6.0)  # as far as the server reads, and no further
+    peak = max(peak_rss(pid, 2.0), attack.rss(pid))
+    # Another session is served meanwhile.
+    client = programs.good_client(server, service="echo")
+    assert echo(client.port) == b"still serving\n"
+    sock.close()
+    growth = peak - idle
+    print(
+        f"sent {sent / MIB:.1f} of {len(wire) / MIB:.1f} MiB on {STREAMS} streams; "
+        f"server RSS {idle / MIB:.1f} -> {peak / MIB:.1f} MiB (+{growth / MIB:.1f})"
+    )
+    assert growth < 8 * MIB + MARGIN, (
+        f"{STREAMS} streams' first windows took {growth / MIB:.0f} MiB of the server "
+        "with --session-memory 8"
+    )
+
+
+# --------------------------------------------------- a client whose consumers stop reading
+
+CONSUMERS = 8
+ANSWER = 4 * MIB  # BLOCK repeated: each consumer must get exactly this
+UNREAD_FOR = 3.0  # longer than --probe-after's 1 s: a paused session must not be taken for dead
+
+
+@pytest.fixture
+def four_mib_backend() -> Iterator[int]:
+    yield from answering_backend(ANSWER)
+
+
+def drain(sock: socket.socket, deadline: float) -> tuple[int, str]:
+    """Read ``ANSWER`` bytes of ``sock`` (fewer at its end or ``deadline``): how many, and their
+    SHA-256."""
+    digest, got = hashlib.sha256(), 0
+    while got < ANSWER and time.monotonic() < deadline:
+        sock.settimeout(max(0.01, deadline - time.monotonic()))
+        try:
+            data = sock.recv(min(256 * KIB, ANSWER - got))
+        except TimeoutError:
+            break
+        if not data:
+            break
+        digest.update(data)
+        got += len(data)
+    return got, digest.hexdigest()
+
+
+def limit_hits(metrics_port: int, limit: str) -> float:
+    url = f"http://{LOOPBACK}:{metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as answer:
+        text = answer.read().decode()
+    found = re.search(rf'^ambassador_limit_hits_total\{{limit="{limit}"\}} (\S+)$', text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+def test_a_client_whose_consumers_stop_reading_pauses_its_session_then_delivers_every_byte(
+    programs: Programs, four_mib_backend: int
+) -> None:
+    # On loopback the kernel's buffers would take the answers whole; consumers that shrink their
+    # own receive buffer leave the stream bytes in the client, where the session counts them.
+    server = programs.server("--link", f"big={LOOPBACK}:{four_mib_backend}")
+    metrics_port = pick_free_port()
+    client = programs.good_client(
+        server, "--session-memory", "1", "--metrics-listen", f"{LOOPBACK}:{metrics_port}",
+        service="big",
+    )  # fmt: skip
+    consumers = []
+    try:
+        for _ in range(CONSUMERS):
+            consumer = socket.socket()
+            consumer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * KIB)
+            consumer.settimeout(5)
+            consumer.connect((LOOPBACK, client.port))
+            consumers.append(consumer)
+        client.program.wait_for(r"pausing reads from ")
+        time.sleep(UNREAD_FOR)  # and nobody reads meanwhile
+        assert limit_hits(metrics_port, "session_memory") >= 1
+        deadline = time.monotonic() + 30.0
+        with ThreadPoolExecutor(CONSUMERS) as pool:
+            results = list(pool.map(lambda sock: drain(sock, deadline), consumers))
+    finally:
+        for consumer in consumers:
+            consumer.close()
+    expected = hashlib.sha256(BLOCK * (ANSWER // len(BLOCK))).hexdigest()
+    assert results == [(ANSWER, expected)] * CONSUMERS, "reading did not resume, or bytes differ"
+    client_log, server_log = client.program.text(), server.program.text()
+    assert client_log.count("pausing reads from ") == 1, client_log
+    for log in (client_log, server_log):
+        assert "did not answer a ping" not in log, log
+    assert client.program.alive() and server.program.alive()

@@ -105,6 +105,7 @@ class Relay(asyncio.Protocol):
         self.forwarded = False  # a byte of the local socket's went to a stream
         self._buffer = read_buffer()
         self._metered: _Metered | None = None  # the protocol while reads are sized
+        self._draining = False  # credit_when_taken waits for the write buffer to empty
 
     # ----------------------------------------------------------- local socket side
 
@@ -207,7 +208,22 @@ class Relay(asyncio.Protocol):
         self.on_closed(exc)
 
     def resume_writing(self) -> None:
+        if self._draining:
+            self._draining = False
+            if self.transport is not None:
+                self.transport.set_write_buffer_limits(LOCAL_HIGH_WATER, LOCAL_LOW_WATER)
         self._credit(batch=1)
+
+    def credit_when_taken(self) -> None:
+        """The session stopped reading its connection for the bytes its streams hold: credit
+        what the socket has taken, and the rest once it has taken it all. A buffer under the
+        high-water mark calls no resume_writing by itself, and no more data comes to credit it."""
+        self._credit(batch=1)
+        transport = self.transport
+        if transport is None or self.closed or not transport.get_write_buffer_size():
+            return
+        self._draining = True
+        transport.set_write_buffer_limits(0, 0)  # resume_writing once the buffer is empty
 
     # -------------------------------------------------------------- stream side
 
@@ -279,6 +295,11 @@ class Relay(asyncio.Protocol):
         if delivered >= batch:
             self._uncredited -= delivered
             self.tunnel.consumed(self.stream_id, delivered)
+        elif delivered < self._uncredited and not self._draining:
+            # Bytes wait in a buffer under the high-water mark: nothing else would credit them
+            # once the socket takes them (no more data comes while they hold the window).
+            self._draining = True
+            self.transport.set_write_buffer_limits(0, 0)
 
     def _shutdown_write(self) -> None:
         transport = self.transport

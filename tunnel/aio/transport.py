@@ -125,6 +125,12 @@ class Producer(Protocol):
     def meter(self, on: bool) -> None: ...
 
 
+class Consumer(Protocol):
+    """A handler that writes a stream's bytes to a socket of its own, crediting what it took."""
+
+    def credit_when_taken(self) -> None: ...
+
+
 AcceptStream = Callable[["TunnelConnection", int], StreamHandler | None]
 
 
@@ -164,6 +170,10 @@ class TunnelConnection(asyncio.BufferedProtocol):
         # set while the room is under one whole read for each stream.
         self.metered = False
         self._turn_bytes = 0  # bytes read since reading last yielded the loop
+        # Reading the connection is paused because the streams hold more received bytes than
+        # session_memory (Session.wants_read): until the local consumers take enough of them.
+        self._held_paused = False
+        self._held_logged = False
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = math.inf  # the session time the timer is armed for
         self._probe: asyncio.TimerHandle | None = None
@@ -212,14 +222,48 @@ class TunnelConnection(asyncio.BufferedProtocol):
         # reads up to 32 times). Past READ_BUDGET bytes, yield the turn, so that a consumer's
         # small request is read (and its answer sent) between the chunks of a bulk transfer.
         self._turn_bytes += nbytes
-        if self._turn_bytes >= READ_BUDGET and self._transport is not None:
+        if not session.wants_read:
+            self._pause_for_held()
+        elif self._turn_bytes >= READ_BUDGET and self._transport is not None:
             self._transport.pause_reading()
             self._loop.call_soon(self._resume_reading)
 
     def _resume_reading(self) -> None:
         self._turn_bytes = 0
+        if self._held_paused:
+            return  # the held bytes resume it, once consumed
         if self._transport is not None and not self._transport.is_closing():
             self._transport.resume_reading()
+
+    def _pause_for_held(self) -> None:
+        # TCP's flow control then holds the peer back: its bytes wait in the socket buffers
+        # (and its own send queue), not here. Under TLS or a WebSocket the layer passes the
+        # pause to the socket; what it had already read (one read) still arrives.
+        if self._held_paused or self._transport is None:
+            return
+        self._held_paused = True
+        self._transport.pause_reading()
+        # What is held sits in the local connections' write buffers; each credits it once its
+        # socket has taken it, else nothing would tell the session that it may read again.
+        for handler in list(self._handlers.values()):
+            if hasattr(handler, "credit_when_taken"):
+                cast(Consumer, handler).credit_when_taken()
+        metrics.LIMIT_HITS.labels("session_memory").inc()
+        if not self._held_logged:
+            self._held_logged = True
+            log.warning(
+                "pausing reads from %s: its streams hold %d received bytes that the local "
+                "connections have not taken, over --session-memory (%d MiB); reading resumes "
+                "as they take them",
+                self.peer, self.session.held, self.session.limits.session_memory >> 20,
+            )  # fmt: skip
+        self._rearm_timer()  # while paused, the session pings the peer now and then
+
+    def _resume_for_held(self) -> None:
+        self._held_paused = False
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.resume_reading()
+        self._rearm_timer()
 
     def eof_received(self) -> bool | None:
         self._finish("the peer closed the connection")
@@ -449,6 +493,8 @@ class TunnelConnection(asyncio.BufferedProtocol):
         self._flush_scheduled = False
         self._turn_bytes = 0
         session = self.session
+        if self._held_paused and session.wants_read:
+            self._resume_for_held()  # the local connections took enough (consumed, reset)
         if session.timer_moved:  # a message written at once started a liveness clock
             session.timer_moved = False
             self._timer_sooner()

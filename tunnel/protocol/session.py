@@ -110,6 +110,10 @@ class SessionStats:
 # read of a producer), whatever the number of streams.
 SEND_FLOOR = 4 * 1024 * 1024
 
+# Reading resumes once the bytes held for local consumers fall to this share of session_memory:
+# well under the mark, so that a session near it does not pause and resume on every read.
+RESUME_SHARE = 2
+
 # A payload chunk at least this large goes to the socket as it is, one entry of a gathered
 # write; smaller ones are copied next to their frame headers.
 GATHER_MIN = 16 * 1024
@@ -289,6 +293,15 @@ class Session:
         self._last_peer_id = 0
         self._granted_growth = 0  # window bytes granted beyond INITIAL_WINDOW, all streams
         self._queued = 0  # bytes in every stream's outbox: they count in session_memory too
+        # Bytes received on every stream and not yet consumed (their window not given back):
+        # what the local consumers have yet to take. yamux lets the peer fill each stream's
+        # first 256 KiB without asking, so windows alone bound this only by max_streams times
+        # that; past session_memory the driver stops reading the connection instead
+        # (wants_read), which holds the peer back by TCP's own flow control and caps no streams.
+        self._held = 0
+        self.wants_read = True
+        self.read_pauses = 0  # how often reading was paused for held bytes
+        self._paused_ping = 0.0  # when the last ping went out while reading was paused
         # The queued bytes went over the send budget: every producer is paused until they are
         # back a stream's buffer under it (SessionDrained).
         self.full = False
@@ -353,6 +366,9 @@ class Session:
             return self._receive(_as_frames, whole, nbytes, now)  # which says what is wrong
         recv.available -= length
         recv.buffered += length
+        self._held += length
+        if self._held > self.limits.session_memory:
+            self._pause_reading(now)
         self._last_received = self._now = now
         self._stats[4] += nbytes
         if self.liveness.waiting_since is not None:
@@ -394,6 +410,7 @@ class Session:
                         if length <= recv.available:  # ReceiveWindow.receive, inlined
                             recv.available -= length
                             recv.buffered += length
+                            self._held += length
                             events.append(DataReceived(stream_id, payload))
                             continue
                 if type_ is _DATA or type_ is _WINDOW_UPDATE:
@@ -413,7 +430,26 @@ class Session:
             if self._stats[4] == size and starts_like_proxy(self._decoder.head(len(V2_SIGNATURE))):
                 self.proxy_header = True
             self._fail(GoAwayCode.PROTOCOL_ERROR, str(exc))
+        if self._held > self.limits.session_memory and self.wants_read and not self.terminated:
+            self._pause_reading(now)
         return self.take_events()
+
+    def _pause_reading(self, now: float) -> None:
+        self.wants_read = False
+        self.read_pauses += 1
+        self._paused_ping = now
+
+    def _check_resume(self) -> None:
+        if self._held <= self.limits.session_memory // RESUME_SHARE:
+            self.wants_read = True
+            # Answers to pings sent while paused are read only now: they measure nothing.
+            self._pings.clear()
+            self.liveness.heard()
+
+    @property
+    def held(self) -> int:
+        """Bytes received on every stream and not yet consumed."""
+        return self._held
 
     def unguard(self) -> None:
         """The peer has authenticated: frames up to the stream windows, buffers to match."""
@@ -489,6 +525,7 @@ class Session:
         elif length:
             if not stream.can_receive or not stream.recv.receive(length):
                 self._refuse_data(stream, length)
+            self._held += length
             self._events.append(DataReceived(stream_id, payload))
         if not flags:
             return
@@ -687,7 +724,15 @@ class Session:
     def consumed(self, stream_id: int, length: int, now: float) -> None:
         """The driver handed ``length`` bytes of a stream on; the peer may send that much more."""
         stream = self._streams.get(stream_id)
-        if stream is None or stream.state in (StreamState.HALF_CLOSED_REMOTE, StreamState.CLOSED):
+        if stream is None:
+            return
+        taken = min(length, stream.recv.buffered)
+        if taken:
+            self._held -= taken
+            if not self.wants_read:
+                self._check_resume()
+        if stream.state in (StreamState.HALF_CLOSED_REMOTE, StreamState.CLOSED):
+            stream.recv.buffered -= taken  # no window to give back: the peer sends no more
             return
         # _window_room() inlined (this runs for every message); a room under 0 grows nothing.
         room = self.limits.session_memory - self._granted_growth - max(0, self._queued - SEND_FLOOR)
@@ -738,7 +783,8 @@ class Session:
         return self._queued
 
     def memory_used(self) -> int:
-        """What counts in ``session_memory``: windows grown beyond the initial, bytes queued."""
+        """What counts in ``session_memory`` for windows: windows grown beyond the initial,
+        bytes queued. Bytes held (:attr:`held`) have a bound of their own."""
         return self._queued + self._granted_growth
 
     def send_buffer_size(self, stream_id: int) -> int:
@@ -864,14 +910,31 @@ class Session:
             when = min(self._pings.values()) + self.limits.keepalive_timeout
         else:
             when = self._last_received + self.limits.keepalive_interval
+        if not self.wants_read:
+            return self._paused_ping + self._paused_ping_interval()
         due = self.liveness.due(self.rtt)
         return when if due is None else min(when, due)
+
+    def _paused_ping_interval(self) -> float:
+        # Often enough that the peer's fast liveness check hears from us in time.
+        return (
+            max(0.1, self.liveness.deadline(self.rtt) / 2)
+            if self.limits.probe_floor
+            else (self.limits.keepalive_interval)
+        )
 
     def handle_timer(self, now: float) -> None:
         """Keepalive: ping an idle peer, and give up on one that stopped answering."""
         if self.terminated:
             return
         self._now = now
+        if not self.wants_read:
+            # The peer's bytes, answers included, wait unread in the socket: nothing proves it
+            # dead. A ping now and then tells it that this end is alive, only slow to read.
+            if now >= self._paused_ping + self._paused_ping_interval():
+                self._paused_ping = now
+                self.ping(now)
+            return
         verdict = self.liveness.check(now, self.rtt)
         if verdict is Verdict.DEAD:
             self.unresponsive = True
@@ -943,6 +1006,13 @@ class Session:
     def _forget(self, stream: _Stream) -> None:
         if self._streams.pop(stream.id, None) is not None:
             self._granted_growth -= stream.recv.target - INITIAL_WINDOW
+            if stream.recv.buffered:
+                # A reset stream's bytes are dropped with its local socket; a closed one's
+                # are no longer the session's to count.
+                self._held -= stream.recv.buffered
+                stream.recv.buffered = 0
+                if not self.wants_read:
+                    self._check_resume()
             self._send_budget = self._budget_for_sending()
             if self.full:
                 self._check_room()
@@ -957,6 +1027,8 @@ class Session:
         self.terminated = True
         self._streams.clear()
         self._queued = 0
+        self._held = 0
+        self.wants_read = True
         self.full = False
         self._ready.clear()
         self._pings.clear()

@@ -308,6 +308,12 @@ class Session:
         self._send_budget = self._budget_for_sending()
         self._pings: dict[int, float] = {}
         self._next_ping = 1
+        # After our Go Away, a ping marks where the peer read it: a SYN that arrives before its
+        # answer was sent before the peer knew, and is served (yamux's Go Away names no last
+        # stream, so refusing it would reset a consumer whose bytes went out in good faith;
+        # the peer cannot tell a refusal from a reset). One that arrives after is refused.
+        self._goaway_mark: int | None = None
+        self._goaway_heard = False
         self._last_received = now
         self.rtt: float | None = None  # smoothed round trip, for metrics and logs
         self.min_rtt: float | None = None  # the shortest seen: the path's own, for windows
@@ -543,7 +549,8 @@ class Session:
         if stream_id <= self._last_peer_id:
             raise RemoteProtocolError(f"peer reused stream id {stream_id}")
         self._last_peer_id = stream_id
-        if self.goaway_sent or len(self._streams) >= self.limits.max_streams:
+        refusing = self.goaway_sent and (self._goaway_mark is None or self._goaway_heard)
+        if refusing or len(self._streams) >= self.limits.max_streams:
             # Refuse without ending the session: the peer learns from the RST alone.
             self._stats[2] += 1
             self._control.append(encode_header(FrameType.WINDOW_UPDATE, Flags.RST, stream_id, 0))
@@ -587,6 +594,9 @@ class Session:
                 )
             self._control.append(encode_header(FrameType.PING, Flags.ACK, 0, value))
         elif flags & _ACK:
+            if value == self._goaway_mark:
+                self._goaway_heard = True  # the peer has read our Go Away: it opens no more
+                return
             sent = self._pings.pop(value, None)
             if sent is not None:
                 rtt = max(now - sent, 0.0)
@@ -807,6 +817,10 @@ class Session:
         if not self.goaway_sent:
             self.goaway_sent = True
             self._control.append(encode_header(FrameType.GO_AWAY, Flags.NONE, 0, code))
+        if code is GoAwayCode.NORMAL and self._goaway_mark is None:
+            self._goaway_mark = self._next_ping
+            self._next_ping = (self._next_ping + 1) & MAX_LENGTH or 1
+            self._control.append(encode_header(FrameType.PING, Flags.SYN, 0, self._goaway_mark))
         if code is not GoAwayCode.NORMAL:
             self._terminate(code, reason or code.name.lower(), remote=False)
 

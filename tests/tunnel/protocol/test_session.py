@@ -621,23 +621,32 @@ def test_go_away_lets_existing_streams_finish_and_refuses_new_ones(pair: Pair) -
     client, server = pair.client.session, pair.server.session
     stream_id = open_established(pair)
     server.go_away()
-    # A SYN the client sends before it hears of the Go Away crosses it on the wire.
-    late = client.open_stream()
-    client.send_data(late, b"too late")
+    # A SYN the client sent before it read the Go Away crosses it on the wire: it is served,
+    # since the client could not know (its consumer's bytes went out in good faith).
+    crossing = client.open_stream()
+    client.send_data(crossing, b"sent in good faith")
     pair.flush()
     assert GoAwayReceived(GoAwayCode.NORMAL) in pair.client.events
-    assert pair.client.events[-1] == StreamReset(late, remote=True)
+    assert StreamOpened(crossing) in pair.server.events
+    assert pair.server.received(crossing) == b"sent in good faith"
+    assert StreamReset(crossing, remote=True) not in pair.client.events
+    # The client answered the ping that followed the Go Away: it has read it, and a SYN it
+    # sends after that (only a peer that ignores the Go Away would) is refused.
+    late = crossing + 2
+    server.receive_data(raw(UPDATE, Flags.SYN, late, 0), pair.now)
+    assert Frame(UPDATE, Flags.RST, late, 0) in frames_in(server.data_to_send())
     assert StreamOpened(late) not in pair.server.events
     assert server.stats().streams_refused == 1
     with pytest.raises(LocalProtocolError):
         client.open_stream()
     with pytest.raises(LocalProtocolError):
         server.open_stream()
-    # The stream that was open before carries on both ways, to a clean close.
+    # The streams open before carry on both ways, to a clean close.
     client.send_data(stream_id, b"up")
     server.send_data(stream_id, b"down")
-    client.end_stream(stream_id)
-    server.end_stream(stream_id)
+    for open_id in (stream_id, crossing):
+        client.end_stream(open_id)
+        server.end_stream(open_id)
     pair.flush()
     assert pair.server.received(stream_id) == b"up"
     assert pair.client.received(stream_id) == b"down"

@@ -35,7 +35,7 @@ from tunnel.security.tls import not_after, warn_about_files
 log = logging.getLogger("ambassador.client")
 
 
-def export_expiry(config: ClientConfig) -> None:
+def check_own_certificate(config: ClientConfig) -> None:
     """The client's own certificate's expiry, for ambassador_certificate_expiry_days, and
     a warning if others may read its key (the token file is checked where it is read)."""
     own = config.tls.cert if config.tls is not None else None
@@ -73,7 +73,7 @@ class Client:
 
     async def start(self) -> None:
         """Bind the fixed ports, start connecting, and bind the rest once the catalog is in."""
-        export_expiry(self.config)
+        check_own_certificate(self.config)
         await self.listeners.reconfigure(self.config.expose, self.config.bind, None)
         await self.udp.reconfigure(self.config.expose, self.config.bind, None)
         self._task = asyncio.get_running_loop().create_task(self.connector.run())
@@ -147,7 +147,7 @@ class Client:
         await self.udp.reconfigure(new.expose, new.bind, catalog)
         self.connector.reconfigure(new)
         self.config = new
-        export_expiry(new)
+        check_own_certificate(new)
 
     async def _first_catalog(self) -> tuple[ServiceInfo, ...] | None:
         assert self._task is not None

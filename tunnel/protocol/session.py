@@ -931,11 +931,9 @@ class Session:
 
     def _paused_ping_interval(self) -> float:
         # Often enough that the peer's fast liveness check hears from us in time.
-        return (
-            max(0.1, self.liveness.deadline(self.rtt) / 2)
-            if self.limits.probe_floor
-            else (self.limits.keepalive_interval)
-        )
+        if self.limits.probe_floor:
+            return max(0.1, self.liveness.deadline(self.rtt) / 2)
+        return self.limits.keepalive_interval
 
     def handle_timer(self, now: float) -> None:
         """Keepalive: ping an idle peer, and give up on one that stopped answering."""

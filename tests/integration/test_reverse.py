@@ -4,6 +4,7 @@ TLS and with tokens; hosts are named by identity; several --connect targets fail
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import time
@@ -364,3 +365,54 @@ def test_each_side_checks_its_own_key_and_exports_its_certificate_expiry(
         text, re.MULTILINE,
     )  # fmt: skip
     assert 0 < float(days) <= 400, text
+
+
+def test_a_hostile_listener_s_refusal_is_logged_escaped_and_cut_short(
+    processes: Processes, redis_server: Redis, free_port: FreePort
+) -> None:
+    """Whatever listens where a server dials is a stranger until proven: its refusal text is
+    shown escaped (no terminal escape reaches the log) and cut to a bounded length, and the
+    server keeps dialing. (A larger one never gets that far: before the hello a frame is
+    bounded at 16 KiB, and the session ends on it.)"""
+    import socket
+    import threading
+
+    from tunnel.errors import Reason
+    from tunnel.protocol.handshake import refusal_before_hello
+
+    hostile = "\x1b[2J\x1b]0;owned\x07\nFAKE LOG LINE " + "A" * 10_000
+    answer = refusal_before_hello(Reason.NOT_ALLOWED, hostile, listening_client=True)
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(10)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with conn:
+                conn.sendall(answer)
+                conn.settimeout(1)
+                with contextlib.suppress(OSError):
+                    conn.recv(65536)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        port = listener.getsockname()[1]
+        server = start_dialing_server(processes, redis_server, f"--connect=127.0.0.1:{port}")
+        server.wait_for_stderr(rf"127\.0\.0\.1:{port} refused this server: ")
+        time.sleep(0.5)
+        log = server.stderr()
+        [line] = [line for line in log.splitlines() if "refused this server" in line]
+        assert "\x1b" not in log and "\x07" not in log
+        assert "\\x1b[2J" in line and "FAKE LOG LINE" in line  # shown, escaped, on one line
+        assert not any(row.startswith("FAKE LOG LINE") for row in log.splitlines())
+        assert len(line) < 1000 and "chars)" in line
+        assert server.popen.poll() is None, "the server keeps dialing"
+    finally:
+        stop.set()
+        listener.close()
+        thread.join(5)
